@@ -1,0 +1,323 @@
+//! Agent configuration: TOML, every section `#[serde(default)]` and `deny_unknown_fields`, so
+//! an empty file means the built-in defaults and a typo is an error naming the key.
+//!
+//! The defaults live in one place, the `Default` impls below; `deploy/berth.toml` is the same
+//! configuration written out with comments, and a unit test keeps the two equal.
+//! `berth agent --print-config` prints the configuration in force.
+
+use std::{
+    fmt,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    str::FromStr,
+    time::Duration,
+};
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Errors loading or validating a configuration file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("config file {path}: `{key}` {reason}")]
+    Invalid {
+        path: PathBuf,
+        key: &'static str,
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub agent: AgentConfig,
+    pub http: HttpConfig,
+    pub cgroup: CgroupConfig,
+    pub probes: ProbesConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentConfig {
+    /// How often collectors read the kernel and publish a snapshot.
+    pub interval: HumanDuration,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            // Prometheus scrapes every 15 s by default; 1 s keeps the API and UI live.
+            interval: HumanDuration(Duration::from_secs(1)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Read-only HTTP listener for /metrics, /healthz, /readyz and /api/v1.
+    #[serde(with = "socket_addr")]
+    pub listen: SocketAddr,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            // Loopback only: exposing it further is the operator's decision.
+            listen: SocketAddr::from(([127, 0, 0, 1], 9847)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CgroupConfig {
+    /// berth's subtree of the cgroup v2 (unified) hierarchy, relative to its mount. Every
+    /// cgroup below it is tracked by the probes; the agent creates it when absent.
+    pub root: String,
+}
+
+impl Default for CgroupConfig {
+    fn default() -> Self {
+        Self {
+            root: "berth".to_owned(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProbesConfig {
+    pub syscalls: ProbeToggle,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProbeToggle {
+    pub enabled: bool,
+}
+
+impl Default for ProbeToggle {
+    fn default() -> Self {
+        // Syscall counting costs ~0.1 µs per syscall of a tracked task and one helper call
+        // for the rest (docs/benchmarks.md): cheap enough to be on by default.
+        Self { enabled: true }
+    }
+}
+
+impl Config {
+    /// Reads and validates `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates `text`; `path` only names the source in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |key, reason: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            key,
+            reason,
+        };
+        let interval = self.agent.interval.0;
+        if interval < Duration::from_millis(100) || interval > Duration::from_secs(60) {
+            return Err(invalid(
+                "agent.interval",
+                format!(
+                    "is {}; it must be between 100ms and 60s",
+                    self.agent.interval
+                ),
+            ));
+        }
+        validate_cgroup_root(&self.cgroup.root).map_err(|r| invalid("cgroup.root", r))?;
+        Ok(())
+    }
+
+    /// The configuration as TOML, as `--print-config` shows it.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("config serializes to TOML")
+    }
+}
+
+fn validate_cgroup_root(root: &str) -> Result<(), String> {
+    let p = Path::new(root);
+    if root.is_empty() {
+        return Err("is empty; give a path below the cgroup2 mount such as \"berth\"".into());
+    }
+    if p.is_absolute() {
+        return Err(format!(
+            "is `{root}`; it must be relative to the cgroup2 mount, e.g. \"berth\""
+        ));
+    }
+    if root
+        .split('/')
+        .any(|c| c.is_empty() || c == "." || c == "..")
+    {
+        return Err(format!(
+            "is `{root}`; `.`, `..` and empty components are not allowed"
+        ));
+    }
+    Ok(())
+}
+
+/// A duration written as `250ms`, `1s`, `2m`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl FromStr for HumanDuration {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let split = s
+            .find(|c: char| !c.is_ascii_digit())
+            .ok_or_else(|| format!("`{s}` has no unit; write e.g. 500ms, 1s or 2m"))?;
+        let (num, unit) = s.split_at(split);
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("`{s}` does not start with a whole number"))?;
+        let d = match unit {
+            "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n.saturating_mul(60)),
+            _ => return Err(format!("`{s}` has unknown unit `{unit}`; use ms, s or m")),
+        };
+        Ok(Self(d))
+    }
+}
+
+impl fmt::Display for HumanDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = self.0.as_millis();
+        if ms.is_multiple_of(60_000) && ms > 0 {
+            write!(f, "{}m", ms / 60_000)
+        } else if ms.is_multiple_of(1000) {
+            write!(f, "{}s", ms / 1000)
+        } else {
+            write!(f, "{ms}ms")
+        }
+    }
+}
+
+impl Serialize for HumanDuration {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+mod socket_addr {
+    use std::net::SocketAddr;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(a: &SocketAddr, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(a)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(|_| {
+            serde::de::Error::custom(format!(
+                "`{s}` is not an IP:PORT socket address, e.g. \"127.0.0.1:9847\" or \"[::1]:9847\""
+            ))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn an_empty_file_means_the_defaults() {
+        assert_eq!(parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn the_shipped_config_changes_no_default() {
+        let shipped = include_str!("../../deploy/berth.toml");
+        assert_eq!(parse(shipped).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn print_config_output_parses_back_to_the_same_config() {
+        let c = Config::default();
+        assert_eq!(parse(&c.to_toml()).unwrap(), c);
+    }
+
+    #[test]
+    fn an_unknown_key_is_named_in_the_error() {
+        let e = parse("[http]\nlisten = \"127.0.0.1:1\"\nlisten_port = 3\n").unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("listen_port"), "{msg}");
+        assert!(msg.contains("test.toml"), "{msg}");
+    }
+
+    #[test]
+    fn a_bad_listen_address_is_named_in_the_error() {
+        let msg = parse("[http]\nlisten = \"localhost\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("listen"), "{msg}");
+        assert!(msg.contains("not an IP:PORT"), "{msg}");
+    }
+
+    #[test]
+    fn cgroup_roots_that_escape_the_mount_are_refused() {
+        for bad in ["", "/berth", "../x", "a//b", "a/./b"] {
+            let text = format!("[cgroup]\nroot = \"{bad}\"\n");
+            let msg = parse(&text).unwrap_err().to_string();
+            assert!(msg.contains("cgroup.root"), "{bad}: {msg}");
+        }
+        assert_eq!(
+            parse("[cgroup]\nroot = \"a/b\"\n").unwrap().cgroup.root,
+            "a/b"
+        );
+    }
+
+    #[test]
+    fn intervals_are_human_durations_within_bounds() {
+        assert_eq!(
+            parse("[agent]\ninterval = \"250ms\"\n")
+                .unwrap()
+                .agent
+                .interval,
+            HumanDuration(Duration::from_millis(250))
+        );
+        for bad in ["1", "5h", "10ms", "2m", "x1s"] {
+            let text = format!("[agent]\ninterval = \"{bad}\"\n");
+            assert!(parse(&text).is_err(), "{bad} accepted");
+        }
+    }
+}

@@ -1,0 +1,188 @@
+//! `berth agent`: start-up order, the collector loop, signal handling and shutdown.
+//!
+//! Order: cgroup layout -> tracked root -> probes (a probe that cannot attach is reported down
+//! and the agent runs on) -> first snapshot -> HTTP. On SIGINT/SIGTERM the HTTP server drains,
+//! the collector loop stops and every BPF program is detached before the process exits.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
+};
+
+use tokio::{net::TcpListener, signal::unix::SignalKind, sync::watch};
+use tracing::{debug, info, warn};
+
+use crate::{
+    api::{self, AppState, SystemInfo},
+    cgroup::{CgroupError, Hierarchy, TrackedRoot},
+    config::Config,
+    metrics,
+    model::{CollectorRun, Snapshot},
+    probes::Probes,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+    #[error("cannot listen on {addr} (http.listen): {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot install the {signal} handler: {source}")]
+    Signal {
+        signal: &'static str,
+        source: std::io::Error,
+    },
+    #[error("HTTP server failed: {0}")]
+    Serve(std::io::Error),
+}
+
+pub async fn run(config: Config) -> Result<(), DaemonError> {
+    let hierarchy = Hierarchy::detect()?;
+    let root = TrackedRoot::open(&hierarchy.unified_mount, &config.cgroup.root)?;
+    info!(
+        mode = ?hierarchy.mode,
+        mount = %hierarchy.unified_mount.display(),
+        root = %root.path,
+        root_id = root.id,
+        "cgroup layout"
+    );
+
+    // Signals first, so a SIGTERM during start-up still shuts down cleanly.
+    let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate()).map_err(|source| {
+        DaemonError::Signal {
+            signal: "SIGTERM",
+            source,
+        }
+    })?;
+    let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt()).map_err(|source| {
+        DaemonError::Signal {
+            signal: "SIGINT",
+            source,
+        }
+    })?;
+
+    let probes = Probes::start(&config.probes, &root);
+    let (snap_tx, snap_rx) = watch::channel(None);
+    let mut collector = Collector { probes, root };
+    snap_tx.send_replace(Some(Arc::new(collector.collect())));
+
+    let system = SystemInfo {
+        version: env!("CARGO_PKG_VERSION"),
+        kernel: kernel_release(),
+        cgroup: hierarchy,
+        tracked_root: collector.root.clone(),
+    };
+    let state = AppState {
+        registry: Arc::new(metrics::registry(snap_rx.clone())),
+        snapshots: snap_rx,
+        system: Arc::new(system),
+    };
+
+    let addr = config.http.listen;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| DaemonError::Listen { addr, source })?;
+    let bound = listener.local_addr().unwrap_or(addr);
+    info!(%bound, "HTTP listening: /metrics /healthz /readyz /api/v1");
+
+    let (stop_tx, mut stop_rx) = watch::channel(false);
+    let interval = config.agent.interval.0;
+    let collect_loop = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    let snap = collector.collect();
+                    snap_tx.send_replace(Some(Arc::new(snap)));
+                }
+                _ = stop_rx.changed() => break,
+            }
+        }
+        // Dropping the collector detaches every program.
+        drop(collector);
+    });
+
+    let shutdown = async move {
+        let signal = tokio::select! {
+            _ = sigterm.recv() => "SIGTERM",
+            _ = sigint.recv() => "SIGINT",
+        };
+        info!(signal, "shutting down");
+    };
+    let served = axum::serve(listener, api::app(state))
+        .with_graceful_shutdown(shutdown)
+        .await;
+    let _ = stop_tx.send(true);
+    if tokio::time::timeout(Duration::from_secs(5), collect_loop)
+        .await
+        .is_err()
+    {
+        warn!("collector loop did not stop within 5 s");
+    }
+    served.map_err(DaemonError::Serve)?;
+    info!("stopped");
+    Ok(())
+}
+
+/// Owns the probes and builds one snapshot per tick.
+struct Collector {
+    probes: Probes,
+    root: TrackedRoot,
+}
+
+impl Collector {
+    fn collect(&mut self) -> Snapshot {
+        let mut collectors = Vec::new();
+
+        let started = Instant::now();
+        let paths = self.root.walk();
+        let mut cgroups = Vec::new();
+        let mut error = None;
+        if self.probes.syscalls.status.attached {
+            let syscalls = &self.probes.syscalls;
+            let result = match self.probes.ebpf.as_mut() {
+                Some(ebpf) => syscalls.collect(ebpf, &paths),
+                None => Ok(Vec::new()),
+            };
+            match result {
+                Ok(c) => cgroups = c,
+                Err(e) => error = Some(e.to_string()),
+            }
+        }
+        let lost_events = match self.probes.lost_events() {
+            Ok(l) => l,
+            Err(e) => {
+                error.get_or_insert(e.to_string());
+                Vec::new()
+            }
+        };
+        if let Some(e) = &error {
+            warn!(collector = "syscalls", error = %e, "collection failed");
+        }
+        collectors.push(CollectorRun {
+            name: "syscalls",
+            duration_seconds: started.elapsed().as_secs_f64(),
+            success: error.is_none(),
+            error,
+        });
+        debug!(cgroups = cgroups.len(), "snapshot");
+        Snapshot {
+            taken_at: SystemTime::now(),
+            cgroups,
+            probes: self.probes.status(),
+            lost_events,
+            collectors,
+        }
+    }
+}
+
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".into())
+}

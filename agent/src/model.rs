@@ -1,0 +1,81 @@
+//! The Snapshot: everything berth knows about the host and its cgroups at one instant. The
+//! collector loop builds one per tick; readers (/metrics, /api/v1, later diagnose and the UI)
+//! only ever see a complete, immutable snapshot, never a half-updated one.
+
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Snapshot {
+    /// When the collectors finished.
+    #[serde(with = "unix_seconds")]
+    pub taken_at: SystemTime,
+    /// Tracked cgroups, sorted by path.
+    pub cgroups: Vec<CgroupSample>,
+    pub probes: Vec<ProbeStatus>,
+    /// Events the probes could not record (a full map), cumulative since load.
+    pub lost_events: Vec<LostEvents>,
+    pub collectors: Vec<CollectorRun>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct CgroupSample {
+    /// v2 cgroup id (directory inode).
+    pub id: u64,
+    /// Path below the cgroup2 mount, e.g. `/berth/abc`.
+    pub path: String,
+    /// Cumulative syscalls entered since the probe was attached (or the cgroup appeared),
+    /// sorted by number.
+    pub syscalls: Vec<SyscallCount>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct SyscallCount {
+    pub nr: u32,
+    pub name: String,
+    pub count: u64,
+}
+
+/// Whether a probe is attached, and why not when it is not.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ProbeStatus {
+    pub name: &'static str,
+    /// Program type and hook, e.g. `raw_tracepoint/sys_enter`.
+    pub attach: &'static str,
+    pub enabled: bool,
+    pub attached: bool,
+    /// Kernel ids of the loaded programs (`bpftool prog show id N`).
+    pub program_ids: Vec<u32>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct LostEvents {
+    pub probe: &'static str,
+    pub map: &'static str,
+    pub count: u64,
+}
+
+/// One collector's last run, for `berth_collector_*`.
+#[derive(Debug, Clone, Serialize)]
+pub struct CollectorRun {
+    pub name: &'static str,
+    pub duration_seconds: f64,
+    pub success: bool,
+    pub error: Option<String>,
+}
+
+mod unix_seconds {
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    use serde::Serializer;
+
+    pub fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+        let secs = t
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        s.serialize_f64(secs)
+    }
+}

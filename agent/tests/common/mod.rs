@@ -1,0 +1,298 @@
+//! Helpers for the integration tests: they run as root against the real kernel, start the real
+//! agent binary, and remove what they create (RAII guards) with names unique to the run.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::{
+    fs,
+    io::Read as _,
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, Command},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A name unique to this test process and call: `berth-it-<pid>-<n>-<tag>`.
+pub fn unique(tag: &str) -> String {
+    format!(
+        "berth-it-{}-{}-{tag}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "these integration tests load BPF programs and create cgroups: run them as root \
+         (`cargo xtask test` does)"
+    );
+}
+
+/// Mount point of the cgroup2 filesystem (hybrid: /sys/fs/cgroup/unified).
+pub fn cgroup2_mount() -> PathBuf {
+    let mounts = fs::read_to_string("/proc/self/mounts").unwrap();
+    mounts
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(f[1]))
+        })
+        .expect("no cgroup2 mount on this host: mount one (`cargo xtask setup` checks this)")
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Polls `f` every 100 ms until it returns `Some`, or panics with `what` after `timeout`.
+pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// HTTP GET on loopback: (status, body). Connection errors are status 0.
+pub fn http_get(url: &str) -> (u16, String) {
+    match ureq::get(url).timeout(Duration::from_secs(5)).call() {
+        Ok(r) => (r.status(), r.into_string().unwrap_or_default()),
+        Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap_or_default()),
+        Err(_) => (0, String::new()),
+    }
+}
+
+/// The real agent binary, started with its own tracked cgroup root and port; stopped with
+/// SIGTERM (then SIGKILL) on drop, after which its cgroup root is removed.
+pub struct Agent {
+    child: Option<Child>,
+    pub base: String,
+    pub root_name: String,
+    pub root_dir: PathBuf,
+    pub dir: tempfile::TempDir,
+    log: PathBuf,
+}
+
+impl Agent {
+    pub fn start() -> Self {
+        Self::start_with("")
+    }
+
+    /// Starts the agent with `extra` appended to a config that sets a unique root and port.
+    pub fn start_with(extra: &str) -> Self {
+        require_root();
+        let dir = tempfile::tempdir().unwrap();
+        let root_name = unique("root");
+        let port = free_port();
+        let config = dir.path().join("berth.toml");
+        fs::write(
+            &config,
+            format!(
+                "[agent]\ninterval = \"200ms\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n\
+                 [cgroup]\nroot = \"{root_name}\"\n{extra}"
+            ),
+        )
+        .unwrap();
+        let log = dir.path().join("agent.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_berth"))
+            .args(["agent", "--config"])
+            .arg(&config)
+            .env("BERTH_LOG", "berth=debug")
+            .stdout(fs::File::create(dir.path().join("agent.out")).unwrap())
+            .stderr(fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("spawning the berth binary");
+        let mut agent = Agent {
+            child: Some(child),
+            base: format!("http://127.0.0.1:{port}"),
+            root_dir: cgroup2_mount().join(&root_name),
+            root_name,
+            dir,
+            log,
+        };
+        let base = agent.base.clone();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if http_get(&format!("{base}/readyz")).0 == 200 {
+                break;
+            }
+            if let Some(status) = agent.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("agent exited during start-up ({status}):\n{}", agent.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent not ready after 20 s:\n{}",
+                agent.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        agent
+    }
+
+    pub fn log(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = fs::File::open(&self.log) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+
+    pub fn get(&self, path: &str) -> (u16, String) {
+        http_get(&format!("{}{path}", self.base))
+    }
+
+    pub fn metrics(&self) -> String {
+        let (status, body) = self.get("/metrics");
+        assert_eq!(status, 200, "GET /metrics: {body}");
+        body
+    }
+
+    pub fn system(&self) -> serde_json::Value {
+        let (status, body) = self.get("/api/v1/system");
+        assert_eq!(status, 200, "GET /api/v1/system: {body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    /// Sends SIGTERM and waits; returns the exit status.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("agent already stopped");
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("agent ignored SIGTERM for 10 s:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        remove_cgroup_tree(&self.root_dir);
+    }
+}
+
+/// A cgroup v2 directory the test owns, removed on drop.
+pub struct Cgroup {
+    pub dir: PathBuf,
+}
+
+impl Cgroup {
+    pub fn create(parent: &Path, name: &str) -> Self {
+        let dir = parent.join(name);
+        fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+        Cgroup { dir }
+    }
+
+    /// Path below the cgroup2 mount, as the agent labels it.
+    pub fn label(&self) -> String {
+        let mount = cgroup2_mount();
+        format!("/{}", self.dir.strip_prefix(&mount).unwrap().display())
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        remove_cgroup_tree(&self.dir);
+    }
+}
+
+/// rmdir bottom-up; a cgroup is removable once its last task has exited.
+pub fn remove_cgroup_tree(dir: &Path) {
+    if !dir.exists() {
+        return;
+    }
+    if let Ok(entries) = fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                remove_cgroup_tree(&e.path());
+            }
+        }
+    }
+    for _ in 0..50 {
+        if fs::remove_dir(dir).is_ok() || !dir.exists() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Forks a child that moves itself into `cgroup`, makes exactly `calls` getppid(2) syscalls
+/// and exits; waits for it. The child does only async-signal-safe work (no allocation).
+pub fn getppid_in(cgroup: &Cgroup, calls: u64) {
+    let procs = std::ffi::CString::new(
+        cgroup
+            .dir
+            .join("cgroup.procs")
+            .into_os_string()
+            .into_encoded_bytes(),
+    )
+    .unwrap();
+    // SAFETY: the child only calls open/write/close/syscall/_exit before exiting.
+    unsafe {
+        let pid = libc::fork();
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+            if fd < 0 {
+                libc::_exit(2);
+            }
+            if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                libc::_exit(3);
+            }
+            libc::close(fd);
+            for _ in 0..calls {
+                libc::syscall(libc::SYS_getppid);
+            }
+            libc::_exit(0);
+        }
+        let mut status = 0;
+        assert_eq!(libc::waitpid(pid, &mut status, 0), pid);
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "workload child failed (status {status:#x}): could not join {}",
+            cgroup.dir.display()
+        );
+    }
+}
+
+/// Value of the sample `name{labels}` in an OpenMetrics exposition, labels given in order.
+pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let l: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+    let prefix = format!("{name}{{{}}} ", l.join(","));
+    text.lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .map(|v| v.trim().parse().unwrap())
+}

@@ -1,0 +1,133 @@
+//! The syscall probe on the real kernel: exact counts for a known workload, nothing counted
+//! outside the tracked subtree, and every program detached when the agent stops.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Agent, Cgroup, getppid_in, sample, wait_for};
+
+const CALLS: u64 = 100_000;
+
+#[test]
+fn getppid_calls_in_a_fresh_cgroup_are_counted_exactly() {
+    let agent = Agent::start();
+    let system = agent.system();
+    let probe = &system["probes"][0];
+    assert_eq!(probe["name"], "syscalls");
+    assert_eq!(
+        probe["attached"],
+        true,
+        "syscall probe not attached: {probe}\n{}",
+        agent.log()
+    );
+
+    let cg = Cgroup::create(&agent.root_dir, "work");
+    getppid_in(&cg, CALLS);
+    let label = cg.label();
+    let labels = [("cgroup", label.as_str()), ("syscall", "getppid")];
+    let count = wait_for(
+        Duration::from_secs(10),
+        "the getppid count in /metrics",
+        || {
+            sample(&agent.metrics(), "berth_cgroup_syscalls_total", &labels)
+                .filter(|&v| v >= CALLS as f64)
+        },
+    );
+    assert!(
+        (CALLS as f64..=CALLS as f64 + 100.0).contains(&count),
+        "berth counted {count} getppid calls for {label}, the workload made {CALLS}"
+    );
+
+    // The JSON API agrees with /metrics.
+    let (status, body) = agent.get("/api/v1/cgroups");
+    assert_eq!(status, 200);
+    let cgroups: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let entry = cgroups
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["path"] == label.as_str())
+        .unwrap_or_else(|| panic!("{label} missing from /api/v1/cgroups: {body}"));
+    let api_count = entry["syscalls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "getppid")
+        .map(|s| s["count"].as_u64().unwrap());
+    assert_eq!(api_count, Some(count as u64));
+}
+
+#[test]
+fn tasks_outside_the_tracked_root_are_not_counted() {
+    let agent = Agent::start();
+    // A sibling of the agent's root: same parent, not below it.
+    let outside = Cgroup::create(&common::cgroup2_mount(), &common::unique("outside"));
+    getppid_in(&outside, CALLS);
+    let inside = Cgroup::create(&agent.root_dir, "inside");
+    getppid_in(&inside, 10);
+    let inside_label = inside.label();
+    let text = wait_for(Duration::from_secs(10), "the inside cgroup's count", || {
+        let text = agent.metrics();
+        sample(
+            &text,
+            "berth_cgroup_syscalls_total",
+            &[("cgroup", &inside_label), ("syscall", "getppid")],
+        )
+        .filter(|&v| v >= 10.0)
+        .map(|_| text)
+    });
+    let root_prefix = format!("cgroup=\"/{}", agent.root_name);
+    for line in text
+        .lines()
+        .filter(|l| l.starts_with("berth_cgroup_syscalls_total{"))
+    {
+        assert!(
+            line.contains(&root_prefix),
+            "a cgroup outside the tracked root {} is reported: {line}",
+            agent.root_name
+        );
+    }
+    assert!(!text.contains(&outside.label()));
+}
+
+#[test]
+fn stopping_the_agent_detaches_its_programs() {
+    let mut agent = Agent::start();
+    let ids: Vec<u32> = agent.system()["probes"][0]["program_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect();
+    assert!(!ids.is_empty(), "no program ids reported");
+    let loaded = || -> Vec<u32> {
+        aya::programs::loaded_programs()
+            .filter_map(|p| p.ok())
+            .map(|p| p.id())
+            .collect()
+    };
+    let before = loaded();
+    for id in &ids {
+        assert!(
+            before.contains(id),
+            "program {id} not loaded while the agent runs"
+        );
+    }
+    let status = agent.stop();
+    assert!(
+        status.success(),
+        "agent exited with {status}:\n{}",
+        agent.log()
+    );
+    // The kernel frees a program once its last link and fd are gone.
+    wait_for(
+        Duration::from_secs(5),
+        "the agent's programs to unload",
+        || {
+            let now = loaded();
+            ids.iter().all(|id| !now.contains(id)).then_some(())
+        },
+    );
+    assert!(agent.log().contains("detached"), "{}", agent.log());
+}

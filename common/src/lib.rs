@@ -1,0 +1,68 @@
+//! The kernel/user contract of berth's eBPF maps.
+//!
+//! Every type that crosses a map lives here, `#[repr(C)]` with explicit padding, so the eBPF
+//! programs (`ebpf/`) and the agent (`agent/src/probes/`) agree on one layout. The `user` feature
+//! adds `aya::Pod` for the userspace side.
+#![no_std]
+
+/// Largest syscall number counted as itself; anything at or above it (x32 numbers, garbage from a
+/// bad `orig_ax`) is counted under [`SYSCALL_NR_OTHER`] so the key space stays bounded.
+pub const SYSCALL_NR_MAX: u32 = 1023;
+/// Bucket for out-of-range syscall numbers (including negative ones).
+pub const SYSCALL_NR_OTHER: u32 = SYSCALL_NR_MAX;
+
+/// Key of the `SYSCALLS` per-CPU hash map: one entry per (cgroup v2 id, syscall number).
+/// Value: `u64`, syscalls entered on that CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SyscallKey {
+    /// v2 (unified) cgroup id of the calling task, as `bpf_get_current_cgroup_id()` returns it:
+    /// the inode number of the cgroup's directory.
+    pub cgroup_id: u64,
+    /// Syscall number (x86_64 table on x86_64), or [`SYSCALL_NR_OTHER`].
+    pub nr: u32,
+    /// Explicit padding: keys are hashed byte-wise by the kernel, so it must always be zero.
+    pub _pad: u32,
+}
+
+/// Capacity of the `SYSCALLS` map: distinct (cgroup, syscall) pairs. A busy container uses
+/// 50 to 150 syscalls, so this tracks a few hundred containers. When it is full, new pairs are
+/// counted in [`ProbeError::SyscallsMapFull`] instead: never dropped silently.
+pub const SYSCALLS_MAX_ENTRIES: u32 = 65_536;
+
+/// Indexes of the `PROBE_ERRORS` per-CPU array (value `u64`): events a probe could not record.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProbeError {
+    /// A syscall whose (cgroup, syscall) pair found the `SYSCALLS` map full.
+    SyscallsMapFull = 0,
+}
+
+impl ProbeError {
+    /// Number of slots in `PROBE_ERRORS`.
+    pub const COUNT: u32 = 1;
+    /// Every variant, in index order.
+    pub const ALL: [ProbeError; Self::COUNT as usize] = [ProbeError::SyscallsMapFull];
+
+    /// `(probe, map)` labels for the metric that reports this error.
+    pub const fn labels(self) -> (&'static str, &'static str) {
+        match self {
+            ProbeError::SyscallsMapFull => ("syscalls", "SYSCALLS"),
+        }
+    }
+}
+
+/// Names of the read-only globals the agent sets at load time (`EbpfLoader::set_global`).
+pub mod globals {
+    /// `u64`: v2 cgroup id of the tracked subtree's root. Tasks outside it exit early.
+    pub const TRACK_ROOT_ID: &str = "TRACK_ROOT_ID";
+    /// `u32`: depth of that root below the cgroup2 mount (the mount itself is level 0).
+    pub const TRACK_ROOT_LEVEL: &str = "TRACK_ROOT_LEVEL";
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: `SyscallKey` is `#[repr(C)]`, `Copy`, made of integers only, with explicit padding:
+    // every bit pattern is valid.
+    unsafe impl aya::Pod for super::SyscallKey {}
+}
