@@ -133,6 +133,7 @@ mod tests {
                 cgroup: Hierarchy {
                     mode: CgroupMode::Hybrid,
                     unified_mount: PathBuf::from("/sys/fs/cgroup/unified"),
+                    v1: Vec::new(),
                 },
                 tracked_root: TrackedRoot {
                     dir: PathBuf::from("/sys/fs/cgroup/unified/berth"),

@@ -1,8 +1,15 @@
 //! Cgroup hierarchies: where cgroup v2 is mounted, which mode the host runs (pure v2, hybrid,
-//! legacy), and the tracked v2 subtree: its root (created when absent) and a walk that maps each
-//! cgroup id (the directory's inode, what `bpf_get_current_cgroup_id()` returns) to its path.
+//! legacy), which v1 hierarchies are mounted (hybrid), where each controller of a given cgroup
+//! lives ([`Placement`]), and the tracked v2 subtree: its root (created when absent) and a walk
+//! that maps each cgroup id (the directory's inode, what `bpf_get_current_cgroup_id()` returns) to
+//! its path.
+//!
+//! Container limits and stats live in [`limits`] and [`stats`].
 //!
 //! Readers take the mount point as an argument so unit tests run against a plain directory.
+
+pub mod limits;
+pub mod stats;
 
 use std::{
     collections::HashMap,
@@ -35,6 +42,80 @@ pub enum CgroupError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(
+        "cgroup path {given:?} is unusable: it must name a cgroup below the hierarchy roots, like \
+         \"/berth/<id>\" (no empty, \".\" or \"..\" components)"
+    )]
+    InvalidPath { given: String },
+    #[error("cannot create cgroup {path}: {source}")]
+    Create {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot enable controllers {controllers:?} in {path}: {source}")]
+    EnableControllers {
+        path: PathBuf,
+        controllers: String,
+        source: std::io::Error,
+    },
+    #[error("cannot write {value:?} to {path}: {source}")]
+    Write {
+        path: PathBuf,
+        value: String,
+        source: cgroups_rs::error::Error,
+    },
+    #[error("cannot write {value:?} to {path}: {source}")]
+    WriteFile {
+        path: PathBuf,
+        value: String,
+        source: std::io::Error,
+    },
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot parse {path}: unexpected content {content:?}")]
+    Parse { path: PathBuf, content: String },
+    #[error(
+        "cannot remove cgroup {path}: {source}; processes still inside: {pids:?} (stop them, or \
+         the container, first)"
+    )]
+    Remove {
+        path: PathBuf,
+        source: std::io::Error,
+        pids: Vec<u32>,
+    },
+    #[error(
+        "cannot set {flag} for cgroup {cgroup}: no {controller} controller (neither a mounted v1 \
+         hierarchy nor enabled in the cgroup2 tree at {unified_mount})"
+    )]
+    ControllerMissing {
+        flag: &'static str,
+        controller: &'static str,
+        cgroup: String,
+        unified_mount: PathBuf,
+    },
+    #[error(
+        "cannot set --blkio-weight in {dir}: it has neither {bfq} nor {legacy}; the kernel has no \
+         proportional IO weight here (CFQ is gone since Linux 5.0; BFQ group scheduling or, on v2, \
+         io.cost provide it); run without --blkio-weight"
+    )]
+    BlkioWeightUnsupported {
+        dir: PathBuf,
+        bfq: &'static str,
+        legacy: &'static str,
+    },
+    #[error(
+        "cannot set --memory-swap in {dir} without a memory limit (memory.max is \"max\"): \
+         cgroup v2 limits swap separately, so berth needs --memory to compute it"
+    )]
+    SwapWithoutMemory { dir: PathBuf },
+    #[error("cannot read the host's memory size from {path}: {source}")]
+    Meminfo {
+        path: &'static str,
+        source: procfs::ProcError,
+    },
 }
 
 /// How the host's cgroup hierarchies are arranged.
@@ -53,7 +134,44 @@ pub struct Hierarchy {
     pub mode: CgroupMode,
     /// Mount point of the cgroup2 filesystem.
     pub unified_mount: PathBuf,
+    /// Mounted v1 hierarchies (empty on a pure v2 host), one entry per hierarchy even when the
+    /// same one is mounted twice.
+    pub v1: Vec<V1Mount>,
 }
+
+/// One mounted cgroup v1 hierarchy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct V1Mount {
+    pub mount_point: PathBuf,
+    /// Controllers bound to it (`cpu`, `memory`, ...), sorted, plus `name=<name>` for a named
+    /// hierarchy such as `name=systemd`.
+    pub controllers: Vec<String>,
+}
+
+/// Every cgroup v1 controller the kernel knows (`SUBSYS` in include/linux/cgroup_subsys.h). The
+/// other super options of a v1 mount (`rw`, `xattr`, `release_agent=...`) are not controllers.
+const V1_CONTROLLERS: &[&str] = &[
+    "cpuset",
+    "cpu",
+    "cpuacct",
+    "io",
+    "blkio",
+    "memory",
+    "devices",
+    "freezer",
+    "net_cls",
+    "perf_event",
+    "net_prio",
+    "hugetlb",
+    "pids",
+    "rdma",
+    "misc",
+    "debug",
+];
+
+/// The v2 controllers berth enables for container cgroups (v1 names in brackets): cpu (cpu,
+/// cpuacct), memory, pids, io (blkio).
+pub(crate) const V2_CONTROLLERS: &[&str] = &["cpu", "memory", "pids", "io"];
 
 impl Hierarchy {
     /// Reads /proc/self/mountinfo.
@@ -64,25 +182,154 @@ impl Hierarchy {
                 path: "/proc/self/mountinfo",
                 source,
             })?;
+        Self::from_mounts(mounts)
+    }
+
+    /// The layout described by a mount table (what [`Hierarchy::detect`] reads).
+    pub fn from_mounts(
+        mounts: impl IntoIterator<Item = procfs::process::MountInfo>,
+    ) -> Result<Self, CgroupError> {
         let mut unified = None;
-        let mut v1 = false;
+        let mut v1: Vec<V1Mount> = Vec::new();
         for m in mounts {
             match m.fs_type.as_str() {
                 "cgroup2" if unified.is_none() => unified = Some(m.mount_point.clone()),
-                "cgroup" => v1 = true,
+                "cgroup" => {
+                    let mut controllers: Vec<String> = m
+                        .super_options
+                        .iter()
+                        .filter_map(|(k, v)| match (k.as_str(), v) {
+                            ("name", Some(name)) => Some(format!("name={name}")),
+                            (k, None) if V1_CONTROLLERS.contains(&k) => Some(k.to_string()),
+                            _ => None,
+                        })
+                        .collect();
+                    controllers.sort();
+                    // A bind mount of a hierarchy already seen is the same cgroup tree.
+                    if !controllers.is_empty() && !v1.iter().any(|h| h.controllers == controllers) {
+                        v1.push(V1Mount {
+                            mount_point: m.mount_point.clone(),
+                            controllers,
+                        });
+                    }
+                }
                 _ => {}
             }
         }
         let unified_mount = unified.ok_or(CgroupError::NoCgroup2)?;
         Ok(Self {
-            mode: if v1 {
-                CgroupMode::Hybrid
-            } else {
+            mode: if v1.is_empty() {
                 CgroupMode::Unified
+            } else {
+                CgroupMode::Hybrid
             },
             unified_mount,
+            v1,
         })
     }
+
+    /// Mount point of the v1 hierarchy that holds `controller` (`memory`, `name=systemd`).
+    pub fn v1_mount(&self, controller: &str) -> Option<&Path> {
+        self.v1
+            .iter()
+            .find(|h| h.controllers.iter().any(|c| c == controller))
+            .map(|h| h.mount_point.as_path())
+    }
+
+    /// Controllers available to the v2 cgroup `relative` (its `cgroup.controllers`, or the root's
+    /// while it does not exist yet).
+    pub fn v2_controllers(&self, relative: &str) -> Vec<String> {
+        let dir = self.unified_mount.join(relative);
+        let file = if dir.join("cgroup.controllers").exists() {
+            dir.join("cgroup.controllers")
+        } else {
+            self.unified_mount.join("cgroup.controllers")
+        };
+        fs::read_to_string(file)
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Where each controller of the cgroup `relative` (below every root, no leading `/`) lives:
+    /// the v1 hierarchy holding it, else the cgroup2 tree when the controller is available there.
+    pub fn placement(&self, relative: &str) -> Placement {
+        let v2_dir = self.unified_mount.join(relative);
+        let v2 = self.v2_controllers(relative);
+        let place = |v1_name: &str, v2_name: &str| {
+            if let Some(mount) = self.v1_mount(v1_name) {
+                Some(ControllerDir::V1(mount.join(relative)))
+            } else if v2.iter().any(|c| c == v2_name) {
+                Some(ControllerDir::V2(v2_dir.clone()))
+            } else {
+                None
+            }
+        };
+        Placement {
+            memory: place("memory", "memory"),
+            cpu: place("cpu", "cpu"),
+            // cpu.stat with usage_usec/user_usec/system_usec is a core file of every v2 cgroup.
+            cpuacct: place("cpuacct", "cpu").or(Some(ControllerDir::V2(v2_dir.clone()))),
+            pids: place("pids", "pids"),
+            blkio: place("blkio", "io"),
+        }
+    }
+
+    /// Whether the kernel limits swap per cgroup: v1 `memory.memsw.*` (needs swap accounting) or
+    /// v2 `memory.swap.max`. On v2 the root has no such file, so a child with the memory
+    /// controller tells; with none, the kernel default (accounting on) is assumed.
+    pub fn swap_accounting(&self) -> bool {
+        if let Some(mount) = self.v1_mount("memory") {
+            return mount.join("memory.memsw.limit_in_bytes").exists();
+        }
+        if !self.v2_controllers("").iter().any(|c| c == "memory") {
+            return false;
+        }
+        let Ok(entries) = fs::read_dir(&self.unified_mount) else {
+            return true;
+        };
+        for e in entries.flatten() {
+            let dir = e.path();
+            if dir.join("memory.max").exists() {
+                return dir.join("memory.swap.max").exists();
+            }
+        }
+        true
+    }
+}
+
+/// Where one controller's files of a given cgroup are, and in which format.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ControllerDir {
+    V1(PathBuf),
+    V2(PathBuf),
+}
+
+impl ControllerDir {
+    pub fn path(&self) -> &Path {
+        match self {
+            Self::V1(p) | Self::V2(p) => p,
+        }
+    }
+
+    pub fn is_v2(&self) -> bool {
+        matches!(self, Self::V2(_))
+    }
+}
+
+/// Directories holding each controller of one cgroup; `None` when the host has no such
+/// controller for it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Placement {
+    pub memory: Option<ControllerDir>,
+    /// Limits: v1 `cpu` (cpu.shares, cpu.cfs_*) or v2 `cpu` (cpu.weight, cpu.max).
+    pub cpu: Option<ControllerDir>,
+    /// Usage: v1 `cpuacct`, else the v2 dir (cpu.stat exists in every v2 cgroup).
+    pub cpuacct: Option<ControllerDir>,
+    pub pids: Option<ControllerDir>,
+    /// v1 `blkio` or v2 `io`.
+    pub blkio: Option<ControllerDir>,
 }
 
 /// berth's subtree of the v2 hierarchy.
@@ -164,6 +411,147 @@ mod tests {
         assert_eq!(walk[&root.id], "/berth/nested");
         assert_eq!(walk[&ino("a")], "/berth/nested/a");
         assert_eq!(walk[&ino("a/b")], "/berth/nested/a/b");
+    }
+
+    /// This project's hybrid machines, plus a bind mount of the memory hierarchy.
+    const HYBRID_MOUNTINFO: &str = "\
+31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+33 31 0:30 / /sys/fs/cgroup/cpuacct rw,relatime - cgroup cgroup rw,cpuacct
+35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+38 31 0:35 / /sys/fs/cgroup/blkio rw,relatime - cgroup cgroup rw,blkio
+39 31 0:36 / /sys/fs/cgroup/pids rw,relatime - cgroup cgroup rw,pids
+40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,xattr,name=systemd
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+42 23 0:32 / /mnt/memory-again rw,relatime - cgroup cgroup rw,memory
+43 31 0:39 / /sys/fs/cgroup/net_cls,net_prio rw,relatime - cgroup cgroup rw,net_cls,net_prio
+";
+
+    fn mounts(text: &str) -> Vec<procfs::process::MountInfo> {
+        use procfs::FromBufRead as _;
+        procfs::process::MountInfos::from_buf_read(text.as_bytes())
+            .unwrap()
+            .0
+    }
+
+    fn fixture_v2(controllers: &str) -> (tempfile::TempDir, Hierarchy) {
+        let mount = tempfile::tempdir().unwrap();
+        fs::write(mount.path().join("cgroup.controllers"), controllers).unwrap();
+        let h = Hierarchy {
+            mode: CgroupMode::Unified,
+            unified_mount: mount.path().to_path_buf(),
+            v1: Vec::new(),
+        };
+        (mount, h)
+    }
+
+    #[test]
+    fn a_hybrid_mount_table_lists_each_v1_hierarchy_once_with_named_ones() {
+        let h = Hierarchy::from_mounts(mounts(HYBRID_MOUNTINFO)).unwrap();
+        assert_eq!(h.mode, CgroupMode::Hybrid);
+        assert_eq!(h.unified_mount, Path::new("/sys/fs/cgroup/unified"));
+        let listed: Vec<(&Path, Vec<&str>)> =
+            h.v1.iter()
+                .map(|m| {
+                    let c = m.controllers.iter().map(String::as_str).collect();
+                    (m.mount_point.as_path(), c)
+                })
+                .collect();
+        assert_eq!(
+            listed,
+            vec![
+                (Path::new("/sys/fs/cgroup/cpu"), vec!["cpu"]),
+                (Path::new("/sys/fs/cgroup/cpuacct"), vec!["cpuacct"]),
+                (Path::new("/sys/fs/cgroup/memory"), vec!["memory"]),
+                (Path::new("/sys/fs/cgroup/blkio"), vec!["blkio"]),
+                (Path::new("/sys/fs/cgroup/pids"), vec!["pids"]),
+                (Path::new("/sys/fs/cgroup/systemd"), vec!["name=systemd"]),
+                (
+                    Path::new("/sys/fs/cgroup/net_cls,net_prio"),
+                    vec!["net_cls", "net_prio"]
+                ),
+            ]
+        );
+        assert_eq!(
+            h.v1_mount("name=systemd"),
+            Some(Path::new("/sys/fs/cgroup/systemd"))
+        );
+        assert_eq!(h.v1_mount("hugetlb"), None);
+    }
+
+    #[test]
+    fn a_pure_v2_mount_table_is_unified_without_v1_hierarchies() {
+        let text = "30 23 0:26 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:4 - \
+                    cgroup2 cgroup2 rw,nsdelegate,memory_recursiveprot\n";
+        let h = Hierarchy::from_mounts(mounts(text)).unwrap();
+        assert_eq!(h.mode, CgroupMode::Unified);
+        assert_eq!(h.unified_mount, Path::new("/sys/fs/cgroup"));
+        assert!(h.v1.is_empty());
+    }
+
+    #[test]
+    fn a_mount_table_without_cgroup2_is_refused() {
+        let text = "32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu\n";
+        let err = Hierarchy::from_mounts(mounts(text)).unwrap_err();
+        assert!(matches!(err, CgroupError::NoCgroup2), "{err}");
+    }
+
+    #[test]
+    fn on_hybrid_hosts_v1_controllers_hold_the_limits() {
+        let mut h = Hierarchy::from_mounts(mounts(HYBRID_MOUNTINFO)).unwrap();
+        let (unified, _) = fixture_v2("hugetlb");
+        h.unified_mount = unified.path().to_path_buf();
+        let p = h.placement("berth/c1");
+        let v1 = |m: &str| Some(ControllerDir::V1(PathBuf::from(m)));
+        assert_eq!(p.memory, v1("/sys/fs/cgroup/memory/berth/c1"));
+        assert_eq!(p.cpu, v1("/sys/fs/cgroup/cpu/berth/c1"));
+        assert_eq!(p.cpuacct, v1("/sys/fs/cgroup/cpuacct/berth/c1"));
+        assert_eq!(p.pids, v1("/sys/fs/cgroup/pids/berth/c1"));
+        assert_eq!(p.blkio, v1("/sys/fs/cgroup/blkio/berth/c1"));
+    }
+
+    #[test]
+    fn on_pure_v2_hosts_only_available_controllers_are_placed() {
+        let (mount, h) = fixture_v2("cpuset cpu memory pids");
+        let dir = mount.path().join("berth/c1");
+        let v2 = Some(ControllerDir::V2(dir.clone()));
+        let p = h.placement("berth/c1");
+        assert_eq!(p.memory, v2);
+        assert_eq!(p.cpu, v2);
+        assert_eq!(p.cpuacct, v2);
+        assert_eq!(p.pids, v2);
+        assert_eq!(p.blkio, None, "io is not in cgroup.controllers");
+
+        // Once the cgroup exists, its own cgroup.controllers decides.
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("cgroup.controllers"), "memory io").unwrap();
+        let p = h.placement("berth/c1");
+        assert_eq!(p.cpu, None);
+        assert_eq!(p.cpuacct, v2, "cpu.stat exists in every v2 cgroup");
+        assert_eq!(p.blkio, v2);
+    }
+
+    #[test]
+    fn swap_accounting_follows_the_memsw_and_swap_max_files() {
+        let root = tempfile::tempdir().unwrap();
+        let memory = root.path().join("memory");
+        fs::create_dir_all(&memory).unwrap();
+        let (_unified, mut h) = fixture_v2("");
+        h.v1.push(V1Mount {
+            mount_point: memory.clone(),
+            controllers: vec!["memory".into()],
+        });
+        assert!(!h.swap_accounting());
+        fs::write(memory.join("memory.memsw.limit_in_bytes"), "").unwrap();
+        assert!(h.swap_accounting());
+
+        let (mount, h) = fixture_v2("cpu memory");
+        let child = mount.path().join("system.slice");
+        fs::create_dir_all(&child).unwrap();
+        fs::write(child.join("memory.max"), "max").unwrap();
+        assert!(!h.swap_accounting());
+        fs::write(child.join("memory.swap.max"), "max").unwrap();
+        assert!(h.swap_accounting());
     }
 
     #[test]

@@ -1,0 +1,353 @@
+//! Container resource usage and limits read from cgroupfs, v1 and v2 formats.
+//!
+//! Each reader takes a controller directory, so tests point it at fixture directories. Files a
+//! kernel may lack (memory.peak before 5.19, cpuacct.usage_user before 4.7, oom_kill in
+//! memory.oom_control before 4.13) leave their field unset; a missing core file (the cgroup is
+//! gone) is an error naming it.
+//!
+//! | field | v1 | v2 |
+//! |---|---|---|
+//! | cpu_usage_seconds | cpuacct.usage (ns) | cpu.stat usage_usec |
+//! | cpu_user/system_seconds | cpuacct.usage_user/usage_sys (ns), else cpuacct.stat (USER_HZ) | cpu.stat user_usec/system_usec |
+//! | cpu_throttled_* | cpu.stat nr_throttled, throttled_time (ns) | cpu.stat nr_throttled, throttled_usec |
+//! | cpu_quota_seconds_per_second | cpu.cfs_quota_us / cpu.cfs_period_us | cpu.max |
+//! | memory_usage_bytes | memory.usage_in_bytes | memory.current |
+//! | memory_limit_bytes | memory.limit_in_bytes (None when unlimited) | memory.max |
+//! | memory_max_usage_bytes | memory.max_usage_in_bytes | memory.peak |
+//! | memory_failcnt | memory.failcnt | memory.events `max` |
+//! | oom_kills | memory.oom_control `oom_kill` | memory.events `oom_kill` |
+//! | pids_current/limit | pids.current, pids.max | same |
+//! | io_read/write_bytes | blkio.{throttle,bfq}.io_service_bytes_recursive | io.stat rbytes/wbytes |
+//!
+//! Memory usage includes the page cache (docker's CLI subtracts inactive_file; berth reports
+//! the kernel's number).
+//!
+//! v1 IO bytes: since CFQ is gone, blkio counts IO in two places: blk-throttle's
+//! `blkio.throttle.io_service_bytes*` and BFQ's `blkio.bfq.io_service_bytes*` (devices using
+//! bfq only). Seen on Linux 6.18: the throttle files stay at 0 until some throttle rule exists on
+//! the device (blk-throttle is enabled per queue lazily), so v1 IO bytes are often 0. The reader
+//! takes, per device and direction, the larger of the files. v2's io.stat always counts.
+
+use std::{collections::HashMap, fs, io, path::Path};
+
+use serde::Serialize;
+
+use super::{CgroupError, ControllerDir, Placement};
+
+/// One container's resource usage and limits at one moment.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ContainerStats {
+    /// CPU time in user mode since the cgroup was created, seconds.
+    pub cpu_user_seconds: f64,
+    /// CPU time in kernel mode, seconds.
+    pub cpu_system_seconds: f64,
+    /// Total CPU time, seconds (v1: cpuacct.usage, which is not exactly user + system).
+    pub cpu_usage_seconds: f64,
+    /// CFS periods in which the cgroup hit its quota.
+    pub cpu_throttled_periods: u64,
+    /// Time the cgroup's tasks were held back by the quota, seconds.
+    pub cpu_throttled_seconds: f64,
+    /// Memory charged to the cgroup, page cache included, bytes.
+    pub memory_usage_bytes: u64,
+    /// Memory limit, bytes; `None` when unlimited.
+    pub memory_limit_bytes: Option<u64>,
+    /// Highest usage seen, bytes; `None` where the kernel does not track it.
+    pub memory_max_usage_bytes: Option<u64>,
+    /// Times usage hit the limit (v1 memory.failcnt; v2 memory.events `max`).
+    pub memory_failcnt: u64,
+    /// Processes killed by the OOM killer in this cgroup.
+    pub oom_kills: u64,
+    /// Tasks (threads) in the cgroup.
+    pub pids_current: u64,
+    /// pids.max; `None` when unlimited.
+    pub pids_limit: Option<u64>,
+    /// Bytes read from block devices.
+    pub io_read_bytes: u64,
+    /// Bytes written to block devices.
+    pub io_write_bytes: u64,
+    /// CPU quota as CPUs (quota / period): 0.5 = half a CPU; `None` when unlimited.
+    pub cpu_quota_seconds_per_second: Option<f64>,
+}
+
+/// Reads every controller `placement` names; absent controllers leave their fields at default.
+pub fn read(placement: &Placement) -> Result<ContainerStats, CgroupError> {
+    let mut s = ContainerStats::default();
+    match &placement.cpuacct {
+        Some(ControllerDir::V1(dir)) => read_v1_cpuacct(dir, procfs::ticks_per_second(), &mut s)?,
+        Some(ControllerDir::V2(dir)) => read_v2_cpu_stat(dir, &mut s)?,
+        None => {}
+    }
+    match &placement.cpu {
+        Some(ControllerDir::V1(dir)) => read_v1_cpu(dir, &mut s)?,
+        Some(ControllerDir::V2(dir)) => read_v2_cpu_max(dir, &mut s)?,
+        None => {}
+    }
+    match &placement.memory {
+        Some(ControllerDir::V1(dir)) => read_v1_memory(dir, &mut s)?,
+        Some(ControllerDir::V2(dir)) => read_v2_memory(dir, &mut s)?,
+        None => {}
+    }
+    if let Some(dir) = &placement.pids {
+        read_pids(dir.path(), &mut s)?;
+    }
+    match &placement.blkio {
+        Some(ControllerDir::V1(dir)) => read_v1_blkio(dir, &mut s)?,
+        Some(ControllerDir::V2(dir)) => read_v2_io(dir, &mut s)?,
+        None => {}
+    }
+    Ok(s)
+}
+
+/// v1 cpuacct: cpuacct.usage, and user/system from cpuacct.usage_user/usage_sys (ns) or, on
+/// older kernels, cpuacct.stat (in `ticks_per_second` units, USER_HZ).
+pub fn read_v1_cpuacct(
+    dir: &Path,
+    ticks_per_second: u64,
+    s: &mut ContainerStats,
+) -> Result<(), CgroupError> {
+    s.cpu_usage_seconds = read_u64(&dir.join("cpuacct.usage"))? as f64 / 1e9;
+    let user = read_opt_u64(&dir.join("cpuacct.usage_user"))?;
+    let system = read_opt_u64(&dir.join("cpuacct.usage_sys"))?;
+    if let (Some(user), Some(system)) = (user, system) {
+        s.cpu_user_seconds = user as f64 / 1e9;
+        s.cpu_system_seconds = system as f64 / 1e9;
+    } else if let Some(stat) = read_opt_keyed(&dir.join("cpuacct.stat"))? {
+        let hz = ticks_per_second.max(1) as f64;
+        s.cpu_user_seconds = stat.get("user").copied().unwrap_or(0) as f64 / hz;
+        s.cpu_system_seconds = stat.get("system").copied().unwrap_or(0) as f64 / hz;
+    }
+    Ok(())
+}
+
+/// v2 cpu.stat (a core file of every v2 cgroup): usage, user, system; throttling when the cpu
+/// controller is enabled.
+pub fn read_v2_cpu_stat(dir: &Path, s: &mut ContainerStats) -> Result<(), CgroupError> {
+    let stat = read_keyed(&dir.join("cpu.stat"))?;
+    let secs = |k: &str| stat.get(k).copied().unwrap_or(0) as f64 / 1e6;
+    s.cpu_usage_seconds = secs("usage_usec");
+    s.cpu_user_seconds = secs("user_usec");
+    s.cpu_system_seconds = secs("system_usec");
+    s.cpu_throttled_periods = stat.get("nr_throttled").copied().unwrap_or(0);
+    s.cpu_throttled_seconds = secs("throttled_usec");
+    Ok(())
+}
+
+/// v1 cpu: the CFS quota (cpu.cfs_quota_us, -1 = none) over cpu.cfs_period_us, and throttling
+/// from cpu.stat.
+pub fn read_v1_cpu(dir: &Path, s: &mut ContainerStats) -> Result<(), CgroupError> {
+    let quota_path = dir.join("cpu.cfs_quota_us");
+    let quota = read_trimmed(&quota_path)?;
+    let quota: i64 = quota.parse().map_err(|_| CgroupError::Parse {
+        path: quota_path,
+        content: quota.clone(),
+    })?;
+    let period = read_u64(&dir.join("cpu.cfs_period_us"))?;
+    s.cpu_quota_seconds_per_second =
+        (quota > 0 && period > 0).then(|| quota as f64 / period as f64);
+    if let Some(stat) = read_opt_keyed(&dir.join("cpu.stat"))? {
+        s.cpu_throttled_periods = stat.get("nr_throttled").copied().unwrap_or(0);
+        s.cpu_throttled_seconds = stat.get("throttled_time").copied().unwrap_or(0) as f64 / 1e9;
+    }
+    Ok(())
+}
+
+/// v2 cpu.max: "max 100000" (no quota) or "50000 100000". Absent when the cpu controller is not
+/// enabled for the cgroup.
+pub fn read_v2_cpu_max(dir: &Path, s: &mut ContainerStats) -> Result<(), CgroupError> {
+    let path = dir.join("cpu.max");
+    let Some(content) = read_opt(&path)? else {
+        return Ok(());
+    };
+    let bad = || CgroupError::Parse {
+        path: path.clone(),
+        content: content.clone(),
+    };
+    let mut fields = content.split_whitespace();
+    let quota = fields.next().ok_or_else(bad)?;
+    let period: u64 = fields
+        .next()
+        .unwrap_or("100000")
+        .parse()
+        .map_err(|_| bad())?;
+    s.cpu_quota_seconds_per_second = match quota {
+        "max" => None,
+        q => {
+            let q: u64 = q.parse().map_err(|_| bad())?;
+            (period > 0).then(|| q as f64 / period as f64)
+        }
+    };
+    Ok(())
+}
+
+/// v1 memory controller.
+pub fn read_v1_memory(dir: &Path, s: &mut ContainerStats) -> Result<(), CgroupError> {
+    s.memory_usage_bytes = read_u64(&dir.join("memory.usage_in_bytes"))?;
+    // "Unlimited" is PAGE_COUNTER_MAX pages: 0x7FFFFFFFFFFFF000 with 4 KiB pages, other values
+    // with other page sizes; nothing real is above 2^62 bytes.
+    let limit = read_u64(&dir.join("memory.limit_in_bytes"))?;
+    s.memory_limit_bytes = (limit < 1 << 62).then_some(limit);
+    s.memory_max_usage_bytes = read_opt_u64(&dir.join("memory.max_usage_in_bytes"))?;
+    s.memory_failcnt = read_opt_u64(&dir.join("memory.failcnt"))?.unwrap_or(0);
+    s.oom_kills = read_opt_keyed(&dir.join("memory.oom_control"))?
+        .and_then(|m| m.get("oom_kill").copied())
+        .unwrap_or(0);
+    Ok(())
+}
+
+/// v2 memory controller.
+pub fn read_v2_memory(dir: &Path, s: &mut ContainerStats) -> Result<(), CgroupError> {
+    s.memory_usage_bytes = read_u64(&dir.join("memory.current"))?;
+    s.memory_limit_bytes = read_max(&dir.join("memory.max"))?;
+    s.memory_max_usage_bytes = read_opt_u64(&dir.join("memory.peak"))?;
+    if let Some(events) = read_opt_keyed(&dir.join("memory.events"))? {
+        s.memory_failcnt = events.get("max").copied().unwrap_or(0);
+        s.oom_kills = events.get("oom_kill").copied().unwrap_or(0);
+    }
+    Ok(())
+}
+
+/// pids controller, same files in v1 and v2.
+pub fn read_pids(dir: &Path, s: &mut ContainerStats) -> Result<(), CgroupError> {
+    s.pids_current = read_u64(&dir.join("pids.current"))?;
+    s.pids_limit = read_max(&dir.join("pids.max"))?;
+    Ok(())
+}
+
+/// v1 blkio: per device and direction, the larger of the throttle and BFQ counters (see the
+/// module header); "Total" lines are skipped.
+pub fn read_v1_blkio(dir: &Path, s: &mut ContainerStats) -> Result<(), CgroupError> {
+    let mut best: HashMap<(String, String), u64> = HashMap::new();
+    for file in [
+        "blkio.throttle.io_service_bytes_recursive",
+        "blkio.bfq.io_service_bytes_recursive",
+        "blkio.io_service_bytes_recursive",
+    ] {
+        let path = dir.join(file);
+        let Some(content) = read_opt(&path)? else {
+            continue;
+        };
+        for line in content.lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let [device, op, value] = fields[..] else {
+                continue; // "Total N"
+            };
+            let value: u64 = value.parse().map_err(|_| CgroupError::Parse {
+                path: path.clone(),
+                content: line.to_string(),
+            })?;
+            let slot = best
+                .entry((device.to_string(), op.to_ascii_lowercase()))
+                .or_default();
+            *slot = (*slot).max(value);
+        }
+    }
+    let sum = |op: &str| {
+        best.iter()
+            .filter(|((_, o), _)| o == op)
+            .map(|(_, v)| *v)
+            .sum()
+    };
+    s.io_read_bytes = sum("read");
+    s.io_write_bytes = sum("write");
+    Ok(())
+}
+
+/// v2 io.stat: "MAJ:MIN rbytes=.. wbytes=.. rios=.. wios=.. dbytes=.. dios=..", summed over
+/// devices. Absent when the io controller is not enabled.
+pub fn read_v2_io(dir: &Path, s: &mut ContainerStats) -> Result<(), CgroupError> {
+    let path = dir.join("io.stat");
+    let Some(content) = read_opt(&path)? else {
+        return Ok(());
+    };
+    let (mut read, mut write) = (0u64, 0u64);
+    for line in content.lines() {
+        for field in line.split_whitespace().skip(1) {
+            let Some((key, value)) = field.split_once('=') else {
+                continue;
+            };
+            let counter = match key {
+                "rbytes" => &mut read,
+                "wbytes" => &mut write,
+                _ => continue,
+            };
+            let value: u64 = value.parse().map_err(|_| CgroupError::Parse {
+                path: path.clone(),
+                content: line.to_string(),
+            })?;
+            *counter = counter.saturating_add(value);
+        }
+    }
+    s.io_read_bytes = read;
+    s.io_write_bytes = write;
+    Ok(())
+}
+
+/// The file's content, `None` when it does not exist.
+fn read_opt(path: &Path) -> Result<Option<String>, CgroupError> {
+    match fs::read_to_string(path) {
+        Ok(s) => Ok(Some(s)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(CgroupError::Read {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+fn read_trimmed(path: &Path) -> Result<String, CgroupError> {
+    fs::read_to_string(path)
+        .map(|s| s.trim().to_string())
+        .map_err(|source| CgroupError::Read {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+fn parse_u64(path: &Path, content: &str) -> Result<u64, CgroupError> {
+    content.trim().parse().map_err(|_| CgroupError::Parse {
+        path: path.to_path_buf(),
+        content: content.to_string(),
+    })
+}
+
+/// A single-number file.
+pub(crate) fn read_u64(path: &Path) -> Result<u64, CgroupError> {
+    parse_u64(path, &read_trimmed(path)?)
+}
+
+fn read_opt_u64(path: &Path) -> Result<Option<u64>, CgroupError> {
+    read_opt(path)?.map(|c| parse_u64(path, &c)).transpose()
+}
+
+/// A number-or-"max" file (memory.max, pids.max): `None` for "max".
+pub(crate) fn read_max(path: &Path) -> Result<Option<u64>, CgroupError> {
+    let content = read_trimmed(path)?;
+    if content == "max" {
+        return Ok(None);
+    }
+    parse_u64(path, &content).map(Some)
+}
+
+/// "key value" lines (cpu.stat, memory.events, memory.oom_control, cpuacct.stat).
+fn parse_keyed(path: &Path, content: &str) -> Result<HashMap<String, u64>, CgroupError> {
+    let mut out = HashMap::new();
+    for line in content.lines().filter(|l| !l.trim().is_empty()) {
+        let mut fields = line.split_whitespace();
+        let (Some(key), Some(value), None) = (fields.next(), fields.next(), fields.next()) else {
+            return Err(CgroupError::Parse {
+                path: path.to_path_buf(),
+                content: line.to_string(),
+            });
+        };
+        out.insert(key.to_string(), parse_u64(path, value)?);
+    }
+    Ok(out)
+}
+
+fn read_keyed(path: &Path) -> Result<HashMap<String, u64>, CgroupError> {
+    parse_keyed(path, &read_trimmed(path)?)
+}
+
+fn read_opt_keyed(path: &Path) -> Result<Option<HashMap<String, u64>>, CgroupError> {
+    read_opt(path)?.map(|c| parse_keyed(path, &c)).transpose()
+}
