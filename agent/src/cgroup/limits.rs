@@ -3,7 +3,7 @@
 //! applies when it creates the container's cgroups), live updates of a running container's
 //! cgroups, and removal of every cgroup directory a container had.
 //!
-//! Where the limits go. runc puts a container with `linux.cgroupsPath` "/berth/<id>" at
+//! Where the limits go. runc puts a container with `linux.cgroupsPath` `/berth/<id>` at
 //! `<mount>/berth/<id>` in every v1 hierarchy and in the cgroup2 tree. [`Hierarchy::placement`]
 //! picks, per controller, the v1 hierarchy holding it, else the cgroup2 tree: on this project's
 //! hybrid hosts (v1 controllers, cgroup2 with only hugetlb) every limit lands in v1 files, on pure
@@ -478,7 +478,7 @@ pub fn memory_swap_to_v2(memory_swap: i64, memory: u64) -> i64 {
 #[derive(Debug, Clone)]
 pub struct ContainerCgroup {
     hierarchy: Hierarchy,
-    /// As given, e.g. "/berth/<id>" (the OCI `linux.cgroupsPath`).
+    /// As given, e.g. `/berth/<id>` (the OCI `linux.cgroupsPath`).
     given: String,
     /// `given` without leading and trailing `/`; `None` when unusable (empty, `.`, `..`), in
     /// which case every operation fails with [`CgroupError::InvalidPath`] and touches nothing.
@@ -491,7 +491,7 @@ const REMOVE_RETRIES: u32 = 5;
 
 impl ContainerCgroup {
     /// `relative` is the cgroup path below every hierarchy root, as in the OCI
-    /// `linux.cgroupsPath` ("/berth/<id>"); a leading `/` is optional.
+    /// `linux.cgroupsPath` (`/berth/<id>`); a leading `/` is optional.
     pub fn new(hierarchy: &Hierarchy, relative: &str) -> Self {
         let trimmed = relative.trim_matches('/');
         let usable = !trimmed.is_empty()
