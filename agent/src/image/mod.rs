@@ -50,10 +50,7 @@ pub enum ImageError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error(
-        "{path} is compressed with {format}, which berth does not read; decompress it first \
-         (plain tar or gzip work)"
-    )]
+    #[error("{path} is compressed with {format}; berth reads plain and gzip-compressed tar only")]
     UnsupportedCompression { path: PathBuf, format: &'static str },
     #[error(
         "{path} contains neither manifest.json (`docker save`) nor index.json (OCI image layout)"
@@ -116,7 +113,7 @@ pub enum ImageError {
     },
     #[error(
         "no image matches {reference}: give a name (name:tag), an id or an id prefix of at least \
-         {MIN_PREFIX} hex characters; `berth images` lists them"
+         {MIN_PREFIX} hex characters"
     )]
     UnknownReference { reference: String },
     #[error("{reference} matches {} images ({}); give more characters", candidates.len(), candidates.join(", "))]

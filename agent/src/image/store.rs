@@ -115,6 +115,11 @@ impl ImageStore {
             info!(id = %plan.id, "image already stored; reusing its rootfs");
         } else {
             self.unpack(&archive, &plan, &scratch.path)?;
+            if final_dir.exists() {
+                // Not an image (no record): nothing berth writes looks like this; clear it.
+                warn!(path = %final_dir.display(), "replacing an incomplete image directory");
+                remove_path(&final_dir)?;
+            }
             match fs::rename(&scratch.path, &final_dir) {
                 Ok(()) => {}
                 // Another import of the same image won the race: use its result.
@@ -860,15 +865,24 @@ mod tests {
     }
 
     #[test]
-    fn an_image_dir_without_metadata_is_not_listed() {
+    fn an_image_dir_without_metadata_is_not_listed_and_is_replaced_on_import() {
         let f = fixture();
-        let half = f.store.images_dir().join("a".repeat(64));
-        fs::create_dir_all(half.join("rootfs")).unwrap();
+        let layers = two_layers();
+        let id = archive::sha256_hex(&crate::image::testutil::config(&layers, "run"));
+        let half = f.store.images_dir().join(&id);
+        fs::create_dir_all(half.join("rootfs/junk")).unwrap();
         assert!(f.store.list().unwrap().is_empty());
         assert!(matches!(
-            f.store.get(&"a".repeat(64)),
+            f.store.get(&id),
             Err(ImageError::UnknownReference { .. })
         ));
+        let image = f
+            .store
+            .import(&f.archive("a.tar", &oci(&layers, "run", None, true)), None)
+            .unwrap();
+        assert_eq!(image.id, id);
+        assert!(!image.rootfs.join("junk").exists());
+        assert_two_layer_rootfs(&image.rootfs);
     }
 
     #[test]
