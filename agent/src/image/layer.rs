@@ -821,6 +821,27 @@ mod tests {
     }
 
     #[test]
+    fn extended_attributes_from_pax_headers_are_set() {
+        let (_dir, root) = apply_all(&[layer(&[FileXattr("bin/ping", "user.berth", b"cap")])]);
+        let path = root.join("bin/ping");
+        let c_path = CString::new(path.as_os_str().as_bytes()).unwrap();
+        let mut buf = [0u8; 16];
+        // SAFETY: valid C strings and a buffer of the given length.
+        let n = unsafe {
+            libc::lgetxattr(
+                c_path.as_ptr(),
+                c"user.berth".as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
+        if n < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ENOTSUP) {
+            return; // the test directory's filesystem has no user xattrs
+        }
+        assert_eq!(&buf[..n as usize], b"cap");
+    }
+
+    #[test]
     fn a_file_used_as_a_directory_is_an_invalid_layer() {
         let err = apply_err(&[layer(&[File("a", b""), File("a/b", b"")])]);
         assert!(matches!(err, ImageError::InvalidLayer { .. }), "{err}");

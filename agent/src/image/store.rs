@@ -58,8 +58,14 @@ impl ImageStore {
             root: root.to_path_buf(),
         };
         for dir in [store.root.clone(), store.images_dir(), store.tmp_dir()] {
-            fs::create_dir_all(&dir).map_err(|source| ImageError::Io { path: dir, source })?;
+            fs::create_dir_all(&dir).map_err(|source| ImageError::Io {
+                path: dir.clone(),
+                source,
+            })?;
         }
+        // Root filesystems hold setuid binaries owned by root: host users must not reach them.
+        set_mode(&store.images_dir(), 0o700)?;
+        set_mode(&store.tmp_dir(), 0o700)?;
         let lock_path = store.root.join(STORE_LOCK);
         match Lock::take(&lock_path, libc::LOCK_EX | libc::LOCK_NB) {
             Ok(_guard) => {
@@ -923,6 +929,16 @@ mod tests {
         let image = f.store.import(&f.archive("n.tar", &members), None).unwrap();
         assert_eq!(image.names, ["docker.io/library/app:3"]);
         assert_two_layer_rootfs(&image.rootfs);
+    }
+
+    #[test]
+    fn unpacked_images_are_out_of_reach_of_other_host_users() {
+        use std::os::unix::fs::PermissionsExt;
+        let f = fixture();
+        for dir in [f.store.images_dir(), f.store.tmp_dir()] {
+            let mode = fs::metadata(&dir).unwrap().permissions().mode();
+            assert_eq!(mode & 0o077, 0, "{} is {mode:o}", dir.display());
+        }
     }
 
     #[test]

@@ -18,6 +18,8 @@ pub(crate) enum Entry<'a> {
     Hardlink(&'a str, &'a str),
     CharDevice(&'a str),
     Fifo(&'a str),
+    /// A file with one extended attribute (PAX `SCHILY.xattr.<name>`).
+    FileXattr(&'a str, &'a str, &'a [u8]),
 }
 
 fn header(name: &str, kind: tar::EntryType, size: u64, mode: u32) -> tar::Header {
@@ -68,6 +70,13 @@ pub(crate) fn layer(entries: &[Entry<'_>]) -> Vec<u8> {
             }
             Entry::CharDevice(name) => (header(name, tar::EntryType::Char, 0, 0o666), &[]),
             Entry::Fifo(name) => (header(name, tar::EntryType::Fifo, 0, 0o644), &[]),
+            Entry::FileXattr(name, attr, value) => {
+                let key = format!("SCHILY.xattr.{attr}");
+                builder
+                    .append_pax_extensions([(key.as_str(), *value)])
+                    .unwrap();
+                (header(name, tar::EntryType::Regular, 0, 0o755), &[])
+            }
         };
         h.set_cksum();
         builder.append(&h, data).unwrap();
