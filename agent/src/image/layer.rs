@@ -79,6 +79,7 @@ enum Resolve {
     NotFound,
     NotADirectory(PathBuf),
     TooManyLinks,
+    Io(PathBuf, io::Error),
 }
 
 struct Applier<'a> {
@@ -155,7 +156,7 @@ impl Applier<'_> {
                     if links > MAX_SYMLINKS {
                         return Err(Resolve::TooManyLinks);
                     }
-                    let target = fs::read_link(&next).map_err(|_| Resolve::NotFound)?;
+                    let target = fs::read_link(&next).map_err(|e| Resolve::Io(next.clone(), e))?;
                     let target = target.as_os_str().as_bytes();
                     if target.starts_with(b"/") {
                         current = self.root.to_path_buf();
@@ -168,11 +169,12 @@ impl Applier<'_> {
                 }
                 Ok(_) => return Err(Resolve::NotADirectory(next)),
                 Err(e) if e.kind() == io::ErrorKind::NotFound && create => {
-                    fs::create_dir(&next).map_err(|_| Resolve::NotADirectory(next.clone()))?;
+                    fs::create_dir(&next).map_err(|e| Resolve::Io(next.clone(), e))?;
                     let _ = fs::set_permissions(&next, fs::Permissions::from_mode(0o755));
                     self.written.insert(next.clone());
                 }
-                Err(_) => return Err(Resolve::NotFound),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(Resolve::NotFound),
+                Err(e) => return Err(Resolve::Io(next, e)),
             }
             current = next;
             depth += 1;
@@ -192,6 +194,7 @@ impl Applier<'_> {
             ),
             Resolve::TooManyLinks => self.invalid(name, "too many levels of symbolic links"),
             Resolve::NotFound => self.invalid(name, "a parent directory cannot be created"),
+            Resolve::Io(path, source) => ImageError::Io { path, source },
         })
     }
 
