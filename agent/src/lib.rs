@@ -9,6 +9,7 @@ pub mod bench;
 pub mod cgroup;
 pub mod config;
 pub mod daemon;
+pub mod image;
 pub mod metrics;
 pub mod model;
 pub mod probes;
