@@ -42,6 +42,7 @@ pub struct Config {
     pub agent: AgentConfig,
     pub http: HttpConfig,
     pub cgroup: CgroupConfig,
+    pub runtime: RuntimeConfig,
     pub probes: ProbesConfig,
 }
 
@@ -67,6 +68,9 @@ pub struct HttpConfig {
     /// Read-only HTTP listener for /metrics, /healthz, /readyz and /api/v1.
     #[serde(with = "socket_addr")]
     pub listen: SocketAddr,
+    /// Unix socket for the client verbs (`berth run`, `ps`, ...): the only listener that
+    /// accepts changes. Mode 0660, owned by root.
+    pub socket: PathBuf,
 }
 
 impl Default for HttpConfig {
@@ -74,6 +78,31 @@ impl Default for HttpConfig {
         Self {
             // Loopback only: exposing it further is the operator's decision.
             listen: SocketAddr::from(([127, 0, 0, 1], 9847)),
+            socket: PathBuf::from(DEFAULT_SOCKET),
+        }
+    }
+}
+
+/// Where the agent's Unix socket is unless configured otherwise; the CLI's default too.
+pub const DEFAULT_SOCKET: &str = "/run/berth/berth.sock";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// OCI runtime: "auto" (crun on pure cgroup v2 when installed, else runc), "runc", "crun".
+    pub oci: String,
+    /// Persistent state: images, containers (records, bundles, logs, writable layers).
+    pub state_dir: PathBuf,
+    /// Volatile state (tmpfs): the OCI runtime's own state root.
+    pub run_dir: PathBuf,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            oci: "auto".into(),
+            state_dir: PathBuf::from("/var/lib/berth"),
+            run_dir: PathBuf::from("/run/berth"),
         }
     }
 }
@@ -151,6 +180,27 @@ impl Config {
             ));
         }
         validate_cgroup_root(&self.cgroup.root).map_err(|r| invalid("cgroup.root", r))?;
+        if !["auto", "runc", "crun"].contains(&self.runtime.oci.as_str()) {
+            return Err(invalid(
+                "runtime.oci",
+                format!(
+                    "is `{}`; use \"auto\", \"runc\" or \"crun\"",
+                    self.runtime.oci
+                ),
+            ));
+        }
+        for (key, p) in [
+            ("runtime.state_dir", &self.runtime.state_dir),
+            ("runtime.run_dir", &self.runtime.run_dir),
+            ("http.socket", &self.http.socket),
+        ] {
+            if !p.is_absolute() {
+                return Err(invalid(
+                    key,
+                    format!("is `{}`; it must be an absolute path", p.display()),
+                ));
+            }
+        }
         Ok(())
     }
 

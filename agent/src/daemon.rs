@@ -13,12 +13,13 @@ use tokio::{net::TcpListener, signal::unix::SignalKind, sync::watch};
 use tracing::{debug, info, warn};
 
 use crate::{
-    api::{self, AppState, SystemInfo},
+    api::{self, Access, AppState, SystemInfo},
     cgroup::{CgroupError, Hierarchy, TrackedRoot},
     config::Config,
     metrics,
     model::{CollectorRun, Snapshot},
     probes::Probes,
+    runtime::Manager,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +34,11 @@ pub enum DaemonError {
     #[error("cannot install the {signal} handler: {source}")]
     Signal {
         signal: &'static str,
+        source: std::io::Error,
+    },
+    #[error("cannot listen on the API socket {path} (http.socket): {source}")]
+    Socket {
+        path: std::path::PathBuf,
         source: std::io::Error,
     },
     #[error("HTTP server failed: {0}")]
@@ -65,20 +71,51 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     })?;
 
     let probes = Probes::start(&config.probes, &root);
-    let (snap_tx, snap_rx) = watch::channel(None);
-    let mut collector = Collector { probes, root };
-    snap_tx.send_replace(Some(Arc::new(collector.collect())));
 
+    // Containers: store recovery re-adopts what the shims kept running.
+    let (manager, manager_error) = {
+        let rc = config.runtime.clone();
+        let h = hierarchy.clone();
+        let croot = config.cgroup.root.clone();
+        match tokio::task::spawn_blocking(move || {
+            Manager::open(&rc.state_dir, &rc.run_dir, &rc.oci, h, &croot)
+        })
+        .await
+        {
+            Ok(Ok(m)) => {
+                info!(runtime = %m.runtime.name, version = %m.runtime.version, reason = %m.runtime.reason, "OCI runtime");
+                (Some(Arc::new(m)), None)
+            }
+            Ok(Err(e)) => {
+                warn!(error = %e, "containers unavailable");
+                (None, Some(e.to_string()))
+            }
+            Err(e) => (None, Some(e.to_string())),
+        }
+    };
+
+    let (snap_tx, snap_rx) = watch::channel(None);
+    let mut collector = Collector {
+        probes,
+        root,
+        manager: manager.clone(),
+    };
+    let first = tokio::task::block_in_place(|| collector.collect());
+    snap_tx.send_replace(Some(Arc::new(first)));
+
+    let root = collector.root.clone();
     let system = SystemInfo {
         version: env!("CARGO_PKG_VERSION"),
         kernel: kernel_release(),
-        cgroup: hierarchy,
+        cgroup: hierarchy.clone(),
         tracked_root: collector.root.clone(),
     };
     let state = AppState {
         registry: Arc::new(metrics::registry(snap_rx.clone())),
         snapshots: snap_rx,
         system: Arc::new(system),
+        manager,
+        manager_error,
     };
 
     let addr = config.http.listen;
@@ -86,7 +123,9 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         .await
         .map_err(|source| DaemonError::Listen { addr, source })?;
     let bound = listener.local_addr().unwrap_or(addr);
-    info!(%bound, "HTTP listening: /metrics /healthz /readyz /api/v1");
+    info!(%bound, "HTTP listening (read-only): /metrics /healthz /readyz /api/v1");
+    let unix = bind_socket(&config.http.socket)?;
+    info!(socket = %config.http.socket.display(), "API socket listening (read-write)");
 
     let (stop_tx, mut stop_rx) = watch::channel(false);
     let interval = config.agent.interval.0;
@@ -97,7 +136,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         loop {
             tokio::select! {
                 _ = tick.tick() => {
-                    let snap = collector.collect();
+                    let snap = tokio::task::block_in_place(|| collector.collect());
                     snap_tx.send_replace(Some(Arc::new(snap)));
                 }
                 _ = stop_rx.changed() => break,
@@ -107,16 +146,30 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         drop(collector);
     });
 
+    let (down_tx, down_rx) = watch::channel(false);
     let shutdown = async move {
         let signal = tokio::select! {
             _ = sigterm.recv() => "SIGTERM",
             _ = sigint.recv() => "SIGINT",
         };
         info!(signal, "shutting down");
+        let _ = down_tx.send(true);
     };
-    let served = axum::serve(listener, api::app(state))
+    let mut down_unix = down_rx.clone();
+    let unix_app = api::app(state.clone(), Access::ReadWrite);
+    let unix_server = tokio::spawn(async move {
+        axum::serve(unix, unix_app)
+            .with_graceful_shutdown(async move {
+                let _ = down_unix.wait_for(|d| *d).await;
+            })
+            .await
+    });
+    let served = axum::serve(listener, api::app(state, Access::ReadOnly))
         .with_graceful_shutdown(shutdown)
         .await;
+    // Open `logs -f` streams would hold the socket server: give it a moment, then leave.
+    let _ = tokio::time::timeout(Duration::from_secs(2), unix_server).await;
+    let _ = std::fs::remove_file(&config.http.socket);
     let _ = stop_tx.send(true);
     if tokio::time::timeout(Duration::from_secs(5), collect_loop)
         .await
@@ -124,15 +177,40 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     {
         warn!("collector loop did not stop within 5 s");
     }
+    let removed = root.remove_if_empty(&hierarchy);
+    debug!(?removed, "empty cgroup roots removed");
     served.map_err(DaemonError::Serve)?;
     info!("stopped");
     Ok(())
+}
+
+/// Creates the socket's directory, replaces a stale socket, binds, and sets mode 0660.
+fn bind_socket(path: &std::path::Path) -> Result<tokio::net::UnixListener, DaemonError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let err = |source| DaemonError::Socket {
+        path: path.to_owned(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(err(std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            "another agent is listening on it",
+        )));
+    }
+    let _ = std::fs::remove_file(path);
+    let listener = tokio::net::UnixListener::bind(path).map_err(err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(err)?;
+    Ok(listener)
 }
 
 /// Owns the probes and builds one snapshot per tick.
 struct Collector {
     probes: Probes,
     root: TrackedRoot,
+    manager: Option<Arc<Manager>>,
 }
 
 impl Collector {
@@ -170,8 +248,25 @@ impl Collector {
             success: error.is_none(),
             error,
         });
-        debug!(cgroups = cgroups.len(), "snapshot");
+        let started = Instant::now();
+        let containers = self
+            .manager
+            .as_ref()
+            .map(|m| m.samples())
+            .unwrap_or_default();
+        collectors.push(CollectorRun {
+            name: "containers",
+            duration_seconds: started.elapsed().as_secs_f64(),
+            success: true,
+            error: None,
+        });
+        debug!(
+            cgroups = cgroups.len(),
+            containers = containers.len(),
+            "snapshot"
+        );
         Snapshot {
+            containers,
             taken_at: SystemTime::now(),
             cgroups,
             probes: self.probes.status(),

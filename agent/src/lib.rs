@@ -7,9 +7,11 @@
 pub mod api;
 pub mod bench;
 pub mod cgroup;
+pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod image;
 pub mod metrics;
 pub mod model;
 pub mod probes;
+pub mod runtime;

@@ -1,80 +1,19 @@
-//! `berth`: the agent daemon and its client verbs.
+//! `berth`: the agent daemon and its client verbs (see `cli/`).
 
-use std::{io::IsTerminal as _, path::PathBuf, process::ExitCode};
+use std::{io::IsTerminal as _, process::ExitCode};
 
-use anyhow::Context as _;
-use berth::config::Config;
-use clap::{Parser, Subcommand};
+use berth::cli::{self, args::Cli};
+use clap::Parser as _;
 use tracing_subscriber::EnvFilter;
-
-#[derive(Parser)]
-#[command(
-    name = "berth",
-    version,
-    about = "Containers, traced with eBPF, with port mapping costs explained."
-)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Run the agent in the foreground: probes, collectors and the HTTP endpoints.
-    ///
-    /// Example: `berth agent --config /etc/berth/berth.toml`, then
-    /// `curl http://127.0.0.1:9847/metrics`.
-    Agent {
-        /// TOML configuration file; without it the built-in defaults apply.
-        #[arg(long, value_name = "PATH")]
-        config: Option<PathBuf>,
-        /// Print the configuration in force (defaults merged with --config) and exit.
-        #[arg(long)]
-        print_config: bool,
-    },
-    /// Measure the syscall probe's cost (used by `cargo xtask bench syscalls`).
-    #[command(hide = true)]
-    BenchSyscalls(berth::bench::SyscallBenchArgs),
-}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
-    match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+    match cli::execute(cli) {
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
         Err(e) => {
             eprintln!("berth: error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {
-        Command::Agent {
-            config,
-            print_config,
-        } => {
-            let config = match &config {
-                Some(path) => Config::load(path)?,
-                None => Config::default(),
-            };
-            if print_config {
-                print!("{}", config.to_toml());
-                return Ok(());
-            }
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .context("starting the tokio runtime")?;
-            runtime.block_on(berth::daemon::run(config))?;
-            Ok(())
-        }
-        Command::BenchSyscalls(args) => {
-            let report = berth::bench::syscalls(&args)?;
-            println!("{}", serde_json::to_string_pretty(&report)?);
-            Ok(())
+            ExitCode::from(125)
         }
     }
 }

@@ -116,6 +116,8 @@ impl Collector for SnapshotCollector {
                 .encode(fam.encode_family(&[("collector", Escaped(c.name))])?)?;
         }
 
+        encode_containers(&snap, &mut encoder)?;
+
         let mut fam = encoder.encode_descriptor(
             "berth_cgroup_syscalls",
             "Syscalls entered by tasks of the cgroup, by syscall, since the cgroup was first seen",
@@ -132,6 +134,159 @@ impl Collector for SnapshotCollector {
         }
         Ok(())
     }
+}
+
+/// `berth_container_*`: one series per container, labelled by id and name.
+fn encode_containers(
+    snap: &Snapshot,
+    encoder: &mut DescriptorEncoder,
+) -> Result<(), std::fmt::Error> {
+    use crate::cgroup::stats::ContainerStats;
+
+    let mut fam = encoder.encode_descriptor(
+        "berth_container",
+        "A container berth manages, with its image and OCI runtime",
+        None,
+        prometheus_client::metrics::MetricType::Info,
+    )?;
+    for c in &snap.containers {
+        let r = &c.view.record;
+        // encode_family + encode_info would emit `{,` (prometheus-client 0.24): give the
+        // labels to encode_info directly.
+        fam.encode_info(&[
+            ("container", Escaped(&r.id)),
+            ("name", Escaped(&r.name)),
+            ("image", Escaped(&r.image)),
+            ("runtime", Escaped(&r.runtime)),
+        ])?;
+    }
+
+    let labels = |c: &crate::runtime::ContainerSample| {
+        [
+            ("container", c.view.record.id.clone()),
+            ("name", c.view.record.name.clone()),
+        ]
+    };
+    let mut fam = encoder.encode_descriptor(
+        "berth_container_running",
+        "Whether the container's process is running (1) or not (0)",
+        None,
+        ConstGauge::new(0i64).metric_type(),
+    )?;
+    for c in &snap.containers {
+        let l = labels(c);
+        ConstGauge::new(i64::from(c.view.status == "running")).encode(
+            fam.encode_family(&[("container", Escaped(&l[0].1)), ("name", Escaped(&l[1].1))])?,
+        )?;
+    }
+    let mut fam = encoder.encode_descriptor(
+        "berth_container_restarts",
+        "Times the restart policy restarted the container",
+        None,
+        ConstCounter::new(0u64).metric_type(),
+    )?;
+    for c in &snap.containers {
+        let l = labels(c);
+        ConstCounter::new(u64::from(c.view.state.restart_count)).encode(
+            fam.encode_family(&[("container", Escaped(&l[0].1)), ("name", Escaped(&l[1].1))])?,
+        )?;
+    }
+    let mut fam = encoder.encode_descriptor(
+        "berth_container_oom_kills",
+        "Processes of the container killed by the kernel's OOM killer",
+        None,
+        ConstCounter::new(0u64).metric_type(),
+    )?;
+    for c in &snap.containers {
+        let l = labels(c);
+        let live = c.stats.as_ref().map_or(0, |s| s.oom_kills);
+        ConstCounter::new(c.view.state.oom_kills + live).encode(
+            fam.encode_family(&[("container", Escaped(&l[0].1)), ("name", Escaped(&l[1].1))])?,
+        )?;
+    }
+
+    type Getter = fn(&ContainerStats) -> Option<f64>;
+    let counters: [(&str, &str, Getter); 5] = [
+        (
+            "berth_container_cpu_user_seconds",
+            "CPU time the container spent in user mode",
+            |s| Some(s.cpu_user_seconds),
+        ),
+        (
+            "berth_container_cpu_system_seconds",
+            "CPU time the container spent in the kernel",
+            |s| Some(s.cpu_system_seconds),
+        ),
+        (
+            "berth_container_memory_failcnt",
+            "Times the container's memory usage hit its limit",
+            |s| Some(s.memory_failcnt as f64),
+        ),
+        (
+            "berth_container_io_read_bytes",
+            "Bytes the container read from block devices",
+            |s| Some(s.io_read_bytes as f64),
+        ),
+        (
+            "berth_container_io_write_bytes",
+            "Bytes the container wrote to block devices",
+            |s| Some(s.io_write_bytes as f64),
+        ),
+    ];
+    for (name, help, get) in counters {
+        let mut fam =
+            encoder.encode_descriptor(name, help, None, ConstCounter::new(0f64).metric_type())?;
+        for c in &snap.containers {
+            let Some(v) = c.stats.as_ref().and_then(get) else {
+                continue;
+            };
+            let l = labels(c);
+            ConstCounter::new(v).encode(
+                fam.encode_family(&[("container", Escaped(&l[0].1)), ("name", Escaped(&l[1].1))])?,
+            )?;
+        }
+    }
+    let gauges: [(&str, &str, Getter); 5] = [
+        (
+            "berth_container_memory_usage_bytes",
+            "Memory the container uses now",
+            |s| Some(s.memory_usage_bytes as f64),
+        ),
+        (
+            "berth_container_memory_limit_bytes",
+            "The container's memory limit (absent when unlimited)",
+            |s| s.memory_limit_bytes.map(|v| v as f64),
+        ),
+        (
+            "berth_container_memory_max_usage_bytes",
+            "Highest memory use the kernel recorded for the container",
+            |s| s.memory_max_usage_bytes.map(|v| v as f64),
+        ),
+        (
+            "berth_container_pids",
+            "Processes and threads in the container",
+            |s| Some(s.pids_current as f64),
+        ),
+        (
+            "berth_container_pids_limit",
+            "The container's process limit (absent when unlimited)",
+            |s| s.pids_limit.map(|v| v as f64),
+        ),
+    ];
+    for (name, help, get) in gauges {
+        let mut fam =
+            encoder.encode_descriptor(name, help, None, ConstGauge::new(0f64).metric_type())?;
+        for c in &snap.containers {
+            let Some(v) = c.stats.as_ref().and_then(get) else {
+                continue;
+            };
+            let l = labels(c);
+            ConstGauge::new(v).encode(
+                fam.encode_family(&[("container", Escaped(&l[0].1)), ("name", Escaped(&l[1].1))])?,
+            )?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -172,6 +327,7 @@ mod tests {
                 success: true,
                 error: None,
             }],
+            containers: vec![],
         }
     }
 

@@ -17,6 +17,8 @@ pub struct Snapshot {
     /// Events the probes could not record (a full map), cumulative since load.
     pub lost_events: Vec<LostEvents>,
     pub collectors: Vec<CollectorRun>,
+    /// berth's containers with their cgroup stats.
+    pub containers: Vec<crate::runtime::ContainerSample>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]

@@ -130,4 +130,9 @@ fn stopping_the_agent_detaches_its_programs() {
         },
     );
     assert!(agent.log().contains("detached"), "{}", agent.log());
+    assert!(
+        !agent.root_dir.exists(),
+        "the agent left its empty cgroup root {}",
+        agent.root_dir.display()
+    );
 }

@@ -66,6 +66,12 @@ enum Bench {
         #[arg(long, default_value_t = 9)]
         rounds: u32,
     },
+    /// Create-to-running latency: `berth run -d` against the bare runtime (create + start)
+    /// on the same bundle, interleaved, median of each.
+    Launch {
+        #[arg(long, default_value_t = 25)]
+        runs: u32,
+    },
 }
 
 fn main() -> Result<()> {
@@ -102,6 +108,7 @@ fn main() -> Result<()> {
         }
         Cmd::Bench { bench } => match bench {
             Bench::Syscalls { calls, rounds } => bench_syscalls(calls, rounds),
+            Bench::Launch { runs } => bench_launch(runs),
         },
     }
 }
@@ -332,4 +339,134 @@ fn append_benchmark(section: &str) -> Result<()> {
     });
     text.push_str(section);
     fs::write(path, text).context("writing docs/benchmarks.md")
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// `berth run -d` vs `runc create` + `runc start` of the bundle berth generated, both until the
+/// container's process runs; each container is removed before the next run.
+fn bench_launch(runs: u32) -> Result<()> {
+    use std::time::{Duration, Instant};
+    setup()?;
+    cargo(&["build", "--release", "--package", "berth"])?;
+    let berth = workspace_root().join("target/release/berth");
+    let tmp = std::env::temp_dir().join(format!("berth-bench-launch-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&tmp);
+    fs::create_dir_all(tmp.join("rootfs/bin"))?;
+    fs::copy("/bin/busybox", tmp.join("rootfs/bin/busybox"))?;
+    for a in ["sh", "sleep"] {
+        std::os::unix::fs::symlink("busybox", tmp.join("rootfs/bin").join(a))?;
+    }
+    let root_name = format!("berth-bench-{}", std::process::id());
+    let config = tmp.join("berth.toml");
+    fs::write(
+        &config,
+        format!(
+            "[http]\nlisten = \"127.0.0.1:0\"\nsocket = \"{t}/berth.sock\"\n\
+             [cgroup]\nroot = \"{root_name}\"\n\
+             [runtime]\nstate_dir = \"{t}/state\"\nrun_dir = \"{t}/run\"\n\
+             [probes.syscalls]\nenabled = false\n",
+            t = tmp.display()
+        ),
+    )?;
+    let mut agent = Command::new(&berth)
+        .args(["agent", "--config"])
+        .arg(&config)
+        .stderr(fs::File::create(tmp.join("agent.log"))?)
+        .spawn()?;
+    let sock = tmp.join("berth.sock");
+    let cli = |args: &[&str]| -> Result<String> {
+        output(Command::new(&berth).arg("--socket").arg(&sock).args(args))
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while cli(&["ps"]).is_err() {
+        ensure!(
+            Instant::now() < deadline,
+            "agent did not start; see {}/agent.log",
+            tmp.display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let result = (|| -> Result<(f64, f64, String)> {
+        let rootfs = tmp.join("rootfs");
+        let rootfs = rootfs.to_str().context("path")?;
+        // One container to take berth's bundle from.
+        let id = cli(&["run", "-d", rootfs, "sleep", "1000"])?
+            .trim()
+            .to_owned();
+        let info: serde_json::Value = serde_json::from_str(&cli(&["info"])?)?;
+        let runtime = info["runtime"]["path"]
+            .as_str()
+            .context("no runtime")?
+            .to_owned();
+        let runtime_name = info["runtime"]["name"]
+            .as_str()
+            .unwrap_or("runc")
+            .to_owned();
+        let bare = tmp.join("bare");
+        fs::create_dir_all(&bare)?;
+        let mut spec: serde_json::Value = serde_json::from_slice(&fs::read(
+            tmp.join("state/containers")
+                .join(&id)
+                .join("bundle/config.json"),
+        )?)?;
+        cli(&["rm", "-f", &id])?;
+        spec["root"]["path"] = serde_json::json!(rootfs);
+        let bare_root = tmp.join("bare-root");
+        let mut berth_ms = Vec::new();
+        let mut bare_ms = Vec::new();
+        for i in 0..runs {
+            let start = Instant::now();
+            let id = cli(&["run", "-d", rootfs, "sleep", "1000"])?
+                .trim()
+                .to_owned();
+            berth_ms.push(start.elapsed().as_secs_f64() * 1e3);
+            cli(&["rm", "-f", &id])?;
+
+            let bid = format!("bench-bare-{}-{i}", std::process::id());
+            spec["linux"]["cgroupsPath"] = serde_json::json!(format!("/{root_name}/{bid}"));
+            fs::write(bare.join("config.json"), serde_json::to_vec(&spec)?)?;
+            let rt = |args: &[&str]| {
+                run(Command::new(&runtime)
+                    .arg("--root")
+                    .arg(&bare_root)
+                    .args(args)
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null()))
+            };
+            let start = Instant::now();
+            rt(&["create", "--bundle", bare.to_str().context("path")?, &bid])?;
+            rt(&["start", &bid])?;
+            bare_ms.push(start.elapsed().as_secs_f64() * 1e3);
+            rt(&["delete", "--force", &bid])?;
+        }
+        Ok((median(&mut berth_ms), median(&mut bare_ms), runtime_name))
+    })();
+    let _ = Command::new("kill").arg(agent.id().to_string()).status();
+    let _ = agent.wait();
+    let _ = fs::remove_dir_all(tmp.join("state"));
+    let _ = fs::remove_dir_all(&tmp);
+    let (berth_ms, bare_ms, runtime) = result?;
+    let ratio = berth_ms / bare_ms;
+    let goal = if ratio <= 1.2 { "met" } else { "NOT met" };
+    let section = format!(
+        "\n## launch ({date})\n\n\
+         Command: `cargo xtask bench launch --runs {runs}`  \n\
+         Machine: {machine}  \n\
+         Method: create-to-running wall time, median of {runs} runs each, interleaved. berth: \
+         `berth run -d ROOTFS sleep 1000` (CLI, API over the Unix socket, overlay mount, bundle, \
+         shim, {runtime} create + start) until it returns with the process running. Bare: \
+         `{runtime} create` + `{runtime} start` of the same config.json berth generated (plain \
+         rootfs directory, no overlay). Each container removed before the next run.\n\n\
+         | path | median ms |\n|---|---|\n| berth run -d | {berth_ms:.1} |\n| bare {runtime} create + start | {bare_ms:.1} |\n\n\
+         Ratio (one run): **{ratio:.2}x** (goal <= 1.2x: {goal}).\n",
+        date = output(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]))?.trim(),
+        machine = machine()?,
+    );
+    append_benchmark(&section)?;
+    print!("{section}");
+    Ok(())
 }

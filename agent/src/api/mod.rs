@@ -1,7 +1,11 @@
 //! HTTP: `/metrics` (OpenMetrics), `/healthz` (the process answers), `/readyz` (the first
 //! snapshot is published), and the read-only JSON API under `/api/v1`.
 //!
-//! `app(state)` builds the router without binding a socket, so router tests use `oneshot`.
+//! `app(state, access)` builds the router without binding a socket, so router tests use
+//! `oneshot`. The TCP listener gets [`Access::ReadOnly`]; the Unix socket (0660) gets
+//! [`Access::ReadWrite`] and with it every route that changes the host.
+
+pub mod containers;
 
 use std::sync::Arc;
 
@@ -36,16 +40,30 @@ pub struct AppState {
     pub snapshots: SnapshotRx,
     pub registry: Arc<Registry>,
     pub system: Arc<SystemInfo>,
+    /// Containers; `None` when no OCI runtime could be used (`manager_error` says why).
+    pub manager: Option<Arc<crate::runtime::Manager>>,
+    pub manager_error: Option<String>,
 }
 
-pub fn app(state: AppState) -> Router {
-    Router::new()
+/// What a listener may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    ReadOnly,
+    ReadWrite,
+}
+
+pub fn app(state: AppState, access: Access) -> Router {
+    let mut router = Router::new()
         .route("/metrics", get(get_metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(get_readyz))
         .route("/api/v1/system", get(get_system))
         .route("/api/v1/cgroups", get(get_cgroups))
-        .with_state(state)
+        .merge(containers::read_routes());
+    if access == Access::ReadWrite {
+        router = router.merge(containers::write_routes());
+    }
+    router.with_state(state)
 }
 
 /// Errors shown to HTTP clients: a clear 4xx for their mistakes, a generic 5xx for ours (the
@@ -54,14 +72,25 @@ pub fn app(state: AppState) -> Router {
 pub enum ApiError {
     #[error("no snapshot yet: the agent is starting")]
     NotReady,
-    #[error("internal error")]
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("internal error: see the agent's log")]
     Internal(String),
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = match &self {
-            ApiError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::NotReady | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Internal(cause) => {
                 error!(%cause, "request failed");
                 StatusCode::INTERNAL_SERVER_ERROR
@@ -94,6 +123,8 @@ struct SystemView<'a> {
     #[serde(flatten)]
     info: &'a SystemInfo,
     probes: &'a [ProbeStatus],
+    runtime: Option<&'a crate::runtime::oci::OciRuntime>,
+    runtime_error: Option<&'a str>,
 }
 
 async fn get_system(State(state): State<AppState>) -> Result<Response, ApiError> {
@@ -101,6 +132,8 @@ async fn get_system(State(state): State<AppState>) -> Result<Response, ApiError>
     Ok(Json(SystemView {
         info: &state.system,
         probes: &snap.probes,
+        runtime: state.manager.as_ref().map(|m| &m.runtime),
+        runtime_error: state.manager_error.as_deref(),
     })
     .into_response())
 }
@@ -142,11 +175,13 @@ mod tests {
                     level: 1,
                 },
             }),
+            manager: None,
+            manager_error: Some("test".into()),
         }
     }
 
     async fn get(state: AppState, uri: &str) -> (StatusCode, String, String) {
-        let res = app(state)
+        let res = app(state, Access::ReadOnly)
             .oneshot(Request::get(uri).body(Body::empty()).unwrap())
             .await
             .unwrap();
@@ -167,6 +202,7 @@ mod tests {
             probes: vec![],
             lost_events: vec![],
             collectors: vec![],
+            containers: vec![],
         }
     }
 
@@ -195,6 +231,31 @@ mod tests {
         assert_eq!(v["tracked_root"]["path"], "/berth");
         assert_eq!(v["cgroup"]["mode"], "hybrid");
         assert!(v["probes"].is_array(), "{body}");
+    }
+
+    #[tokio::test]
+    async fn the_read_only_listener_has_no_mutating_routes() {
+        let res = app(state(Some(empty_snapshot())), Access::ReadOnly)
+            .oneshot(
+                Request::post("/api/v1/containers")
+                    .header("content-type", "application/json")
+                    .body(Body::from("{}"))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::METHOD_NOT_ALLOWED);
+        let res = app(state(Some(empty_snapshot())), Access::ReadWrite)
+            .oneshot(
+                Request::post("/api/v1/containers")
+                    .header("content-type", "application/json")
+                    .body(Body::from("{}"))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        // Routed, but this agent has no runtime.
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
     }
 
     #[tokio::test]

@@ -368,6 +368,26 @@ impl TrackedRoot {
         })
     }
 
+    /// Removes the root's directory in every hierarchy (runc creates it in each v1 hierarchy
+    /// as the parent of container cgroups) where it is empty; leaves the rest, e.g. when
+    /// containers keep running across an agent restart. Returns the directories removed.
+    pub fn remove_if_empty(&self, hierarchy: &Hierarchy) -> Vec<PathBuf> {
+        let rel = self.path.trim_start_matches('/');
+        let mut removed = Vec::new();
+        let dirs = hierarchy
+            .v1
+            .iter()
+            .map(|m| m.mount_point.join(rel))
+            .chain(std::iter::once(self.dir.clone()));
+        for dir in dirs {
+            // rmdir of a cgroup fails unless it has no children and no tasks: exactly the test.
+            if fs::remove_dir(&dir).is_ok() {
+                removed.push(dir);
+            }
+        }
+        removed
+    }
+
     /// Every cgroup in the subtree, root included: id -> path (`/berth/...`). Directories that
     /// vanish during the walk are skipped: cgroups come and go all the time.
     pub fn walk(&self) -> HashMap<u64, String> {

@@ -125,6 +125,14 @@ pub enum ImageError {
     InvalidName { name: String, reason: &'static str },
 }
 
+impl ImageError {
+    /// Whether the error is about the client's input (a bad archive, an unknown reference)
+    /// rather than the host (I/O on berth's own store).
+    pub fn is_client_error(&self) -> bool {
+        !matches!(self, ImageError::Io { .. } | ImageError::Metadata { .. })
+    }
+}
+
 /// An imported image.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Image {

@@ -85,6 +85,8 @@ pub struct Agent {
     pub root_name: String,
     pub root_dir: PathBuf,
     pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    pub config: PathBuf,
     log: PathBuf,
 }
 
@@ -100,31 +102,51 @@ impl Agent {
         let root_name = unique("root");
         let port = free_port();
         let config = dir.path().join("berth.toml");
+        let d = dir.path().display();
+        let socket = dir.path().join("berth.sock");
         fs::write(
             &config,
             format!(
-                "[agent]\ninterval = \"200ms\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n\
-                 [cgroup]\nroot = \"{root_name}\"\n{extra}"
+                "[agent]\ninterval = \"200ms\"\n\
+                 [http]\nlisten = \"127.0.0.1:{port}\"\nsocket = \"{d}/berth.sock\"\n\
+                 [cgroup]\nroot = \"{root_name}\"\n\
+                 [runtime]\nstate_dir = \"{d}/state\"\nrun_dir = \"{d}/run\"\n{extra}"
             ),
         )
         .unwrap();
         let log = dir.path().join("agent.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_berth"))
-            .args(["agent", "--config"])
-            .arg(&config)
-            .env("BERTH_LOG", "berth=debug")
-            .stdout(fs::File::create(dir.path().join("agent.out")).unwrap())
-            .stderr(fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("spawning the berth binary");
         let mut agent = Agent {
-            child: Some(child),
+            child: None,
             base: format!("http://127.0.0.1:{port}"),
             root_dir: cgroup2_mount().join(&root_name),
             root_name,
             dir,
+            socket,
+            config,
             log,
         };
+        agent.spawn();
+        agent
+    }
+
+    /// Starts the agent process on the existing config and state (also after a kill -9).
+    pub fn spawn(&mut self) {
+        assert!(self.child.is_none(), "agent already running");
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_berth"))
+            .args(["agent", "--config"])
+            .arg(&self.config)
+            .env("BERTH_LOG", "berth=debug")
+            .stdout(fs::File::create(self.dir.path().join("agent.out")).unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawning the berth binary");
+        self.child = Some(child);
+        let agent = self;
         let base = agent.base.clone();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -141,7 +163,47 @@ impl Agent {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        agent
+    }
+
+    /// SIGKILL, as a crash: no cleanup runs.
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().expect("agent not running");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// Runs a client verb against this agent: (exit code, stdout, stderr).
+    pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_berth"))
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .expect("running the berth CLI");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// Like [`Agent::cli`], asserting success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let (code, out, err) = self.cli(args);
+        assert_eq!(
+            code,
+            0,
+            "berth {args:?} failed ({code}): {err}\n{out}\nagent log:\n{}",
+            self.log()
+        );
+        out
+    }
+
+    /// `inspect` of one container as JSON.
+    pub fn inspect(&self, container: &str) -> serde_json::Value {
+        let out = self.ok(&["inspect", container]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v[0].clone()
     }
 
     pub fn log(&self) -> String {
@@ -190,6 +252,13 @@ impl Agent {
 
 impl Drop for Agent {
     fn drop(&mut self) {
+        if self.child.is_some() {
+            // Remove every container this agent made (overlays, cgroups, shims).
+            let (_, ids, _) = self.cli(&["ps", "-a", "-q"]);
+            for id in ids.split_whitespace() {
+                let _ = self.cli(&["rm", "-f", id]);
+            }
+        }
         if let Some(mut c) = self.child.take() {
             // SAFETY: signalling our own child.
             unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
@@ -201,6 +270,12 @@ impl Drop for Agent {
             let _ = c.wait();
         }
         remove_cgroup_tree(&self.root_dir);
+        // runc makes the root in every v1 hierarchy too (hybrid hosts).
+        if let Ok(entries) = fs::read_dir("/sys/fs/cgroup") {
+            for e in entries.flatten() {
+                remove_cgroup_tree(&e.path().join(&self.root_name));
+            }
+        }
     }
 }
 
@@ -295,4 +370,54 @@ pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     text.lines()
         .find_map(|line| line.strip_prefix(&prefix))
         .map(|v| v.trim().parse().unwrap())
+}
+
+/// A busybox root filesystem (Debian's busybox-static) in `dir`: /bin/busybox and a symlink per
+/// applet, plus /etc/passwd and /etc/group.
+pub fn busybox_rootfs(dir: &Path) -> PathBuf {
+    let busybox = Path::new("/bin/busybox");
+    assert!(
+        busybox.exists(),
+        "/bin/busybox is missing: install Debian's busybox-static (`cargo xtask setup` does)"
+    );
+    let root = dir.join("rootfs");
+    for d in ["bin", "etc", "tmp", "proc", "sys", "dev", "root"] {
+        fs::create_dir_all(root.join(d)).unwrap();
+    }
+    fs::copy(busybox, root.join("bin/busybox")).unwrap();
+    let list = Command::new(busybox).arg("--list").output().unwrap();
+    for applet in String::from_utf8_lossy(&list.stdout).split_whitespace() {
+        let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(applet));
+    }
+    fs::write(
+        root.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534::/:/bin/sh\n",
+    )
+    .unwrap();
+    fs::write(root.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n").unwrap();
+    root
+}
+
+/// Builds `oci.tar` (OCI image layout, tag `shell/oci:v1`) and `docker.tar.gz` (`docker save`
+/// format, tag `shell/docker:v1`) of one busybox image with sh, tar, gzip and sha256sum, not
+/// berth: Entrypoint /bin/busybox, Cmd sh, User 1000, WorkingDir /home/user, /etc/motd
+/// "hello". Returns (oci.tar, docker.tar.gz, image id).
+pub fn build_image_archives(dir: &Path) -> (PathBuf, PathBuf, String) {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(include_str!("build_image.sh"))
+        .arg("build_image.sh")
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "build_image.sh failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = fs::read_to_string(dir.join("id"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    (dir.join("oci.tar"), dir.join("docker.tar.gz"), id)
 }

@@ -1,0 +1,292 @@
+//! `/api/v1/containers` and `/api/v1/images`: reads on every listener, changes only on the
+//! Unix socket ([`super::Access::ReadWrite`]).
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use axum::{
+    Json, Router,
+    body::Body,
+    extract::{Path, Query, State},
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use serde::Deserialize;
+use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
+
+use super::{ApiError, AppState};
+use crate::{
+    cgroup::limits::Limits,
+    runtime::{Manager, RunRequest, RuntimeError},
+};
+
+impl From<RuntimeError> for ApiError {
+    fn from(e: RuntimeError) -> Self {
+        match &e {
+            RuntimeError::NotFound { .. } => ApiError::NotFound(e.to_string()),
+            RuntimeError::NameInUse { .. } | RuntimeError::Running { .. } => {
+                ApiError::Conflict(e.to_string())
+            }
+            _ if e.is_client_error() => ApiError::BadRequest(e.to_string()),
+            _ => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+fn manager(state: &AppState) -> Result<Arc<Manager>, ApiError> {
+    state.manager.clone().ok_or_else(|| {
+        ApiError::Unavailable(format!(
+            "containers are unavailable on this agent: {}",
+            state.manager_error.as_deref().unwrap_or("no OCI runtime")
+        ))
+    })
+}
+
+/// Runs a blocking manager call off the async workers.
+async fn blocking<T: Send + 'static>(
+    state: &AppState,
+    f: impl FnOnce(&Manager) -> Result<T, RuntimeError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let m = manager(state)?;
+    tokio::task::spawn_blocking(move || f(&m))
+        .await
+        .map_err(|e| ApiError::Internal(format!("task failed: {e}")))?
+        .map_err(ApiError::from)
+}
+
+pub fn read_routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/containers", get(list))
+        .route("/api/v1/containers/{id}", get(inspect))
+        .route("/api/v1/containers/{id}/logs", get(logs))
+        .route("/api/v1/containers/{id}/stats", get(stats))
+        .route("/api/v1/images", get(images))
+}
+
+pub fn write_routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/containers", post(run))
+        .route("/api/v1/containers/{id}", axum::routing::delete(remove))
+        .route("/api/v1/containers/{id}/stop", post(stop))
+        .route("/api/v1/containers/{id}/kill", post(kill))
+        .route("/api/v1/containers/{id}/update", post(update))
+        .route("/api/v1/images/import", post(import_image))
+        .route(
+            "/api/v1/images/{reference}",
+            axum::routing::delete(remove_image),
+        )
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct ListQuery {
+    all: bool,
+}
+
+async fn list(State(s): State<AppState>, Query(q): Query<ListQuery>) -> Result<Response, ApiError> {
+    let v = blocking(&s, move |m| Ok(m.list(q.all))).await?;
+    Ok(Json(v).into_response())
+}
+
+async fn inspect(State(s): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let v = blocking(&s, move |m| m.inspect(&id)).await?;
+    Ok(Json(v).into_response())
+}
+
+async fn stats(State(s): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let v = blocking(&s, move |m| {
+        let view = m.inspect(&id)?;
+        let stats = m.stats(&id)?;
+        Ok(serde_json::json!({ "id": view.record.id, "name": view.record.name, "status": view.status, "stats": stats }))
+    })
+    .await?;
+    Ok(Json(v).into_response())
+}
+
+async fn run(
+    State(s): State<AppState>,
+    body: Result<Json<RunRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(req) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let v = blocking(&s, move |m| m.run(req)).await?;
+    Ok((StatusCode::CREATED, Json(v)).into_response())
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+struct StopQuery {
+    t: Option<u64>,
+}
+
+async fn stop(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    q: Result<Query<StopQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = q.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let t = Duration::from_secs(q.t.unwrap_or(10).min(3600));
+    let v = blocking(&s, move |m| m.stop(&id, t)).await?;
+    Ok(Json(v).into_response())
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+struct KillQuery {
+    signal: Option<String>,
+}
+
+async fn kill(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    q: Result<Query<KillQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = q.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let signal = q.signal.unwrap_or_else(|| "KILL".into());
+    let v = blocking(&s, move |m| m.kill(&id, &signal)).await?;
+    Ok(Json(v).into_response())
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+struct RemoveQuery {
+    force: bool,
+}
+
+async fn remove(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    q: Result<Query<RemoveQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = q.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let v = blocking(&s, move |m| m.remove(&id, q.force)).await?;
+    Ok(Json(v).into_response())
+}
+
+async fn update(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    body: Result<Json<Limits>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(limits) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let v = blocking(&s, move |m| m.update(&id, &limits)).await?;
+    Ok(Json(v).into_response())
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct LogsQuery {
+    follow: bool,
+}
+
+/// The container's log (stdout and stderr); with `follow`, the response stays open and
+/// streams new output until the container has exited.
+async fn logs(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<LogsQuery>,
+) -> Result<Response, ApiError> {
+    let m = manager(&s)?;
+    let view = {
+        let m = m.clone();
+        tokio::task::spawn_blocking(move || m.inspect(&id))
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))??
+    };
+    let path: PathBuf = view.log_path.clone();
+    let id = view.record.id.clone();
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(16);
+    tokio::spawn(async move {
+        let mut pos = 0u64;
+        loop {
+            let mut chunk = Vec::new();
+            if let Ok(mut f) = tokio::fs::File::open(&path).await
+                && f.seek(std::io::SeekFrom::Start(pos)).await.is_ok()
+            {
+                let _ = f.read_to_end(&mut chunk).await;
+            }
+            pos += chunk.len() as u64;
+            if !chunk.is_empty() && tx.send(Ok(chunk)).await.is_err() {
+                return;
+            }
+            if !q.follow {
+                return;
+            }
+            let m2 = m.clone();
+            let id2 = id.clone();
+            let done = tokio::task::spawn_blocking(move || {
+                m2.inspect(&id2)
+                    .map(|v| !matches!(v.status, "running" | "restarting" | "creating"))
+                    .unwrap_or(true)
+            })
+            .await
+            .unwrap_or(true);
+            if done {
+                // One last read after the exit, then end the stream.
+                let mut chunk = Vec::new();
+                if let Ok(mut f) = tokio::fs::File::open(&path).await
+                    && f.seek(std::io::SeekFrom::Start(pos)).await.is_ok()
+                {
+                    let _ = f.read_to_end(&mut chunk).await;
+                }
+                if !chunk.is_empty() {
+                    let _ = tx.send(Ok(chunk)).await;
+                }
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let stream = tokio_stream_from(rx);
+    Ok((
+        [(header::CONTENT_TYPE, "application/octet-stream")],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+fn tokio_stream_from(
+    mut rx: tokio::sync::mpsc::Receiver<Result<Vec<u8>, std::io::Error>>,
+) -> impl futures_util::Stream<Item = Result<Vec<u8>, std::io::Error>> {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+async fn images(State(s): State<AppState>) -> Result<Response, ApiError> {
+    let v = blocking(&s, |m| Ok(m.images.list()?)).await?;
+    Ok(Json(v).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ImportRequest {
+    path: PathBuf,
+    name: Option<String>,
+}
+
+async fn import_image(
+    State(s): State<AppState>,
+    body: Result<Json<ImportRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(req) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let v = blocking(&s, move |m| {
+        Ok(m.images.import(&req.path, req.name.as_deref())?)
+    })
+    .await?;
+    Ok((StatusCode::CREATED, Json(v)).into_response())
+}
+
+async fn remove_image(
+    State(s): State<AppState>,
+    Path(reference): Path<String>,
+) -> Result<Response, ApiError> {
+    let v = blocking(&s, move |m| {
+        let image = m.images.get(&reference)?;
+        if let Some(user) = m.image_in_use(&image.id) {
+            return Err(RuntimeError::BadInput(format!(
+                "image {reference} is used by container {user}: remove the container first"
+            )));
+        }
+        Ok(m.images.remove(&image.id)?)
+    })
+    .await?;
+    Ok(Json(v).into_response())
+}

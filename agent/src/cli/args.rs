@@ -1,0 +1,211 @@
+//! Every clap derive of the `berth` binary, in one place. Doc comments are the `--help` text.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(
+    name = "berth",
+    version,
+    about = "Containers, traced with eBPF, with what port mapping costs explained."
+)]
+pub struct Cli {
+    /// The agent's Unix socket (client verbs).
+    #[arg(long, global = true, env = "BERTH_SOCKET", default_value = crate::config::DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Clone, Copy, Debug, Default, ValueEnum, PartialEq, Eq)]
+pub enum Format {
+    /// Aligned columns for people.
+    #[default]
+    Table,
+    /// JSON for scripts.
+    Json,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the agent in the foreground: containers, probes, collectors, HTTP.
+    ///
+    /// Example: `berth agent --config /etc/berth/berth.toml`, then
+    /// `curl http://127.0.0.1:9847/metrics`.
+    Agent {
+        /// TOML configuration file; without it the built-in defaults apply.
+        #[arg(long, value_name = "PATH")]
+        config: Option<PathBuf>,
+        /// Print the configuration in force (defaults merged with --config) and exit.
+        #[arg(long)]
+        print_config: bool,
+    },
+    /// Create and start a container from an image or a rootfs directory.
+    ///
+    /// Example: `berth run -d --name web --memory 64m --cpus 0.5 busybox:latest httpd -f`
+    Run(RunArgs),
+    /// List containers (running ones; -a for all).
+    ///
+    /// Example: `berth ps -a --format json`
+    Ps {
+        /// Show exited containers too.
+        #[arg(short, long)]
+        all: bool,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+        /// Only print ids.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Show everything berth knows about containers, as JSON.
+    ///
+    /// Example: `berth inspect web`
+    Inspect {
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Stop containers: SIGTERM, then SIGKILL after the timeout.
+    ///
+    /// Example: `berth stop -t 5 web`
+    Stop {
+        /// Seconds to wait before SIGKILL.
+        #[arg(short = 't', long = "time", default_value_t = 10)]
+        time: u64,
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Send a signal to containers (default KILL).
+    ///
+    /// Example: `berth kill -s HUP web`
+    Kill {
+        #[arg(short, long, default_value = "KILL")]
+        signal: String,
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Remove containers (-f stops running ones first).
+    ///
+    /// Example: `berth rm -f web`
+    Rm {
+        #[arg(short, long)]
+        force: bool,
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Change the limits of containers, running ones at once.
+    ///
+    /// Example: `berth update --memory 128m --cpus 1 web`
+    Update {
+        #[command(flatten)]
+        limits: LimitArgs,
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Print a container's output (stdout and stderr).
+    ///
+    /// Example: `berth logs -f web`
+    Logs {
+        /// Keep streaming until the container exits.
+        #[arg(short, long)]
+        follow: bool,
+        container: String,
+    },
+    /// Resource usage of containers, from their cgroups.
+    ///
+    /// Example: `berth stats --no-stream web`
+    Stats {
+        /// Print once instead of refreshing every second.
+        #[arg(long)]
+        no_stream: bool,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+        /// Containers (default: all running).
+        containers: Vec<String>,
+    },
+    /// Manage images (import archives; no registry pulls).
+    #[command(subcommand)]
+    Image(ImageCommand),
+    /// The agent's system view: kernel, cgroups, OCI runtime, probes.
+    ///
+    /// Example: `berth info`
+    Info,
+    /// Measure the syscall probe's cost (used by `cargo xtask bench syscalls`).
+    #[command(hide = true)]
+    BenchSyscalls(crate::bench::SyscallBenchArgs),
+    /// Per-container shim (started by the agent).
+    #[command(hide = true)]
+    Shim { dir: PathBuf },
+}
+
+#[derive(Subcommand)]
+pub enum ImageCommand {
+    /// Import a `docker save` archive or an OCI image layout tar (optionally gzipped).
+    ///
+    /// Example: `berth image import busybox.tar --name busybox:latest`
+    Import {
+        file: PathBuf,
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List images.
+    Ls {
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Remove an image no container uses.
+    Rm { image: String },
+}
+
+#[derive(Args, Default)]
+pub struct LimitArgs {
+    /// Memory limit, e.g. 64m, 1g.
+    #[arg(short = 'm', long, allow_hyphen_values = true)]
+    pub memory: Option<String>,
+    /// Memory + swap limit (-1: unlimited swap).
+    #[arg(long, allow_hyphen_values = true)]
+    pub memory_swap: Option<String>,
+    /// CPUs, e.g. 0.5.
+    #[arg(long, allow_hyphen_values = true)]
+    pub cpus: Option<String>,
+    /// Relative CPU weight (cgroup v1 shares).
+    #[arg(short = 'c', long, allow_hyphen_values = true)]
+    pub cpu_shares: Option<String>,
+    /// Maximum number of processes (-1: unlimited).
+    #[arg(long, allow_hyphen_values = true)]
+    pub pids_limit: Option<String>,
+    /// Block IO weight, 10 to 1000.
+    #[arg(long, allow_hyphen_values = true)]
+    pub blkio_weight: Option<String>,
+}
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// Container name.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Run in the background and print the id.
+    #[arg(short, long)]
+    pub detach: bool,
+    /// Environment variable KEY=VALUE (repeatable).
+    #[arg(short, long = "env")]
+    pub env: Vec<String>,
+    /// Working directory inside the container.
+    #[arg(short, long)]
+    pub workdir: Option<String>,
+    /// User: name, uid, name:group or uid:gid.
+    #[arg(short, long)]
+    pub user: Option<String>,
+    /// Restart policy: no, on-failure[:N], always.
+    #[arg(long, default_value = "no")]
+    pub restart: String,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+    #[arg(long, value_enum, default_value_t)]
+    pub format: Format,
+    /// Image reference or rootfs directory (an absolute or ./relative path).
+    pub image: String,
+    /// Command and arguments (default: the image's).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub cmd: Vec<String>,
+}

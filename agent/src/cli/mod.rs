@@ -1,0 +1,204 @@
+//! The `berth` command line: `berth agent` runs the daemon; every other verb is a client of the
+//! running agent over its Unix socket. One file per verb, clap derives in [`args`].
+
+pub mod args;
+pub mod client;
+mod image;
+mod info;
+mod inspect;
+mod logs;
+mod ps;
+mod run;
+mod signal;
+mod stats;
+mod update;
+
+use anyhow::Context as _;
+
+use self::args::{Cli, Command};
+use self::client::Client;
+use crate::{cgroup::limits::Limits, cgroup::limits::parse_bytes, config::Config};
+
+/// Runs the parsed command line; returns the process exit code.
+pub fn execute(cli: Cli) -> anyhow::Result<i32> {
+    let client = Client::new(&cli.socket);
+    if !matches!(cli.command, Command::Agent { .. } | Command::Shim { .. }) {
+        // Client verbs end quietly when their reader goes away (`berth ps | head`), as Unix
+        // tools do. The agent and the shim keep ignoring SIGPIPE: a closed socket must not
+        // kill them.
+        // SAFETY: setting a signal disposition before any thread starts.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
+    match cli.command {
+        Command::Agent {
+            config,
+            print_config,
+        } => {
+            let config = match &config {
+                Some(path) => Config::load(path)?,
+                None => Config::default(),
+            };
+            if print_config {
+                print!("{}", config.to_toml());
+                return Ok(0);
+            }
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .context("starting the tokio runtime")?;
+            runtime.block_on(crate::daemon::run(config))?;
+            Ok(0)
+        }
+        Command::Run(args) => run::execute_run(&client, args),
+        Command::Ps { all, format, quiet } => ps::execute_ps(&client, all, format, quiet),
+        Command::Inspect { containers } => inspect::execute_inspect(&client, &containers),
+        Command::Stop { time, containers } => signal::execute_stop(&client, time, &containers),
+        Command::Kill { signal, containers } => signal::execute_kill(&client, &signal, &containers),
+        Command::Rm { force, containers } => signal::execute_rm(&client, force, &containers),
+        Command::Update { limits, containers } => {
+            update::execute_update(&client, &limits, &containers)
+        }
+        Command::Logs { follow, container } => logs::execute_logs(&client, follow, &container),
+        Command::Stats {
+            no_stream,
+            format,
+            containers,
+        } => stats::execute_stats(&client, no_stream, format, &containers),
+        Command::Image(cmd) => image::execute_image(&client, cmd),
+        Command::Info => info::execute_info(&client),
+        Command::BenchSyscalls(args) => {
+            let report = crate::bench::syscalls(&args)?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(0)
+        }
+        Command::Shim { dir } => Ok(crate::runtime::shim::main(&dir)),
+    }
+}
+
+/// Parses the Docker-style limit flags; errors name the flag.
+pub fn parse_limits(a: &args::LimitArgs) -> anyhow::Result<Limits> {
+    fn num<T: std::str::FromStr>(flag: &str, v: &Option<String>) -> anyhow::Result<Option<T>> {
+        v.as_deref()
+            .map(|s| {
+                s.trim()
+                    .parse::<T>()
+                    .map_err(|_| anyhow::anyhow!("{flag} {s}: not a number"))
+            })
+            .transpose()
+    }
+    let memory = a
+        .memory
+        .as_deref()
+        .map(|s| parse_bytes(s).map_err(|e| anyhow::anyhow!("--memory {s}: {e}")))
+        .transpose()?;
+    let memory_swap = match a.memory_swap.as_deref() {
+        None => None,
+        Some("-1") => Some(-1),
+        Some(s) => Some(
+            i64::try_from(parse_bytes(s).map_err(|e| anyhow::anyhow!("--memory-swap {s}: {e}"))?)
+                .map_err(|_| anyhow::anyhow!("--memory-swap {s}: too large"))?,
+        ),
+    };
+    Ok(Limits {
+        memory,
+        memory_swap,
+        cpus: num("--cpus", &a.cpus)?,
+        cpu_shares: num("--cpu-shares", &a.cpu_shares)?,
+        pids: num("--pids-limit", &a.pids_limit)?,
+        blkio_weight: num("--blkio-weight", &a.blkio_weight)?,
+    })
+}
+
+/// `abcdef012345`: the first 12 characters of an id, as Docker shows them.
+pub fn short(id: &str) -> &str {
+    &id[..id.len().min(12)]
+}
+
+/// "3 seconds", "5 minutes", "2 hours", "4 days".
+pub fn ago(secs: f64) -> String {
+    let s = secs.max(0.0) as u64;
+    let (n, unit) = match s {
+        0..=59 => (s, "second"),
+        60..=3599 => (s / 60, "minute"),
+        3600..=86_399 => (s / 3600, "hour"),
+        _ => (s / 86_400, "day"),
+    };
+    format!("{n} {unit}{}", if n == 1 { "" } else { "s" })
+}
+
+/// Prints rows as aligned columns.
+pub fn table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let last = cells.len() - 1;
+        let mut out = String::new();
+        for (i, c) in cells.into_iter().enumerate() {
+            if i == last {
+                out.push_str(&c);
+            } else {
+                out.push_str(&format!("{c:<w$}   ", w = widths[i]));
+            }
+        }
+        println!("{}", out.trim_end());
+    };
+    line(header.iter().map(|h| h.to_string()).collect());
+    for r in rows {
+        line(r.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages_read_like_dockers() {
+        assert_eq!(ago(1.0), "1 second");
+        assert_eq!(ago(59.0), "59 seconds");
+        assert_eq!(ago(120.0), "2 minutes");
+        assert_eq!(ago(7200.0), "2 hours");
+        assert_eq!(ago(-5.0), "0 seconds");
+    }
+
+    #[test]
+    fn limit_flags_parse_with_docker_units_and_name_the_flag_on_error() {
+        let a = args::LimitArgs {
+            memory: Some("64m".into()),
+            memory_swap: Some("-1".into()),
+            cpus: Some("0.5".into()),
+            pids_limit: Some("20".into()),
+            ..Default::default()
+        };
+        let l = parse_limits(&a).unwrap();
+        assert_eq!(l.memory, Some(64 << 20));
+        assert_eq!(l.memory_swap, Some(-1));
+        assert_eq!(l.cpus, Some(0.5));
+        assert_eq!(l.pids, Some(20));
+        let bad = args::LimitArgs {
+            cpus: Some("lots".into()),
+            ..Default::default()
+        };
+        assert!(
+            parse_limits(&bad)
+                .unwrap_err()
+                .to_string()
+                .contains("--cpus")
+        );
+        let bad = args::LimitArgs {
+            memory: Some("12q".into()),
+            ..Default::default()
+        };
+        assert!(
+            parse_limits(&bad)
+                .unwrap_err()
+                .to_string()
+                .contains("--memory")
+        );
+    }
+}

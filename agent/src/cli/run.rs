@@ -1,0 +1,62 @@
+//! `berth run`: create and start a container; without -d, stream its output and exit with
+//! its exit code, as `docker run` does.
+
+use super::{
+    args::{Format, RunArgs},
+    client::Client,
+    parse_limits,
+};
+use crate::runtime::RunRequest;
+
+pub fn execute_run(client: &Client, a: RunArgs) -> anyhow::Result<i32> {
+    let limits = parse_limits(&a.limits)?;
+    // A relative rootfs path means a directory on the client's side: make it absolute.
+    let image = if a.image.starts_with("./") || a.image.starts_with("../") || a.image == "." {
+        std::fs::canonicalize(&a.image)
+            .map_err(|e| anyhow::anyhow!("rootfs {}: {e}", a.image))?
+            .to_string_lossy()
+            .into_owned()
+    } else {
+        a.image.clone()
+    };
+    let req = RunRequest {
+        image,
+        name: a.name.clone(),
+        cmd: a.cmd.clone(),
+        env: a.env.clone(),
+        workdir: a.workdir.clone(),
+        user: a.user.clone(),
+        limits,
+        restart: Some(a.restart.clone()),
+    };
+    let body = serde_json::to_value(&req)?;
+    let view: serde_json::Value = client.call("POST", "/api/v1/containers", Some(&body))?;
+    let id = view["id"].as_str().unwrap_or_default().to_owned();
+    if a.detach {
+        match a.format {
+            Format::Json => println!("{}", serde_json::to_string_pretty(&view)?),
+            Format::Table => println!("{id}"),
+        }
+        return Ok(0);
+    }
+    let path = format!("/api/v1/containers/{id}/logs?follow=true");
+    let mut out = std::io::stdout();
+    client.stream("GET", &path, None, |b| {
+        use std::io::Write as _;
+        let _ = out.write_all(b);
+        let _ = out.flush();
+    })?;
+    let view: ContainerViewLite = client.call("GET", &format!("/api/v1/containers/{id}"), None)?;
+    Ok(view.state.exit_code.unwrap_or(0))
+}
+
+/// The parts of a [`ContainerView`] the client needs.
+#[derive(serde::Deserialize)]
+struct ContainerViewLite {
+    state: StateLite,
+}
+
+#[derive(serde::Deserialize)]
+struct StateLite {
+    exit_code: Option<i32>,
+}

@@ -1,0 +1,96 @@
+//! `berth stats`: CPU, memory, pids and IO of containers from their cgroups.
+
+use std::{collections::HashMap, time::Duration};
+
+use super::{args::Format, client::Client, short, table};
+
+fn human(bytes: f64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes;
+    let mut i = 0;
+    while v >= 1024.0 && i < units.len() - 1 {
+        v /= 1024.0;
+        i += 1;
+    }
+    format!("{v:.1}{}", units[i])
+}
+
+pub fn execute_stats(
+    client: &Client,
+    no_stream: bool,
+    format: Format,
+    containers: &[String],
+) -> anyhow::Result<i32> {
+    let mut prev: HashMap<String, (f64, std::time::Instant)> = HashMap::new();
+    loop {
+        let targets: Vec<String> = if containers.is_empty() {
+            client
+                .call::<Vec<serde_json::Value>>("GET", "/api/v1/containers", None)?
+                .iter()
+                .filter_map(|c| c["id"].as_str().map(str::to_owned))
+                .collect()
+        } else {
+            containers.to_vec()
+        };
+        let mut all = Vec::new();
+        for t in &targets {
+            all.push(client.call::<serde_json::Value>(
+                "GET",
+                &format!("/api/v1/containers/{}/stats", super::client::segment(t)),
+                None,
+            )?);
+        }
+        if format == Format::Json {
+            println!("{}", serde_json::to_string_pretty(&all)?);
+        } else {
+            let now = std::time::Instant::now();
+            let rows: Vec<Vec<String>> = all
+                .iter()
+                .map(|v| {
+                    let s = &v["stats"];
+                    let id = v["id"].as_str().unwrap_or_default().to_owned();
+                    let cpu = s["cpu_usage_seconds"].as_f64().unwrap_or(0.0);
+                    let pct = prev
+                        .get(&id)
+                        .map(|(c, t)| (cpu - c) / now.duration_since(*t).as_secs_f64() * 100.0)
+                        .map(|p| format!("{p:.2}%"))
+                        .unwrap_or_else(|| "--".into());
+                    prev.insert(id.clone(), (cpu, now));
+                    let mem = s["memory_usage_bytes"].as_f64().unwrap_or(0.0);
+                    let limit = s["memory_limit_bytes"]
+                        .as_f64()
+                        .map(human)
+                        .unwrap_or_else(|| "unlimited".into());
+                    vec![
+                        short(&id).to_owned(),
+                        v["name"].as_str().unwrap_or_default().to_owned(),
+                        pct,
+                        format!("{} / {limit}", human(mem)),
+                        format!(
+                            "{} / {}",
+                            human(s["io_read_bytes"].as_f64().unwrap_or(0.0)),
+                            human(s["io_write_bytes"].as_f64().unwrap_or(0.0))
+                        ),
+                        s["pids_current"].as_u64().unwrap_or(0).to_string(),
+                    ]
+                })
+                .collect();
+            table(
+                &[
+                    "CONTAINER ID",
+                    "NAME",
+                    "CPU %",
+                    "MEM USAGE / LIMIT",
+                    "BLOCK I/O",
+                    "PIDS",
+                ],
+                &rows,
+            );
+        }
+        if no_stream {
+            return Ok(0);
+        }
+        std::thread::sleep(Duration::from_secs(1));
+        println!();
+    }
+}

@@ -1,0 +1,185 @@
+//! The per-container shim: `berth shim <container-dir>` (hidden), the containerd-shim pattern.
+//!
+//! The agent starts it in a new session; it forks once more and its parent exits, so the shim
+//! is nobody's child and outlives agent restarts and crashes. It makes itself a child
+//! subreaper, so the container's init (double-forked by runc) is re-parented to it and its exact
+//! exit status comes from waitpid. It runs `runtime create` + `start` with the container's
+//! stdout and stderr on the log file, reports `ok <pid>` or `err <reason>` on its stdout pipe
+//! (which the agent reads), then waits; on exit it records the code (128 + signal when
+//! killed), the OOM kills of the cgroup, deletes the runtime state (and with it the cgroups),
+//! and applies the restart policy unless a stop was requested.
+
+use std::{
+    fs::{self, File, OpenOptions},
+    io::Write as _,
+    os::fd::{AsRawFd as _, FromRawFd as _},
+    path::Path,
+    time::Duration,
+};
+
+use super::{
+    RuntimeError,
+    oci::OciRuntime,
+    store::{ContainerDir, ContainerRecord, ShimState, now_secs, read_json, write_json},
+};
+use crate::cgroup::{Hierarchy, limits::ContainerCgroup};
+
+/// File in the container dir holding the [`OciRuntime`] the shim must use.
+pub const RUNTIME_FILE: &str = "runtime.json";
+
+/// Entry point of `berth shim DIR`. Never returns to the caller's main logic.
+pub fn main(dir: &Path) -> i32 {
+    // SAFETY: called first thing in a single-threaded process.
+    match unsafe { libc::fork() } {
+        -1 => return 1,
+        0 => {}
+        _ => return 0, // the agent reaps this parent at once
+    }
+    // SAFETY: plain prctl.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    // SAFETY: fd 1 is the status pipe the agent gave us; we own it from here on.
+    let mut status = Some(unsafe { File::from_raw_fd(1) });
+    let report = |status: &mut Option<File>, line: &str| {
+        if let Some(mut f) = status.take() {
+            let _ = writeln!(f, "{line}");
+            drop(f);
+            if let Ok(null) = File::open("/dev/null") {
+                // SAFETY: replace fd 1 (closed above) with /dev/null.
+                unsafe { libc::dup2(null.as_raw_fd(), 1) };
+            }
+        }
+    };
+    let d = ContainerDir {
+        dir: dir.to_owned(),
+    };
+    let setup = || -> Result<(ContainerRecord, OciRuntime, Hierarchy), String> {
+        let record: ContainerRecord = read_json(&d.record())
+            .map_err(|e| e.to_string())?
+            .ok_or("container.json is missing")?;
+        let runtime: OciRuntime = read_json(&dir.join(RUNTIME_FILE))
+            .map_err(|e| e.to_string())?
+            .ok_or("runtime.json is missing")?;
+        let hierarchy = Hierarchy::detect().map_err(|e| e.to_string())?;
+        Ok((record, runtime, hierarchy))
+    };
+    let (record, runtime, hierarchy) = match setup() {
+        Ok(v) => v,
+        Err(e) => {
+            report(&mut status, &format!("err {e}"));
+            return 1;
+        }
+    };
+    let cgroup = ContainerCgroup::new(&hierarchy, &record.cgroup);
+    let mut state = read_json::<ShimState>(&d.state())
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    state.shim_pid = std::process::id();
+    state.error = None;
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let pid = match start(&runtime, &record, &d) {
+            Ok(pid) => pid,
+            Err(e) => {
+                state.running = false;
+                state.pid = None;
+                state.error = Some(e.to_string());
+                let _ = write_json(&d.state(), &state);
+                report(&mut status, &format!("err {e}"));
+                let _ = runtime.delete(&record.id);
+                return 1;
+            }
+        };
+        let oom_before = cgroup.stats().map(|s| s.oom_kills).unwrap_or(0);
+        state.running = true;
+        state.pid = Some(pid);
+        state.started_at = Some(now_secs());
+        state.finished_at = None;
+        state.exit_code = None;
+        state.oom_killed = false;
+        let _ = write_json(&d.state(), &state);
+        report(&mut status, &format!("ok {pid}"));
+
+        let code = wait_for(pid as i32);
+        let oom_after = cgroup.stats().map(|s| s.oom_kills).unwrap_or(oom_before);
+        let _ = runtime.delete(&record.id);
+        state.running = false;
+        state.pid = None;
+        state.finished_at = Some(now_secs());
+        state.exit_code = Some(code);
+        state.oom_kills += oom_after.saturating_sub(oom_before);
+        state.oom_killed = oom_after > oom_before;
+        let _ = write_json(&d.state(), &state);
+
+        // The agent may have asked for a stop meanwhile: re-read the intent.
+        let current: Option<ContainerRecord> = read_json(&d.record()).ok().flatten();
+        let Some(current) = current else { return 0 };
+        if current.stop_requested || !current.restart.should_restart(code, state.restart_count) {
+            return 0;
+        }
+        std::thread::sleep(backoff);
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+        state.restart_count += 1;
+    }
+}
+
+/// create + start; returns the init's host pid.
+fn start(
+    runtime: &OciRuntime,
+    record: &ContainerRecord,
+    d: &ContainerDir,
+) -> Result<u32, RuntimeError> {
+    // A stale runtime state (a previous run of this id) would make create fail.
+    let _ = runtime.delete(&record.id);
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(d.log())
+        .map_err(|source| RuntimeError::Io {
+            op: "open",
+            path: d.log(),
+            source,
+        })?;
+    let pid_file = d.dir.join("init.pid");
+    runtime.create(
+        &record.id,
+        &d.bundle(),
+        &pid_file,
+        &log,
+        &d.dir.join("runtime.log"),
+    )?;
+    let pid: u32 = fs::read_to_string(&pid_file)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .ok_or_else(|| RuntimeError::Io {
+            op: "read",
+            path: pid_file.clone(),
+            source: std::io::Error::other("no pid"),
+        })?;
+    runtime.start(&record.id)?;
+    Ok(pid)
+}
+
+/// Reaps children until `pid` exits; returns its shell-style exit code.
+fn wait_for(pid: i32) -> i32 {
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid on any child; we are their (sub)reaper.
+        let r = unsafe { libc::waitpid(-1, &mut status, 0) };
+        if r == -1 {
+            if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            // No children left: the init is gone without us seeing it (should not happen).
+            return 255;
+        }
+        if r == pid {
+            if libc::WIFEXITED(status) {
+                return libc::WEXITSTATUS(status);
+            }
+            if libc::WIFSIGNALED(status) {
+                return 128 + libc::WTERMSIG(status);
+            }
+        }
+    }
+}

@@ -1,0 +1,366 @@
+//! The container store: one directory per container under `<state>/containers/<id>/` holding
+//! the agent's intent (`container.json`), the shim's view (`state.json`), the OCI bundle, the
+//! overlay upper/work dirs and the log.
+//!
+//! Every write is atomic (temp file, fsync, rename, fsync of the directory), and the intent is
+//! written *before* the host change it describes, so after a crash at any step the next start
+//! finds out what was under way and completes or undoes it ([`Phase`]).
+
+use std::{
+    fs,
+    io::Write as _,
+    path::{Path, PathBuf},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+use crate::cgroup::limits::Limits;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("corrupt state file {path}: {source}")]
+    Corrupt {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+}
+
+fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StoreError + 'a {
+    move |source| StoreError::Io {
+        op,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Writes `value` as JSON to `path` atomically and durably.
+pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), StoreError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp",
+        path.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default()
+    ));
+    let bytes = serde_json::to_vec_pretty(value).expect("state serializes");
+    {
+        let mut f = fs::File::create(&tmp).map_err(io("create", &tmp))?;
+        f.write_all(&bytes).map_err(io("write", &tmp))?;
+        f.sync_all().map_err(io("fsync", &tmp))?;
+    }
+    fs::rename(&tmp, path).map_err(io("rename to", path))?;
+    if let Ok(d) = fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// Reads JSON from `path`; `Ok(None)` when the file does not exist.
+pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, StoreError> {
+    match fs::read(path) {
+        Ok(bytes) => {
+            serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|source| StoreError::Corrupt {
+                    path: path.to_owned(),
+                    source,
+                })
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io("read", path)(e)),
+    }
+}
+
+pub fn now_secs() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// Where a container is in its life, as the agent intends it. Written before acting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    /// Bundle, overlay and cgroup being prepared; a crash here is undone on the next start.
+    Creating,
+    /// Handed to a shim: running, or exited (see the shim's `state.json`).
+    Created,
+    /// `rm` under way; a crash here is completed on the next start.
+    Removing,
+}
+
+/// Restart policy, Docker's names: `no`, `on-failure[:N]`, `always`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(tag = "policy", rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    #[default]
+    No,
+    OnFailure {
+        max_retries: Option<u32>,
+    },
+    Always,
+}
+
+impl RestartPolicy {
+    /// Whether an exit with `code` after `restarts` restarts should be followed by another.
+    pub fn should_restart(&self, code: i32, restarts: u32) -> bool {
+        match *self {
+            RestartPolicy::No => false,
+            RestartPolicy::Always => true,
+            RestartPolicy::OnFailure { max_retries } => {
+                code != 0 && max_retries.is_none_or(|m| restarts < m)
+            }
+        }
+    }
+}
+
+impl std::str::FromStr for RestartPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "no" => Ok(Self::No),
+            "always" => Ok(Self::Always),
+            "on-failure" => Ok(Self::OnFailure { max_retries: None }),
+            _ => match s.strip_prefix("on-failure:") {
+                Some(n) => n
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .map(|n| Self::OnFailure {
+                        max_retries: Some(n),
+                    })
+                    .ok_or_else(|| {
+                        format!("--restart {s}: the retry count must be a positive integer")
+                    }),
+                None => Err(format!(
+                    "--restart {s}: expected no, on-failure[:N] or always"
+                )),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for RestartPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RestartPolicy::No => write!(f, "no"),
+            RestartPolicy::Always => write!(f, "always"),
+            RestartPolicy::OnFailure { max_retries: None } => write!(f, "on-failure"),
+            RestartPolicy::OnFailure {
+                max_retries: Some(n),
+            } => write!(f, "on-failure:{n}"),
+        }
+    }
+}
+
+/// The agent's record of a container: what the user asked for, and the phase it is in.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ContainerRecord {
+    pub id: String,
+    pub name: String,
+    /// What the user named: an image reference or a rootfs directory.
+    pub image: String,
+    /// Image id when run from an image.
+    pub image_id: Option<String>,
+    /// Read-only lower dir of the overlay (the image's rootfs or the user's directory).
+    pub lower: PathBuf,
+    /// The process: entrypoint + cmd resolved at create.
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    pub workdir: String,
+    /// "uid:gid" resolved at create.
+    pub user: String,
+    pub limits: Limits,
+    pub restart: RestartPolicy,
+    /// OCI runtime used for this container ("runc" or "crun").
+    pub runtime: String,
+    /// `linux.cgroupsPath`, e.g. `/berth/<id>`.
+    pub cgroup: String,
+    pub created_at: f64,
+    pub phase: Phase,
+    /// Set by `stop`/`kill`/`rm` before signalling, so the shim does not restart it.
+    pub stop_requested: bool,
+}
+
+/// What the shim last wrote about the container's process (`state.json`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct ShimState {
+    /// Pid of the shim (outlives the agent).
+    pub shim_pid: u32,
+    /// Pid of the container's init process in the host pid namespace, while running.
+    pub pid: Option<u32>,
+    pub running: bool,
+    pub started_at: Option<f64>,
+    pub finished_at: Option<f64>,
+    /// Exit code as a shell reports it: 128 + signal for a killed process.
+    pub exit_code: Option<i32>,
+    pub oom_killed: bool,
+    /// OOM kills seen in the container's cgroup over its life.
+    pub oom_kills: u64,
+    pub restart_count: u32,
+    /// Why the shim could not start the container, if it could not.
+    pub error: Option<String>,
+}
+
+/// Paths of one container's directory.
+#[derive(Debug, Clone)]
+pub struct ContainerDir {
+    pub dir: PathBuf,
+}
+
+impl ContainerDir {
+    pub fn record(&self) -> PathBuf {
+        self.dir.join("container.json")
+    }
+    pub fn state(&self) -> PathBuf {
+        self.dir.join("state.json")
+    }
+    pub fn bundle(&self) -> PathBuf {
+        self.dir.join("bundle")
+    }
+    pub fn rootfs(&self) -> PathBuf {
+        self.dir.join("bundle/rootfs")
+    }
+    pub fn upper(&self) -> PathBuf {
+        self.dir.join("upper")
+    }
+    pub fn work(&self) -> PathBuf {
+        self.dir.join("work")
+    }
+    pub fn log(&self) -> PathBuf {
+        self.dir.join("container.log")
+    }
+}
+
+/// The store root: `<state>/containers`.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pub root: PathBuf,
+}
+
+impl Store {
+    pub fn open(state_dir: &Path) -> Result<Self, StoreError> {
+        let root = state_dir.join("containers");
+        fs::create_dir_all(&root).map_err(io("create", &root))?;
+        Ok(Self { root })
+    }
+
+    pub fn dir(&self, id: &str) -> ContainerDir {
+        ContainerDir {
+            dir: self.root.join(id),
+        }
+    }
+
+    /// Creates the container's directory and writes its first record (phase `Creating`).
+    pub fn create(&self, record: &ContainerRecord) -> Result<ContainerDir, StoreError> {
+        let d = self.dir(&record.id);
+        fs::create_dir_all(&d.dir).map_err(io("create", &d.dir))?;
+        write_json(&d.record(), record)?;
+        Ok(d)
+    }
+
+    pub fn save(&self, record: &ContainerRecord) -> Result<(), StoreError> {
+        write_json(&self.dir(&record.id).record(), record)
+    }
+
+    /// Every container record on disk. Directories without a readable record (a crash before
+    /// the first write) are returned as ids in the second list, to be removed.
+    pub fn load_all(&self) -> Result<(Vec<ContainerRecord>, Vec<String>), StoreError> {
+        let mut records = Vec::new();
+        let mut orphans = Vec::new();
+        for e in fs::read_dir(&self.root).map_err(io("read", &self.root))? {
+            let e = e.map_err(io("read", &self.root))?;
+            let id = e.file_name().to_string_lossy().into_owned();
+            match read_json::<ContainerRecord>(&self.dir(&id).record()) {
+                Ok(Some(r)) => records.push(r),
+                Ok(None) | Err(StoreError::Corrupt { .. }) => orphans.push(id),
+                Err(e) => return Err(e),
+            }
+        }
+        records.sort_by(|a, b| a.created_at.total_cmp(&b.created_at));
+        Ok((records, orphans))
+    }
+
+    pub fn remove_dir(&self, id: &str) -> Result<(), StoreError> {
+        let d = self.dir(id);
+        match fs::remove_dir_all(&d.dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io("remove", &d.dir)(e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restart_policies_parse_as_docker_spells_them() {
+        assert_eq!("no".parse(), Ok(RestartPolicy::No));
+        assert_eq!("always".parse(), Ok(RestartPolicy::Always));
+        assert_eq!(
+            "on-failure:3".parse(),
+            Ok(RestartPolicy::OnFailure {
+                max_retries: Some(3)
+            })
+        );
+        assert!("on-failure:0".parse::<RestartPolicy>().is_err());
+        assert!("sometimes".parse::<RestartPolicy>().is_err());
+        assert_eq!(
+            RestartPolicy::OnFailure {
+                max_retries: Some(3)
+            }
+            .to_string(),
+            "on-failure:3"
+        );
+    }
+
+    #[test]
+    fn on_failure_restarts_only_failures_up_to_the_limit() {
+        let p = RestartPolicy::OnFailure {
+            max_retries: Some(2),
+        };
+        assert!(!p.should_restart(0, 0));
+        assert!(p.should_restart(1, 1));
+        assert!(!p.should_restart(1, 2));
+        assert!(RestartPolicy::Always.should_restart(0, 100));
+        assert!(!RestartPolicy::No.should_restart(1, 0));
+    }
+
+    #[test]
+    fn json_writes_are_atomic_and_read_back() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("x.json");
+        assert_eq!(read_json::<ShimState>(&p).unwrap(), None);
+        let s = ShimState {
+            shim_pid: 7,
+            exit_code: Some(137),
+            ..Default::default()
+        };
+        write_json(&p, &s).unwrap();
+        assert_eq!(read_json::<ShimState>(&p).unwrap(), Some(s));
+        let names: Vec<_> = fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 1, "temp file left behind: {names:?}");
+    }
+
+    #[test]
+    fn a_corrupt_state_file_is_an_error_naming_it() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("x.json");
+        fs::write(&p, "{not json").unwrap();
+        let e = read_json::<ShimState>(&p).unwrap_err().to_string();
+        assert!(e.contains("x.json"), "{e}");
+    }
+}
