@@ -453,3 +453,113 @@ fn images_built_by_other_tools_import_and_run() {
     assert_ne!(code, 0);
     assert!(err.contains("corrupt.tar"), "{err}");
 }
+
+#[test]
+fn restart_policies_restart_failures_up_to_their_limit() {
+    let mut agent = Agent::start();
+    let rootfs = rootfs(&agent);
+    let flaky = unique("flaky");
+    agent.ok(&[
+        "run",
+        "-d",
+        "--name",
+        &flaky,
+        "--restart",
+        "on-failure:2",
+        &rootfs,
+        "sh",
+        "-c",
+        "echo run; exit 3",
+    ]);
+    let v = wait_for(Duration::from_secs(20), "two restarts, then exited", || {
+        let v = agent.inspect(&flaky);
+        (v["status"] == "exited" && v["state"]["restart_count"] == 2).then_some(v)
+    });
+    assert_eq!(v["state"]["exit_code"], 3, "{v}");
+    assert_eq!(
+        agent.ok(&["logs", &flaky]).matches("run").count(),
+        3,
+        "1 run + 2 restarts"
+    );
+
+    // `always` also restarts a clean exit, and a container the agent finds dead at start.
+    let steady = unique("always");
+    agent.ok(&[
+        "run",
+        "-d",
+        "--name",
+        &steady,
+        "--restart",
+        "always",
+        &rootfs,
+        "sh",
+        "-c",
+        "sleep 1; exit 0",
+    ]);
+    wait_for(
+        Duration::from_secs(20),
+        "a restart of the always container",
+        || (agent.inspect(&steady)["state"]["restart_count"].as_u64()? >= 1).then_some(()),
+    );
+    // A stopped container stays stopped.
+    agent.ok(&["stop", "-t", "1", &steady]);
+    let count = agent.inspect(&steady)["state"]["restart_count"].clone();
+    std::thread::sleep(Duration::from_secs(2));
+    let v = agent.inspect(&steady);
+    assert_eq!(v["status"], "exited", "{v}");
+    assert_eq!(v["state"]["restart_count"], count, "restarted after stop");
+    agent.kill9();
+    agent.spawn();
+    assert_eq!(
+        agent.inspect(&steady)["status"],
+        "exited",
+        "restarted a stopped container on agent start"
+    );
+}
+
+#[test]
+fn an_interrupted_create_or_remove_is_undone_on_the_next_start() {
+    let mut agent = Agent::start();
+    let rootfs = rootfs(&agent);
+    let mut ids = Vec::new();
+    for phase in ["creating", "removing"] {
+        let name = unique(phase);
+        let id = agent
+            .ok(&["run", "-d", "--name", &name, &rootfs, "sleep", "300"])
+            .trim()
+            .to_owned();
+        wait_status(&agent, &name, "running", 10);
+        ids.push((id, phase));
+    }
+    agent.kill9();
+    // Rewind each record to the phase a crash would have left it in.
+    let store = agent.dir.path().join("state/containers");
+    for (id, phase) in &ids {
+        let path = store.join(id).join("container.json");
+        let mut v: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+        v["phase"] = serde_json::json!(phase);
+        fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
+    }
+    // And a directory from a crash before the first record was written.
+    fs::create_dir_all(store.join("0".repeat(64))).unwrap();
+    agent.spawn();
+    for (id, phase) in &ids {
+        assert!(!store.join(id).exists(), "{phase}: store entry left");
+        for d in cgroup_dirs(&agent, id) {
+            assert!(!d.exists(), "{phase}: cgroup {} left", d.display());
+        }
+        let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(
+            !mounts.contains(id.as_str()),
+            "{phase}: overlay of {id} still mounted"
+        );
+        let ps = fs::read_dir("/proc").unwrap().flatten().any(|p| {
+            fs::read(p.path().join("cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains(id.as_str()))
+                .unwrap_or(false)
+        });
+        assert!(!ps, "{phase}: a process of {id} is still running");
+    }
+    assert!(!store.join("0".repeat(64)).exists());
+    assert_eq!(agent.ok(&["ps", "-a", "-q"]).trim(), "");
+}

@@ -52,24 +52,24 @@ pub fn main(dir: &Path) -> i32 {
     let d = ContainerDir {
         dir: dir.to_owned(),
     };
-    let setup = || -> Result<(ContainerRecord, OciRuntime, Hierarchy), String> {
+    let setup = || -> Result<(ContainerRecord, OciRuntime), String> {
         let record: ContainerRecord = read_json(&d.record())
             .map_err(|e| e.to_string())?
             .ok_or("container.json is missing")?;
         let runtime: OciRuntime = read_json(&dir.join(RUNTIME_FILE))
             .map_err(|e| e.to_string())?
             .ok_or("runtime.json is missing")?;
-        let hierarchy = Hierarchy::detect().map_err(|e| e.to_string())?;
-        Ok((record, runtime, hierarchy))
+        Ok((record, runtime))
     };
-    let (record, runtime, hierarchy) = match setup() {
+    let (record, runtime) = match setup() {
         Ok(v) => v,
         Err(e) => {
             report(&mut status, &format!("err {e}"));
             return 1;
         }
     };
-    let cgroup = ContainerCgroup::new(&hierarchy, &record.cgroup);
+    // Found after the first report: it is only needed once the container exits.
+    let mut cgroup: Option<ContainerCgroup> = None;
     let mut state = read_json::<ShimState>(&d.state())
         .ok()
         .flatten()
@@ -78,6 +78,11 @@ pub fn main(dir: &Path) -> i32 {
     state.error = None;
     let mut backoff = Duration::from_millis(100);
     loop {
+        if state.restart_count > 0 || state.started_at.is_some() {
+            // A previous run of this id (a restart, or a shim started again after a crash)
+            // may have left runtime state that would make create fail.
+            let _ = runtime.delete(&record.id);
+        }
         let pid = match start(&runtime, &record, &d) {
             Ok(pid) => pid,
             Err(e) => {
@@ -90,7 +95,6 @@ pub fn main(dir: &Path) -> i32 {
                 return 1;
             }
         };
-        let oom_before = cgroup.stats().map(|s| s.oom_kills).unwrap_or(0);
         state.running = true;
         state.pid = Some(pid);
         state.started_at = Some(now_secs());
@@ -99,16 +103,25 @@ pub fn main(dir: &Path) -> i32 {
         state.oom_killed = false;
         let _ = write_json(&d.state(), &state);
         report(&mut status, &format!("ok {pid}"));
+        if cgroup.is_none() {
+            cgroup = Hierarchy::detect()
+                .ok()
+                .map(|h| ContainerCgroup::new(&h, &record.cgroup));
+        }
 
         let code = wait_for(pid as i32);
-        let oom_after = cgroup.stats().map(|s| s.oom_kills).unwrap_or(oom_before);
+        // Each run gets a fresh cgroup from the runtime: its OOM count is this run's.
+        let oom = cgroup
+            .as_ref()
+            .and_then(|c| c.stats().ok())
+            .map_or(0, |s| s.oom_kills);
         let _ = runtime.delete(&record.id);
         state.running = false;
         state.pid = None;
         state.finished_at = Some(now_secs());
         state.exit_code = Some(code);
-        state.oom_kills += oom_after.saturating_sub(oom_before);
-        state.oom_killed = oom_after > oom_before;
+        state.oom_kills += oom;
+        state.oom_killed = oom > 0;
         let _ = write_json(&d.state(), &state);
 
         // The agent may have asked for a stop meanwhile: re-read the intent.
@@ -129,8 +142,6 @@ fn start(
     record: &ContainerRecord,
     d: &ContainerDir,
 ) -> Result<u32, RuntimeError> {
-    // A stale runtime state (a previous run of this id) would make create fail.
-    let _ = runtime.delete(&record.id);
     let log = OpenOptions::new()
         .create(true)
         .append(true)
