@@ -13,5 +13,6 @@ pub mod daemon;
 pub mod image;
 pub mod metrics;
 pub mod model;
+pub mod net;
 pub mod probes;
 pub mod runtime;

@@ -1,0 +1,2 @@
+//! Container networking: bridge, host and none modes, and published ports.
+pub mod portmap;

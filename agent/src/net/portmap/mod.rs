@@ -1,0 +1,1 @@
+//! Published ports (placeholder; see the portmap work).
