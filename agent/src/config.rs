@@ -43,6 +43,7 @@ pub struct Config {
     pub http: HttpConfig,
     pub cgroup: CgroupConfig,
     pub runtime: RuntimeConfig,
+    pub network: crate::net::NetworkConfig,
     pub probes: ProbesConfig,
 }
 
@@ -189,6 +190,9 @@ impl Config {
                 ),
             ));
         }
+        self.network
+            .validate()
+            .map_err(|(key, reason)| invalid(key, reason))?;
         for (key, p) in [
             ("runtime.state_dir", &self.runtime.state_dir),
             ("runtime.run_dir", &self.runtime.run_dir),

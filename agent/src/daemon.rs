@@ -77,8 +77,9 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         let rc = config.runtime.clone();
         let h = hierarchy.clone();
         let croot = config.cgroup.root.clone();
+        let netc = config.network.clone();
         match tokio::task::spawn_blocking(move || {
-            Manager::open(&rc.state_dir, &rc.run_dir, &rc.oci, h, &croot)
+            Manager::open(&rc.state_dir, &rc.run_dir, &rc.oci, h, &croot, netc)
         })
         .await
         {
@@ -110,6 +111,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         cgroup: hierarchy.clone(),
         tracked_root: collector.root.clone(),
     };
+    let manager_for_shutdown = manager.clone();
     let state = AppState {
         registry: Arc::new(metrics::registry(snap_rx.clone())),
         snapshots: snap_rx,
@@ -176,6 +178,11 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         .is_err()
     {
         warn!("collector loop did not stop within 5 s");
+    }
+    if let Some(m) = &manager_for_shutdown
+        && m.teardown_network_if_unused()
+    {
+        info!("no container left: bridge and port-mapping rules removed");
     }
     let removed = root.remove_if_empty(&hierarchy);
     debug!(?removed, "empty cgroup roots removed");

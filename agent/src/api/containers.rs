@@ -61,6 +61,28 @@ pub fn read_routes() -> Router<AppState> {
         .route("/api/v1/containers/{id}/logs", get(logs))
         .route("/api/v1/containers/{id}/stats", get(stats))
         .route("/api/v1/images", get(images))
+        .route("/api/v1/ports", get(ports))
+}
+
+/// One row per published range: container, address, mapping, backend.
+async fn ports(State(s): State<AppState>) -> Result<Response, ApiError> {
+    let v = blocking(&s, |m| {
+        Ok(m.ports()
+            .into_iter()
+            .flat_map(|(id, name, net)| {
+                let backend = net.port_backend;
+                let ip = net.ip;
+                net.publish.into_iter().map(move |p| {
+                    serde_json::json!({
+                        "container": id, "name": name, "ip": ip,
+                        "publish": p, "backend": backend,
+                    })
+                })
+            })
+            .collect::<Vec<_>>())
+    })
+    .await?;
+    Ok(Json(v).into_response())
 }
 
 pub fn write_routes() -> Router<AppState> {

@@ -123,6 +123,15 @@ pub enum Command {
         /// Containers (default: all running).
         containers: Vec<String>,
     },
+    /// Published ports with their backend and the container address.
+    ///
+    /// Example: `berth ports media`
+    Ports {
+        /// Only this container.
+        container: Option<String>,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
     /// Manage images (import archives; no registry pulls).
     #[command(subcommand)]
     Image(ImageCommand),
@@ -133,6 +142,13 @@ pub enum Command {
     /// Measure the syscall probe's cost (used by `cargo xtask bench syscalls`).
     #[command(hide = true)]
     BenchSyscalls(crate::bench::SyscallBenchArgs),
+    /// UDP echo server on a port range (a test and demo workload for containers).
+    #[command(hide = true)]
+    UdpEcho {
+        /// Ports, e.g. 20000-21999.
+        #[arg(long)]
+        ports: String,
+    },
     /// Per-container shim (started by the agent).
     #[command(hide = true)]
     Shim { dir: PathBuf },
@@ -199,10 +215,24 @@ pub struct RunArgs {
     /// Restart policy: no, on-failure[:N], always.
     #[arg(long, default_value = "no")]
     pub restart: String,
+    /// Network mode: bridge (default), host, none.
+    #[arg(long)]
+    pub network: Option<String>,
+    /// Publish ports: [IP:]HOST[-HOST2]:CTR[-CTR2][/udp|/tcp] (repeatable), e.g.
+    /// `-p 40000-59999:40000-59999/udp`.
+    #[arg(short, long = "publish")]
+    pub publish: Vec<String>,
+    /// Port-mapping backend: nft-map (one map, flat cost) or iptables (one rule per port,
+    /// Docker's way, to reproduce the problem).
+    #[arg(long)]
+    pub port_backend: Option<String>,
     #[command(flatten)]
     pub limits: LimitArgs,
     #[arg(long, value_enum, default_value_t)]
     pub format: Format,
+    /// Remove the container when it exits (without -d).
+    #[arg(long)]
+    pub rm: bool,
     /// Image reference or rootfs directory (an absolute or ./relative path).
     pub image: String,
     /// Command and arguments (default: the image's).

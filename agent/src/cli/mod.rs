@@ -7,10 +7,12 @@ mod image;
 mod info;
 mod inspect;
 mod logs;
+mod ports;
 mod ps;
 mod run;
 mod signal;
 mod stats;
+mod udp_echo;
 mod update;
 
 use anyhow::Context as _;
@@ -65,6 +67,9 @@ pub fn execute(cli: Cli) -> anyhow::Result<i32> {
             format,
             containers,
         } => stats::execute_stats(&client, no_stream, format, &containers),
+        Command::Ports { container, format } => {
+            ports::execute_ports(&client, container.as_deref(), format)
+        }
         Command::Image(cmd) => image::execute_image(&client, cmd),
         Command::Info => info::execute_info(&client),
         Command::BenchSyscalls(args) => {
@@ -73,6 +78,7 @@ pub fn execute(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Shim { dir } => Ok(crate::runtime::shim::main(&dir)),
+        Command::UdpEcho { ports } => udp_echo::execute_udp_echo(&ports),
     }
 }
 

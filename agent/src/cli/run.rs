@@ -9,6 +9,11 @@ use super::{
 use crate::runtime::RunRequest;
 
 pub fn execute_run(client: &Client, a: RunArgs) -> anyhow::Result<i32> {
+    if a.detach && a.rm {
+        anyhow::bail!(
+            "--rm and -d cannot be combined: --rm removes the container when `run` sees it exit"
+        );
+    }
     let limits = parse_limits(&a.limits)?;
     // A relative rootfs path means a directory on the client's side: make it absolute.
     let image = if a.image.starts_with("./") || a.image.starts_with("../") || a.image == "." {
@@ -28,6 +33,9 @@ pub fn execute_run(client: &Client, a: RunArgs) -> anyhow::Result<i32> {
         user: a.user.clone(),
         limits,
         restart: Some(a.restart.clone()),
+        network: a.network.clone(),
+        publish: a.publish.clone(),
+        port_backend: a.port_backend.clone(),
     };
     let body = serde_json::to_value(&req)?;
     let view: serde_json::Value = client.call("POST", "/api/v1/containers", Some(&body))?;

@@ -37,12 +37,14 @@ const DOCKER_CAPS: [Capability; 14] = [
 const EXTRA_MASKED: [&str; 2] = ["/proc/sched_debug", "/sys/devices/virtual/powercap"];
 
 /// Builds the runtime spec for `record`; `uid`/`gid` are already resolved.
-/// `limits` are the effective ones (Docker's swap default applied by the caller).
+/// `limits` are the effective ones (Docker's swap default applied by the caller); `netns` is
+/// the namespace berth prepared (bridge and none modes), `None` for host networking.
 pub fn spec(
     record: &ContainerRecord,
     limits: &crate::cgroup::limits::Limits,
     uid: u32,
     gid: u32,
+    netns: Option<&Path>,
 ) -> Result<Spec, RuntimeError> {
     let caps: oci_spec::runtime::Capabilities = DOCKER_CAPS.into_iter().collect();
     let mut capabilities = oci_spec::runtime::LinuxCapabilities::default();
@@ -91,6 +93,15 @@ pub fn spec(
     let namespaces: Vec<LinuxNamespace> = get_default_namespaces()
         .into_iter()
         .filter(|n| n.typ() != LinuxNamespaceType::User)
+        .filter_map(|mut n| {
+            if n.typ() != LinuxNamespaceType::Network {
+                return Some(n);
+            }
+            // Host mode: no network namespace at all; otherwise join berth's.
+            let path = netns?;
+            n.set_path(Some(path.to_owned()));
+            Some(n)
+        })
         .collect();
     let linux = LinuxBuilder::default()
         .namespaces(namespaces)

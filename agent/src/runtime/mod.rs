@@ -38,6 +38,10 @@ use crate::{
         stats::ContainerStats,
     },
     image::{ImageError, ImageStore},
+    net::{
+        NetError, Network, NetworkConfig, NetworkMode, NetworkSpec,
+        portmap::{self, BackendKind, Publish},
+    },
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +62,8 @@ pub enum RuntimeError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Cgroup(#[from] crate::cgroup::CgroupError),
+    #[error(transparent)]
+    Net(#[from] NetError),
     #[error("{op} {path}: {source}")]
     Io {
         op: &'static str,
@@ -89,6 +95,8 @@ impl RuntimeError {
             | RuntimeError::BadInput(_)
             | RuntimeError::Limits(_)
             | RuntimeError::StartFailed { .. } => true,
+            RuntimeError::Net(NetError::BadInput(_) | NetError::Exhausted { .. }) => true,
+            RuntimeError::Net(NetError::Portmap(e)) => e.is_client_error(),
             RuntimeError::Image(e) => e.is_client_error(),
             _ => false,
         }
@@ -112,6 +120,12 @@ pub struct RunRequest {
     pub limits: Limits,
     /// `no`, `on-failure[:N]`, `always`.
     pub restart: Option<String>,
+    /// `bridge` (default), `host`, `none`.
+    pub network: Option<String>,
+    /// `[IP:]HOST[-HOST2]:CTR[-CTR2][/udp|/tcp]`, Docker's syntax.
+    pub publish: Vec<String>,
+    /// `nft-map` or `iptables`; the agent's default when absent.
+    pub port_backend: Option<String>,
 }
 
 /// A container as the API and CLI show it.
@@ -143,6 +157,7 @@ pub struct Manager {
     cgroup_root: String,
     host: HostCapacity,
     containers: RwLock<BTreeMap<String, ContainerRecord>>,
+    pub net: Network,
     /// Serializes mutations (run, stop, rm, update) so names and ids stay consistent.
     ops: Mutex<()>,
 }
@@ -259,6 +274,7 @@ impl Manager {
         runtime: &str,
         hierarchy: Hierarchy,
         cgroup_root: &str,
+        network: NetworkConfig,
     ) -> Result<Self, RuntimeError> {
         let runtime = OciRuntime::detect(runtime, &hierarchy, run_dir)?;
         let store = Store::open(state_dir)?;
@@ -271,6 +287,7 @@ impl Manager {
             cgroup_root: cgroup_root.trim_matches('/').to_owned(),
             host: HostCapacity::detect()?,
             containers: RwLock::new(BTreeMap::new()),
+            net: Network::new(network, run_dir),
             ops: Mutex::new(()),
         };
         m.recover()?;
@@ -489,6 +506,8 @@ impl Manager {
         let user_spec = req.user.clone().or(config.user.clone()).unwrap_or_default();
         let (uid, gid) = bundle::resolve_user(&lower, &user_spec)?;
 
+        let network = self.prepare_network(&req)?;
+
         let id = new_id();
         let name = if name.is_empty() {
             format!("berth-{}", &id[..12])
@@ -512,19 +531,121 @@ impl Manager {
             created_at: store::now_secs(),
             phase: Phase::Creating,
             stop_requested: false,
+            network,
         })
+    }
+
+    /// Mode, published ports (parsed, checked against berth's mappings and the host's bound
+    /// sockets), backend and address. Changes nothing.
+    fn prepare_network(&self, req: &RunRequest) -> Result<NetworkSpec, RuntimeError> {
+        let bad = |m: String| RuntimeError::BadInput(m);
+        let mode: NetworkMode = req
+            .network
+            .as_deref()
+            .unwrap_or("bridge")
+            .parse()
+            .map_err(bad)?;
+        let publish = req
+            .publish
+            .iter()
+            .map(|p| portmap::parse_publish(p))
+            .collect::<Result<Vec<Publish>, _>>()
+            .map_err(NetError::from)?;
+        if mode != NetworkMode::Bridge && !publish.is_empty() {
+            return Err(bad(format!(
+                "-p needs --network bridge: a {} container has no ports to publish",
+                match mode {
+                    NetworkMode::Host => "host-network container uses the host's ports directly;",
+                    _ => "--network none",
+                }
+            )));
+        }
+        let port_backend = match req.port_backend.as_deref() {
+            None => self.net.config.port_backend,
+            Some("nft-map") => BackendKind::NftMap,
+            Some("iptables") => BackendKind::Iptables,
+            Some(other) => {
+                return Err(bad(format!(
+                    "--port-backend {other}: expected nft-map or iptables"
+                )));
+            }
+        };
+        let records: Vec<ContainerRecord> = self
+            .containers
+            .read()
+            .expect("lock")
+            .values()
+            .cloned()
+            .collect();
+        let existing: Vec<Publish> = records
+            .iter()
+            .flat_map(|r| r.network.publish.iter().cloned())
+            .collect();
+        portmap::check_conflicts(&publish, &existing).map_err(NetError::from)?;
+        if !publish.is_empty() {
+            let in_use = crate::net::ports_in_use();
+            for p in &publish {
+                if let Some(port) =
+                    (p.host.start..=p.host.end).find(|port| in_use.contains(&(p.proto, *port)))
+                {
+                    return Err(bad(format!(
+                        "host port {port}/{} is already in use by a process on this host",
+                        match p.proto {
+                            portmap::Proto::Tcp => "tcp",
+                            portmap::Proto::Udp => "udp",
+                        }
+                    )));
+                }
+            }
+        }
+        let ip = match mode {
+            NetworkMode::Bridge => {
+                let used = records.iter().filter_map(|r| r.network.ip).collect();
+                Some(self.net.allocate(&used)?)
+            }
+            _ => None,
+        };
+        Ok(NetworkSpec {
+            mode,
+            ip,
+            port_backend: (!publish.is_empty()).then_some(port_backend),
+            publish,
+        })
+    }
+
+    /// Every published mapping: (container id, name, address, spec).
+    pub fn ports(&self) -> Vec<(String, String, NetworkSpec)> {
+        self.containers
+            .read()
+            .expect("lock")
+            .values()
+            .filter(|r| !r.network.publish.is_empty())
+            .map(|r| (r.id.clone(), r.name.clone(), r.network.clone()))
+            .collect()
+    }
+
+    /// Removes the bridge and port-mapping tables when no container is left (agent shutdown).
+    pub fn teardown_network_if_unused(&self) -> bool {
+        if !self.containers.read().expect("lock").is_empty() {
+            return false;
+        }
+        self.net.teardown();
+        true
     }
 
     /// Overlay, bundle, runtime.json, then the shim; waits for its `ok`/`err` report.
     fn start_shim(&self, record: &ContainerRecord, d: &ContainerDir) -> Result<(), RuntimeError> {
         mount_overlay(&record.lower, d)?;
+        self.net.attach(&record.id, &record.network)?;
+        let netns =
+            (record.network.mode != NetworkMode::Host).then(|| self.net.netns_path(&record.id));
         let (uid, gid) = record
             .user
             .split_once(':')
             .and_then(|(u, g)| Some((u.parse().ok()?, g.parse().ok()?)))
             .unwrap_or((0, 0));
         let limits = record.limits.with_swap_default(&self.host);
-        let spec = bundle::spec(record, &limits, uid, gid)?;
+        let spec = bundle::spec(record, &limits, uid, gid, netns.as_deref())?;
         bundle::write(&d.bundle(), &spec)?;
         store::write_json(&d.dir.join(shim::RUNTIME_FILE), &self.runtime)?;
         spawn_shim(&d.dir).map_err(|reason| RuntimeError::StartFailed {
@@ -550,6 +671,7 @@ impl Manager {
             std::thread::sleep(Duration::from_millis(10));
         }
         unmount(&d.rootfs());
+        self.net.detach(&record.id);
         if let Err(e) = self.cgroup(record).remove() {
             warn!(container = %record.id, error = %e, "cgroup removal failed");
         }
@@ -726,6 +848,14 @@ impl Manager {
                 }
             }
         }
+        let known: std::collections::HashSet<String> = self
+            .containers
+            .read()
+            .expect("lock")
+            .keys()
+            .cloned()
+            .collect();
+        self.net.reconcile(&known);
         Ok(())
     }
 

@@ -188,6 +188,9 @@ pub struct ContainerRecord {
     pub phase: Phase,
     /// Set by `stop`/`kill`/`rm` before signalling, so the shim does not restart it.
     pub stop_requested: bool,
+    /// Network mode, address and published ports.
+    #[serde(default)]
+    pub network: crate::net::NetworkSpec,
 }
 
 /// What the shim last wrote about the container's process (`state.json`).

@@ -104,6 +104,20 @@ impl Agent {
         let config = dir.path().join("berth.toml");
         let d = dir.path().display();
         let socket = dir.path().join("berth.sock");
+        let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+        let pid = std::process::id();
+        // Unique bridge (<= 15 bytes), subnet and nft table per agent.
+        let network = format!(
+            "[network]\nbridge = \"bt{}x{seq}\"\nsubnet = \"10.{}.{}.0/24\"\ntable = \"berth-it-{pid}-{seq}\"\n",
+            pid % 1_000_000,
+            200 + seq % 50,
+            pid % 256
+        );
+        let extra = if extra.contains("[network]") {
+            extra.to_owned()
+        } else {
+            format!("{network}{extra}")
+        };
         fs::write(
             &config,
             format!(
@@ -420,4 +434,135 @@ pub fn build_image_archives(dir: &Path) -> (PathBuf, PathBuf, String) {
         .trim()
         .to_owned();
     (dir.join("oci.tar"), dir.join("docker.tar.gz"), id)
+}
+
+/// A rootfs with busybox and this build's `berth` binary (for `berth udp-echo`) plus the
+/// shared libraries it links, so the echo server runs inside containers.
+pub fn echo_rootfs(dir: &Path) -> PathBuf {
+    let root = busybox_rootfs(dir);
+    let exe = Path::new(env!("CARGO_BIN_EXE_berth"));
+    fs::copy(exe, root.join("bin/berth")).unwrap();
+    let ldd = Command::new("ldd").arg(exe).output().unwrap();
+    for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+        // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" or "/lib64/ld-linux-x86-64.so.2 (0x...)"
+        let path = line
+            .split("=>")
+            .last()
+            .and_then(|r| r.split_whitespace().next())
+            .filter(|p| p.starts_with('/'));
+        if let Some(p) = path {
+            let dst = root.join(p.trim_start_matches('/'));
+            fs::create_dir_all(dst.parent().unwrap()).unwrap();
+            fs::copy(p, &dst).unwrap();
+        }
+    }
+    root
+}
+
+/// A client network namespace joined to the host by a veth pair the test owns:
+/// host side `host_ip/30`, client side `client_ip/30` with a default route to the host.
+pub struct ClientNs {
+    pub name: String,
+    pub host_if: String,
+    pub host_ip: std::net::Ipv4Addr,
+    pub client_ip: std::net::Ipv4Addr,
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("running ip");
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl ClientNs {
+    pub fn create() -> Self {
+        let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+        let pid = std::process::id() % 1_000_000;
+        let name = format!("bc{pid}x{seq}");
+        let host_if = format!("bh{pid}x{seq}");
+        let peer = format!("bp{pid}x{seq}");
+        let third = (std::process::id() % 200) as u8;
+        let base = ((seq % 60) * 4) as u8;
+        let host_ip = std::net::Ipv4Addr::new(172, 30, third, base + 1);
+        let client_ip = std::net::Ipv4Addr::new(172, 30, third, base + 2);
+        let ns = ClientNs {
+            name: name.clone(),
+            host_if: host_if.clone(),
+            host_ip,
+            client_ip,
+        };
+        ip(&["netns", "add", &name]);
+        ip(&[
+            "link", "add", &host_if, "type", "veth", "peer", "name", &peer,
+        ]);
+        ip(&["link", "set", &peer, "netns", &name]);
+        ip(&["addr", "add", &format!("{host_ip}/30"), "dev", &host_if]);
+        ip(&["link", "set", &host_if, "up"]);
+        ip(&[
+            "-n",
+            &name,
+            "addr",
+            "add",
+            &format!("{client_ip}/30"),
+            "dev",
+            &peer,
+        ]);
+        ip(&["-n", &name, "link", "set", &peer, "up"]);
+        ip(&["-n", &name, "link", "set", "lo", "up"]);
+        ip(&[
+            "-n",
+            &name,
+            "route",
+            "add",
+            "default",
+            "via",
+            &host_ip.to_string(),
+        ]);
+        ns
+    }
+
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(&self.name)
+    }
+}
+
+impl Drop for ClientNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .output();
+    }
+}
+
+/// Sends `payload` over UDP to `to` from the namespace file `netns` (the host's when `None`)
+/// and returns the answer, trying 3 times with a 1 s timeout.
+pub fn udp_ask(netns: Option<&Path>, to: std::net::SocketAddr, payload: &[u8]) -> Option<Vec<u8>> {
+    let netns = netns.map(Path::to_owned);
+    let payload = payload.to_vec();
+    std::thread::spawn(move || {
+        if let Some(ns) = netns {
+            let f = fs::File::open(&ns).unwrap();
+            use std::os::fd::AsRawFd as _;
+            // SAFETY: setns on this thread only.
+            assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+        }
+        let sock = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+        let mut buf = [0u8; 2048];
+        for _ in 0..3 {
+            let _ = sock.send_to(&payload, to);
+            if let Ok((n, _)) = sock.recv_from(&mut buf) {
+                return Some(buf[..n].to_vec());
+            }
+        }
+        None
+    })
+    .join()
+    .unwrap()
 }

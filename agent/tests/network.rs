@@ -1,0 +1,290 @@
+//! Container networking against the real kernel: bridge, host and none modes, published port
+//! ranges through nftables, conflicts refused without a trace, cleanup after rm and after a
+//! crash. Traffic only between namespaces, veths and bridges the test creates.
+
+mod common;
+
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    process::Command,
+    time::Duration,
+};
+
+use common::{Agent, ClientNs, echo_rootfs, udp_ask, unique, wait_for};
+
+fn wait_running(agent: &Agent, c: &str) -> serde_json::Value {
+    wait_for(Duration::from_secs(10), &format!("{c} running"), || {
+        let v = agent.inspect(c);
+        (v["status"] == "running").then_some(v)
+    })
+}
+
+fn nft_table(agent: &Agent) -> Option<String> {
+    let text = std::fs::read_to_string(&agent.config).unwrap();
+    let name = text
+        .lines()
+        .find_map(|l| l.strip_prefix("table = \""))?
+        .trim_end_matches('"')
+        .to_owned();
+    let out = Command::new("nft")
+        .args(["list", "table", "ip", &name])
+        .output()
+        .unwrap();
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn links() -> String {
+    String::from_utf8_lossy(
+        &Command::new("ip")
+            .args(["-o", "link"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .into_owned()
+}
+
+#[test]
+fn a_udp_server_with_2000_published_ports_answers_clients_in_a_netns_and_on_the_host() {
+    let agent = Agent::start();
+    let rootfs = echo_rootfs(agent.dir.path());
+    let rootfs = rootfs.to_str().unwrap();
+    let name = unique("echo");
+    let id = agent
+        .ok(&[
+            "run",
+            "-d",
+            "--name",
+            &name,
+            "-p",
+            "31000-32999:41000-42999/udp",
+            rootfs,
+            "berth",
+            "udp-echo",
+            "--ports",
+            "41000-42999",
+        ])
+        .trim()
+        .to_owned();
+    wait_running(&agent, &name);
+    wait_for(Duration::from_secs(10), "the echo server", || {
+        agent
+            .ok(&["logs", &name])
+            .contains("listening")
+            .then_some(())
+    });
+    let client = ClientNs::create();
+    for port in [31000u16, 32000, 32999] {
+        let to = SocketAddr::from((client.host_ip, port));
+        let answer = udp_ask(Some(&client.path()), to, format!("ping {port}").as_bytes());
+        assert_eq!(
+            answer.as_deref(),
+            Some(format!("ping {port}").as_bytes()),
+            "no echo from the client netns via {to}\n{}",
+            nft_table(&agent).unwrap_or_default()
+        );
+        let answer = udp_ask(None, to, b"from the host");
+        assert_eq!(
+            answer.as_deref(),
+            Some(&b"from the host"[..]),
+            "no echo on the host via {to}"
+        );
+    }
+    // The mapping is listed with its backend.
+    let ports: serde_json::Value =
+        serde_json::from_str(&agent.ok(&["ports", "--format", "json", &name])).unwrap();
+    assert_eq!(ports[0]["backend"], "nft-map", "{ports}");
+    assert_eq!(ports[0]["publish"]["host"]["start"], 31000);
+    // One rule per hook, not one per port.
+    let table = nft_table(&agent).expect("berth's nft table exists");
+    assert!(
+        table.lines().count() < 200,
+        "the table grows with ports:\n{table}"
+    );
+    assert!(
+        table.contains(&id) || table.contains(&id[..12]),
+        "owner of the elements not recorded"
+    );
+
+    agent.ok(&["rm", "-f", &name]);
+    let table = nft_table(&agent).unwrap_or_default();
+    assert!(
+        !table.contains(&id[..12]),
+        "elements of the removed container remain:\n{table}"
+    );
+    assert!(
+        !links().contains(&berth::net::host_veth(&id)),
+        "veth left after rm"
+    );
+    assert!(
+        udp_ask(
+            Some(&client.path()),
+            SocketAddr::from((client.host_ip, 31000)),
+            b"x"
+        )
+        .is_none()
+    );
+}
+
+#[test]
+fn host_mode_answers_without_any_berth_rule_and_none_mode_has_only_loopback() {
+    let agent = Agent::start();
+    let rootfs = echo_rootfs(agent.dir.path());
+    let rootfs = rootfs.to_str().unwrap();
+    let name = unique("host");
+    let port = 20000 + (std::process::id() % 10000) as u16;
+    agent.ok(&[
+        "run",
+        "-d",
+        "--name",
+        &name,
+        "--network",
+        "host",
+        rootfs,
+        "berth",
+        "udp-echo",
+        "--ports",
+        &port.to_string(),
+    ]);
+    wait_running(&agent, &name);
+    let to = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let answer = wait_for(Duration::from_secs(10), "the host-mode echo", || {
+        udp_ask(None, to, b"hi")
+    });
+    assert_eq!(answer, b"hi");
+    assert!(
+        nft_table(&agent).is_none(),
+        "a host-mode container made berth rules"
+    );
+
+    let (code, out, err) = agent.cli(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        rootfs,
+        "sh",
+        "-c",
+        "ip -o link | wc -l; ip -o addr | grep -c 127.0.0.1",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "1\n1\n", "none mode: only lo, up with 127.0.0.1");
+    let (code, _, err) = agent.cli(&["run", "--network", "host", "-p", "80:80", rootfs, "true"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("-p needs --network bridge"), "{err}");
+}
+
+#[test]
+fn two_containers_cannot_publish_the_same_host_port_and_the_loser_leaves_no_trace() {
+    let agent = Agent::start();
+    let rootfs = echo_rootfs(agent.dir.path());
+    let rootfs = rootfs.to_str().unwrap();
+    let first = unique("first");
+    agent.ok(&[
+        "run",
+        "-d",
+        "--name",
+        &first,
+        "-p",
+        "35000-35099:35000-35099/udp",
+        rootfs,
+        "sleep",
+        "300",
+    ]);
+    wait_running(&agent, &first);
+    let store = agent.dir.path().join("state/containers");
+    let dirs = std::fs::read_dir(&store).unwrap().count();
+    let links_before = links().lines().count();
+    let (code, _, err) = agent.cli(&["run", "-d", "-p", "35050:35050/udp", rootfs, "sleep", "300"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("35050"), "{err}");
+    // Same port, other protocol: fine.
+    agent.ok(&["run", "-d", "-p", "35050:35050/tcp", rootfs, "sleep", "300"]);
+    assert_eq!(std::fs::read_dir(&store).unwrap().count(), dirs + 1);
+    assert_eq!(
+        links().lines().count(),
+        links_before + 1,
+        "one veth for the tcp container only"
+    );
+    for bad in [
+        "35000-35001:1/udp",
+        "0:80",
+        "70000:80",
+        "1.2.3:80:80",
+        "80:80/sctp",
+        "x",
+    ] {
+        let (code, _, err) = agent.cli(&["run", "-d", "-p", bad, rootfs, "true"]);
+        assert_ne!(code, 0, "-p {bad} accepted");
+        assert!(err.contains(bad), "-p {bad}: {err}");
+    }
+    let (code, _, err) = agent.cli(&[
+        "run",
+        "-d",
+        "--port-backend",
+        "ebpf",
+        "-p",
+        "1:1",
+        rootfs,
+        "true",
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("--port-backend"), "{err}");
+    assert_eq!(std::fs::read_dir(&store).unwrap().count(), dirs + 1);
+}
+
+#[test]
+fn a_crash_mid_setup_leaks_nothing_and_frees_the_address() {
+    let mut agent = Agent::start();
+    let rootfs = echo_rootfs(agent.dir.path());
+    let rootfs = rootfs.to_str().unwrap();
+    let name = unique("crash");
+    let id = agent
+        .ok(&[
+            "run",
+            "-d",
+            "--name",
+            &name,
+            "-p",
+            "36000-36999:36000-36999/udp",
+            rootfs,
+            "sleep",
+            "300",
+        ])
+        .trim()
+        .to_owned();
+    let ip = wait_running(&agent, &name)["network"]["ip"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    agent.kill9();
+    let path = agent
+        .dir
+        .path()
+        .join("state/containers")
+        .join(&id)
+        .join("container.json");
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    v["phase"] = serde_json::json!("creating");
+    std::fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
+    agent.spawn();
+    let table = nft_table(&agent).unwrap_or_default();
+    assert!(
+        !table.contains(&id[..12]),
+        "elements of the crashed container remain:\n{table}"
+    );
+    assert!(
+        !links().contains(&berth::net::host_veth(&id)),
+        "veth left after the crash"
+    );
+    assert!(
+        !agent.dir.path().join("run/netns").join(&id).exists(),
+        "netns left"
+    );
+    // The address is free again: the next container gets it.
+    let next = unique("next");
+    agent.ok(&["run", "-d", "--name", &next, rootfs, "sleep", "300"]);
+    assert_eq!(wait_running(&agent, &next)["network"]["ip"], ip.as_str());
+}
