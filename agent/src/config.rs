@@ -128,6 +128,7 @@ impl Default for CgroupConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct ProbesConfig {
     pub syscalls: ProbeToggle,
+    pub network: ProbeToggle,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -5,6 +5,7 @@
 //! the collector loop stops and every BPF program is detached before the process exits.
 
 use std::{
+    collections::HashMap,
     sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
@@ -17,7 +18,7 @@ use crate::{
     cgroup::{CgroupError, Hierarchy, TrackedRoot},
     config::Config,
     metrics,
-    model::{CollectorRun, Snapshot},
+    model::{CgroupSample, CollectorRun, Snapshot},
     probes::Probes,
     runtime::Manager,
 };
@@ -226,19 +227,36 @@ impl Collector {
 
         let started = Instant::now();
         let paths = self.root.walk();
-        let mut cgroups = Vec::new();
+        let alive = |id: u64| paths.contains_key(&id);
+        let mut syscalls = HashMap::new();
+        let mut net = HashMap::new();
         let mut error = None;
-        if self.probes.syscalls.status.attached {
-            let syscalls = &self.probes.syscalls;
-            let result = match self.probes.ebpf.as_mut() {
-                Some(ebpf) => syscalls.collect(ebpf, &paths),
-                None => Ok(Vec::new()),
-            };
-            match result {
-                Ok(c) => cgroups = c,
-                Err(e) => error = Some(e.to_string()),
+        if let Some(ebpf) = self.probes.ebpf.as_mut() {
+            if self.probes.syscalls.status.attached {
+                match self.probes.syscalls.collect(ebpf, &alive) {
+                    Ok(v) => syscalls = v,
+                    Err(e) => error = Some(e.to_string()),
+                }
+            }
+            if self.probes.net.status.attached {
+                match self.probes.net.collect(ebpf, &alive) {
+                    Ok(v) => net = v,
+                    Err(e) => {
+                        error.get_or_insert(e.to_string());
+                    }
+                }
             }
         }
+        let mut cgroups: Vec<CgroupSample> = paths
+            .iter()
+            .map(|(&id, path)| CgroupSample {
+                id,
+                path: path.clone(),
+                syscalls: syscalls.remove(&id).unwrap_or_default(),
+                net: net.remove(&id).unwrap_or_default(),
+            })
+            .collect();
+        cgroups.sort_by(|a, b| a.path.cmp(&b.path));
         let lost_events = match self.probes.lost_events() {
             Ok(l) => l,
             Err(e) => {
@@ -247,10 +265,10 @@ impl Collector {
             }
         };
         if let Some(e) = &error {
-            warn!(collector = "syscalls", error = %e, "collection failed");
+            warn!(collector = "probes", error = %e, "collection failed");
         }
         collectors.push(CollectorRun {
-            name: "syscalls",
+            name: "probes",
             duration_seconds: started.elapsed().as_secs_f64(),
             success: error.is_none(),
             error,

@@ -132,6 +132,35 @@ impl Collector for SnapshotCollector {
                 ])?)?;
             }
         }
+
+        for (name, help, get) in [
+            (
+                "berth_cgroup_network_packets",
+                "Packets of the cgroup's sockets, by direction and L4 protocol",
+                (|n: &crate::model::NetCount| n.packets) as fn(&crate::model::NetCount) -> u64,
+            ),
+            (
+                "berth_cgroup_network_bytes",
+                "Bytes (layer 3, IP header included) of the cgroup's sockets, by direction and L4 protocol",
+                |n: &crate::model::NetCount| n.bytes,
+            ),
+        ] {
+            let mut fam = encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                ConstCounter::new(0u64).metric_type(),
+            )?;
+            for cg in &snap.cgroups {
+                for n in &cg.net {
+                    ConstCounter::new(get(n)).encode(fam.encode_family(&[
+                        ("cgroup", Escaped(&cg.path)),
+                        ("direction", Escaped(n.direction)),
+                        ("protocol", Escaped(n.protocol)),
+                    ])?)?;
+                }
+            }
+        }
         Ok(())
     }
 }
@@ -158,6 +187,8 @@ fn encode_containers(
             ("name", Escaped(&r.name)),
             ("image", Escaped(&r.image)),
             ("runtime", Escaped(&r.runtime)),
+            // Joins the berth_cgroup_* series: `* on(cgroup) group_left(name) berth_container_info`.
+            ("cgroup", Escaped(&r.cgroup)),
         ])?;
     }
 
@@ -307,6 +338,7 @@ mod tests {
                     name: "getppid".into(),
                     count: 100_000,
                 }],
+                net: vec![],
             }],
             probes: vec![ProbeStatus {
                 name: "syscalls",

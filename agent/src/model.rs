@@ -30,6 +30,19 @@ pub struct CgroupSample {
     /// Cumulative syscalls entered since the probe was attached (or the cgroup appeared),
     /// sorted by number.
     pub syscalls: Vec<SyscallCount>,
+    /// Cumulative packets and bytes of the cgroup's sockets.
+    pub net: Vec<NetCount>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct NetCount {
+    /// `ingress` or `egress`.
+    pub direction: &'static str,
+    /// `tcp`, `udp`, `icmp`, `icmpv6`, `sctp`, `other`.
+    pub protocol: &'static str,
+    pub packets: u64,
+    /// Bytes at layer 3 (IP header included).
+    pub bytes: u64,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]

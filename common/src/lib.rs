@@ -30,24 +30,58 @@ pub struct SyscallKey {
 /// counted in [`ProbeError::SyscallsMapFull`] instead: never dropped silently.
 pub const SYSCALLS_MAX_ENTRIES: u32 = 65_536;
 
+/// Direction of a packet as the cgroup sees it (`NetKey::direction`).
+pub const DIRECTION_INGRESS: u8 = 0;
+pub const DIRECTION_EGRESS: u8 = 1;
+
+/// Key of the `NET` per-CPU hash map: one entry per (cgroup v2 id of the packet's socket,
+/// direction, L4 protocol number). Value: [`NetValue`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NetKey {
+    pub cgroup_id: u64,
+    /// [`DIRECTION_INGRESS`] or [`DIRECTION_EGRESS`].
+    pub direction: u8,
+    /// IP protocol number (6 TCP, 17 UDP, 1 ICMP, 58 ICMPv6, ...); 0 when not IP.
+    pub protocol: u8,
+    pub _pad: [u8; 6],
+}
+
+/// Value of the `NET` map, per CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetValue {
+    pub packets: u64,
+    /// Bytes at layer 3 (IP header included, link header excluded), as `skb->len` is for
+    /// cgroup_skb programs.
+    pub bytes: u64,
+}
+
+/// Capacity of the `NET` map: cgroups x 2 directions x a few protocols.
+pub const NET_MAX_ENTRIES: u32 = 16_384;
+
 /// Indexes of the `PROBE_ERRORS` per-CPU array (value `u64`): events a probe could not record.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ProbeError {
     /// A syscall whose (cgroup, syscall) pair found the `SYSCALLS` map full.
     SyscallsMapFull = 0,
+    /// A packet whose (cgroup, direction, protocol) found the `NET` map full.
+    NetMapFull = 1,
 }
 
 impl ProbeError {
     /// Number of slots in `PROBE_ERRORS`.
-    pub const COUNT: u32 = 1;
+    pub const COUNT: u32 = 2;
     /// Every variant, in index order.
-    pub const ALL: [ProbeError; Self::COUNT as usize] = [ProbeError::SyscallsMapFull];
+    pub const ALL: [ProbeError; Self::COUNT as usize] =
+        [ProbeError::SyscallsMapFull, ProbeError::NetMapFull];
 
     /// `(probe, map)` labels for the metric that reports this error.
     pub const fn labels(self) -> (&'static str, &'static str) {
         match self {
             ProbeError::SyscallsMapFull => ("syscalls", "SYSCALLS"),
+            ProbeError::NetMapFull => ("network", "NET"),
         }
     }
 }
@@ -65,4 +99,8 @@ mod user {
     // SAFETY: `SyscallKey` is `#[repr(C)]`, `Copy`, made of integers only, with explicit padding:
     // every bit pattern is valid.
     unsafe impl aya::Pod for super::SyscallKey {}
+    // SAFETY: as above, integers and explicit padding only.
+    unsafe impl aya::Pod for super::NetKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::NetValue {}
 }

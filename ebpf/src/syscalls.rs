@@ -27,7 +27,8 @@ static SYSCALLS: PerCpuHashMap<SyscallKey, u64> =
     PerCpuHashMap::with_max_entries(SYSCALLS_MAX_ENTRIES, 0);
 
 #[map]
-static PROBE_ERRORS: PerCpuArray<u64> = PerCpuArray::with_max_entries(ProbeError::COUNT, 0);
+pub(crate) static PROBE_ERRORS: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries(ProbeError::COUNT, 0);
 
 #[raw_tracepoint(tracepoint = "sys_enter")]
 pub fn berth_sys_enter(ctx: RawTracePointContext) -> i32 {

@@ -368,7 +368,10 @@ fn bench_launch(runs: u32) -> Result<()> {
             "[http]\nlisten = \"127.0.0.1:0\"\nsocket = \"{t}/berth.sock\"\n\
              [cgroup]\nroot = \"{root_name}\"\n\
              [runtime]\nstate_dir = \"{t}/state\"\nrun_dir = \"{t}/run\"\n\
+             [network]\nbridge = \"bbl{pid}\"\nsubnet = \"10.199.{sub}.0/24\"\ntable = \"berth-bench-{pid}\"\n\
              [probes.syscalls]\nenabled = false\n",
+            pid = std::process::id() % 100_000,
+            sub = std::process::id() % 250,
             t = tmp.display()
         ),
     )?;
@@ -390,7 +393,7 @@ fn bench_launch(runs: u32) -> Result<()> {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let result = (|| -> Result<(f64, f64, String)> {
+    let result = (|| -> Result<(f64, f64, f64, String)> {
         let rootfs = tmp.join("rootfs");
         let rootfs = rootfs.to_str().context("path")?;
         // One container to take berth's bundle from.
@@ -415,15 +418,30 @@ fn bench_launch(runs: u32) -> Result<()> {
         )?)?;
         cli(&["rm", "-f", &id])?;
         spec["root"]["path"] = serde_json::json!(rootfs);
+        // The runtime makes a fresh network namespace itself (berth's none mode prepares one).
+        if let Some(ns) = spec["linux"]["namespaces"].as_array_mut() {
+            for n in ns.iter_mut() {
+                if n["type"] == "network" {
+                    n.as_object_mut().map(|o| o.remove("path"));
+                }
+            }
+        }
         let bare_root = tmp.join("bare-root");
         let mut berth_ms = Vec::new();
+        let mut bridge_ms = Vec::new();
         let mut bare_ms = Vec::new();
         for i in 0..runs {
+            let start = Instant::now();
+            let id = cli(&["run", "-d", "--network", "none", rootfs, "sleep", "1000"])?
+                .trim()
+                .to_owned();
+            berth_ms.push(start.elapsed().as_secs_f64() * 1e3);
+            cli(&["rm", "-f", &id])?;
             let start = Instant::now();
             let id = cli(&["run", "-d", rootfs, "sleep", "1000"])?
                 .trim()
                 .to_owned();
-            berth_ms.push(start.elapsed().as_secs_f64() * 1e3);
+            bridge_ms.push(start.elapsed().as_secs_f64() * 1e3);
             cli(&["rm", "-f", &id])?;
 
             let bid = format!("bench-bare-{}-{i}", std::process::id());
@@ -443,13 +461,18 @@ fn bench_launch(runs: u32) -> Result<()> {
             bare_ms.push(start.elapsed().as_secs_f64() * 1e3);
             rt(&["delete", "--force", &bid])?;
         }
-        Ok((median(&mut berth_ms), median(&mut bare_ms), runtime_name))
+        Ok((
+            median(&mut berth_ms),
+            median(&mut bridge_ms),
+            median(&mut bare_ms),
+            runtime_name,
+        ))
     })();
     let _ = Command::new("kill").arg(agent.id().to_string()).status();
     let _ = agent.wait();
     let _ = fs::remove_dir_all(tmp.join("state"));
     let _ = fs::remove_dir_all(&tmp);
-    let (berth_ms, bare_ms, runtime) = result?;
+    let (berth_ms, bridge_ms, bare_ms, runtime) = result?;
     let ratio = berth_ms / bare_ms;
     let goal = if ratio <= 1.2 { "met" } else { "NOT met" };
     let section = format!(
@@ -457,11 +480,15 @@ fn bench_launch(runs: u32) -> Result<()> {
          Command: `cargo xtask bench launch --runs {runs}`  \n\
          Machine: {machine}  \n\
          Method: create-to-running wall time, median of {runs} runs each, interleaved. berth: \
-         `berth run -d ROOTFS sleep 1000` (CLI, API over the Unix socket, overlay mount, bundle, \
-         shim, {runtime} create + start) until it returns with the process running. Bare: \
-         `{runtime} create` + `{runtime} start` of the same config.json berth generated (plain \
-         rootfs directory, no overlay). Each container removed before the next run.\n\n\
-         | path | median ms |\n|---|---|\n| berth run -d | {berth_ms:.1} |\n| bare {runtime} create + start | {bare_ms:.1} |\n\n\
+         `berth run -d --network none ROOTFS sleep 1000` (CLI, API over the Unix socket, \
+         overlay mount, network namespace, bundle, shim, {runtime} create + start) until it \
+         returns with the process running. Bare: `{runtime} create` + `{runtime} start` of the \
+         same config.json berth generated (plain rootfs directory, no overlay, the runtime \
+         making the network namespace). Each container removed before the next run. The \
+         bridge row (veth, address, route on berth's bridge) has no bare counterpart.\n\n\
+         | path | median ms |\n|---|---|\n| berth run -d --network none | {berth_ms:.1} |\n\
+         | bare {runtime} create + start | {bare_ms:.1} |\n\
+         | berth run -d (bridge) | {bridge_ms:.1} |\n\n\
          Ratio (one run): **{ratio:.2}x** (goal <= 1.2x: {goal}).\n",
         date = output(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]))?.trim(),
         machine = machine()?,

@@ -4,6 +4,7 @@
 //! A probe that cannot load or attach is reported down with the kernel's reason
 //! ([`ProbeStatus::error`]) and the agent runs on with the others.
 
+pub mod net;
 pub mod syscalls;
 
 use aya::{Ebpf, EbpfLoader, maps::PerCpuArray};
@@ -32,6 +33,11 @@ pub enum ProbeLoadError {
         program: &'static str,
         source: aya::programs::ProgramError,
     },
+    #[error("cgroup {path}: {source}")]
+    Cgroup {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error("map {map}: {source}")]
     Map {
         map: &'static str,
@@ -51,6 +57,7 @@ pub fn load_object(root: &TrackedRoot) -> Result<Ebpf, ProbeLoadError> {
 pub struct Probes {
     pub(crate) ebpf: Option<Ebpf>,
     pub syscalls: syscalls::SyscallsProbe,
+    pub net: net::NetProbe,
 }
 
 impl Probes {
@@ -63,22 +70,30 @@ impl Probes {
             }
         };
         let syscalls = syscalls::SyscallsProbe::start(ebpf.as_mut(), config.syscalls.enabled);
-        match &syscalls.status.error {
-            None if syscalls.status.attached => info!(
-                probe = syscalls.status.name,
-                attach = syscalls.status.attach,
-                programs = ?syscalls.status.program_ids,
-                tracked_root = %root.path,
-                "probe attached"
-            ),
-            None => info!(probe = syscalls.status.name, "probe disabled in config"),
-            Some(e) => warn!(probe = syscalls.status.name, error = %e, "probe down"),
+        let net = net::NetProbe::start(ebpf.as_mut(), config.network.enabled, root);
+        let probes = Self {
+            ebpf,
+            syscalls,
+            net,
+        };
+        for status in probes.status() {
+            match &status.error {
+                None if status.attached => info!(
+                    probe = status.name,
+                    attach = status.attach,
+                    programs = ?status.program_ids,
+                    tracked_root = %root.path,
+                    "probe attached"
+                ),
+                None => info!(probe = status.name, "probe disabled in config"),
+                Some(e) => warn!(probe = status.name, error = %e, "probe down"),
+            }
         }
-        Self { ebpf, syscalls }
+        probes
     }
 
     pub fn status(&self) -> Vec<ProbeStatus> {
-        vec![self.syscalls.status.clone()]
+        vec![self.syscalls.status.clone(), self.net.status.clone()]
     }
 
     /// Events lost because a map was full, summed over CPUs.

@@ -17,7 +17,7 @@ use std::{
     ffi::CString,
     fs,
     io::Read as _,
-    os::unix::{ffi::OsStrExt as _, process::CommandExt as _},
+    os::unix::ffi::OsStrExt as _,
     path::{Path, PathBuf},
     process::{Command, Stdio},
     sync::{Mutex, RwLock},
@@ -875,18 +875,13 @@ fn spawn_shim(dir: &Path) -> Result<(), String> {
     let exe = std::env::current_exe().map_err(|e| format!("finding berth's own binary: {e}"))?;
     let shim_log = fs::File::create(dir.join("shim.log")).map_err(|e| e.to_string())?;
     let mut cmd = Command::new(exe);
+    // No pre_exec: std can then use posix_spawn (vfork), much cheaper than fork for an agent
+    // with a large address space; the shim calls setsid itself after its own fork.
     cmd.arg("shim")
         .arg(dir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(shim_log);
-    // SAFETY: setsid is async-signal-safe.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::setsid();
-            Ok(())
-        });
-    }
     let mut child = cmd.spawn().map_err(|e| format!("starting the shim: {e}"))?;
     let mut out = String::new();
     let mut pipe = child.stdout.take().expect("piped");

@@ -1,7 +1,7 @@
 //! The per-container shim: `berth shim <container-dir>` (hidden), the containerd-shim pattern.
 //!
-//! The agent starts it in a new session; it forks once more and its parent exits, so the shim
-//! is nobody's child and outlives agent restarts and crashes. It makes itself a child
+//! The agent starts it; it forks once more, its parent exits and the child starts a new
+//! session, so the shim is nobody's child and outlives agent restarts and crashes. It makes itself a child
 //! subreaper, so the container's init (double-forked by runc) is re-parented to it and its exact
 //! exit status comes from waitpid. It runs `runtime create` + `start` with the container's
 //! stdout and stderr on the log file, reports `ok <pid>` or `err <reason>` on its stdout pipe
@@ -35,8 +35,12 @@ pub fn main(dir: &Path) -> i32 {
         0 => {}
         _ => return 0, // the agent reaps this parent at once
     }
-    // SAFETY: plain prctl.
-    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    // SAFETY: plain syscalls: a new session (no controlling terminal, not in the agent's
+    // process group, so signals to the agent's group miss it), then subreaper.
+    unsafe {
+        libc::setsid();
+        libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+    }
     // SAFETY: fd 1 is the status pipe the agent gave us; we own it from here on.
     let mut status = Some(unsafe { File::from_raw_fd(1) });
     let report = |status: &mut Option<File>, line: &str| {

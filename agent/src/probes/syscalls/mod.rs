@@ -18,7 +18,7 @@ use aya::{
 use berth_common::{SYSCALL_NR_OTHER, SyscallKey};
 
 use super::ProbeLoadError;
-use crate::model::{CgroupSample, ProbeStatus, SyscallCount};
+use crate::model::{ProbeStatus, SyscallCount};
 
 pub const PROGRAM: &str = "berth_sys_enter";
 pub const TRACEPOINT: &str = "sys_enter";
@@ -75,56 +75,44 @@ impl SyscallsProbe {
         Self { status }
     }
 
-    /// Reads `SYSCALLS`, sums the per-CPU values and groups them by cgroup. Keys of cgroups
-    /// that no longer exist (not in `paths`) are deleted so the map does not fill with the dead.
+    /// Reads `SYSCALLS` and sums the per-CPU values by cgroup; keys of cgroups for which
+    /// `alive` is false are deleted after this last read, so the map does not fill with the
+    /// dead.
     pub fn collect(
         &self,
         ebpf: &mut Ebpf,
-        paths: &HashMap<u64, String>,
-    ) -> Result<Vec<CgroupSample>, ProbeLoadError> {
+        alive: &dyn Fn(u64) -> bool,
+    ) -> Result<HashMap<u64, Vec<SyscallCount>>, ProbeLoadError> {
         let mut by_cgroup: HashMap<u64, Vec<SyscallCount>> = HashMap::new();
         let mut dead = Vec::new();
-        {
-            let map = ebpf
-                .map_mut(MAP)
-                .ok_or(ProbeLoadError::MissingMap { map: MAP })?;
-            let mut counts = PerCpuHashMap::<&mut MapData, SyscallKey, u64>::try_from(map)
-                .map_err(|source| ProbeLoadError::Map { map: MAP, source })?;
-            for entry in counts.iter() {
-                let (key, values) =
-                    entry.map_err(|source| ProbeLoadError::Map { map: MAP, source })?;
-                if !paths.contains_key(&key.cgroup_id) {
-                    dead.push(key);
-                    continue;
-                }
-                by_cgroup
-                    .entry(key.cgroup_id)
-                    .or_default()
-                    .push(SyscallCount {
-                        nr: key.nr,
-                        name: name(key.nr),
-                        count: values.iter().sum(),
-                    });
+        let map = ebpf
+            .map_mut(MAP)
+            .ok_or(ProbeLoadError::MissingMap { map: MAP })?;
+        let mut counts = PerCpuHashMap::<&mut MapData, SyscallKey, u64>::try_from(map)
+            .map_err(|source| ProbeLoadError::Map { map: MAP, source })?;
+        for entry in counts.iter() {
+            let (key, values) = entry.map_err(|source| ProbeLoadError::Map { map: MAP, source })?;
+            if !alive(key.cgroup_id) {
+                dead.push(key);
+                continue;
             }
-            for key in dead {
-                // Gone already (raced with another reader) is fine.
-                let _ = counts.remove(&key);
-            }
+            by_cgroup
+                .entry(key.cgroup_id)
+                .or_default()
+                .push(SyscallCount {
+                    nr: key.nr,
+                    name: name(key.nr),
+                    count: values.iter().sum(),
+                });
         }
-        let mut out: Vec<CgroupSample> = paths
-            .iter()
-            .map(|(&id, path)| {
-                let mut syscalls = by_cgroup.remove(&id).unwrap_or_default();
-                syscalls.sort_by_key(|s| s.nr);
-                CgroupSample {
-                    id,
-                    path: path.clone(),
-                    syscalls,
-                }
-            })
-            .collect();
-        out.sort_by(|a, b| a.path.cmp(&b.path));
-        Ok(out)
+        for key in dead {
+            // Gone already (raced with another reader) is fine.
+            let _ = counts.remove(&key);
+        }
+        for v in by_cgroup.values_mut() {
+            v.sort_by_key(|s| s.nr);
+        }
+        Ok(by_cgroup)
     }
 }
 

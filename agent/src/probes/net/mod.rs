@@ -1,0 +1,166 @@
+//! Network traffic per cgroup.
+//!
+//! Hooks: cgroup_skb ingress and egress (`berth_skb_ingress`, `berth_skb_egress` in
+//! `ebpf/src/net.rs`), attached to the tracked cgroup root, so they see every packet of every
+//! socket below it, bridge- and host-mode containers alike.
+//! Map: `NET` ([`NetKey`] -> per-CPU [`NetValue`]).
+//! Metrics: `berth_cgroup_network_packets_total{cgroup, direction, protocol}` and
+//! `berth_cgroup_network_bytes_total{...}` (bytes at layer 3: IP header included).
+
+use std::{collections::HashMap, fs::File};
+
+use aya::{
+    Ebpf,
+    maps::{MapData, PerCpuHashMap},
+    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType},
+};
+use berth_common::{DIRECTION_INGRESS, NetKey, NetValue};
+
+use super::ProbeLoadError;
+use crate::{cgroup::TrackedRoot, model::NetCount, model::ProbeStatus};
+
+const MAP: &str = "NET";
+const PROGRAMS: [(&str, CgroupSkbAttachType); 2] = [
+    ("berth_skb_ingress", CgroupSkbAttachType::Ingress),
+    ("berth_skb_egress", CgroupSkbAttachType::Egress),
+];
+
+/// `tcp`, `udp`, `icmp`, `icmpv6`, `other`: a bounded label.
+pub fn protocol_name(p: u8) -> &'static str {
+    match p {
+        6 => "tcp",
+        17 => "udp",
+        1 => "icmp",
+        58 => "icmpv6",
+        132 => "sctp",
+        _ => "other",
+    }
+}
+
+pub struct NetProbe {
+    pub status: ProbeStatus,
+}
+
+impl NetProbe {
+    pub fn start(ebpf: Option<&mut Ebpf>, enabled: bool, root: &TrackedRoot) -> Self {
+        let mut status = ProbeStatus {
+            name: "network",
+            attach: "cgroup_skb/ingress+egress",
+            enabled,
+            attached: false,
+            program_ids: Vec::new(),
+            error: None,
+        };
+        if enabled {
+            match ebpf.ok_or(None).and_then(|e| attach(e, root).map_err(Some)) {
+                Ok(ids) => {
+                    status.attached = true;
+                    status.program_ids = ids;
+                }
+                Err(e) => {
+                    status.error = Some(match e {
+                        Some(e) => e.to_string(),
+                        None => "berth's eBPF object did not load (see the agent's log)".into(),
+                    })
+                }
+            }
+        }
+        Self { status }
+    }
+
+    /// Packets and bytes per cgroup, summed over CPUs; entries of cgroups not in `alive` are
+    /// deleted after this last read.
+    pub fn collect(
+        &self,
+        ebpf: &mut Ebpf,
+        alive: &dyn Fn(u64) -> bool,
+    ) -> Result<HashMap<u64, Vec<NetCount>>, ProbeLoadError> {
+        let map = ebpf
+            .map_mut(MAP)
+            .ok_or(ProbeLoadError::MissingMap { map: MAP })?;
+        let mut counts = PerCpuHashMap::<&mut MapData, NetKey, NetValue>::try_from(map)
+            .map_err(|source| ProbeLoadError::Map { map: MAP, source })?;
+        let mut out: HashMap<u64, Vec<NetCount>> = HashMap::new();
+        let mut dead = Vec::new();
+        for entry in counts.iter() {
+            let (key, values) = entry.map_err(|source| ProbeLoadError::Map { map: MAP, source })?;
+            if !alive(key.cgroup_id) {
+                dead.push(key);
+                continue;
+            }
+            let (packets, bytes) = values
+                .iter()
+                .fold((0, 0), |(p, b), v| (p + v.packets, b + v.bytes));
+            out.entry(key.cgroup_id).or_default().push(NetCount {
+                direction: if key.direction == DIRECTION_INGRESS {
+                    "ingress"
+                } else {
+                    "egress"
+                },
+                protocol: protocol_name(key.protocol),
+                packets,
+                bytes,
+            });
+        }
+        for key in dead {
+            let _ = counts.remove(&key);
+        }
+        // Several protocol numbers share the "other" label: merge them.
+        for v in out.values_mut() {
+            v.sort_by_key(|n| (n.direction, n.protocol));
+            v.dedup_by(|a, b| {
+                if a.direction == b.direction && a.protocol == b.protocol {
+                    b.packets += a.packets;
+                    b.bytes += a.bytes;
+                    true
+                } else {
+                    false
+                }
+            });
+        }
+        Ok(out)
+    }
+}
+
+fn attach(ebpf: &mut Ebpf, root: &TrackedRoot) -> Result<Vec<u32>, ProbeLoadError> {
+    let cgroup = File::open(&root.dir).map_err(|e| ProbeLoadError::Cgroup {
+        path: root.dir.clone(),
+        source: e,
+    })?;
+    let mut ids = Vec::new();
+    for (name, attach_type) in PROGRAMS {
+        let program: &mut CgroupSkb = ebpf
+            .program_mut(name)
+            .ok_or(ProbeLoadError::MissingProgram { program: name })?
+            .try_into()
+            .map_err(|source| ProbeLoadError::Program {
+                program: name,
+                source,
+            })?;
+        let err = |source| ProbeLoadError::Program {
+            program: name,
+            source,
+        };
+        program.load().map_err(err)?;
+        program
+            .attach(&cgroup, attach_type, CgroupAttachMode::Single)
+            .map_err(|e| {
+                tracing::warn!(program = name, error = ?e, "cgroup_skb attach failed");
+                err(e)
+            })?;
+        ids.push(program.info().map_err(err)?.id());
+    }
+    Ok(ids)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn protocol_labels_are_bounded() {
+        assert_eq!(protocol_name(6), "tcp");
+        assert_eq!(protocol_name(17), "udp");
+        assert_eq!(protocol_name(200), "other");
+    }
+}
