@@ -44,7 +44,7 @@ pub enum Command {
     /// Create and start a container from an image or a rootfs directory.
     ///
     /// Example: `berth run -d --name web --memory 64m --cpus 0.5 busybox:latest httpd -f`
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// List containers (running ones; -a for all).
     ///
     /// Example: `berth ps -a --format json`

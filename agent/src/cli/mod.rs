@@ -52,7 +52,7 @@ pub fn execute(cli: Cli) -> anyhow::Result<i32> {
             runtime.block_on(crate::daemon::run(config))?;
             Ok(0)
         }
-        Command::Run(args) => run::execute_run(&client, args),
+        Command::Run(args) => run::execute_run(&client, *args),
         Command::Ps { all, format, quiet } => ps::execute_ps(&client, all, format, quiet),
         Command::Inspect { containers } => inspect::execute_inspect(&client, &containers),
         Command::Stop { time, containers } => signal::execute_stop(&client, time, &containers),
