@@ -84,6 +84,14 @@ fn prometheus_scrapes_the_agent_and_queries_the_syscall_count() {
     let agent = Agent::start();
     let cg = Cgroup::create(&agent.root_dir, "prom");
     getppid_in(&cg, CALLS);
+    // A container with some traffic, so the container panels have data too.
+    let rootfs = common::busybox_rootfs(agent.dir.path());
+    let rootfs = rootfs.to_str().unwrap();
+    let name = common::unique("prom");
+    agent.ok(&[
+        "run", "-d", "--name", &name, "--memory", "64m", rootfs, "sh", "-c",
+        "while :; do ping -c 1 -W 1 \"$(ip route | awk '/default/ {print $3}')\" >/dev/null; sleep 0.2; done",
+    ]);
 
     let dir = tempfile::tempdir().unwrap();
     let target = agent.base.trim_start_matches("http://").to_owned();
