@@ -114,7 +114,10 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     };
     let manager_for_shutdown = manager.clone();
     let state = AppState {
-        registry: Arc::new(metrics::registry(snap_rx.clone())),
+        registry: Arc::new(metrics::registry(
+            snap_rx.clone(),
+            config.probes.syscalls.top,
+        )),
         snapshots: snap_rx,
         system: Arc::new(system),
         manager,

@@ -24,15 +24,18 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 /// Receiver of the latest snapshot; `None` until the first collection finished.
 pub type SnapshotRx = watch::Receiver<Option<Arc<Snapshot>>>;
 
-/// Builds the registry served at /metrics.
-pub fn registry(snapshots: SnapshotRx) -> Registry {
+/// Builds the registry served at /metrics; `syscall_top` caps the syscall series per cgroup.
+pub fn registry(snapshots: SnapshotRx, syscall_top: usize) -> Registry {
     let mut registry = Registry::default();
     registry.register(
         "berth_build",
         "berth's version",
         Info::new([("version", env!("CARGO_PKG_VERSION"))]),
     );
-    registry.register_collector(Box::new(SnapshotCollector { snapshots }));
+    registry.register_collector(Box::new(SnapshotCollector {
+        snapshots,
+        syscall_top,
+    }));
     registry
 }
 
@@ -46,6 +49,27 @@ pub fn render(registry: &Registry) -> Result<String, std::fmt::Error> {
 #[derive(Debug)]
 struct SnapshotCollector {
     snapshots: SnapshotRx,
+    syscall_top: usize,
+}
+
+/// The `top` busiest syscalls of a cgroup by count, the rest summed as `other`.
+fn top_syscalls(calls: &[crate::model::SyscallCount], top: usize) -> Vec<(&str, u64)> {
+    let mut sorted: Vec<&crate::model::SyscallCount> =
+        calls.iter().filter(|c| c.count > 0).collect();
+    sorted.sort_by(|a, b| b.count.cmp(&a.count).then(a.nr.cmp(&b.nr)));
+    let mut out: Vec<(&str, u64)> = sorted
+        .iter()
+        .take(top)
+        .map(|c| (c.name.as_str(), c.count))
+        .collect();
+    let rest: u64 = sorted.iter().skip(top).map(|c| c.count).sum();
+    if rest > 0 {
+        match out.iter_mut().find(|(n, _)| *n == "other") {
+            Some(o) => o.1 += rest,
+            None => out.push(("other", rest)),
+        }
+    }
+    out
 }
 
 /// A label value escaped as the exposition format requires (`\\`, `\"`, `\n`): cgroup names
@@ -125,12 +149,53 @@ impl Collector for SnapshotCollector {
             ConstCounter::new(0u64).metric_type(),
         )?;
         for cg in &snap.cgroups {
-            for s in &cg.syscalls {
-                ConstCounter::new(s.count).encode(fam.encode_family(&[
+            for (name, count) in top_syscalls(&cg.syscalls, self.syscall_top) {
+                ConstCounter::new(count).encode(fam.encode_family(&[
                     ("cgroup", Escaped(&cg.path)),
-                    ("syscall", Escaped(&s.name)),
+                    ("syscall", Escaped(name)),
                 ])?)?;
             }
+        }
+
+        let mut fam = encoder.encode_descriptor(
+            "berth_cgroup_syscall_latency_seconds",
+            "Time tasks of the cgroup spent in syscalls, all syscalls together (probes.syscalls.latency)",
+            None,
+            prometheus_client::metrics::MetricType::Histogram,
+        )?;
+        for cg in &snap.cgroups {
+            let with: Vec<_> = cg
+                .syscalls
+                .iter()
+                .filter(|s| !s.latency_buckets.is_empty())
+                .collect();
+            if with.is_empty() {
+                continue;
+            }
+            let mut buckets = vec![0u64; berth_common::LATENCY_BUCKETS];
+            let mut sum_ns = 0u64;
+            for s in with {
+                for (b, n) in buckets.iter_mut().zip(&s.latency_buckets) {
+                    *b += n;
+                }
+                sum_ns += s.latency_sum_ns;
+            }
+            let count: u64 = buckets.iter().sum();
+            // Bucket i holds [2^i, 2^(i+1)) ns: its upper bound is 2^(i+1) ns; the last one
+            // is open-ended and only counts toward +Inf.
+            let last = buckets.len() - 1;
+            let bounds: Vec<(f64, u64)> = buckets[..last]
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (2f64.powi(i as i32 + 1) / 1e9, *n))
+                .collect();
+            fam.encode_family(&[("cgroup", Escaped(&cg.path))])?
+                .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                sum_ns as f64 / 1e9,
+                count,
+                &bounds,
+                None,
+            )?;
         }
 
         for (name, help, get) in [
@@ -324,6 +389,32 @@ fn encode_containers(
 mod tests {
     use std::time::SystemTime;
 
+    #[test]
+    fn only_the_busiest_syscalls_get_their_own_series() {
+        let call = |nr: u32, name: &str, count: u64| crate::model::SyscallCount {
+            nr,
+            name: name.into(),
+            count,
+            latency_buckets: vec![],
+            latency_sum_ns: 0,
+        };
+        let calls = vec![
+            call(0, "read", 5),
+            call(1, "write", 50),
+            call(39, "getpid", 7),
+            call(2, "open", 0),
+        ];
+        assert_eq!(
+            top_syscalls(&calls, 2),
+            vec![("write", 50), ("getpid", 7), ("other", 5)]
+        );
+        assert_eq!(
+            top_syscalls(&calls, 10).len(),
+            3,
+            "zero counts are not exported"
+        );
+    }
+
     use super::*;
     use crate::model::{CgroupSample, CollectorRun, LostEvents, ProbeStatus, SyscallCount};
 
@@ -337,6 +428,8 @@ mod tests {
                     nr: 110,
                     name: "getppid".into(),
                     count: 100_000,
+                    latency_buckets: vec![],
+                    latency_sum_ns: 0,
                 }],
                 net: vec![],
             }],
@@ -366,7 +459,7 @@ mod tests {
     #[test]
     fn the_exposition_has_the_documented_shape() {
         let (_tx, rx) = watch::channel(Some(Arc::new(snapshot())));
-        let text = render(&registry(rx)).unwrap();
+        let text = render(&registry(rx, 20)).unwrap();
         let expected = [
             "# TYPE berth_build info",
             "berth_build_info{version=\"",
@@ -386,7 +479,7 @@ mod tests {
     #[test]
     fn before_the_first_snapshot_only_build_info_is_exposed() {
         let (_tx, rx) = watch::channel(None);
-        let text = render(&registry(rx)).unwrap();
+        let text = render(&registry(rx, 20)).unwrap();
         assert!(text.contains("berth_build_info"), "{text}");
         assert!(!text.contains("berth_probe_up"), "{text}");
     }

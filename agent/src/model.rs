@@ -50,6 +50,10 @@ pub struct SyscallCount {
     pub nr: u32,
     pub name: String,
     pub count: u64,
+    /// Latency histogram (probes.syscalls.latency): calls per log2 bucket, bucket `i` =
+    /// `[2^i, 2^(i+1))` ns; empty when latency is off.
+    pub latency_buckets: Vec<u64>,
+    pub latency_sum_ns: u64,
 }
 
 /// Whether a probe is attached, and why not when it is not.

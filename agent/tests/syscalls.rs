@@ -136,3 +136,59 @@ fn stopping_the_agent_detaches_its_programs() {
         agent.root_dir.display()
     );
 }
+
+#[test]
+fn latency_histograms_place_known_sleeps_in_their_log2_bucket() {
+    let agent = Agent::start_with("[probes.syscalls]\nlatency = true\n");
+    let probe = &agent.system()["probes"][0];
+    assert_eq!(
+        probe["attach"], "raw_tracepoint/sys_enter+sys_exit",
+        "{probe}"
+    );
+    assert_eq!(probe["attached"], true, "{probe}\n{}", agent.log());
+    let cg = Cgroup::create(&agent.root_dir, "lat");
+    // 20 sleeps of 10 ms: 10^7 ns lies in [2^23, 2^24) ns.
+    common::syscalls_in(&cg, 1000, 20, 10);
+    let label = cg.label();
+    let entry = wait_for(
+        Duration::from_secs(10),
+        "nanosleep latency in the API",
+        || {
+            let (_, body) = agent.get("/api/v1/cgroups");
+            let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+            let cgs = v.as_array()?;
+            let c = cgs.iter().find(|c| c["path"] == label.as_str())?;
+            let s = c["syscalls"]
+                .as_array()?
+                .iter()
+                .find(|s| s["name"] == "nanosleep")?
+                .clone();
+            (s["count"] == 20).then_some(s)
+        },
+    );
+    let buckets: Vec<u64> = entry["latency_buckets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b.as_u64().unwrap())
+        .collect();
+    // Timer slack lets a 10 ms sleep take a little longer, never less.
+    assert!(
+        buckets[23] >= 18,
+        "10 ms sleeps not in bucket 23: {buckets:?}"
+    );
+    assert_eq!(buckets.iter().sum::<u64>(), 20, "{buckets:?}");
+    let sum_ms = entry["latency_sum_ns"].as_u64().unwrap() as f64 / 1e6;
+    assert!(
+        (200.0..400.0).contains(&sum_ms),
+        "20 x 10 ms summed to {sum_ms} ms"
+    );
+    // And /metrics has the histogram for the cgroup.
+    let text = agent.metrics();
+    let count = sample(
+        &text,
+        "berth_cgroup_syscall_latency_seconds_count",
+        &[("cgroup", label.as_str())],
+    );
+    assert!(count.unwrap_or(0.0) >= 20.0, "histogram count {count:?}");
+}

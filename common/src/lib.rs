@@ -30,6 +30,44 @@ pub struct SyscallKey {
 /// counted in [`ProbeError::SyscallsMapFull`] instead: never dropped silently.
 pub const SYSCALLS_MAX_ENTRIES: u32 = 65_536;
 
+/// Buckets of the syscall latency histogram: bucket `i` counts calls of `[2^i, 2^(i+1))` ns
+/// (bucket 0 also takes 0 ns); the last bucket takes everything from 2^31 ns (2.1 s) up.
+pub const LATENCY_BUCKETS: usize = 32;
+
+/// Value of the `SYSCALL_LATENCY` per-CPU hash (key [`SyscallKey`]): a log2 histogram.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LatencyHist {
+    pub buckets: [u64; LATENCY_BUCKETS],
+    /// Sum of all latencies, nanoseconds.
+    pub sum_ns: u64,
+}
+
+impl Default for LatencyHist {
+    fn default() -> Self {
+        Self {
+            buckets: [0; LATENCY_BUCKETS],
+            sum_ns: 0,
+        }
+    }
+}
+
+/// Value of the `SYSCALL_ENTER` LRU hash (key: the thread's pid_tgid): what `sys_exit` needs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SyscallEnter {
+    pub ts_ns: u64,
+    pub cgroup_id: u64,
+    pub nr: u32,
+    pub _pad: u32,
+}
+
+/// Capacity of `SYSCALL_LATENCY` (distinct (cgroup, syscall) pairs with latency data).
+pub const SYSCALL_LATENCY_MAX_ENTRIES: u32 = 16_384;
+/// Capacity of `SYSCALL_ENTER`: threads inside a syscall at once (LRU: a thread that dies
+/// in a syscall, e.g. exit_group, is evicted, never leaked).
+pub const SYSCALL_ENTER_MAX_ENTRIES: u32 = 65_536;
+
 /// Direction of a packet as the cgroup sees it (`NetKey::direction`).
 pub const DIRECTION_INGRESS: u8 = 0;
 pub const DIRECTION_EGRESS: u8 = 1;
@@ -68,20 +106,26 @@ pub enum ProbeError {
     SyscallsMapFull = 0,
     /// A packet whose (cgroup, direction, protocol) found the `NET` map full.
     NetMapFull = 1,
+    /// A syscall exit whose (cgroup, syscall) found the `SYSCALL_LATENCY` map full.
+    LatencyMapFull = 2,
 }
 
 impl ProbeError {
     /// Number of slots in `PROBE_ERRORS`.
-    pub const COUNT: u32 = 2;
+    pub const COUNT: u32 = 3;
     /// Every variant, in index order.
-    pub const ALL: [ProbeError; Self::COUNT as usize] =
-        [ProbeError::SyscallsMapFull, ProbeError::NetMapFull];
+    pub const ALL: [ProbeError; Self::COUNT as usize] = [
+        ProbeError::SyscallsMapFull,
+        ProbeError::NetMapFull,
+        ProbeError::LatencyMapFull,
+    ];
 
     /// `(probe, map)` labels for the metric that reports this error.
     pub const fn labels(self) -> (&'static str, &'static str) {
         match self {
             ProbeError::SyscallsMapFull => ("syscalls", "SYSCALLS"),
             ProbeError::NetMapFull => ("network", "NET"),
+            ProbeError::LatencyMapFull => ("syscalls", "SYSCALL_LATENCY"),
         }
     }
 }
@@ -92,6 +136,8 @@ pub mod globals {
     pub const TRACK_ROOT_ID: &str = "TRACK_ROOT_ID";
     /// `u32`: depth of that root below the cgroup2 mount (the mount itself is level 0).
     pub const TRACK_ROOT_LEVEL: &str = "TRACK_ROOT_LEVEL";
+    /// `u32`: 1 when syscall latency is measured (sys_enter stamps, sys_exit records).
+    pub const SYSCALL_LATENCY: &str = "SYSCALL_LATENCY";
 }
 
 #[cfg(feature = "user")]
@@ -103,4 +149,8 @@ mod user {
     unsafe impl aya::Pod for super::NetKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::NetValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::LatencyHist {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SyscallEnter {}
 }

@@ -1,23 +1,42 @@
-//! Syscall counting.
+//! Syscall counting and latency.
 //!
-//! Hooks: raw tracepoint `sys_enter` (`berth_sys_enter`); `berth_noop` on the same hook is an
-//! empty program used only by `cargo xtask bench syscalls` as the cost baseline.
-//! Maps: `SYSCALLS` (per-CPU hash, [`SyscallKey`] -> u64 calls), `PROBE_ERRORS` (per-CPU array).
+//! Hooks: raw tracepoint `sys_enter` (`berth_sys_enter`), and with latency on, `sys_exit`
+//! (`berth_sys_exit`); `berth_noop` on sys_enter is an empty program used only by
+//! `cargo xtask bench syscalls` as the cost baseline.
+//! Maps: `SYSCALLS` (per-CPU hash, [`SyscallKey`] -> u64 calls), `SYSCALL_ENTER` (LRU hash,
+//! pid_tgid -> [`SyscallEnter`]), `SYSCALL_LATENCY` (per-CPU hash, [`SyscallKey`] ->
+//! [`LatencyHist`]), `PROBE_ERRORS` (per-CPU array).
 //! Tasks outside the tracked cgroup subtree leave after one helper call.
 use aya_ebpf::{
-    bindings::BPF_NOEXIST,
-    helpers::{bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id},
+    bindings::{BPF_ANY, BPF_NOEXIST},
+    helpers::{
+        bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_current_pid_tgid,
+        bpf_ktime_get_ns,
+    },
     macros::{map, raw_tracepoint},
-    maps::{PerCpuArray, PerCpuHashMap},
+    maps::{LruHashMap, PerCpuArray, PerCpuHashMap},
     programs::RawTracePointContext,
 };
-use berth_common::{ProbeError, SYSCALL_NR_OTHER, SYSCALLS_MAX_ENTRIES, SyscallKey};
+use berth_common::{
+    LATENCY_BUCKETS, LatencyHist, ProbeError, SYSCALL_ENTER_MAX_ENTRIES,
+    SYSCALL_LATENCY_MAX_ENTRIES, SYSCALL_NR_OTHER, SYSCALLS_MAX_ENTRIES, SyscallEnter, SyscallKey,
+};
 
 /// Set by the agent at load time; see `berth_common::globals`.
 #[unsafe(no_mangle)]
 static TRACK_ROOT_ID: u64 = 0;
 #[unsafe(no_mangle)]
 static TRACK_ROOT_LEVEL: u32 = 0;
+#[unsafe(no_mangle)]
+static SYSCALL_LATENCY: u32 = 0;
+
+#[map]
+static SYSCALL_ENTER: LruHashMap<u64, SyscallEnter> =
+    LruHashMap::with_max_entries(SYSCALL_ENTER_MAX_ENTRIES, 0);
+
+#[map]
+static SYSCALL_LATENCY_HIST: PerCpuHashMap<SyscallKey, LatencyHist> =
+    PerCpuHashMap::with_max_entries(SYSCALL_LATENCY_MAX_ENTRIES, 0);
 
 /// `-EEXIST`, as `bpf_map_update_elem` returns it for `BPF_NOEXIST` on an existing key.
 const EEXIST_NEG: i32 = -17;
@@ -65,6 +84,98 @@ fn try_sys_enter(ctx: &RawTracePointContext) {
         _pad: 0,
     };
     count(&key);
+    // SAFETY: a plain integer global.
+    if unsafe { core::ptr::read_volatile(&SYSCALL_LATENCY) } != 0 {
+        let enter = SyscallEnter {
+            // SAFETY: helpers without arguments.
+            ts_ns: unsafe { bpf_ktime_get_ns() },
+            cgroup_id,
+            nr,
+            _pad: 0,
+        };
+        let _ = SYSCALL_ENTER.insert(&bpf_get_current_pid_tgid(), &enter, BPF_ANY as u64);
+    }
+}
+
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn berth_sys_exit(_ctx: RawTracePointContext) -> i32 {
+    try_sys_exit();
+    0
+}
+
+#[inline(always)]
+fn try_sys_exit() {
+    let tid = bpf_get_current_pid_tgid();
+    // Untracked threads never stamped an entry: one lookup and out.
+    // SAFETY: the value is copied out before the delete below.
+    let Some(enter) = (unsafe { SYSCALL_ENTER.get(&tid) }).copied() else {
+        return;
+    };
+    let _ = SYSCALL_ENTER.remove(&tid);
+    // SAFETY: helper without arguments.
+    let delta = unsafe { bpf_ktime_get_ns() }.saturating_sub(enter.ts_ns);
+    let bucket = log2_bucket(delta);
+    let key = SyscallKey {
+        cgroup_id: enter.cgroup_id,
+        nr: enter.nr,
+        _pad: 0,
+    };
+    if SYSCALL_LATENCY_HIST.get_ptr_mut(&key).is_none() {
+        let zero = LatencyHist::default();
+        match SYSCALL_LATENCY_HIST.insert(&key, &zero, BPF_NOEXIST as u64) {
+            Ok(()) | Err(EEXIST_NEG) => {}
+            Err(_) => {
+                if let Some(v) = PROBE_ERRORS.get_ptr_mut(ProbeError::LatencyMapFull as u32) {
+                    unsafe { *v += 1 };
+                }
+                return;
+            }
+        }
+    }
+    if let Some(h) = SYSCALL_LATENCY_HIST.get_ptr_mut(&key) {
+        // SAFETY: this CPU's value; the index is bounded by log2_bucket.
+        unsafe {
+            if bucket < LATENCY_BUCKETS {
+                (*h).buckets[bucket] += 1;
+            }
+            (*h).sum_ns += delta;
+        }
+    }
+}
+
+/// floor(log2(ns)) clamped to the histogram; branch-only, no loop.
+#[inline(always)]
+fn log2_bucket(ns: u64) -> usize {
+    let mut v = ns;
+    let mut r = 0usize;
+    if v >= 1 << 32 {
+        v >>= 32;
+        r += 32;
+    }
+    if v >= 1 << 16 {
+        v >>= 16;
+        r += 16;
+    }
+    if v >= 1 << 8 {
+        v >>= 8;
+        r += 8;
+    }
+    if v >= 1 << 4 {
+        v >>= 4;
+        r += 4;
+    }
+    if v >= 1 << 2 {
+        v >>= 2;
+        r += 2;
+    }
+    if v >= 1 << 1 {
+        r += 1;
+    }
+    if r >= LATENCY_BUCKETS {
+        LATENCY_BUCKETS - 1
+    } else {
+        r
+    }
 }
 
 #[inline(always)]

@@ -158,7 +158,7 @@ mod tests {
     fn state(snapshot: Option<Snapshot>) -> AppState {
         let (_tx, rx) = watch::channel(snapshot.map(Arc::new));
         AppState {
-            registry: Arc::new(metrics::registry(rx.clone())),
+            registry: Arc::new(metrics::registry(rx.clone(), 20)),
             snapshots: rx,
             system: Arc::new(SystemInfo {
                 version: "test",

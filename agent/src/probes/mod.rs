@@ -46,10 +46,12 @@ pub enum ProbeLoadError {
 }
 
 /// Loads berth's object with the tracked root's id and level set as globals.
-pub fn load_object(root: &TrackedRoot) -> Result<Ebpf, ProbeLoadError> {
+pub fn load_object(root: &TrackedRoot, syscall_latency: bool) -> Result<Ebpf, ProbeLoadError> {
+    let latency = u32::from(syscall_latency);
     Ok(EbpfLoader::new()
         .override_global(globals::TRACK_ROOT_ID, &root.id, true)
         .override_global(globals::TRACK_ROOT_LEVEL, &root.level, true)
+        .override_global(globals::SYSCALL_LATENCY, &latency, true)
         .load(EBPF_OBJECT)?)
 }
 
@@ -62,14 +64,14 @@ pub struct Probes {
 
 impl Probes {
     pub fn start(config: &ProbesConfig, root: &TrackedRoot) -> Self {
-        let mut ebpf = match load_object(root) {
+        let mut ebpf = match load_object(root, config.syscalls.enabled && config.syscalls.latency) {
             Ok(ebpf) => Some(ebpf),
             Err(e) => {
                 warn!(error = %e, "eBPF object did not load; every probe is down");
                 None
             }
         };
-        let syscalls = syscalls::SyscallsProbe::start(ebpf.as_mut(), config.syscalls.enabled);
+        let syscalls = syscalls::SyscallsProbe::start(ebpf.as_mut(), &config.syscalls);
         let net = net::NetProbe::start(ebpf.as_mut(), config.network.enabled, root);
         let probes = Self {
             ebpf,

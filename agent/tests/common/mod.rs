@@ -341,6 +341,11 @@ pub fn remove_cgroup_tree(dir: &Path) {
 /// Forks a child that moves itself into `cgroup`, makes exactly `calls` getppid(2) syscalls
 /// and exits; waits for it. The child does only async-signal-safe work (no allocation).
 pub fn getppid_in(cgroup: &Cgroup, calls: u64) {
+    syscalls_in(cgroup, calls, 0, 0);
+}
+
+/// Like [`getppid_in`], then `sleeps` nanosleep(2) calls of `sleep_ms` each.
+pub fn syscalls_in(cgroup: &Cgroup, calls: u64, sleeps: u32, sleep_ms: i64) {
     let procs = std::ffi::CString::new(
         cgroup
             .dir
@@ -364,6 +369,17 @@ pub fn getppid_in(cgroup: &Cgroup, calls: u64) {
             libc::close(fd);
             for _ in 0..calls {
                 libc::syscall(libc::SYS_getppid);
+            }
+            let ts = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: sleep_ms * 1_000_000,
+            };
+            for _ in 0..sleeps {
+                libc::syscall(
+                    libc::SYS_nanosleep,
+                    &ts as *const libc::timespec,
+                    std::ptr::null_mut::<libc::timespec>(),
+                );
             }
             libc::_exit(0);
         }

@@ -1,10 +1,14 @@
-//! Syscall counts per cgroup.
+//! Syscall counts and latency per cgroup.
 //!
-//! Hooks: raw tracepoint `sys_enter` (program `berth_sys_enter` in `ebpf/src/syscalls.rs`).
+//! Hooks: raw tracepoint `sys_enter` (program `berth_sys_enter` in `ebpf/src/syscalls.rs`),
+//! and `sys_exit` (`berth_sys_exit`) when `probes.syscalls.latency` is on.
 //! Tasks outside the tracked v2 subtree leave after one `bpf_get_current_ancestor_cgroup_id`
-//! call; tracked ones add 1 to their (cgroup id, syscall nr) slot of a per-CPU hash.
-//! Maps: `SYSCALLS` ([`SyscallKey`] -> per-CPU u64), `PROBE_ERRORS` (full-map count).
-//! Metrics: `berth_cgroup_syscalls_total{cgroup, syscall}` (calls, counter).
+//! call; tracked ones add 1 to their (cgroup id, syscall nr) slot of a per-CPU hash, and with
+//! latency on stamp the entry time per thread; sys_exit adds the duration to a log2 histogram.
+//! Maps: `SYSCALLS` ([`SyscallKey`] -> per-CPU u64), `SYSCALL_ENTER`, `SYSCALL_LATENCY_HIST`
+//! ([`SyscallKey`] -> per-CPU [`LatencyHist`]), `PROBE_ERRORS` (full-map count).
+//! Metrics: `berth_cgroup_syscalls_total{cgroup, syscall}` (calls, top N per cgroup) and
+//! `berth_cgroup_syscall_latency_seconds{cgroup}` (histogram over all syscalls).
 
 mod names;
 
@@ -15,14 +19,16 @@ use aya::{
     maps::{MapData, PerCpuHashMap},
     programs::RawTracePoint,
 };
-use berth_common::{SYSCALL_NR_OTHER, SyscallKey};
+use berth_common::{LATENCY_BUCKETS, LatencyHist, SYSCALL_NR_OTHER, SyscallKey};
 
 use super::ProbeLoadError;
 use crate::model::{ProbeStatus, SyscallCount};
 
 pub const PROGRAM: &str = "berth_sys_enter";
 pub const TRACEPOINT: &str = "sys_enter";
+const EXIT_PROGRAM: &str = "berth_sys_exit";
 const MAP: &str = "SYSCALLS";
+const LATENCY_MAP: &str = "SYSCALL_LATENCY_HIST";
 
 /// Name of an x86_64 syscall number: `getppid`, or `syscall_<nr>` for numbers this table
 /// does not know (newer kernels), `other` for the out-of-range bucket.
@@ -46,23 +52,33 @@ pub fn number(name: &str) -> Option<u32> {
 
 pub struct SyscallsProbe {
     pub status: ProbeStatus,
+    latency: bool,
 }
 
 impl SyscallsProbe {
-    pub fn start(ebpf: Option<&mut Ebpf>, enabled: bool) -> Self {
+    pub fn start(ebpf: Option<&mut Ebpf>, config: &crate::config::SyscallsConfig) -> Self {
+        let enabled = config.enabled;
+        let latency = enabled && config.latency;
         let mut status = ProbeStatus {
             name: "syscalls",
-            attach: "raw_tracepoint/sys_enter",
+            attach: if latency {
+                "raw_tracepoint/sys_enter+sys_exit"
+            } else {
+                "raw_tracepoint/sys_enter"
+            },
             enabled,
             attached: false,
             program_ids: Vec::new(),
             error: None,
         };
         if enabled {
-            match ebpf.ok_or(None).and_then(|e| attach(e).map_err(Some)) {
-                Ok(id) => {
+            match ebpf
+                .ok_or(None)
+                .and_then(|e| attach(e, latency).map_err(Some))
+            {
+                Ok(ids) => {
                     status.attached = true;
-                    status.program_ids = vec![id];
+                    status.program_ids = ids;
                 }
                 Err(e) => {
                     status.error = Some(match e {
@@ -72,7 +88,7 @@ impl SyscallsProbe {
                 }
             }
         }
-        Self { status }
+        Self { status, latency }
     }
 
     /// Reads `SYSCALLS` and sums the per-CPU values by cgroup; keys of cgroups for which
@@ -103,36 +119,102 @@ impl SyscallsProbe {
                     nr: key.nr,
                     name: name(key.nr),
                     count: values.iter().sum(),
+                    latency_buckets: Vec::new(),
+                    latency_sum_ns: 0,
                 });
         }
         for key in dead {
             // Gone already (raced with another reader) is fine.
             let _ = counts.remove(&key);
         }
+        if self.latency {
+            self.collect_latency(ebpf, alive, &mut by_cgroup)?;
+        }
         for v in by_cgroup.values_mut() {
             v.sort_by_key(|s| s.nr);
         }
         Ok(by_cgroup)
     }
+
+    /// Merges the latency histograms into `by_cgroup`.
+    fn collect_latency(
+        &self,
+        ebpf: &mut Ebpf,
+        alive: &dyn Fn(u64) -> bool,
+        by_cgroup: &mut HashMap<u64, Vec<SyscallCount>>,
+    ) -> Result<(), ProbeLoadError> {
+        let err = |source| ProbeLoadError::Map {
+            map: LATENCY_MAP,
+            source,
+        };
+        let map = ebpf
+            .map_mut(LATENCY_MAP)
+            .ok_or(ProbeLoadError::MissingMap { map: LATENCY_MAP })?;
+        let mut hists =
+            PerCpuHashMap::<&mut MapData, SyscallKey, LatencyHist>::try_from(map).map_err(err)?;
+        let mut dead = Vec::new();
+        for entry in hists.iter() {
+            let (key, values) = entry.map_err(err)?;
+            if !alive(key.cgroup_id) {
+                dead.push(key);
+                continue;
+            }
+            let mut buckets = vec![0u64; LATENCY_BUCKETS];
+            let mut sum = 0;
+            for v in values.iter() {
+                for (b, n) in buckets.iter_mut().zip(v.buckets.iter()) {
+                    *b += n;
+                }
+                sum += v.sum_ns;
+            }
+            let calls = by_cgroup.entry(key.cgroup_id).or_default();
+            match calls.iter_mut().find(|c| c.nr == key.nr) {
+                Some(c) => {
+                    c.latency_buckets = buckets;
+                    c.latency_sum_ns = sum;
+                }
+                None => calls.push(SyscallCount {
+                    nr: key.nr,
+                    name: name(key.nr),
+                    count: 0,
+                    latency_buckets: buckets,
+                    latency_sum_ns: sum,
+                }),
+            }
+        }
+        for key in dead {
+            let _ = hists.remove(&key);
+        }
+        Ok(())
+    }
 }
 
-fn attach(ebpf: &mut Ebpf) -> Result<u32, ProbeLoadError> {
-    let program: &mut RawTracePoint = ebpf
-        .program_mut(PROGRAM)
-        .ok_or(ProbeLoadError::MissingProgram { program: PROGRAM })?
-        .try_into()
-        .map_err(|source| ProbeLoadError::Program {
-            program: PROGRAM,
-            source,
-        })?;
-    let err = |source| ProbeLoadError::Program {
-        program: PROGRAM,
-        source,
+fn attach(ebpf: &mut Ebpf, latency: bool) -> Result<Vec<u32>, ProbeLoadError> {
+    let mut ids = Vec::new();
+    let programs: &[(&'static str, &str)] = if latency {
+        // sys_exit first: an entry stamped before its exit program exists is evicted by LRU.
+        &[(EXIT_PROGRAM, "sys_exit"), (PROGRAM, TRACEPOINT)]
+    } else {
+        &[(PROGRAM, TRACEPOINT)]
     };
-    program.load().map_err(err)?;
-    program.attach(TRACEPOINT).map_err(err)?;
-    let id = program.info().map_err(err)?.id();
-    Ok(id)
+    for &(name, tracepoint) in programs {
+        let program: &mut RawTracePoint = ebpf
+            .program_mut(name)
+            .ok_or(ProbeLoadError::MissingProgram { program: name })?
+            .try_into()
+            .map_err(|source| ProbeLoadError::Program {
+                program: name,
+                source,
+            })?;
+        let err = |source| ProbeLoadError::Program {
+            program: name,
+            source,
+        };
+        program.load().map_err(err)?;
+        program.attach(tracepoint).map_err(err)?;
+        ids.push(program.info().map_err(err)?.id());
+    }
+    Ok(ids)
 }
 
 #[cfg(test)]
