@@ -226,7 +226,7 @@ pub fn syscalls(args: &SyscallBenchArgs) -> Result<SyscallBenchReport, BenchErro
             .ino()
     };
 
-    let mut ebpf = probes::load_object(&root, false)?;
+    let mut ebpf = probes::load_object(&root, false, None)?;
     for name in ["berth_noop", syscalls::PROGRAM] {
         program(&mut ebpf, name)?
             .load()

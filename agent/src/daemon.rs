@@ -190,6 +190,12 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     }
     let removed = root.remove_if_empty(&hierarchy);
     debug!(?removed, "empty cgroup roots removed");
+    if removed.contains(&root.dir)
+        && let Some(pins) = crate::probes::pin_dir(&root)
+    {
+        // The counters were keyed by cgroups below this root: with it gone they are moot.
+        crate::probes::remove_pins(&pins);
+    }
     served.map_err(DaemonError::Serve)?;
     info!("stopped");
     Ok(())

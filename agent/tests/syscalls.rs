@@ -192,3 +192,37 @@ fn latency_histograms_place_known_sleeps_in_their_log2_bucket() {
     );
     assert!(count.unwrap_or(0.0) >= 20.0, "histogram count {count:?}");
 }
+
+#[test]
+fn counters_continue_across_agent_restarts() {
+    let mut agent = Agent::start();
+    let cg = Cgroup::create(&agent.root_dir, "keep");
+    let label = cg.label();
+    let labels = [("cgroup", label.as_str()), ("syscall", "getppid")];
+    let count_at_least = |agent: &Agent, n: u64| {
+        wait_for(
+            Duration::from_secs(10),
+            &format!("{n} getppid calls"),
+            || {
+                sample(&agent.metrics(), "berth_cgroup_syscalls_total", &labels)
+                    .filter(|&v| v >= n as f64)
+            },
+        )
+    };
+    getppid_in(&cg, CALLS);
+    count_at_least(&agent, CALLS);
+    // A clean restart, then a crash: the pinned maps carry the counts over both.
+    let status = agent.stop();
+    assert!(status.success());
+    agent.spawn();
+    getppid_in(&cg, CALLS);
+    let after_restart = count_at_least(&agent, 2 * CALLS);
+    agent.kill9();
+    agent.spawn();
+    getppid_in(&cg, CALLS);
+    let after_crash = count_at_least(&agent, 3 * CALLS);
+    assert!(
+        after_restart <= 2.0 * CALLS as f64 + 200.0 && after_crash <= 3.0 * CALLS as f64 + 300.0,
+        "counts {after_restart} then {after_crash}: more than the workload made"
+    );
+}

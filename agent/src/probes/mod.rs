@@ -7,6 +7,8 @@
 pub mod net;
 pub mod syscalls;
 
+use std::path::{Path, PathBuf};
+
 use aya::{Ebpf, EbpfLoader, maps::PerCpuArray};
 use berth_common::{ProbeError, globals};
 use tracing::{info, warn};
@@ -45,14 +47,68 @@ pub enum ProbeLoadError {
     },
 }
 
-/// Loads berth's object with the tracked root's id and level set as globals.
-pub fn load_object(root: &TrackedRoot, syscall_latency: bool) -> Result<Ebpf, ProbeLoadError> {
+/// Maps pinned under [`pin_dir`] so their counters survive an agent restart.
+pub const PINNED_MAPS: [&str; 4] = ["SYSCALLS", "SYSCALL_LATENCY_HIST", "NET", "PROBE_ERRORS"];
+
+/// Where this agent pins its maps: one directory per tracked root, so agents with different
+/// roots never share counters. `None` when bpffs is not mounted at /sys/fs/bpf.
+pub fn pin_dir(root: &TrackedRoot) -> Option<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+    let bpffs = mounts.lines().any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.get(1) == Some(&"/sys/fs/bpf") && f.get(2) == Some(&"bpf")
+    });
+    bpffs.then(|| {
+        Path::new("/sys/fs/bpf/berth").join(root.path.trim_start_matches('/').replace('/', "_"))
+    })
+}
+
+/// Loads berth's object with the tracked root's id and level set as globals, and the
+/// counting maps pinned under `pins` (reused when present: counters continue).
+pub fn load_object(
+    root: &TrackedRoot,
+    syscall_latency: bool,
+    pins: Option<&Path>,
+) -> Result<Ebpf, ProbeLoadError> {
     let latency = u32::from(syscall_latency);
-    Ok(EbpfLoader::new()
-        .override_global(globals::TRACK_ROOT_ID, &root.id, true)
-        .override_global(globals::TRACK_ROOT_LEVEL, &root.level, true)
-        .override_global(globals::SYSCALL_LATENCY, &latency, true)
-        .load(EBPF_OBJECT)?)
+    let load = || {
+        let mut loader = EbpfLoader::new();
+        loader
+            .override_global(globals::TRACK_ROOT_ID, &root.id, true)
+            .override_global(globals::TRACK_ROOT_LEVEL, &root.level, true)
+            .override_global(globals::SYSCALL_LATENCY, &latency, true);
+        if let Some(dir) = pins {
+            for m in PINNED_MAPS {
+                loader.map_pin_path(m, dir.join(m));
+            }
+        }
+        loader.load(EBPF_OBJECT)
+    };
+    if let Some(dir) = pins {
+        std::fs::create_dir_all(dir).map_err(|source| ProbeLoadError::Cgroup {
+            path: dir.to_owned(),
+            source,
+        })?;
+    }
+    match load() {
+        Ok(ebpf) => Ok(ebpf),
+        Err(e) if pins.is_some() => {
+            // Pins of an older, different object (an upgrade): start from zero.
+            warn!(error = %e, "pinned maps unusable; removing them and starting from zero");
+            remove_pins(pins.expect("checked"));
+            std::fs::create_dir_all(pins.expect("checked")).ok();
+            Ok(load()?)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Removes a pin directory (its maps go when no program uses them).
+pub fn remove_pins(dir: &Path) {
+    for m in PINNED_MAPS {
+        let _ = std::fs::remove_file(dir.join(m));
+    }
+    let _ = std::fs::remove_dir(dir);
 }
 
 /// Every probe of the agent, owned by the collector loop. Dropping it detaches all programs.
@@ -60,11 +116,18 @@ pub struct Probes {
     pub(crate) ebpf: Option<Ebpf>,
     pub syscalls: syscalls::SyscallsProbe,
     pub net: net::NetProbe,
+    /// Where the counting maps are pinned (`None`: not pinned).
+    pub pins: Option<PathBuf>,
 }
 
 impl Probes {
     pub fn start(config: &ProbesConfig, root: &TrackedRoot) -> Self {
-        let mut ebpf = match load_object(root, config.syscalls.enabled && config.syscalls.latency) {
+        let pins = pin_dir(root);
+        if pins.is_none() {
+            warn!("bpffs is not mounted at /sys/fs/bpf: counters restart from zero with the agent");
+        }
+        let latency = config.syscalls.enabled && config.syscalls.latency;
+        let mut ebpf = match load_object(root, latency, pins.as_deref()) {
             Ok(ebpf) => Some(ebpf),
             Err(e) => {
                 warn!(error = %e, "eBPF object did not load; every probe is down");
@@ -77,6 +140,7 @@ impl Probes {
             ebpf,
             syscalls,
             net,
+            pins,
         };
         for status in probes.status() {
             match &status.error {
