@@ -300,6 +300,7 @@ impl Collector {
             "snapshot"
         );
         Snapshot {
+            conntrack: crate::net::conntrack::host_stats(std::path::Path::new("/proc")),
             containers,
             taken_at: SystemTime::now(),
             cgroups,

@@ -141,6 +141,7 @@ impl Collector for SnapshotCollector {
         }
 
         encode_containers(&snap, &mut encoder)?;
+        encode_conntrack(&snap, &mut encoder)?;
 
         let mut fam = encoder.encode_descriptor(
             "berth_cgroup_syscalls",
@@ -228,6 +229,83 @@ impl Collector for SnapshotCollector {
         }
         Ok(())
     }
+}
+
+/// `berth_conntrack_*`: host-wide connection tracking (the agent's network namespace).
+fn encode_conntrack(
+    snap: &Snapshot,
+    encoder: &mut DescriptorEncoder,
+) -> Result<(), std::fmt::Error> {
+    if let Some(ct) = &snap.conntrack {
+        for (name, help, v) in [
+            (
+                "berth_conntrack_entries",
+                "Connections tracked now",
+                ct.entries,
+            ),
+            (
+                "berth_conntrack_entries_limit",
+                "nf_conntrack_max: the table's capacity",
+                ct.max,
+            ),
+        ] {
+            ConstGauge::new(v as i64).encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                ConstGauge::new(0i64).metric_type(),
+            )?)?;
+        }
+        for (name, help, v) in [
+            (
+                "berth_conntrack_new",
+                "Connections conntrack created",
+                ct.new,
+            ),
+            (
+                "berth_conntrack_invalid",
+                "Packets conntrack could not track",
+                ct.invalid,
+            ),
+            (
+                "berth_conntrack_insert_failed",
+                "Entries that could not be inserted (races, clashes)",
+                ct.insert_failed,
+            ),
+            (
+                "berth_conntrack_drop",
+                "Packets dropped because the table was full and nothing could be evicted",
+                ct.drop,
+            ),
+            (
+                "berth_conntrack_early_drop",
+                "Entries evicted early to make room in a full table",
+                ct.early_drop,
+            ),
+        ] {
+            ConstCounter::new(v).encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                ConstCounter::new(0u64).metric_type(),
+            )?)?;
+        }
+    }
+    let mut fam = encoder.encode_descriptor(
+        "berth_container_conntrack_entries",
+        "Conntrack entries with the container's address (bridge mode)",
+        None,
+        ConstGauge::new(0i64).metric_type(),
+    )?;
+    for c in &snap.containers {
+        if let Some(n) = c.conntrack_entries {
+            ConstGauge::new(n as i64).encode(fam.encode_family(&[
+                ("container", Escaped(&c.view.record.id)),
+                ("name", Escaped(&c.view.record.name)),
+            ])?)?;
+        }
+    }
+    Ok(())
 }
 
 /// `berth_container_*`: one series per container, labelled by id and name.
@@ -453,6 +531,7 @@ mod tests {
                 error: None,
             }],
             containers: vec![],
+            conntrack: None,
         }
     }
 

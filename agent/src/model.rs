@@ -19,6 +19,8 @@ pub struct Snapshot {
     pub collectors: Vec<CollectorRun>,
     /// berth's containers with their cgroup stats.
     pub containers: Vec<crate::runtime::ContainerSample>,
+    /// Host-wide conntrack (`None`: conntrack not loaded).
+    pub conntrack: Option<crate::net::conntrack::ConntrackStats>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]

@@ -203,6 +203,7 @@ mod tests {
             lost_events: vec![],
             collectors: vec![],
             containers: vec![],
+            conntrack: None,
         }
     }
 

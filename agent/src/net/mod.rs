@@ -11,6 +11,7 @@
 //! shutdown when no container is left); veths, netns files and map elements belong to their
 //! container (removed on `rm`, and by reconciliation at start when the container is unknown).
 
+pub mod conntrack;
 pub mod link;
 pub mod portmap;
 

@@ -146,6 +146,8 @@ pub struct ContainerView {
 pub struct ContainerSample {
     pub view: ContainerView,
     pub stats: Option<ContainerStats>,
+    /// Conntrack entries with the container's address (bridge mode).
+    pub conntrack_entries: Option<u64>,
 }
 
 /// Owns every container of this agent.
@@ -371,15 +373,30 @@ impl Manager {
         Ok(self.view(&self.resolve(reference)?))
     }
 
-    /// Views and cgroup stats of every container, for the collector.
+    /// Views, cgroup stats and conntrack entries of every container, for the collector.
     pub fn samples(&self) -> Vec<ContainerSample> {
-        self.list(true)
+        let views = self.list(true);
+        let conntrack = if views.iter().any(|v| v.record.network.ip.is_some()) {
+            crate::net::conntrack::entries_by_ip(Path::new("/proc"))
+        } else {
+            Default::default()
+        };
+        views
             .into_iter()
             .map(|view| {
                 let stats = (view.status == "running")
                     .then(|| self.cgroup(&view.record).stats().ok())
                     .flatten();
-                ContainerSample { view, stats }
+                let conntrack_entries = view
+                    .record
+                    .network
+                    .ip
+                    .map(|ip| conntrack.get(&ip).copied().unwrap_or(0));
+                ContainerSample {
+                    view,
+                    stats,
+                    conntrack_entries,
+                }
             })
             .collect()
     }
