@@ -113,6 +113,12 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         tracked_root: collector.root.clone(),
     };
     let manager_for_shutdown = manager.clone();
+    // One snapshot every 5 s for 15 min: window queries up to 15 minutes.
+    let history = Arc::new(crate::history::History::new(
+        Duration::from_secs(5),
+        Duration::from_secs(900),
+    ));
+    let history_writer = history.clone();
     let state = AppState {
         registry: Arc::new(metrics::registry(
             snap_rx.clone(),
@@ -122,6 +128,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         system: Arc::new(system),
         manager,
         manager_error,
+        history,
     };
 
     let addr = config.http.listen;
@@ -142,8 +149,9 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         loop {
             tokio::select! {
                 _ = tick.tick() => {
-                    let snap = tokio::task::block_in_place(|| collector.collect());
-                    snap_tx.send_replace(Some(Arc::new(snap)));
+                    let snap = Arc::new(tokio::task::block_in_place(|| collector.collect()));
+                    history_writer.push(snap.clone());
+                    snap_tx.send_replace(Some(snap));
                 }
                 _ = stop_rx.changed() => break,
             }

@@ -10,6 +10,7 @@ pub mod cgroup;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod history;
 pub mod image;
 pub mod metrics;
 pub mod model;

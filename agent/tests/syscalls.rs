@@ -226,3 +226,70 @@ fn counters_continue_across_agent_restarts() {
         "counts {after_restart} then {after_crash}: more than the workload made"
     );
 }
+
+#[test]
+fn a_containers_busiest_syscalls_are_served_cumulative_and_over_a_window() {
+    let agent = Agent::start();
+    let rootfs = common::busybox_rootfs(agent.dir.path());
+    let name = common::unique("sys");
+    agent.ok(&[
+        "run",
+        "-d",
+        "--name",
+        &name,
+        rootfs.to_str().unwrap(),
+        "sh",
+        "-c",
+        "while :; do cat /etc/passwd >/dev/null; sleep 0.05; done",
+    ]);
+    let path = format!("/api/v1/containers/{name}/syscalls?top=3");
+    let v = wait_for(Duration::from_secs(10), "syscalls of the container", || {
+        let (code, body) = agent.get(&path);
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        (code == 200 && v["syscalls"].as_array()?.len() == 3).then_some(v)
+    });
+    let counts: Vec<u64> = v["syscalls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["count"].as_u64().unwrap())
+        .collect();
+    assert!(
+        counts.windows(2).all(|w| w[0] >= w[1]),
+        "not busiest first: {v}"
+    );
+    for s in v["syscalls"].as_array().unwrap() {
+        let n = s["name"].as_str().unwrap();
+        assert!(
+            !n.is_empty() && !n.starts_with("syscall_"),
+            "unnamed syscall: {v}"
+        );
+    }
+    // Over a window: rates, and counts no larger than the cumulative ones.
+    std::thread::sleep(Duration::from_secs(6));
+    let (code, body) = agent.get(&format!(
+        "/api/v1/containers/{name}/syscalls?top=3&window=5s"
+    ));
+    assert_eq!(code, 200, "{body}");
+    let w: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(w["window_seconds"].as_f64().unwrap() > 0.0, "{w}");
+    assert!(
+        w["syscalls"][0]["per_second"].as_f64().unwrap() > 0.0,
+        "{w}"
+    );
+    for (path, needle) in [
+        (format!("/api/v1/containers/{name}/syscalls?top=0"), "top=0"),
+        (
+            format!("/api/v1/containers/{name}/syscalls?window=forever"),
+            "window=forever",
+        ),
+        (
+            "/api/v1/containers/nope/syscalls".to_owned(),
+            "no such container",
+        ),
+    ] {
+        let (code, body) = agent.get(&path);
+        assert!((400..500).contains(&code), "{path}: {code} {body}");
+        assert!(body.contains(needle), "{path}: {body}");
+    }
+}

@@ -60,6 +60,7 @@ pub fn read_routes() -> Router<AppState> {
         .route("/api/v1/containers/{id}", get(inspect))
         .route("/api/v1/containers/{id}/logs", get(logs))
         .route("/api/v1/containers/{id}/stats", get(stats))
+        .route("/api/v1/containers/{id}/syscalls", get(syscalls))
         .route("/api/v1/images", get(images))
         .route("/api/v1/ports", get(ports))
 }
@@ -311,4 +312,92 @@ async fn remove_image(
     })
     .await?;
     Ok(Json(v).into_response())
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+struct SyscallsQuery {
+    top: Option<usize>,
+    window: Option<String>,
+}
+
+/// The container's busiest syscalls: cumulative, or over `window` (e.g. `60s`, `5m`, up to
+/// the 15 minutes of history kept), with rates and mean latency when latency is on.
+async fn syscalls(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    q: Result<Query<SyscallsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = q.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let top = q.top.unwrap_or(10);
+    if top == 0 || top > 500 {
+        return Err(ApiError::BadRequest(format!("top={top}: use 1 to 500")));
+    }
+    let window = q
+        .window
+        .as_deref()
+        .map(|w| {
+            w.parse::<crate::config::HumanDuration>()
+                .map_err(|e| ApiError::BadRequest(format!("window={w}: {e}")))
+        })
+        .transpose()?;
+    let view = blocking(&s, move |m| m.inspect(&id)).await?;
+    let latest = s.snapshots.borrow().clone().ok_or(ApiError::NotReady)?;
+    let find = |snap: &crate::model::Snapshot| {
+        snap.cgroups
+            .iter()
+            .find(|c| c.path == view.record.cgroup)
+            .map(|c| c.syscalls.clone())
+            .unwrap_or_default()
+    };
+    let now_calls = find(&latest);
+    let (base_calls, seconds) = match window {
+        None => (Vec::new(), None),
+        Some(w) => {
+            let from = latest
+                .taken_at
+                .checked_sub(w.0)
+                .unwrap_or(std::time::UNIX_EPOCH);
+            match s.history.since(from) {
+                Some(base) => {
+                    let secs = latest
+                        .taken_at
+                        .duration_since(base.taken_at)
+                        .unwrap_or_default()
+                        .as_secs_f64();
+                    (find(&base), Some(secs))
+                }
+                None => (Vec::new(), None),
+            }
+        }
+    };
+    let mut rows: Vec<serde_json::Value> = now_calls
+        .iter()
+        .map(|c| {
+            let b = base_calls.iter().find(|b| b.nr == c.nr);
+            let count = c.count - b.map_or(0, |b| b.count.min(c.count));
+            let lat_calls: u64 = c.latency_buckets.iter().sum::<u64>()
+                - b.map_or(0, |b| b.latency_buckets.iter().sum::<u64>());
+            let lat_sum =
+                c.latency_sum_ns - b.map_or(0, |b| b.latency_sum_ns.min(c.latency_sum_ns));
+            serde_json::json!({
+                "nr": c.nr,
+                "name": c.name,
+                "count": count,
+                "per_second": seconds.filter(|s| *s > 0.0).map(|s| count as f64 / s),
+                "latency_mean_ns": (lat_calls > 0).then(|| lat_sum as f64 / lat_calls as f64),
+            })
+        })
+        .filter(|r| r["count"].as_u64().unwrap_or(0) > 0)
+        .collect();
+    rows.sort_by(|a, b| b["count"].as_u64().cmp(&a["count"].as_u64()));
+    rows.truncate(top);
+    Ok(Json(serde_json::json!({
+        "container": view.record.id,
+        "name": view.record.name,
+        "cgroup": view.record.cgroup,
+        "window_seconds": seconds,
+        "syscalls": rows,
+    }))
+    .into_response())
 }

@@ -43,6 +43,8 @@ pub struct AppState {
     /// Containers; `None` when no OCI runtime could be used (`manager_error` says why).
     pub manager: Option<Arc<crate::runtime::Manager>>,
     pub manager_error: Option<String>,
+    /// Past snapshots for window queries.
+    pub history: Arc<crate::history::History>,
 }
 
 /// What a listener may do.
@@ -177,6 +179,10 @@ mod tests {
             }),
             manager: None,
             manager_error: Some("test".into()),
+            history: Arc::new(crate::history::History::new(
+                std::time::Duration::from_secs(5),
+                std::time::Duration::from_secs(900),
+            )),
         }
     }
 
