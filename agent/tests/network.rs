@@ -288,3 +288,80 @@ fn a_crash_mid_setup_leaks_nothing_and_frees_the_address() {
     agent.ok(&["run", "-d", "--name", &next, rootfs, "sleep", "300"]);
     assert_eq!(wait_running(&agent, &next)["network"]["ip"], ip.as_str());
 }
+
+/// Layer-3 bytes and packets through the container's host-side veth, from sysfs:
+/// (rx = sent by the container, tx = received by it).
+fn veth_l3(id: &str) -> ((u64, u64), (u64, u64)) {
+    let dir = std::path::PathBuf::from("/sys/class/net")
+        .join(berth::net::host_veth(id))
+        .join("statistics");
+    let n = |f: &str| -> u64 {
+        std::fs::read_to_string(dir.join(f))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let (rxp, rxb, txp, txb) = (
+        n("rx_packets"),
+        n("rx_bytes"),
+        n("tx_packets"),
+        n("tx_bytes"),
+    );
+    // sysfs counts the 14-byte Ethernet header; the probe counts from the IP header.
+    ((rxp, rxb - 14 * rxp), (txp, txb - 14 * txp))
+}
+
+#[test]
+fn network_bytes_agree_with_the_veth_counters() {
+    let agent = Agent::start();
+    let rootfs = common::busybox_rootfs(agent.dir.path());
+    let name = unique("bytes");
+    let id = agent
+        .ok(&[
+            "run", "-d", "--name", &name, rootfs.to_str().unwrap(), "sh", "-c",
+            "gw=$(ip route | awk '/default/ {print $3}'); ping -q -c 300 -i 0.01 -s 1200 $gw; echo done; exec sleep 300",
+        ])
+        .trim()
+        .to_owned();
+    wait_for(Duration::from_secs(30), "the pings", || {
+        agent.ok(&["logs", &name]).contains("done").then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(600));
+    let ((sent_p, sent_b), (recv_p, recv_b)) = veth_l3(&id);
+    let cgroup = agent.inspect(&name)["cgroup"].as_str().unwrap().to_owned();
+    let text = agent.metrics();
+    let get = |metric: &str, dir: &str| {
+        common::sample(
+            &text,
+            metric,
+            &[
+                ("cgroup", &cgroup),
+                ("direction", dir),
+                ("protocol", "icmp"),
+            ],
+        )
+        .unwrap_or(0.0)
+    };
+    let (eb, ib) = (
+        get("berth_cgroup_network_bytes_total", "egress"),
+        get("berth_cgroup_network_bytes_total", "ingress"),
+    );
+    let (ep, ip) = (
+        get("berth_cgroup_network_packets_total", "egress"),
+        get("berth_cgroup_network_packets_total", "ingress"),
+    );
+    assert_eq!((ep, ip), (300.0, 300.0), "icmp packets counted by berth");
+    // The veth also carries what no socket sent (ARP, IPv6 neighbour discovery): within 2%.
+    for (what, berth, veth, vp) in [
+        ("egress", eb, sent_b, sent_p),
+        ("ingress", ib, recv_b, recv_p),
+    ] {
+        let diff = (veth as f64 - berth).abs() / veth as f64;
+        assert!(
+            diff <= 0.02,
+            "{what}: berth {berth} bytes, veth {veth} bytes in {vp} packets ({:.2}% apart)",
+            diff * 100.0
+        );
+    }
+}
