@@ -79,6 +79,39 @@ pub fn execute(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Shim { dir } => Ok(crate::runtime::shim::main(&dir)),
         Command::UdpEcho { ports } => udp_echo::execute_udp_echo(&ports),
+        Command::Portmap(args) => {
+            use crate::net::portmap::{self, BackendKind, PortmapConfig};
+            let kind = match args.backend.as_str() {
+                "nft-map" => BackendKind::NftMap,
+                "iptables" => BackendKind::Iptables,
+                other => anyhow::bail!("--backend {other}: expected nft-map or iptables"),
+            };
+            let config = PortmapConfig {
+                table: args.table.clone(),
+                bridge: args.bridge.clone(),
+                subnet: args
+                    .subnet
+                    .parse()
+                    .map_err(|e| anyhow::anyhow!("--subnet {}: {e}", args.subnet))?,
+            };
+            let b = portmap::backend(kind, &config);
+            match args.action.as_str() {
+                "add" => {
+                    let ip = args.ip.ok_or_else(|| anyhow::anyhow!("add needs --ip"))?;
+                    let publish = args
+                        .publish
+                        .iter()
+                        .map(|p| portmap::parse_publish(p))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    b.setup()?;
+                    b.add(&args.owner, ip, &publish)?;
+                }
+                "remove" => b.remove(&args.owner)?,
+                "teardown" => b.teardown()?,
+                other => anyhow::bail!("{other}: expected add, remove or teardown"),
+            }
+            Ok(0)
+        }
     }
 }
 
