@@ -47,6 +47,10 @@ mod exec;
 pub mod iptables;
 pub mod nft;
 mod publish;
+#[cfg(test)]
+mod testns;
+#[cfg(test)]
+mod tests;
 
 use std::{
     fmt,
