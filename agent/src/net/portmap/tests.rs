@@ -508,11 +508,27 @@ fn end_to_end(kind: BackendKind) {
         "8080:80/tcp",
         &format!("{HOST_IP}:7001:7001/udp"),
     ]);
+    // A service of the host bound to every address, loopback included, and a container that
+    // routes 127.0.0.9 to the host (it owns its netns, so it can).
+    let _host_service = Echo::start(&topo.host, &[7777], &[]);
+    topo.ctr.run(|| {
+        sh("ip route del local 127.0.0.0/8 dev lo table local");
+        sh(&format!("ip route add 127.0.0.9/32 via {BRIDGE_IP}"));
+        for conf in ["all", "eth0"] {
+            let path = format!("/proc/sys/net/ipv4/conf/{conf}/route_localnet");
+            std::fs::write(path, "1").unwrap();
+        }
+    });
+    let loopback_attack = SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 9), 7777);
+    topo.host.run(|| ensure_sysctls(&topo.cfg.bridge).unwrap());
+    // route_localnet alone lets the container reach the host's loopback...
+    assert!(udp_ask(&topo.ctr, loopback_attack, 3).is_some());
     topo.host.run(|| {
-        ensure_sysctls(&topo.cfg.bridge).unwrap();
         b.setup().unwrap();
         b.add("ctr-1", CTR_IP, &publish).unwrap();
     });
+    // ...the backend's guard rule closes that again (CVE-2020-8558).
+    assert_eq!(udp_ask(&topo.ctr, loopback_attack, 1), None);
     let _echo = Echo::start(&topo.ctr, &[50000, 51000, 51999, 7001], &[80]);
     let at = |ip: Ipv4Addr, port: u16| SocketAddrV4::new(ip, port);
 
