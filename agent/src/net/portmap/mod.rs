@@ -261,7 +261,8 @@ pub struct Mapping {
 }
 
 /// A way of programming published ports into the kernel. Methods act in the network namespace
-/// of the calling thread (the tools they run inherit it).
+/// of the calling thread (the tools they run inherit it) and block while nft or iptables run
+/// (up to seconds for tens of thousands of ports): call them from `spawn_blocking` in async code.
 pub trait Backend: Send + Sync {
     fn kind(&self) -> BackendKind;
     /// Creates the table/chains and base rules (masquerade of the subnet going out, hairpin,
