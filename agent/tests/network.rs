@@ -92,6 +92,14 @@ fn a_udp_server_with_2000_published_ports_answers_clients_in_a_netns_and_on_the_
             "no echo on the host via {to}"
         );
     }
+    // Hairpin: a container reaching its own published port through the host's address.
+    let hairpin = unique("hairpin");
+    let (code, out, err) = agent.cli(&[
+        "run", "--rm", "--name", &hairpin, "-p", "33000:43000/udp", rootfs, "sh", "-c",
+        "berth udp-echo --ports 43000 & sleep 0.5; gw=$(ip route | awk '/default/ {print $3}'); berth udp-echo --ask $gw:33000",
+    ]);
+    assert_eq!(code, 0, "hairpin failed: {out}{err}");
+    assert!(out.contains("berth-ask"), "{out}");
     // The mapping is listed with its backend.
     let ports: serde_json::Value =
         serde_json::from_str(&agent.ok(&["ports", "--format", "json", &name])).unwrap();
@@ -99,10 +107,10 @@ fn a_udp_server_with_2000_published_ports_answers_clients_in_a_netns_and_on_the_
     assert_eq!(ports[0]["publish"]["host"]["start"], 31000);
     // One rule per hook, not one per port.
     let table = nft_table(&agent).expect("berth's nft table exists");
-    assert!(
-        table.lines().count() < 200,
-        "the table grows with ports:\n{table}"
-    );
+    let rules = table.matches("dnat ip to").count();
+    assert_eq!(rules, 2, "DNAT rules grow with ports:\n{table}");
+    let elements = table.matches(&format!("comment \"{id}\"")).count();
+    assert_eq!(elements, 2000, "one map element per published port");
     assert!(
         table.contains(&id) || table.contains(&id[..12]),
         "owner of the elements not recorded"
@@ -364,4 +372,56 @@ fn network_bytes_agree_with_the_veth_counters() {
             diff * 100.0
         );
     }
+}
+
+#[test]
+fn the_iptables_backend_answers_too_with_one_rule_set_per_port() {
+    let agent = Agent::start();
+    let rootfs = echo_rootfs(agent.dir.path());
+    let rootfs = rootfs.to_str().unwrap();
+    let name = unique("ipt");
+    let id = agent
+        .ok(&[
+            "run",
+            "-d",
+            "--name",
+            &name,
+            "--port-backend",
+            "iptables",
+            "-p",
+            "34000-34099:44000-44099/udp",
+            rootfs,
+            "berth",
+            "udp-echo",
+            "--ports",
+            "44000-44099",
+        ])
+        .trim()
+        .to_owned();
+    wait_running(&agent, &name);
+    wait_for(Duration::from_secs(10), "the echo server", || {
+        agent
+            .ok(&["logs", &name])
+            .contains("listening")
+            .then_some(())
+    });
+    let client = ClientNs::create();
+    let to = SocketAddr::from((client.host_ip, 34099));
+    assert_eq!(
+        udp_ask(Some(&client.path()), to, b"ipt").as_deref(),
+        Some(&b"ipt"[..])
+    );
+    let rules = |owner: &str| {
+        let out = Command::new("iptables-save").output().unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.starts_with("-A") && l.contains(owner) && l.contains("dport"))
+            .count()
+    };
+    assert_eq!(rules(&id), 300, "Docker's 3 rules per port");
+    let ports: serde_json::Value =
+        serde_json::from_str(&agent.ok(&["ports", "--format", "json", &name])).unwrap();
+    assert_eq!(ports[0]["backend"], "iptables", "{ports}");
+    agent.ok(&["rm", "-f", &name]);
+    assert_eq!(rules(&id), 0, "rules left after rm");
 }

@@ -375,7 +375,7 @@ fn bench_launch(runs: u32) -> Result<()> {
             "[http]\nlisten = \"127.0.0.1:0\"\nsocket = \"{t}/berth.sock\"\n\
              [cgroup]\nroot = \"{root_name}\"\n\
              [runtime]\nstate_dir = \"{t}/state\"\nrun_dir = \"{t}/run\"\n\
-             [network]\nbridge = \"bbl{pid}\"\nsubnet = \"10.199.{sub}.0/24\"\ntable = \"berth-bench-{pid}\"\n\
+             [network]\nbridge = \"bbl{pid}\"\nsubnet = \"10.199.{sub}.0/24\"\ntable = \"bb{pid}\"\n\
              [probes.syscalls]\nenabled = false\n",
             pid = std::process::id() % 100_000,
             sub = std::process::id() % 250,

@@ -146,8 +146,12 @@ pub enum Command {
     #[command(hide = true)]
     UdpEcho {
         /// Ports, e.g. 20000-21999.
+        #[arg(long, required_unless_present = "ask")]
+        ports: Option<String>,
+        /// Client mode: send one datagram to IP:PORT, print the answer, exit (1 s timeout,
+        /// 3 tries).
         #[arg(long)]
-        ports: String,
+        ask: Option<std::net::SocketAddr>,
     },
     /// Apply berth's port-mapping backend in the current network namespace, without an agent
     /// (used by `cargo xtask bench portmap` inside its own namespaces).

@@ -78,7 +78,11 @@ pub fn execute(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Shim { dir } => Ok(crate::runtime::shim::main(&dir)),
-        Command::UdpEcho { ports } => udp_echo::execute_udp_echo(&ports),
+        Command::UdpEcho { ports, ask } => match (ask, ports) {
+            (Some(to), _) => udp_echo::execute_ask(to),
+            (None, Some(ports)) => udp_echo::execute_udp_echo(&ports),
+            (None, None) => anyhow::bail!("give --ports or --ask"),
+        },
         Command::Portmap(args) => {
             use crate::net::portmap::{self, BackendKind, PortmapConfig};
             let kind = match args.backend.as_str() {

@@ -47,3 +47,19 @@ pub fn execute_udp_echo(ports: &str) -> anyhow::Result<i32> {
         }
     }
 }
+
+/// Sends "berth-ask" to `to` and prints the answer.
+pub fn execute_ask(to: std::net::SocketAddr) -> anyhow::Result<i32> {
+    let sock = UdpSocket::bind("0.0.0.0:0")?;
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(1)))?;
+    let mut buf = [0u8; 2048];
+    for _ in 0..3 {
+        sock.send_to(b"berth-ask", to)?;
+        if let Ok((n, _)) = sock.recv_from(&mut buf) {
+            println!("{}", String::from_utf8_lossy(&buf[..n]));
+            return Ok(0);
+        }
+    }
+    eprintln!("no answer from {to}");
+    Ok(1)
+}

@@ -16,7 +16,7 @@ use std::{
 use futures_util::TryStreamExt as _;
 use rtnetlink::{
     Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder,
-    packet_route::link::{LinkAttribute, LinkMessage},
+    packet_route::link::{InfoBridgePort, InfoPortData, InfoPortKind, LinkAttribute, LinkMessage},
 };
 
 use super::NetError;
@@ -253,6 +253,20 @@ pub fn attach_veth(
             .execute()
             .await
             .map_err(nl("enslave", &host_s))?;
+        // Hairpin: a container reaching its own published port is DNATed back out of the
+        // bridge port it came in on; without hairpin mode the bridge drops it.
+        h.link()
+            .set_port(
+                LinkUnspec::new_with_index(hi)
+                    .set_port_kind(InfoPortKind::Bridge)
+                    .set_port_data(InfoPortData::BridgePort(vec![InfoBridgePort::HairpinMode(
+                        true,
+                    )]))
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(nl("hairpin mode on", &host_s))?;
         let pi = index_of(&h, &peer_s)
             .await?
             .ok_or_else(|| NetError::BadInput(format!("veth {peer_s} vanished")))?

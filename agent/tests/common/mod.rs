@@ -108,10 +108,11 @@ impl Agent {
         let pid = std::process::id();
         // Unique bridge (<= 15 bytes), subnet and nft table per agent.
         let network = format!(
-            "[network]\nbridge = \"bt{}x{seq}\"\nsubnet = \"10.{}.{}.0/24\"\ntable = \"berth-it-{pid}-{seq}\"\n",
+            "[network]\nbridge = \"bt{}x{seq}\"\nsubnet = \"10.{}.{}.0/24\"\ntable = \"bi{}x{seq}\"\n",
             pid % 1_000_000,
             200 + seq % 50,
-            pid % 256
+            pid % 256,
+            pid % 1_000_000
         );
         let extra = if extra.contains("[network]") {
             extra.to_owned()
