@@ -10,6 +10,8 @@ use std::{
 use anyhow::{Context as _, Result, bail, ensure};
 use clap::{Parser, Subcommand};
 
+mod portmap_bench;
+
 /// Debian packages that builds, tests and benchmarks need.
 const APT_PACKAGES: &[&str] = &[
     "runc",
@@ -49,6 +51,18 @@ enum Cmd {
         /// Skip `cargo fmt --check` and `cargo clippy`.
         #[arg(long)]
         no_lint: bool,
+    },
+    /// Port-mapping cost bench, development entry (temporary; `bench portmap` replaces it).
+    /// Prints markdown; nothing is appended to docs/benchmarks.md.
+    BenchPortmapDev {
+        #[command(flatten)]
+        args: portmap_bench::Args,
+        /// Quick functional run (< 20 s): every mechanism and mode at 10 and 300 ports.
+        #[arg(long)]
+        selftest: bool,
+        /// Also write the report as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
     },
     /// Benchmarks; results are appended to docs/benchmarks.md.
     Bench {
@@ -106,6 +120,11 @@ fn main() -> Result<()> {
             }
             cargo(&["test", "--workspace", "--no-fail-fast"])
         }
+        Cmd::BenchPortmapDev {
+            args,
+            selftest,
+            json,
+        } => portmap_bench::dev_main(&args, selftest, json.as_deref()),
         Cmd::Bench { bench } => match bench {
             Bench::Syscalls { calls, rounds } => bench_syscalls(calls, rounds),
             Bench::Launch { runs } => bench_launch(runs),
