@@ -206,8 +206,6 @@ pub fn run_with(args: &Args, mut mechanisms: Vec<Mechanism>) -> Result<Report> {
         eprintln!("portmap bench: removed netns {name} left by a killed run");
     }
     let counts = args.port_counts();
-    let most = *counts.last().expect("validated");
-    sys::raise_nofile(most as u64 + 1024).context("raising RLIMIT_NOFILE")?;
     let ksoftirqd = cpu::Ksoftirqd::find(Path::new("/proc"))?;
 
     let mut cells = Vec::new();

@@ -2,6 +2,12 @@
 //! one thread pinned to its own CPU. It counts what arrives and, while a case asks for it,
 //! answers the first datagram of each flow once (so HOST's conntrack entry becomes
 //! ESTABLISHED). Its own CPU time is not part of the measured cost.
+//!
+//! RLIMIT_NOFILE: root here lacks CAP_SYS_RESOURCE and the hard limit is 20,000, fewer than
+//! 20,000 sockets plus the process's other fds. Ports beyond what fits are bound by forked
+//! holder processes (in the same namespace) that only keep them bound; the sink thread itself
+//! binds the last ports, the measured one among them. Either way every published port has a
+//! bound socket in CTR, as in a container that listens on all of them.
 
 use std::{
     collections::HashSet,
@@ -90,6 +96,16 @@ impl Drop for Sink {
 }
 
 fn serve(ports: &[u16], ctl: &Ctl, ready: mpsc::Sender<()>) -> Result<()> {
+    let limit = sys::raise_nofile(ports.len() as u64 + 1024).context("raising RLIMIT_NOFILE")?;
+    // Margin for what other threads open meanwhile (pipes of `ip`/`nft` children, files).
+    let budget = |open: u64| limit.saturating_sub(open + 512).max(1) as usize;
+    let own = ports.len().min(budget(sys::open_fds()?));
+    let (held, ports) = ports.split_at(ports.len() - own);
+    // Forked before this thread opens its sockets, so the children's fd tables stay small.
+    let _holders = held
+        .chunks(budget(sys::open_fds()?))
+        .map(Holder::spawn)
+        .collect::<Result<Vec<_>>>()?;
     let mut socks = Vec::with_capacity(ports.len());
     for &p in ports {
         let s = sys::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_NONBLOCK, 0)
@@ -220,4 +236,95 @@ fn send_reply(fd: libc::c_int, to: &libc::sockaddr_in) -> std::io::Result<()> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// A forked child of the sink thread (so in CTR) that binds `ports` and holds them until
+/// dropped (SIGKILL, then reaped). It also dies with the thread that forked it
+/// (PR_SET_PDEATHSIG), so a killed bench leaves none behind.
+struct Holder {
+    pid: libc::pid_t,
+}
+
+/// Child-to-parent status: [0 ok | 1 failed][errno i32 LE][port u16 LE].
+const STATUS_LEN: usize = 7;
+
+impl Holder {
+    fn spawn(ports: &[u16]) -> Result<Self> {
+        let (status_r, status_w) = sys::pipe()?;
+        // SAFETY: plain syscalls.
+        let parent = unsafe { libc::getpid() };
+        let pid = sys::check(unsafe { libc::fork() }).context("fork")?;
+        if pid == 0 {
+            // SAFETY: the child of a multithreaded process; hold_ports only makes
+            // async-signal-safe system calls and never returns.
+            unsafe { hold_ports(ports, parent, status_w.as_raw_fd()) }
+        }
+        drop(status_w);
+        let holder = Holder { pid };
+        let mut status = [0u8; STATUS_LEN];
+        let mut f = std::fs::File::from(status_r);
+        std::io::Read::read_exact(&mut f, &mut status)
+            .context("the port-holder process died before reporting")?;
+        if status[0] != 0 {
+            let errno = i32::from_le_bytes([status[1], status[2], status[3], status[4]]);
+            let port = u16::from_le_bytes([status[5], status[6]]);
+            return Err(std::io::Error::from_raw_os_error(errno))
+                .with_context(|| format!("binding UDP port {port} in the port-holder process"));
+        }
+        Ok(holder)
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        // SAFETY: our own child, reaped exactly once.
+        unsafe {
+            libc::kill(self.pid, libc::SIGKILL);
+            libc::waitpid(self.pid, std::ptr::null_mut(), 0);
+        }
+    }
+}
+
+/// Body of a holder child. Only system calls: no allocation, no locks (another thread of the
+/// parent may have held the allocator's lock at fork time). It first closes every inherited
+/// fd but stdio and its status pipe, so it holds no other thread's pipes open.
+unsafe fn hold_ports(ports: &[u16], parent: libc::pid_t, status: libc::c_int) -> ! {
+    // SAFETY: system calls on fds and memory this child owns.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        if libc::getppid() != parent {
+            libc::_exit(1);
+        }
+        let s = status as libc::c_uint;
+        if s > 3 {
+            libc::syscall(libc::SYS_close_range, 3u32, s - 1, 0u32);
+        }
+        libc::syscall(libc::SYS_close_range, s + 1, u32::MAX, 0u32);
+        let report = |ok: bool, errno: i32, port: u16| {
+            let mut msg = [0u8; STATUS_LEN];
+            msg[0] = u8::from(!ok);
+            msg[1..5].copy_from_slice(&errno.to_le_bytes());
+            msg[5..7].copy_from_slice(&port.to_le_bytes());
+            libc::write(status, msg.as_ptr().cast(), STATUS_LEN);
+        };
+        for &p in ports {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+            let sa = sys::sockaddr(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, p));
+            if fd < 0
+                || libc::bind(
+                    fd,
+                    (&sa as *const libc::sockaddr_in).cast(),
+                    mem::size_of::<libc::sockaddr_in>() as u32,
+                ) < 0
+            {
+                report(false, *libc::__errno_location(), p);
+                libc::_exit(1);
+            }
+        }
+        report(true, 0, 0);
+        libc::close(status);
+        loop {
+            libc::pause();
+        }
+    }
 }

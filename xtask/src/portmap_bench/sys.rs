@@ -43,22 +43,36 @@ pub fn pin_to_cpu(cpu: usize) -> io::Result<()> {
     Ok(())
 }
 
-/// Raises RLIMIT_NOFILE (soft and, if needed, hard; root may) to at least `min`.
-pub fn raise_nofile(min: u64) -> io::Result<()> {
+/// Raises the soft RLIMIT_NOFILE towards `want`, as far as the hard limit allows (raising the
+/// hard limit needs CAP_SYS_RESOURCE, which the machines of this project do not grant even to
+/// root), and returns the soft limit in force.
+pub fn raise_nofile(want: u64) -> io::Result<u64> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: valid out-pointer.
     check(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) })?;
-    if lim.rlim_cur >= min {
-        return Ok(());
+    let target = want.min(lim.rlim_max);
+    if lim.rlim_cur < target {
+        lim.rlim_cur = target;
+        // SAFETY: valid in-pointer.
+        check(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) })?;
     }
-    lim.rlim_cur = min;
-    lim.rlim_max = lim.rlim_max.max(min);
-    // SAFETY: valid in-pointer.
-    check(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) })?;
-    Ok(())
+    Ok(lim.rlim_cur)
+}
+
+/// Number of open fds of this process.
+pub fn open_fds() -> io::Result<u64> {
+    Ok(std::fs::read_dir("/proc/self/fd")?.count() as u64)
+}
+
+/// A pipe, both ends close-on-exec: (read, write).
+pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: valid out-array of two ints; on success both fds are ours alone.
+    check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
 /// CPU time of the calling thread in ns. Reading it also brings the thread's
