@@ -15,12 +15,23 @@ use std::{
 
 use anyhow::{Context as _, Result};
 
-/// First field of a `/proc/<pid>/schedstat` line: run time in ns.
-pub fn parse_schedstat(text: &str) -> Option<u64> {
-    text.split_whitespace().next()?.parse().ok()
+/// A `/proc/<pid>/schedstat` line: time on a CPU, time waiting on a run queue (ns), and
+/// the number of times it ran.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Schedstat {
+    pub run_ns: u64,
+    pub wait_ns: u64,
 }
 
-fn read_schedstat(path: &Path) -> io::Result<u64> {
+pub fn parse_schedstat(text: &str) -> Option<Schedstat> {
+    let mut f = text.split_whitespace().map(str::parse::<u64>);
+    Some(Schedstat {
+        run_ns: f.next()?.ok()?,
+        wait_ns: f.next()?.ok()?,
+    })
+}
+
+fn read_schedstat(path: &Path) -> io::Result<Schedstat> {
     let text = fs::read_to_string(path)?;
     parse_schedstat(&text).ok_or_else(|| {
         io::Error::new(
@@ -30,9 +41,10 @@ fn read_schedstat(path: &Path) -> io::Result<u64> {
     })
 }
 
-/// Run time of the calling thread, ns, from `/proc/thread-self/schedstat`, brought up to date
-/// first (see [`super::sys::thread_cpu_ns`]).
-pub fn own_runtime_ns() -> Result<u64> {
+/// Schedstat of the calling thread (`/proc/thread-self/schedstat`), its run time brought up
+/// to date first (see [`super::sys::thread_cpu_ns`]). `wait_ns` tells how long the thread
+/// was runnable but kept off its CPU by other work: noise on a shared machine.
+pub fn own_schedstat() -> Result<Schedstat> {
     super::sys::thread_cpu_ns();
     read_schedstat(Path::new("/proc/thread-self/schedstat"))
         .context("reading /proc/thread-self/schedstat")
@@ -78,7 +90,11 @@ impl Ksoftirqd {
     pub fn runtimes(&self) -> Result<Vec<u64>> {
         self.threads
             .iter()
-            .map(|(_, p)| read_schedstat(p).with_context(|| format!("reading {}", p.display())))
+            .map(|(_, p)| {
+                read_schedstat(p)
+                    .map(|s| s.run_ns)
+                    .with_context(|| format!("reading {}", p.display()))
+            })
             .collect()
     }
 }
@@ -97,10 +113,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn schedstat_first_field_is_the_run_time() {
-        assert_eq!(parse_schedstat("1234567 89 10\n"), Some(1_234_567));
-        assert_eq!(parse_schedstat("0 0 0\n"), Some(0));
+    fn schedstat_fields_are_run_time_then_wait_time() {
+        let s = |run_ns, wait_ns| Some(Schedstat { run_ns, wait_ns });
+        assert_eq!(parse_schedstat("1234567 89 10\n"), s(1_234_567, 89));
+        assert_eq!(parse_schedstat("0 0 0\n"), s(0, 0));
         assert_eq!(parse_schedstat(""), None);
+        assert_eq!(parse_schedstat("12"), None);
         assert_eq!(parse_schedstat("x 1 2"), None);
     }
 
@@ -127,12 +145,12 @@ mod tests {
 
     #[test]
     fn own_run_time_grows_with_work() {
-        let a = own_runtime_ns().unwrap();
+        let a = own_schedstat().unwrap().run_ns;
         let mut x = 0u64;
         for i in 0..2_000_000u64 {
             x = x.wrapping_mul(31).wrapping_add(i);
         }
         std::hint::black_box(x);
-        assert!(own_runtime_ns().unwrap() > a);
+        assert!(own_schedstat().unwrap().run_ns > a);
     }
 }

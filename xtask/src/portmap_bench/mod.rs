@@ -335,20 +335,23 @@ fn measure_count(
                 packets: r.packets,
                 received,
                 secs: r.wall.as_secs_f64(),
+                sender_waited_secs: r.sender_wait_ns as f64 / 1e9,
                 send_retries: r.retries,
             });
         }
         rounds.sort_by(|a, b| a.us_per_packet.total_cmp(&b.us_per_packet));
         let c = rounds.swap_remove(rounds.len() / 2);
         eprintln!(
-            "portmap bench: {:<16} {:>6} ports  {:<11} {:>8} µs/packet  ({} packets, {:.1}% delivered, {:.2} s)",
+            "portmap bench: {:<16} {:>6} ports  {:<11} {:>8} µs/packet  ({} packets, {:.1}% \
+             delivered, {:.2} s, sender waited {:.2} s)",
             c.mechanism,
             count,
             mode.name(),
             report::fmt_us(c.us_per_packet),
             c.packets,
             100.0 * c.received as f64 / c.packets as f64,
-            c.secs
+            c.secs,
+            c.sender_waited_secs
         );
         cells.push(c);
     }

@@ -21,6 +21,9 @@ pub struct Cell {
     /// Datagrams the sink received during the case (drops show as received < packets).
     pub received: u64,
     pub secs: f64,
+    /// Of `secs`, how long the sender was runnable but kept off its CPU by other work (a
+    /// busy machine; the cost per packet counts CPU time only, but caches suffer).
+    pub sender_waited_secs: f64,
     /// sendmmsg calls refused with ENOBUFS/EAGAIN and retried.
     pub send_retries: u64,
 }
@@ -117,6 +120,7 @@ impl Report {
                     "packets": c.packets,
                     "received": c.received,
                     "secs": c.secs,
+                    "sender_waited_secs": c.sender_waited_secs,
                     "send_retries": c.send_retries,
                     "setup_ms": setup.map(|s| s.install_ms),
                     "remove_ms": setup.map(|s| s.remove_ms),
@@ -250,8 +254,9 @@ impl Report {
 
         s.push_str(
             "\nEvery cell: µs/packet = sender µs + ksoftirqd µs; delivered = received by the \
-             sink / sent.\n\n| mechanism | ports | mode | µs/packet | sender | ksoftirqd | \
-             packets | delivered | s |\n|---|---|---|---|---|---|---|---|---|\n",
+             sink / sent; s = sending time, of which the sender waited for its CPU (other \
+             load).\n\n| mechanism | ports | mode | µs/packet | sender | ksoftirqd | packets | \
+             delivered | s | waited s |\n|---|---|---|---|---|---|---|---|---|---|\n",
         );
         for c in &self.cells {
             let delivered = if c.packets == 0 {
@@ -261,7 +266,7 @@ impl Report {
             };
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {:.2} | {:.2} | {} | {delivered:.1}% | {:.2} |",
+                "| {} | {} | {} | {} | {:.2} | {:.2} | {} | {delivered:.1}% | {:.2} | {:.2} |",
                 c.mechanism,
                 fmt_count(c.ports as u64),
                 c.mode.name(),
@@ -270,6 +275,7 @@ impl Report {
                 c.softirq_us_per_packet,
                 fmt_count(c.packets),
                 c.secs,
+                c.sender_waited_secs,
             );
         }
         s
@@ -350,6 +356,7 @@ mod tests {
             packets: 1000,
             received: 990,
             secs: 0.25,
+            sender_waited_secs: 0.05,
             send_retries: 0,
         }
     }

@@ -39,6 +39,8 @@ pub struct SendResult {
     /// The sender thread's run time over the loop (user + system + softirq run in its
     /// context), ns.
     pub sender_ns: u64,
+    /// Time the sender was runnable but waited for its CPU (other load), ns.
+    pub sender_wait_ns: u64,
     /// Sum of all ksoftirqd threads' run time over the loop (+ a 20 ms tail), ns.
     pub softirq_ns: u64,
     pub wall: Duration,
@@ -118,7 +120,7 @@ fn send_loop(spec: &SendSpec, ksoftirqd: &cpu::Ksoftirqd) -> Result<SendResult> 
     let mut sent = 0u64;
     let mut retries = 0u64;
     let soft_before = ksoftirqd.runtimes()?;
-    let cpu_before = cpu::own_runtime_ns()?;
+    let cpu_before = cpu::own_schedstat()?;
     let start = Instant::now();
     while sent < spec.max_packets && !sys::stop_requested() {
         let want = (spec.max_packets - sent).min(batch as u64) as usize;
@@ -146,13 +148,14 @@ fn send_loop(spec: &SendSpec, ksoftirqd: &cpu::Ksoftirqd) -> Result<SendResult> 
         }
     }
     let wall = start.elapsed();
-    let cpu_after = cpu::own_runtime_ns()?;
+    let cpu_after = cpu::own_schedstat()?;
     // Softirq work deferred to ksoftirqd finishes right after the last send.
     std::thread::sleep(Duration::from_millis(20));
     let soft_after = ksoftirqd.runtimes()?;
     Ok(SendResult {
         packets: sent,
-        sender_ns: cpu_after.saturating_sub(cpu_before),
+        sender_ns: cpu_after.run_ns.saturating_sub(cpu_before.run_ns),
+        sender_wait_ns: cpu_after.wait_ns.saturating_sub(cpu_before.wait_ns),
         softirq_ns: cpu::delta_sum(&soft_before, &soft_after),
         wall,
         retries,
