@@ -316,6 +316,7 @@ fn measure_count(
             };
             let r = sender::send(&topo.client, spec, ksoftirqd.clone())
                 .with_context(|| format!("sending, mode {}", mode.name()))?;
+            ensure!(!sys::stop_requested(), "interrupted");
             // The sink drains what is queued (the sender slept 20 ms already).
             std::thread::sleep(Duration::from_millis(30));
             let received = sink.received() - before;

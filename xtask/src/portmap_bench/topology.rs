@@ -8,7 +8,7 @@
 //! `bb<pid>-<seq>-{client,host,ctr}` that this process created; nothing is added to the
 //! namespace the bench was started in. Static neighbour and bridge-fdb entries (fixed MACs)
 //! mean no ARP, and IPv6 is disabled before any link exists, so the only traffic is the
-//! bench's own. Dropping a [`Netns`] deletes the namespace and with it everything inside
+//! bench's own (and the IGMP report HOST's bridge sends when it comes up, which stays on it). Dropping a [`Netns`] deletes the namespace and with it everything inside
 //! (links, rules, conntrack entries); [`cleanup_leftovers`] deletes namespaces left by a
 //! killed run.
 
@@ -21,7 +21,7 @@ use std::{
     thread::JoinHandle,
 };
 
-use anyhow::{Context as _, Result, bail, ensure};
+use anyhow::{Context as _, Result, ensure};
 
 use super::sys;
 
@@ -162,13 +162,26 @@ impl Netns {
             .with_context(|| format!("spawning the {what} thread"))
     }
 
-    /// Runs `f` on a thread inside this namespace and waits for it.
+    /// Runs `f` on a thread inside this namespace and waits for it. `f` may borrow (a scoped
+    /// thread), e.g. a berth backend held by a [`super::PortMapper`]:
+    /// `m.host.run_in("berth nft", || self.backend.add(&publish))`.
     pub fn run_in<T, F>(&self, what: &str, f: F) -> Result<T>
     where
-        T: Send + 'static,
-        F: FnOnce() -> Result<T> + Send + 'static,
+        T: Send,
+        F: FnOnce() -> Result<T> + Send,
     {
-        join(self.spawn_in(what, None, f)?)
+        let path = self.path();
+        std::thread::scope(|s| {
+            let h = std::thread::Builder::new()
+                .name(format!("bb-{what}"))
+                .spawn_scoped(s, || {
+                    sys::enter_netns(&path)
+                        .with_context(|| format!("setns into {}", path.display()))?;
+                    f().with_context(|| format!("{what} in netns {}", self.name))
+                })
+                .with_context(|| format!("spawning the {what} thread"))?;
+            join_scoped(h)
+        })
     }
 }
 
@@ -182,17 +195,20 @@ impl Drop for Netns {
 
 /// Joins a bench thread, turning a panic into an error.
 pub fn join<T>(h: JoinHandle<Result<T>>) -> Result<T> {
-    match h.join() {
-        Ok(r) => r,
-        Err(p) => {
-            let msg = p
-                .downcast_ref::<String>()
-                .map(String::as_str)
-                .or_else(|| p.downcast_ref::<&str>().copied())
-                .unwrap_or("(no message)");
-            bail!("bench thread panicked: {msg}")
-        }
-    }
+    h.join().unwrap_or_else(|p| Err(panicked(p)))
+}
+
+fn join_scoped<T>(h: std::thread::ScopedJoinHandle<'_, Result<T>>) -> Result<T> {
+    h.join().unwrap_or_else(|p| Err(panicked(p)))
+}
+
+fn panicked(p: Box<dyn std::any::Any + Send>) -> anyhow::Error {
+    let msg = p
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| p.downcast_ref::<&str>().copied())
+        .unwrap_or("(no message)");
+    anyhow::anyhow!("bench thread panicked: {msg}")
 }
 
 /// CLIENT -> HOST (bridge, rules) -> CTR. Fields drop in order: all three namespaces go.
