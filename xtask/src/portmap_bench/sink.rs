@@ -328,3 +328,43 @@ unsafe fn hold_ports(ports: &[u16], parent: libc::pid_t, status: libc::c_int) ->
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bind_udp(port: u16) -> std::io::Result<OwnedFd> {
+        let s = sys::socket(libc::AF_INET, libc::SOCK_DGRAM, 0)?;
+        sys::bind(&s, SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port))?;
+        Ok(s)
+    }
+
+    /// Root only (a namespace of its own).
+    #[test]
+    fn holder_processes_keep_ports_bound_until_dropped() {
+        // SAFETY: plain syscall.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let ns = super::super::topology::lone_netns("ctr").unwrap();
+        ns.run_in("holder test", || {
+            let holder = Holder::spawn(&[31000, 31001, 31002])?;
+            for p in [31000, 31002] {
+                let e = bind_udp(p).err().expect("the port is held");
+                assert!(sys::errno_is(&e, &[libc::EADDRINUSE]), "{e}");
+            }
+            drop(holder);
+            bind_udp(31001)?;
+            let e = Holder::spawn(&[31003, 31003])
+                .err()
+                .expect("a port twice fails");
+            assert!(
+                format!("{e:#}").contains("port 31003 in the port-holder"),
+                "{e:#}"
+            );
+            Ok(())
+        })
+        .unwrap();
+    }
+}

@@ -228,11 +228,24 @@ pub fn prefix() -> String {
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
+/// `bb<pid>-<seq>-<role>`: the shape [`is_leftover`] recognises.
+fn netns_name(seq: u32, role: &str) -> String {
+    format!("{}-{seq}-{role}", prefix())
+}
+
+/// A lone namespace with a fresh name, e.g. for tests (role: client, host or ctr).
+#[cfg(test)]
+pub fn lone_netns(role: &str) -> Result<Netns> {
+    let ns = Netns::create(&netns_name(SEQ.fetch_add(1, Ordering::Relaxed), role))?;
+    ns.run("ip", &["link", "set", "lo", "up"], None)?;
+    Ok(ns)
+}
+
 impl Topology {
     pub fn create() -> Result<Self> {
         let seq = SEQ.fetch_add(1, Ordering::Relaxed);
         let p = prefix();
-        let ns = |role: &str| Netns::create(&format!("{p}-{seq}-{role}"));
+        let ns = |role: &str| Netns::create(&netns_name(seq, role));
         let (client, host, ctr) = (ns("client")?, ns("host")?, ns("ctr")?);
         // Link names only need to be unique inside each namespace; the prefix makes them
         // recognisable in `ip -n` listings.
