@@ -351,7 +351,7 @@ mod tests {
         ns.run_in("holder test", || {
             let holder = Holder::spawn(&[31000, 31001, 31002])?;
             for p in [31000, 31002] {
-                let e = bind_udp(p).err().expect("the port is held");
+                let e = bind_udp(p).expect_err("the port is held");
                 assert!(sys::errno_is(&e, &[libc::EADDRINUSE]), "{e}");
             }
             drop(holder);
