@@ -199,6 +199,12 @@ pub fn run(args: &Args) -> Result<Report> {
 /// ignored.
 pub fn run_with(args: &Args, mut mechanisms: Vec<Mechanism>) -> Result<Report> {
     args.validate()?;
+    let mut names: Vec<&str> = mechanisms.iter().map(|m| m.name.as_str()).collect();
+    names.sort_unstable();
+    ensure!(
+        names.windows(2).all(|w| w[0] != w[1]),
+        "mechanism names must be unique: {names:?}"
+    );
     preflight(&mechanisms)?;
     let started = Instant::now();
     let _signals = sys::StopOnSignal::install().context("installing SIGINT/SIGTERM handlers")?;
