@@ -2,16 +2,19 @@
 //!
 //! Hooks: raw tracepoint `sys_enter` (`berth_sys_enter`); `berth_noop` on the same hook is an
 //! empty program used only by `cargo xtask bench syscalls` as the cost baseline.
-//! Maps: `SYSCALLS` (per-CPU hash, [`SyscallKey`] -> u64 calls), `PROBE_ERRORS` (per-CPU array).
+//! Maps: `SYSCALLS` (per-CPU hash, [`SyscallKey`] -> u64 calls), `PROBE_ERRORS` (per-CPU array,
+//! shared with the other probes, in `main.rs`).
 //! Tasks outside the tracked cgroup subtree leave after one helper call.
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id},
     macros::{map, raw_tracepoint},
-    maps::{PerCpuArray, PerCpuHashMap},
+    maps::PerCpuHashMap,
     programs::RawTracePointContext,
 };
 use berth_common::{ProbeError, SYSCALL_NR_OTHER, SYSCALLS_MAX_ENTRIES, SyscallKey};
+
+use crate::{EEXIST_NEG, count_error};
 
 /// Set by the agent at load time; see `berth_common::globals`.
 #[unsafe(no_mangle)]
@@ -19,15 +22,9 @@ static TRACK_ROOT_ID: u64 = 0;
 #[unsafe(no_mangle)]
 static TRACK_ROOT_LEVEL: u32 = 0;
 
-/// `-EEXIST`, as `bpf_map_update_elem` returns it for `BPF_NOEXIST` on an existing key.
-const EEXIST_NEG: i32 = -17;
-
 #[map]
 static SYSCALLS: PerCpuHashMap<SyscallKey, u64> =
     PerCpuHashMap::with_max_entries(SYSCALLS_MAX_ENTRIES, 0);
-
-#[map]
-static PROBE_ERRORS: PerCpuArray<u64> = PerCpuArray::with_max_entries(ProbeError::COUNT, 0);
 
 #[raw_tracepoint(tracepoint = "sys_enter")]
 pub fn berth_sys_enter(ctx: RawTracePointContext) -> i32 {
@@ -81,10 +78,6 @@ fn count(key: &SyscallKey) {
                 unsafe { *v += 1 };
             }
         }
-        Err(_) => {
-            if let Some(v) = PROBE_ERRORS.get_ptr_mut(ProbeError::SyscallsMapFull as u32) {
-                unsafe { *v += 1 };
-            }
-        }
+        Err(_) => count_error(ProbeError::SyscallsMapFull),
     }
 }
