@@ -315,6 +315,7 @@ mod tests {
                 attached: true,
                 program_ids: vec![1],
                 error: None,
+                paths: Default::default(),
             }],
             lost_events: vec![LostEvents {
                 probe: "syscalls",

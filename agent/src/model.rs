@@ -50,6 +50,11 @@ pub struct ProbeStatus {
     /// Kernel ids of the loaded programs (`bpftool prog show id N`).
     pub program_ids: Vec<u32>,
     pub error: Option<String>,
+    /// Measurement paths this probe detected at start-up and their state, e.g. for netfilter
+    /// `{"netfilter_pair": "ok", "fentry": "unavailable (EPERM): ..."}`. Empty for probes with
+    /// a single path.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub paths: std::collections::BTreeMap<&'static str, String>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]

@@ -4,6 +4,8 @@
 //! A probe that cannot load or attach is reported down with the kernel's reason
 //! ([`ProbeStatus::error`]) and the agent runs on with the others.
 
+pub mod btf;
+pub mod netfilter;
 pub mod syscalls;
 
 use aya::{Ebpf, EbpfLoader, maps::PerCpuArray};
@@ -39,18 +41,22 @@ pub enum ProbeLoadError {
     },
 }
 
-/// Loads berth's object with the tracked root's id and level set as globals.
+/// Loads berth's object with the tracked root's id and level set as globals, and the kernel
+/// struct offsets the netfilter probe needs (from BTF).
 pub fn load_object(root: &TrackedRoot) -> Result<Ebpf, ProbeLoadError> {
-    Ok(EbpfLoader::new()
+    let mut loader = EbpfLoader::new();
+    loader
         .override_global(globals::TRACK_ROOT_ID, &root.id, true)
-        .override_global(globals::TRACK_ROOT_LEVEL, &root.level, true)
-        .load(EBPF_OBJECT)?)
+        .override_global(globals::TRACK_ROOT_LEVEL, &root.level, true);
+    netfilter::set_globals(&mut loader);
+    Ok(loader.load(EBPF_OBJECT)?)
 }
 
 /// Every probe of the agent, owned by the collector loop. Dropping it detaches all programs.
 pub struct Probes {
     pub(crate) ebpf: Option<Ebpf>,
     pub syscalls: syscalls::SyscallsProbe,
+    pub netfilter: netfilter::NetfilterProbe,
 }
 
 impl Probes {
@@ -74,11 +80,33 @@ impl Probes {
             None => info!(probe = syscalls.status.name, "probe disabled in config"),
             Some(e) => warn!(probe = syscalls.status.name, error = %e, "probe down"),
         }
-        Self { ebpf, syscalls }
+        let netfilter = netfilter::NetfilterProbe::start(ebpf.as_mut(), config.netfilter.enabled);
+        let status = &netfilter.status;
+        match &status.error {
+            None if status.attached => info!(
+                probe = status.name,
+                attach = status.attach,
+                programs = ?status.program_ids,
+                priorities = ?netfilter
+                    .attachments
+                    .iter()
+                    .map(|a| (a.family, a.hook.name(), a.first_priority, a.last_priority))
+                    .collect::<Vec<_>>(),
+                paths = ?status.paths,
+                "probe attached"
+            ),
+            None => info!(probe = status.name, "probe disabled in config"),
+            Some(e) => warn!(probe = status.name, error = %e, paths = ?status.paths, "probe down"),
+        }
+        Self {
+            ebpf,
+            syscalls,
+            netfilter,
+        }
     }
 
     pub fn status(&self) -> Vec<ProbeStatus> {
-        vec![self.syscalls.status.clone()]
+        vec![self.syscalls.status.clone(), self.netfilter.status.clone()]
     }
 
     /// Events lost because a map was full, summed over CPUs.

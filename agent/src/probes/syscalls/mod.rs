@@ -57,6 +57,7 @@ impl SyscallsProbe {
             attached: false,
             program_ids: Vec::new(),
             error: None,
+            paths: Default::default(),
         };
         if enabled {
             match ebpf.ok_or(None).and_then(|e| attach(e).map_err(Some)) {
