@@ -18,6 +18,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use aya::maps::PerCpuArray;
+
 use aya::Ebpf;
 use berth::{
     cgroup::TrackedRoot,
@@ -26,6 +28,7 @@ use berth::{
         loader::{self, PRIORITY_FIRST, PRIORITY_LAST},
     },
 };
+use berth_common::ProbeError;
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 /// Timing tests run one at a time, and not while another test floods a veth.
@@ -103,19 +106,24 @@ impl Netns {
         );
     }
 
-    /// Runs `f` on a thread that entered this namespace.
-    fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+    /// Moves the calling thread into this namespace: call it only on threads of our own.
+    fn enter(&self) {
         let path = self.path();
+        let file = fs::File::open(&path).unwrap();
+        // SAFETY: setns affects the calling thread only.
+        assert_eq!(
+            unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) },
+            0,
+            "setns {}",
+            path.display()
+        );
+    }
+
+    /// Runs `f` on a new thread that entered this namespace.
+    fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
         std::thread::scope(|s| {
             s.spawn(move || {
-                let file = fs::File::open(&path).unwrap();
-                // SAFETY: setns on this thread only; it ends with the scope.
-                assert_eq!(
-                    unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) },
-                    0,
-                    "setns {}",
-                    path.display()
-                );
+                self.enter();
                 f()
             })
             .join()
@@ -285,4 +293,446 @@ fn both_programs_attach_on_every_hook_a_second_instance_moves_over_and_drop_deta
     drop(ebpf2);
     let links = loader::netfilter_links().unwrap();
     assert!(ids2.iter().all(|id| !links.contains_key(id)));
+}
+
+fn sample(probe: &NetfilterProbe, ebpf: &Ebpf) -> NetfilterSample {
+    probe.collect(ebpf).expect("reading the netfilter maps")
+}
+
+/// (packets, nanoseconds) of one key, 0 when absent.
+fn port_cost(s: &NetfilterSample, hook: Hook, port: u16, ct: CtState) -> (u64, u64) {
+    family_port_cost(s, Family::Ipv4, hook, port, ct)
+}
+
+fn family_port_cost(
+    s: &NetfilterSample,
+    family: Family,
+    hook: Hook,
+    port: u16,
+    ct: CtState,
+) -> (u64, u64) {
+    s.by_port
+        .iter()
+        .find(|c| {
+            c.family == family
+                && c.proto == 17
+                && c.hook == hook
+                && c.port == port
+                && c.ct_state == ct
+        })
+        .map_or((0, 0), |c| (c.packets, c.nanoseconds))
+}
+
+fn probe_errors(ebpf: &Ebpf, e: ProbeError) -> u64 {
+    let errors = PerCpuArray::<_, u64>::try_from(ebpf.map("PROBE_ERRORS").unwrap()).unwrap();
+    errors.get(&(e as u32), 0).unwrap().iter().sum()
+}
+
+const UDP_DPORT: u16 = 8053;
+const TARGET_PORT: u16 = 5353;
+const PACKETS: u64 = 200;
+
+#[test]
+fn udp_packets_through_a_dnat_rule_are_counted_under_the_published_port_and_state() {
+    let _serial = serial();
+    let pair = Pair::new();
+    pair.host.exec(
+        &["nft", "-f", "-"],
+        &format!(
+            "table ip bnf {{
+               chain pre {{
+                 type nat hook prerouting priority dstnat; policy accept;
+                 udp dport {UDP_DPORT} dnat to {HOST_IP}:{TARGET_PORT}
+               }}
+             }}"
+        ),
+    );
+    let (ebpf, probe) = start_probe(&pair.host);
+    let server = pair
+        .host
+        .run(|| UdpSocket::bind(SocketAddrV4::new(HOST_IP, TARGET_PORT)).unwrap());
+    server
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+
+    // Ping-pong on one flow: the first packet is NEW, the rest ESTABLISHED; every answer is a
+    // reply of the same connection.
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut buf = [0u8; 64];
+            for _ in 0..PACKETS {
+                let Ok((n, from)) = server.recv_from(&mut buf) else {
+                    return;
+                };
+                server.send_to(&buf[..n], from).unwrap();
+            }
+        });
+        pair.client.run(|| {
+            let c = UdpSocket::bind(SocketAddrV4::new(CLIENT_IP, 40000)).unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let mut buf = [0u8; 64];
+            for i in 0..PACKETS {
+                c.send_to(b"ping", SocketAddrV4::new(HOST_IP, UDP_DPORT))
+                    .unwrap();
+                let (_, from) = c
+                    .recv_from(&mut buf)
+                    .unwrap_or_else(|e| panic!("no answer to packet {i}: {e}"));
+                assert_eq!(from.port(), UDP_DPORT, "the answer was not un-NATed");
+            }
+        });
+    });
+
+    let s = sample(&probe, &ebpf);
+    let (new, new_ns) = port_cost(&s, Hook::Prerouting, UDP_DPORT, CtState::New);
+    let (est, est_ns) = port_cost(&s, Hook::Prerouting, UDP_DPORT, CtState::Established);
+    let (replies, _) = port_cost(&s, Hook::Output, UDP_DPORT, CtState::Reply);
+    let (input_new, _) = port_cost(&s, Hook::Input, UDP_DPORT, CtState::New);
+    let (input_est, _) = port_cost(&s, Hook::Input, UDP_DPORT, CtState::Established);
+    println!(
+        "prerouting udp/{UDP_DPORT}: new {new} packets {new_ns} ns, established {est} packets \
+         {est_ns} ns ({:.0} ns/packet); input new {input_new} established {input_est}; \
+         output replies {replies}; unmatched {}",
+        est_ns as f64 / est.max(1) as f64,
+        probe_errors(&ebpf, ProbeError::NetfilterUnmatched)
+    );
+    for c in &s.by_port {
+        println!("  {c:?}");
+    }
+    assert_eq!(new, 1, "the flow's first packet is NEW");
+    assert!(
+        new + est >= PACKETS && new + est <= PACKETS + 2,
+        "berth counted {} packets on prerouting for udp/{UDP_DPORT}, {PACKETS} were sent",
+        new + est
+    );
+    assert!(new_ns > 0 && est_ns > 0);
+    // After the DNAT, input still counts under the published port, not TARGET_PORT.
+    assert_eq!(input_new, 1);
+    assert!(
+        (PACKETS - 1..=PACKETS + 1).contains(&input_est),
+        "{input_est}"
+    );
+    assert_eq!(
+        port_cost(&s, Hook::Input, TARGET_PORT, CtState::Established).0,
+        0
+    );
+    // The server's answers: the reply direction of the same connection.
+    assert!((PACKETS..=PACKETS + 2).contains(&replies), "{replies}");
+    let pre = s
+        .hooks
+        .iter()
+        .find(|h| h.family == Family::Ipv4 && h.hook == Hook::Prerouting)
+        .unwrap();
+    assert!(pre.packets >= PACKETS && pre.nanoseconds >= new_ns + est_ns);
+    assert_eq!(probe_errors(&ebpf, ProbeError::NetfilterPortsFull), 0);
+}
+
+/// Sends one UDP packet to `HOST_IP:port` from each source port of `sources` (a new flow per
+/// packet) inside `ns`; returns the sender thread's CPU time plus ksoftirqd's, in ns.
+fn send_new_flows(ns: &Netns, port: u16, sources: std::ops::Range<u16>) -> u64 {
+    ns.run(|| {
+        let soft = ksoftirqd_ns();
+        let start = thread_cpu_ns();
+        for src in sources {
+            let s = UdpSocket::bind(SocketAddrV4::new(CLIENT_IP, src)).unwrap();
+            s.send_to(b"x", SocketAddrV4::new(HOST_IP, port)).unwrap();
+        }
+        thread_cpu_ns() - start + ksoftirqd_ns().saturating_sub(soft)
+    })
+}
+
+fn thread_cpu_ns() -> u64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}
+
+/// Run time of every ksoftirqd thread (softirq work deferred out of the sender's context).
+fn ksoftirqd_ns() -> u64 {
+    let mut total = 0;
+    for entry in fs::read_dir("/proc").unwrap().flatten() {
+        let dir = entry.path();
+        let is_ksoftirqd =
+            fs::read_to_string(dir.join("comm")).is_ok_and(|c| c.starts_with("ksoftirqd/"));
+        if is_ksoftirqd && let Ok(s) = fs::read_to_string(dir.join("schedstat")) {
+            total += s
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    total
+}
+
+const RULES: u16 = 5000;
+const FIRST_PORT: u16 = 20000;
+const SINK_PORT: u16 = 9;
+
+/// A client/host pair whose host DNATs `FIRST_PORT..FIRST_PORT+RULES` to `HOST_IP:SINK_PORT`,
+/// with an unread socket there (no ICMP errors), and the probe attached.
+struct RankCase {
+    label: &'static str,
+    pair: Pair,
+    _sink: UdpSocket,
+    ebpf: Ebpf,
+    probe: NetfilterProbe,
+}
+
+impl RankCase {
+    fn new(label: &'static str, per_port_rules: bool) -> Self {
+        let pair = Pair::new();
+        let last = FIRST_PORT + RULES;
+        if per_port_rules {
+            // Docker's shape: a chain jumped to from PREROUTING, one DNAT rule per port.
+            let mut rules = String::from("*nat\n:PREROUTING ACCEPT [0:0]\n:BNF - [0:0]\n");
+            rules.push_str("-A PREROUTING -m addrtype --dst-type LOCAL -j BNF\n");
+            for port in FIRST_PORT..last {
+                rules.push_str(&format!(
+                    "-A BNF -d {HOST_IP}/32 -p udp -m udp --dport {port} \
+                     -j DNAT --to-destination {HOST_IP}:{SINK_PORT}\n"
+                ));
+            }
+            rules.push_str("COMMIT\n");
+            pair.host.exec(&["iptables-nft-restore"], &rules);
+        } else {
+            let elements: Vec<String> = (FIRST_PORT..last)
+                .map(|p| format!("{p} : {HOST_IP} . {SINK_PORT}"))
+                .collect();
+            pair.host.exec(
+                &["nft", "-f", "-"],
+                &format!(
+                    "table ip bnf {{
+                       map ports {{
+                         type inet_service : ipv4_addr . inet_service
+                         elements = {{ {} }}
+                       }}
+                       chain pre {{
+                         type nat hook prerouting priority dstnat; policy accept;
+                         ip daddr {HOST_IP} dnat ip to udp dport map @ports
+                       }}
+                     }}",
+                    elements.join(", ")
+                ),
+            );
+        }
+        let sink = pair
+            .host
+            .run(|| UdpSocket::bind(SocketAddrV4::new(HOST_IP, SINK_PORT)).unwrap());
+        let (ebpf, probe) = start_probe(&pair.host);
+        Self {
+            label,
+            pair,
+            _sink: sink,
+            ebpf,
+            probe,
+        }
+    }
+
+    /// ns per packet netfilter spent on prerouting for `count` new flows to the last port.
+    fn prerouting_ns_per_new_flow(&self, round: u16, count: u16) -> f64 {
+        let port = FIRST_PORT + RULES - 1;
+        let before = port_cost(
+            &sample(&self.probe, &self.ebpf),
+            Hook::Prerouting,
+            port,
+            CtState::New,
+        );
+        let base = 30000 + round * count;
+        send_new_flows(&self.pair.client, port, base..base + count);
+        let after = port_cost(
+            &sample(&self.probe, &self.ebpf),
+            Hook::Prerouting,
+            port,
+            CtState::New,
+        );
+        let packets = after.0 - before.0;
+        assert!(
+            packets >= count as u64,
+            "{}: {packets} new flows counted, {count} sent",
+            self.label
+        );
+        (after.1 - before.1) as f64 / packets as f64
+    }
+}
+
+#[test]
+fn per_port_iptables_rules_cost_more_per_new_flow_than_one_nft_map() {
+    let _serial = serial();
+    let rules = RankCase::new("iptables-nft, 5000 rules", true);
+    let map = RankCase::new("nft map, 5000 elements", false);
+    let mut ratios = Vec::new();
+    for round in 0..3 {
+        let r = rules.prerouting_ns_per_new_flow(round, 200);
+        let m = map.prerouting_ns_per_new_flow(round, 200);
+        println!(
+            "round {round}: prerouting per new flow to the last port: {} {r:.0} ns, {} \
+             {m:.0} ns, ratio {:.1}",
+            rules.label,
+            map.label,
+            r / m
+        );
+        ratios.push(r / m);
+    }
+    for ratio in ratios {
+        assert!(
+            ratio >= 5.0,
+            "per-port rules were only {ratio:.1}x the map's cost per new flow"
+        );
+    }
+}
+
+#[test]
+fn probe_overhead_on_a_veth_path_is_printed() {
+    let _serial = serial();
+    let pair = Pair::new();
+    pair.host.exec(
+        &["nft", "-f", "-"],
+        &format!(
+            "table ip bnf {{
+               chain pre {{
+                 type nat hook prerouting priority dstnat; policy accept;
+                 udp dport {UDP_DPORT} dnat to {HOST_IP}:{SINK_PORT}
+               }}
+             }}"
+        ),
+    );
+    let _sink = pair
+        .host
+        .run(|| UdpSocket::bind(SocketAddrV4::new(HOST_IP, SINK_PORT)).unwrap());
+    const COUNT: u64 = 20_000;
+    // One-way flow from one socket: the DNAT'd path of a published port, conntrack included.
+    let send = || -> f64 {
+        pair.client.run(|| {
+            let s = UdpSocket::bind(SocketAddrV4::new(CLIENT_IP, 41000)).unwrap();
+            let to = SocketAddrV4::new(HOST_IP, UDP_DPORT);
+            let soft = ksoftirqd_ns();
+            let start = thread_cpu_ns();
+            for _ in 0..COUNT {
+                s.send_to(&[0u8; 160], to).unwrap();
+            }
+            let cpu = thread_cpu_ns() - start + ksoftirqd_ns().saturating_sub(soft);
+            cpu as f64 / COUNT as f64 / 1000.0
+        })
+    };
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    send(); // warm-up: ARP, conntrack entry
+    let (mut without, mut with) = (Vec::new(), Vec::new());
+    for _ in 0..5 {
+        without.push(send());
+        let (ebpf, probe) = start_probe(&pair.host);
+        with.push(send());
+        let s = sample(&probe, &ebpf);
+        let pre = s
+            .hooks
+            .iter()
+            .find(|h| h.family == Family::Ipv4 && h.hook == Hook::Prerouting)
+            .unwrap();
+        assert!(pre.packets >= COUNT, "{pre:?}");
+    }
+    println!(
+        "CPU µs per packet (sender + ksoftirqd), veth path with DNAT + conntrack, median of 5: \
+         without the probe {:.2}, with {:.2} (runs without {without:.2?}, with {with:.2?})",
+        median(without.clone()),
+        median(with.clone())
+    );
+}
+
+#[test]
+fn untracked_packets_count_under_their_own_port_and_ipv6_is_measured_too() {
+    let _serial = serial();
+    let pair = Pair::new();
+    // IPv6 on the same veth; nodad so the addresses work at once.
+    let (host6, client6): (std::net::Ipv6Addr, std::net::Ipv6Addr) =
+        ("fd99::1".parse().unwrap(), "fd99::2".parse().unwrap());
+    for (ns, addr) in [(&pair.host, host6), (&pair.client, client6)] {
+        let dev = ns.ip(&["-o", "link", "show", "type", "veth"]);
+        let dev = dev
+            .split(':')
+            .nth(1)
+            .unwrap()
+            .trim()
+            .split('@')
+            .next()
+            .unwrap()
+            .to_owned();
+        ns.ip(&["addr", "add", &format!("{addr}/64"), "dev", &dev, "nodad"]);
+    }
+    const UNTRACKED_V4: u16 = 7000;
+    const TRACKED_V6: u16 = 7001;
+    const UNTRACKED_V6: u16 = 7002;
+    pair.host.exec(
+        &["nft", "-f", "-"],
+        &format!(
+            "table inet bnf {{
+               chain raw {{
+                 type filter hook prerouting priority raw; policy accept;
+                 udp dport {{ {UNTRACKED_V4}, {UNTRACKED_V6} }} notrack
+               }}
+               # A ct match turns conntrack on for both families in this netns.
+               chain input {{
+                 type filter hook input priority filter; policy accept;
+                 ct state new,established,untracked accept
+               }}
+             }}"
+        ),
+    );
+    let (ebpf, probe) = start_probe(&pair.host);
+    let sinks = pair.host.run(|| {
+        (
+            UdpSocket::bind(SocketAddrV4::new(HOST_IP, UNTRACKED_V4)).unwrap(),
+            UdpSocket::bind((host6, TRACKED_V6)).unwrap(),
+            UdpSocket::bind((host6, UNTRACKED_V6)).unwrap(),
+        )
+    });
+    sinks
+        .1
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    const N: u64 = 20;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut buf = [0u8; 64];
+            for _ in 0..N {
+                let Ok((n, from)) = sinks.1.recv_from(&mut buf) else {
+                    return;
+                };
+                sinks.1.send_to(&buf[..n], from).unwrap();
+            }
+        });
+        pair.client.run(|| {
+            let v4 = UdpSocket::bind(SocketAddrV4::new(CLIENT_IP, 0)).unwrap();
+            let v6 = UdpSocket::bind((client6, 0)).unwrap();
+            v6.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let mut buf = [0u8; 64];
+            for i in 0..N {
+                v4.send_to(b"a", SocketAddrV4::new(HOST_IP, UNTRACKED_V4))
+                    .unwrap();
+                v6.send_to(b"b", (host6, UNTRACKED_V6)).unwrap();
+                v6.send_to(b"c", (host6, TRACKED_V6)).unwrap();
+                v6.recv_from(&mut buf)
+                    .unwrap_or_else(|e| panic!("no IPv6 answer to packet {i}: {e}"));
+            }
+        });
+    });
+    let s = sample(&probe, &ebpf);
+    for c in &s.by_port {
+        println!("  {c:?}");
+    }
+    let count = |family, port, ct| family_port_cost(&s, family, Hook::Prerouting, port, ct).0;
+    // No conntrack entry: the port comes from the packet's own header.
+    assert_eq!(count(Family::Ipv4, UNTRACKED_V4, CtState::Other), N);
+    assert_eq!(count(Family::Ipv6, UNTRACKED_V6, CtState::Other), N);
+    assert_eq!(count(Family::Ipv6, TRACKED_V6, CtState::New), 1);
+    assert_eq!(count(Family::Ipv6, TRACKED_V6, CtState::Established), N - 1);
+    assert_eq!(
+        family_port_cost(&s, Family::Ipv6, Hook::Output, TRACKED_V6, CtState::Reply).0,
+        N
+    );
 }
