@@ -177,6 +177,17 @@ fn packet_proto_port(skb: *const u8, family: u8) -> (u8, u16) {
     }
 }
 
+/// `skb->_nfct`: `struct nf_conn *` | `enum ip_conntrack_info`; 0 on kernels without conntrack.
+#[inline(always)]
+fn nfct(skb: *const u8) -> u64 {
+    let off = global(&NF_SKB_NFCT);
+    if off == OFFSET_NONE {
+        return 0;
+    }
+    // SAFETY: direct BTF read of an `unsigned long`.
+    unsafe { field(skb, off) }
+}
+
 /// Runs first on every hook: stamps the packet for `last`.
 #[unsafe(no_mangle)]
 #[unsafe(link_section = "socket")]
@@ -190,7 +201,13 @@ fn try_first(ctx: *mut c_void) -> Option<()> {
     // SAFETY: netfilter program context.
     let (state, skb) = unsafe { ctx_args(ctx) };
     let (family, _, slot) = hook_slot(state)?;
-    let (proto, port) = packet_proto_port(skb, family);
+    // A packet that already has a conntrack entry (input, forward, postrouting) is attributed
+    // from the entry by `last`: no need to read its header.
+    let (proto, port) = if nfct(skb) & !NFCT_INFOMASK != 0 {
+        (0, 0)
+    } else {
+        packet_proto_port(skb, family)
+    };
     let s = scratch(slot)?;
     // SAFETY: this CPU's slot; `last` reads it on the same CPU after the hook's other entries.
     // Storing the skb pointer in a map and comparing it in `last` needs `allow_ptr_leaks`
@@ -237,34 +254,30 @@ fn try_last(ctx: *mut c_void) -> Option<()> {
     };
 
     let mut ct_state = CT_OTHER;
-    let nfct_off = global(&NF_SKB_NFCT);
-    if nfct_off != OFFSET_NONE {
-        // SAFETY: direct BTF read of an `unsigned long`.
-        let nfct: u64 = unsafe { field(skb, nfct_off) };
-        let ct = nfct & !NFCT_INFOMASK;
-        // A NULL entry is "no conntrack" (0) or IP_CT_UNTRACKED (7): CT_OTHER.
-        if ct != 0 {
-            ct_state = match nfct & NFCT_INFOMASK {
-                2 => CT_NEW,         // IP_CT_NEW
-                0 => CT_ESTABLISHED, // IP_CT_ESTABLISHED
-                3 | 4 => CT_REPLY,   // IP_CT_ESTABLISHED_REPLY, IP_CT_RELATED_REPLY
-                _ => CT_OTHER,       // IP_CT_RELATED
+    let nfct = nfct(skb);
+    let ct = nfct & !NFCT_INFOMASK;
+    // A NULL entry is "no conntrack" (0) or IP_CT_UNTRACKED (7): CT_OTHER.
+    if ct != 0 {
+        ct_state = match nfct & NFCT_INFOMASK {
+            2 => CT_NEW,         // IP_CT_NEW
+            0 => CT_ESTABLISHED, // IP_CT_ESTABLISHED
+            3 | 4 => CT_REPLY,   // IP_CT_ESTABLISHED_REPLY, IP_CT_RELATED_REPLY
+            _ => CT_OTHER,       // IP_CT_RELATED
+        };
+        let dport_off = global(&NF_CT_ORIG_DPORT);
+        // The agent checks that protonum lies within the 8 bytes read from the port on.
+        // A shift, not an index: the verifier refuses variable offsets into the stack.
+        let proto_shift = (global(&NF_CT_ORIG_PROTO).wrapping_sub(dport_off) & 7) * 8;
+        // SAFETY: `ct` is a live `struct nf_conn *` (the skb holds a reference);
+        // bpf_probe_read_kernel fails cleanly otherwise.
+        if let Ok(t) = unsafe { bpf_probe_read_kernel((ct + dport_off as u64) as *const u64) } {
+            proto = (t >> proto_shift) as u8;
+            // __be16 in the first two bytes (little-endian load: swap them).
+            port = if has_ports(proto) {
+                u16::from_be(t as u16)
+            } else {
+                0
             };
-            let dport_off = global(&NF_CT_ORIG_DPORT);
-            // The agent checks that protonum lies within the 8 bytes read from the port on.
-            // A shift, not an index: the verifier refuses variable offsets into the stack.
-            let proto_shift = (global(&NF_CT_ORIG_PROTO).wrapping_sub(dport_off) & 7) * 8;
-            // SAFETY: `ct` is a live `struct nf_conn *` (the skb holds a reference);
-            // bpf_probe_read_kernel fails cleanly otherwise.
-            if let Ok(t) = unsafe { bpf_probe_read_kernel((ct + dport_off as u64) as *const u64) } {
-                proto = (t >> proto_shift) as u8;
-                // __be16 in the first two bytes (little-endian load: swap them).
-                port = if has_ports(proto) {
-                    u16::from_be(t as u16)
-                } else {
-                    0
-                };
-            }
         }
     }
 
