@@ -394,8 +394,10 @@ mod tests {
 
     #[test]
     fn allocation_skips_the_gateway_and_used_addresses() {
-        let mut c = NetworkConfig::default();
-        c.subnet = "10.9.0.0/29".parse().unwrap();
+        let c = NetworkConfig {
+            subnet: "10.9.0.0/29".parse().unwrap(),
+            ..Default::default()
+        };
         let n = Network::new(c, Path::new("/nonexistent"));
         let mut used = HashSet::new();
         let a = n.allocate(&used).unwrap();
@@ -410,14 +412,20 @@ mod tests {
 
     #[test]
     fn config_validation_names_the_key() {
-        let mut c = NetworkConfig::default();
-        c.bridge = "a-very-long-bridge-name".into();
+        let c = NetworkConfig {
+            bridge: "a-very-long-bridge-name".into(),
+            ..Default::default()
+        };
         assert_eq!(c.validate().unwrap_err().0, "network.bridge");
-        let mut c = NetworkConfig::default();
-        c.subnet = "10.0.0.0/30".parse().unwrap();
+        let c = NetworkConfig {
+            subnet: "10.0.0.0/30".parse().unwrap(),
+            ..Default::default()
+        };
         assert_eq!(c.validate().unwrap_err().0, "network.subnet");
-        let mut c = NetworkConfig::default();
-        c.table = "bad table".into();
+        let c = NetworkConfig {
+            table: "bad table".into(),
+            ..Default::default()
+        };
         assert_eq!(c.validate().unwrap_err().0, "network.table");
         assert!(NetworkConfig::default().validate().is_ok());
     }
