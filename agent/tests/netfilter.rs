@@ -736,3 +736,56 @@ fn untracked_packets_count_under_their_own_port_and_ipv6_is_measured_too() {
         N
     );
 }
+
+#[test]
+fn probes_start_the_netfilter_probe_next_to_syscalls_and_report_its_paths() {
+    let ns = Netns::new("p");
+    let probes = ns.run(|| {
+        berth::probes::Probes::start(&berth::config::ProbesConfig::default(), &tracked_root())
+    });
+    let status = serde_json::to_value(probes.status()).unwrap();
+    println!("{status:#}");
+    assert_eq!(status[0]["name"], "syscalls");
+    let nf = &status[1];
+    assert_eq!(nf["name"], "netfilter");
+    assert_eq!(nf["attached"], true, "{nf}");
+    assert_eq!(nf["program_ids"].as_array().unwrap().len(), 2);
+    assert_eq!(nf["paths"]["netfilter_pair"], "ok");
+    assert!(nf["paths"]["fentry"].is_string());
+    // Nothing of the syscall probe carries paths.
+    assert!(status[0].get("paths").is_none());
+    let links = probes.netfilter.link_ids();
+    drop(probes);
+    let remaining = loader::netfilter_links().unwrap();
+    assert!(links.iter().all(|id| !remaining.contains_key(id)));
+
+    let disabled = berth::config::ProbesConfig {
+        netfilter: berth::config::ProbeToggle { enabled: false },
+        ..Default::default()
+    };
+    let probes = ns.run(|| berth::probes::Probes::start(&disabled, &tracked_root()));
+    let nf = &probes.status()[1];
+    assert!(!nf.enabled && !nf.attached && nf.error.is_none() && nf.paths.is_empty());
+}
+
+#[test]
+fn a_hook_whose_priorities_are_all_taken_is_reported_busy() {
+    let ns = Netns::new("b");
+    let (ebpf, probe) = start_probe(&ns);
+    let err = ns.run(|| {
+        let programs =
+            loader::load_programs(&ebpf, berth::probes::EBPF_OBJECT, &["berth_nf_first"]).unwrap();
+        // INT_MIN+1 is the probe's; take the next PRIORITY_TRIES - 1 on IPv4 prerouting.
+        let _held: Vec<_> = (1..loader::PRIORITY_TRIES)
+            .map(|k| loader::attach(&programs[0], 2, 0, PRIORITY_FIRST + k).unwrap())
+            .collect();
+        loader::attach_first_free(&programs[0], 2, 0, PRIORITY_FIRST, 1).unwrap_err()
+    });
+    println!("{err}");
+    assert!(
+        matches!(err, loader::LoaderError::Busy { pf: 2, hook: 0, from, to, .. }
+            if from == PRIORITY_FIRST && to == PRIORITY_FIRST + loader::PRIORITY_TRIES - 1),
+        "{err}"
+    );
+    drop(probe);
+}

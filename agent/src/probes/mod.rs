@@ -19,7 +19,8 @@ use crate::{
 };
 
 /// berth's eBPF object, built by `agent/build.rs`.
-static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/berth-probes"));
+pub static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/berth-probes"));
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeLoadError {

@@ -72,7 +72,8 @@ pub enum LoaderError {
     #[error("map {map}: aya created it as a kind this loader does not handle")]
     MapKind { map: String },
     #[error(
-        "the kernel refused to load {program} as a netfilter program: {source}{}{log}",
+        "the kernel refused to load {program} as a BPF netfilter program (they need Linux 6.4 \
+         or later built with CONFIG_NETFILTER_BPF_LINK): {source}{}{log}",
         if log.is_empty() { "" } else { "; verifier log: " }
     )]
     Load {
@@ -606,6 +607,26 @@ mod tests {
             offset_of!(aya_obj::generated::bpf_link_info, __bindgen_anon_1),
             16
         );
+    }
+
+    #[test]
+    fn a_refused_program_comes_back_with_the_verifiers_reason() {
+        // SAFETY: no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return;
+        }
+        // r0 = 2; exit: a netfilter program must return 0 (drop) or 1 (accept).
+        let insns = [0xb7u64 | (2 << 32), 0x95];
+        let (err, log) = prog_load(&ProgLoad {
+            prog_type: PROG_TYPE_NETFILTER,
+            expected_attach_type: ATTACH_NETFILTER,
+            attach_btf_id: 0,
+            name: "berth_bad",
+            insns: &insns,
+        })
+        .unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EINVAL), "{err}");
+        assert!(log.contains("R0"), "verifier log: {log}");
     }
 
     #[test]
