@@ -789,3 +789,43 @@ fn a_hook_whose_priorities_are_all_taken_is_reported_busy() {
     );
     drop(probe);
 }
+
+#[test]
+fn a_full_port_map_counts_lost_keys_and_keeps_the_hook_totals() {
+    let _serial = serial();
+    let pair = Pair::new();
+    let (ebpf, probe) = pair.host.run(|| {
+        let mut loader = aya::EbpfLoader::new();
+        loader.set_max_entries("NF_PORTS", 4);
+        berth::probes::netfilter::set_globals(&mut loader);
+        let mut ebpf = loader.load(berth::probes::EBPF_OBJECT).unwrap();
+        let probe = NetfilterProbe::start(Some(&mut ebpf), true);
+        assert!(probe.status.attached, "{:?}", probe.status);
+        (ebpf, probe)
+    });
+    const PORTS: u16 = 12;
+    // No rules: no conntrack in this netns; each packet is keyed by its own port, and the
+    // ones nobody listens on answer with ICMP (more keys).
+    pair.client.run(|| {
+        let s = UdpSocket::bind(SocketAddrV4::new(CLIENT_IP, 0)).unwrap();
+        for port in 0..PORTS {
+            s.send_to(b"x", SocketAddrV4::new(HOST_IP, 9000 + port))
+                .unwrap();
+        }
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    let s = sample(&probe, &ebpf);
+    assert!(s.by_port.len() <= 4, "{:?}", s.by_port);
+    let lost = probe_errors(&ebpf, ProbeError::NetfilterPortsFull);
+    let pre = s
+        .hooks
+        .iter()
+        .find(|h| h.family == Family::Ipv4 && h.hook == Hook::Prerouting)
+        .unwrap();
+    println!(
+        "kept {} keys, {lost} packets lost to a full map, {pre:?}",
+        s.by_port.len()
+    );
+    assert!(lost >= (PORTS - 4) as u64);
+    assert!(pre.packets >= PORTS as u64, "{pre:?}");
+}

@@ -243,7 +243,7 @@ pub fn layout() -> &'static Result<KernelLayout, BtfError> {
 
 /// Sets the programs' offset globals. Without BTF they keep [`OFFSET_NONE`], which the
 /// verifier would refuse, and [`NetfilterProbe::start`] reports the BTF error instead.
-pub(crate) fn set_globals(loader: &mut EbpfLoader<'_>) {
+pub fn set_globals(loader: &mut EbpfLoader<'_>) {
     let Ok(l) = layout() else { return };
     loader
         .override_global(globals::NF_SKB_HEAD, &l.skb_head, true)
