@@ -796,7 +796,7 @@ fn a_full_port_map_counts_lost_keys_and_keeps_the_hook_totals() {
     let pair = Pair::new();
     let (ebpf, probe) = pair.host.run(|| {
         let mut loader = aya::EbpfLoader::new();
-        loader.set_max_entries("NF_PORTS", 4);
+        loader.map_max_entries("NF_PORTS", 4);
         berth::probes::netfilter::set_globals(&mut loader);
         let mut ebpf = loader.load(berth::probes::EBPF_OBJECT).unwrap();
         let probe = NetfilterProbe::start(Some(&mut ebpf), true);
