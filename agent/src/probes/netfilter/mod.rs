@@ -17,6 +17,12 @@
 //! a DNAT still count under the published port), or the packet's own destination port as it
 //! entered the hook when it has no conntrack entry; split by hook and conntrack state.
 //!
+//! Limits: a packet whose traversal is interrupted on its CPU by another packet on the same
+//! hook (a softirq inside a process-context output) or that migrates to another CPU in between
+//! is not measured and counts as `NetfilterUnmatched`. Without a conntrack entry, the port is
+//! read from the packet's linear data: IPv6 extension headers are not walked (the protocol is
+//! then the first next header, port 0).
+//!
 //! Maps: `NF_PORTS` (per-CPU hash, [`PortKey`] -> [`Cost`]), `NF_HOOKS` (per-CPU array,
 //! family * 5 + hook -> [`Cost`]), `NF_SCRATCH` (per-CPU stamps), `PROBE_ERRORS`
 //! (`NetfilterPortsFull`, `NetfilterUnmatched`).
