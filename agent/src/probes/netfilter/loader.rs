@@ -266,15 +266,9 @@ pub fn attach_first_free(
 pub enum FentryError {
     #[error("no BTF id for {function}: {source}")]
     Btf { function: String, source: BtfError },
-    #[error(
-        "BPF_PROG_LOAD of an fentry program on {function} refused ({}): {source}",
-        errno_name(source)
-    )]
+    #[error("BPF_PROG_LOAD of an fentry program on {function} refused: {source}")]
     Load { function: String, source: io::Error },
-    #[error(
-        "BPF_LINK_CREATE of an fentry program on {function} refused ({}): {source}",
-        errno_name(source)
-    )]
+    #[error("BPF_LINK_CREATE of an fentry program on {function} refused: {source}")]
     Attach { function: String, source: io::Error },
 }
 
