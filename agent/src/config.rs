@@ -129,6 +129,10 @@ impl Default for CgroupConfig {
 pub struct ProbesConfig {
     pub syscalls: SyscallsConfig,
     pub network: ProbeToggle,
+    /// Netfilter cost per hook and port (a BPF netfilter program pair on every hook): on by
+    /// default: it costs a fraction of a µs per packet and hook (agent/tests/netfilter.rs),
+    /// small next to what it measures.
+    pub netfilter: ProbeToggle,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -274,6 +274,17 @@ impl Collector {
             })
             .collect();
         cgroups.sort_by(|a, b| a.path.cmp(&b.path));
+        let mut netfilter = None;
+        if self.probes.netfilter.status.attached
+            && let Some(ebpf) = self.probes.ebpf.as_ref()
+        {
+            match self.probes.netfilter.collect(ebpf) {
+                Ok(n) => netfilter = Some(n),
+                Err(e) => {
+                    error.get_or_insert(e.to_string());
+                }
+            }
+        }
         let lost_events = match self.probes.lost_events() {
             Ok(l) => l,
             Err(e) => {
@@ -308,6 +319,7 @@ impl Collector {
             "snapshot"
         );
         Snapshot {
+            netfilter,
             conntrack: crate::net::conntrack::host_stats(std::path::Path::new("/proc")),
             containers,
             taken_at: SystemTime::now(),

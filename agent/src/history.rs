@@ -77,6 +77,7 @@ mod tests {
             collectors: vec![],
             containers: vec![],
             conntrack: None,
+            netfilter: None,
         })
     }
 

@@ -142,6 +142,7 @@ impl Collector for SnapshotCollector {
 
         encode_containers(&snap, &mut encoder)?;
         encode_conntrack(&snap, &mut encoder)?;
+        encode_netfilter(&snap, &mut encoder)?;
 
         let mut fam = encoder.encode_descriptor(
             "berth_cgroup_syscalls",
@@ -229,6 +230,137 @@ impl Collector for SnapshotCollector {
         }
         Ok(())
     }
+}
+
+/// Which container publishes (proto, host port), from the containers' records.
+pub fn port_owner(
+    containers: &[crate::runtime::ContainerSample],
+    proto: u8,
+    port: u16,
+) -> Option<&crate::runtime::ContainerSample> {
+    use crate::net::portmap::Proto;
+    containers.iter().find(|c| {
+        c.view.record.network.publish.iter().any(|p| {
+            let pn = match p.proto {
+                Proto::Tcp => 6,
+                Proto::Udp => 17,
+            };
+            pn == proto && (p.host.start..=p.host.end).contains(&port)
+        })
+    })
+}
+
+/// `berth_netfilter_*`: what rules, conntrack and NAT cost per hook (host-wide, every packet)
+/// and per conntrack state; `berth_container_netfilter_*`: the part attributed to each
+/// container through its published ports. Per-port detail is in /api/v1/ports.
+fn encode_netfilter(
+    snap: &Snapshot,
+    encoder: &mut DescriptorEncoder,
+) -> Result<(), std::fmt::Error> {
+    use std::collections::BTreeMap;
+    let Some(nf) = &snap.netfilter else {
+        return Ok(());
+    };
+    let mut fam = encoder.encode_descriptor(
+        "berth_netfilter_hook_seconds",
+        "Time netfilter spent on packets between berth's first and last program, per hook (all packets)",
+        None,
+        ConstCounter::new(0f64).metric_type(),
+    )?;
+    for h in &nf.hooks {
+        ConstCounter::new(h.nanoseconds as f64 / 1e9).encode(fam.encode_family(&[
+            ("family", Escaped(h.family.name())),
+            ("hook", Escaped(h.hook.name())),
+        ])?)?;
+    }
+    let mut fam = encoder.encode_descriptor(
+        "berth_netfilter_hook_packets",
+        "Packets that crossed the hook (all packets)",
+        None,
+        ConstCounter::new(0u64).metric_type(),
+    )?;
+    for h in &nf.hooks {
+        ConstCounter::new(h.packets).encode(fam.encode_family(&[
+            ("family", Escaped(h.family.name())),
+            ("hook", Escaped(h.hook.name())),
+        ])?)?;
+    }
+    // By conntrack state, host-wide and per container.
+    let mut by_state: BTreeMap<(&str, &str, &str), (u64, u64)> = BTreeMap::new();
+    let mut by_container: BTreeMap<(usize, &str, &str), (u64, u64)> = BTreeMap::new();
+    for p in &nf.by_port {
+        let e = by_state
+            .entry((p.family.name(), p.hook.name(), p.ct_state.name()))
+            .or_default();
+        e.0 += p.packets;
+        e.1 += p.nanoseconds;
+        if let Some(i) = port_owner(&snap.containers, p.proto, p.port)
+            .and_then(|c| snap.containers.iter().position(|x| std::ptr::eq(x, c)))
+        {
+            let e = by_container
+                .entry((i, p.hook.name(), p.ct_state.name()))
+                .or_default();
+            e.0 += p.packets;
+            e.1 += p.nanoseconds;
+        }
+    }
+    for (name, help, secs) in [
+        (
+            "berth_netfilter_seconds",
+            "Time netfilter spent per hook and conntrack state (packets with a port)",
+            true,
+        ),
+        (
+            "berth_netfilter_packets",
+            "Packets per hook and conntrack state (packets with a port)",
+            false,
+        ),
+    ] {
+        let mut fam =
+            encoder.encode_descriptor(name, help, None, ConstCounter::new(0u64).metric_type())?;
+        for ((family, hook, state), (packets, ns)) in &by_state {
+            let labels = [
+                ("family", Escaped(family)),
+                ("hook", Escaped(hook)),
+                ("ct_state", Escaped(state)),
+            ];
+            if secs {
+                ConstCounter::new(*ns as f64 / 1e9).encode(fam.encode_family(&labels)?)?;
+            } else {
+                ConstCounter::new(*packets).encode(fam.encode_family(&labels)?)?;
+            }
+        }
+    }
+    for (name, help, secs) in [
+        (
+            "berth_container_netfilter_seconds",
+            "Time netfilter spent on packets to the container's published ports, per hook and conntrack state",
+            true,
+        ),
+        (
+            "berth_container_netfilter_packets",
+            "Packets to the container's published ports, per hook and conntrack state",
+            false,
+        ),
+    ] {
+        let mut fam =
+            encoder.encode_descriptor(name, help, None, ConstCounter::new(0u64).metric_type())?;
+        for ((i, hook, state), (packets, ns)) in &by_container {
+            let r = &snap.containers[*i].view.record;
+            let labels = [
+                ("container", Escaped(&r.id)),
+                ("name", Escaped(&r.name)),
+                ("hook", Escaped(hook)),
+                ("ct_state", Escaped(state)),
+            ];
+            if secs {
+                ConstCounter::new(*ns as f64 / 1e9).encode(fam.encode_family(&labels)?)?;
+            } else {
+                ConstCounter::new(*packets).encode(fam.encode_family(&labels)?)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `berth_conntrack_*`: host-wide connection tracking (the agent's network namespace).
@@ -518,6 +650,7 @@ mod tests {
                 attached: true,
                 program_ids: vec![1],
                 error: None,
+                paths: Default::default(),
             }],
             lost_events: vec![LostEvents {
                 probe: "syscalls",
@@ -532,6 +665,7 @@ mod tests {
             }],
             containers: vec![],
             conntrack: None,
+            netfilter: None,
         }
     }
 

@@ -21,6 +21,9 @@ pub struct Snapshot {
     pub containers: Vec<crate::runtime::ContainerSample>,
     /// Host-wide conntrack (`None`: conntrack not loaded).
     pub conntrack: Option<crate::net::conntrack::ConntrackStats>,
+    /// Netfilter cost per hook and per (protocol, original destination port), cumulative
+    /// (`None`: the probe is down).
+    pub netfilter: Option<crate::probes::netfilter::NetfilterSample>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -69,6 +72,11 @@ pub struct ProbeStatus {
     /// Kernel ids of the loaded programs (`bpftool prog show id N`).
     pub program_ids: Vec<u32>,
     pub error: Option<String>,
+    /// Measurement paths this probe detected at start-up and their state, e.g. for netfilter
+    /// `{"netfilter_pair": "ok", "fentry": "unavailable (EPERM): ..."}`. Empty for probes with
+    /// a single path.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub paths: std::collections::BTreeMap<&'static str, String>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]

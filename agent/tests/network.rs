@@ -425,3 +425,106 @@ fn the_iptables_backend_answers_too_with_one_rule_set_per_port() {
     agent.ok(&["rm", "-f", &name]);
     assert_eq!(rules(&id), 0, "rules left after rm");
 }
+
+#[test]
+fn netfilter_cost_ranks_per_port_rules_above_the_map_and_names_the_container_and_port() {
+    let agent = Agent::start();
+    let system = agent.system();
+    let nf = system["probes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "netfilter")
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        nf["attached"],
+        true,
+        "netfilter probe down: {nf}\n{}",
+        agent.log()
+    );
+    let rootfs = echo_rootfs(agent.dir.path());
+    let rootfs = rootfs.to_str().unwrap();
+    let (ipt, map) = (unique("rank-ipt"), unique("rank-map"));
+    agent.ok(&[
+        "run",
+        "-d",
+        "--name",
+        &ipt,
+        "--port-backend",
+        "iptables",
+        "-p",
+        "45000-49999:45000-49999/udp",
+        rootfs,
+        "sleep",
+        "300",
+    ]);
+    agent.ok(&[
+        "run",
+        "-d",
+        "--name",
+        &map,
+        "--port-backend",
+        "nft-map",
+        "-p",
+        "50000-54999:50000-54999/udp",
+        rootfs,
+        "sleep",
+        "300",
+    ]);
+    wait_running(&agent, &ipt);
+    wait_running(&agent, &map);
+    let client = ClientNs::create();
+    // New flow per packet to the last port of each: the worst case for per-port rules.
+    common::udp_new_flows(
+        &client.path(),
+        SocketAddr::from((client.host_ip, 49999)),
+        500,
+    );
+    common::udp_new_flows(
+        &client.path(),
+        SocketAddr::from((client.host_ip, 54999)),
+        500,
+    );
+    let cost = |name: &str, port: u64| -> Option<f64> {
+        let (_, body) = agent.get("/api/v1/ports");
+        let rows: serde_json::Value = serde_json::from_str(&body).ok()?;
+        let row = rows.as_array()?.iter().find(|r| r["name"] == name)?.clone();
+        let p = row["netfilter"]["ports"]
+            .as_array()?
+            .iter()
+            .find(|p| p["port"] == port)?
+            .clone();
+        (p["prerouting_packets"].as_u64()? >= 500)
+            .then(|| p["prerouting_ns_per_packet"].as_f64())?
+    };
+    let ipt_ns = wait_for(
+        Duration::from_secs(10),
+        "the iptables container's cost",
+        || cost(&ipt, 49999),
+    );
+    let map_ns = wait_for(
+        Duration::from_secs(10),
+        "the nft-map container's cost",
+        || cost(&map, 54999),
+    );
+    assert!(
+        ipt_ns >= 5.0 * map_ns,
+        "5,000 per-port iptables rules cost {ipt_ns:.0} ns per new-flow packet at prerouting, \
+         the nft map {map_ns:.0} ns: expected at least 5x"
+    );
+    // And /metrics attributes it to the containers by name.
+    let text = agent.metrics();
+    for name in [&ipt, &map] {
+        assert!(
+            text.lines().any(
+                |l| l.starts_with("berth_container_netfilter_seconds_total{")
+                    && l.contains(&format!("name=\"{name}\""))
+                    && l.contains("hook=\"prerouting\"")
+                    && l.contains("ct_state=\"new\"")
+            ),
+            "no netfilter cost for {name} in /metrics"
+        );
+    }
+    eprintln!("prerouting ns/packet, new flows: iptables {ipt_ns:.0}, nft-map {map_ns:.0}");
+}

@@ -108,16 +108,24 @@ pub enum ProbeError {
     NetMapFull = 1,
     /// A syscall exit whose (cgroup, syscall) found the `SYSCALL_LATENCY` map full.
     LatencyMapFull = 2,
+    /// A packet whose (family, hook, conntrack state, protocol, port) key found the `NF_PORTS`
+    /// map full. It is still counted in the per-hook totals (`NF_HOOKS`).
+    NetfilterPortsFull = 3,
+    /// A packet seen by the `last` netfilter program whose `first` timestamp was gone (another
+    /// packet took its scratch slot: nesting or a slot collision), so its time was not recorded.
+    NetfilterUnmatched = 4,
 }
 
 impl ProbeError {
     /// Number of slots in `PROBE_ERRORS`.
-    pub const COUNT: u32 = 3;
+    pub const COUNT: u32 = 5;
     /// Every variant, in index order.
     pub const ALL: [ProbeError; Self::COUNT as usize] = [
         ProbeError::SyscallsMapFull,
         ProbeError::NetMapFull,
         ProbeError::LatencyMapFull,
+        ProbeError::NetfilterPortsFull,
+        ProbeError::NetfilterUnmatched,
     ];
 
     /// `(probe, map)` labels for the metric that reports this error.
@@ -126,6 +134,8 @@ impl ProbeError {
             ProbeError::SyscallsMapFull => ("syscalls", "SYSCALLS"),
             ProbeError::NetMapFull => ("network", "NET"),
             ProbeError::LatencyMapFull => ("syscalls", "SYSCALL_LATENCY"),
+            ProbeError::NetfilterPortsFull => ("netfilter", "NF_PORTS"),
+            ProbeError::NetfilterUnmatched => ("netfilter", "NF_SCRATCH"),
         }
     }
 }
@@ -138,6 +148,106 @@ pub mod globals {
     pub const TRACK_ROOT_LEVEL: &str = "TRACK_ROOT_LEVEL";
     /// `u32`: 1 when syscall latency is measured (sys_enter stamps, sys_exit records).
     pub const SYSCALL_LATENCY: &str = "SYSCALL_LATENCY";
+
+    // Kernel struct offsets for the netfilter probe, in bytes, read from the kernel's BTF
+    // (/sys/kernel/btf/vmlinux) by the agent: Rust eBPF has no CO-RE. All `u32`;
+    // [`crate::netfilter::OFFSET_NONE`] when the field does not exist on this kernel.
+    /// `struct sk_buff`, `head` (`unsigned char *`).
+    pub const NF_SKB_HEAD: &str = "NF_SKB_HEAD";
+    /// `struct sk_buff`, `network_header` (`__u16`, offset of the L3 header from `head`).
+    pub const NF_SKB_NETWORK_HEADER: &str = "NF_SKB_NETWORK_HEADER";
+    /// `struct sk_buff`, `_nfct` (`unsigned long`: `struct nf_conn *` | `enum ip_conntrack_info`).
+    pub const NF_SKB_NFCT: &str = "NF_SKB_NFCT";
+    /// `struct nf_hook_state`, `hook` (`u8`).
+    pub const NF_STATE_HOOK: &str = "NF_STATE_HOOK";
+    /// `struct nf_hook_state`, `pf` (`u8`).
+    pub const NF_STATE_PF: &str = "NF_STATE_PF";
+    /// `struct nf_conn`, `tuplehash[IP_CT_DIR_ORIGINAL].tuple.dst.u.all` (`__be16`): the
+    /// destination port of the connection's first packet, before any NAT.
+    pub const NF_CT_ORIG_DPORT: &str = "NF_CT_ORIG_DPORT";
+    /// `struct nf_conn`, `tuplehash[IP_CT_DIR_ORIGINAL].tuple.dst.protonum` (`u8`).
+    pub const NF_CT_ORIG_PROTO: &str = "NF_CT_ORIG_PROTO";
+}
+
+/// The netfilter cost probe: two `BPF_PROG_TYPE_NETFILTER` programs, `first` and `last`, on
+/// every hook of IPv4 and IPv6, measure the time netfilter spends between them per packet.
+pub mod netfilter {
+    /// Hooks per family: prerouting, input, forward, output, postrouting (`enum nf_inet_hooks`).
+    pub const HOOKS: u32 = 5;
+    /// Families, by index: 0 = IPv4 (`NFPROTO_IPV4` = 2), 1 = IPv6 (`NFPROTO_IPV6` = 10).
+    pub const FAMILIES: u32 = 2;
+    /// Entries of `NF_HOOKS`: index `family * HOOKS + hook`.
+    pub const HOOK_SLOTS: u32 = FAMILIES * HOOKS;
+    /// Entries of `NF_SCRATCH` (per CPU): one stamp per (family, hook), index as `NF_HOOKS`.
+    /// A packet that passes the same hook on the same CPU while another one is between
+    /// `first` and `last` there (a softirq interrupting a process-context output) takes the
+    /// slot: the outer packet is then not measured and counts as
+    /// [`crate::ProbeError::NetfilterUnmatched`]. (Several slots chosen by skb address would
+    /// need the address as a number, and the verifier forbids arithmetic on that pointer.)
+    pub const SCRATCH_SLOTS: u32 = HOOK_SLOTS;
+    /// Capacity of `NF_PORTS`: distinct (family, hook, ct state, protocol, port) keys. A port
+    /// seen with new and established traffic on 3 hooks uses 6. When full, new keys count in
+    /// [`crate::ProbeError::NetfilterPortsFull`] and still reach the per-hook totals.
+    pub const PORTS_MAX_ENTRIES: u32 = 32_768;
+    /// Value of an offset global for a field this kernel does not have.
+    pub const OFFSET_NONE: u32 = u32::MAX;
+
+    /// Family indexes of [`PortKey::family`].
+    pub const FAMILY_IPV4: u8 = 0;
+    pub const FAMILY_IPV6: u8 = 1;
+
+    /// Conntrack state of a packet as the `last` program sees it, from the low 3 bits of
+    /// `skb->_nfct` (`enum ip_conntrack_info`).
+    pub const CT_NEW: u8 = 0;
+    /// `IP_CT_ESTABLISHED`: original direction, after the peer answered.
+    pub const CT_ESTABLISHED: u8 = 1;
+    /// `IP_CT_ESTABLISHED_REPLY` or `IP_CT_RELATED_REPLY`: the peer's direction.
+    pub const CT_REPLY: u8 = 2;
+    /// `IP_CT_RELATED`, untracked (`notrack`), or no conntrack entry at all.
+    pub const CT_OTHER: u8 = 3;
+
+    /// Key of the `NF_PORTS` per-CPU hash. Value: [`Cost`].
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+    pub struct PortKey {
+        /// [`FAMILY_IPV4`] or [`FAMILY_IPV6`].
+        pub family: u8,
+        /// `enum nf_inet_hooks`: 0 prerouting .. 4 postrouting.
+        pub hook: u8,
+        /// [`CT_NEW`], [`CT_ESTABLISHED`], [`CT_REPLY`] or [`CT_OTHER`].
+        pub ct_state: u8,
+        /// IP protocol number (6 TCP, 17 UDP, ...).
+        pub proto: u8,
+        /// Destination port of the connection's original direction before any NAT (from the
+        /// conntrack entry), or of the packet as it entered the hook when it has no entry;
+        /// host byte order; 0 for protocols without ports and for non-first fragments.
+        pub port: u16,
+        /// Explicit padding: keys are hashed byte-wise by the kernel, so it must always be zero.
+        pub _pad: u16,
+    }
+
+    /// Value of `NF_PORTS` and `NF_HOOKS` (per CPU): packets and the nanoseconds netfilter
+    /// spent on them between the `first` and the `last` program.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct Cost {
+        pub packets: u64,
+        pub nanoseconds: u64,
+    }
+
+    /// Value of `NF_SCRATCH`: what `first` saw, for `last` on the same CPU.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct Scratch {
+        /// Address of the `struct sk_buff`; 0 when the slot is free.
+        pub skb: u64,
+        /// `bpf_ktime_get_ns()` at the end of `first`.
+        pub start_ns: u64,
+        /// Destination port as the packet entered the hook (host byte order).
+        pub port: u16,
+        pub proto: u8,
+        pub _pad: [u8; 5],
+    }
 }
 
 #[cfg(feature = "user")]
@@ -153,4 +263,8 @@ mod user {
     unsafe impl aya::Pod for super::LatencyHist {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::SyscallEnter {}
+    // SAFETY: as above: `#[repr(C)]` integers with explicit padding.
+    unsafe impl aya::Pod for super::netfilter::PortKey {}
+    unsafe impl aya::Pod for super::netfilter::Cost {}
+    unsafe impl aya::Pod for super::netfilter::Scratch {}
 }

@@ -16,7 +16,7 @@ use berth_common::{
     DIRECTION_EGRESS, DIRECTION_INGRESS, NET_MAX_ENTRIES, NetKey, NetValue, ProbeError,
 };
 
-use crate::syscalls::PROBE_ERRORS;
+use crate::{EEXIST_NEG, count_error};
 
 #[map]
 static NET: PerCpuHashMap<NetKey, NetValue> = PerCpuHashMap::with_max_entries(NET_MAX_ENTRIES, 0);
@@ -68,7 +68,7 @@ fn count(ctx: &SkBuffContext, direction: u8) {
     };
     match NET.insert(&key, &first, BPF_NOEXIST as u64) {
         Ok(()) => {}
-        Err(-17) => {
+        Err(EEXIST_NEG) => {
             // Another CPU created the entry meanwhile: our slot exists now.
             if let Some(v) = NET.get_ptr_mut(&key) {
                 unsafe {
@@ -77,10 +77,6 @@ fn count(ctx: &SkBuffContext, direction: u8) {
                 }
             }
         }
-        Err(_) => {
-            if let Some(v) = PROBE_ERRORS.get_ptr_mut(ProbeError::NetMapFull as u32) {
-                unsafe { *v += 1 };
-            }
-        }
+        Err(_) => count_error(ProbeError::NetMapFull),
     }
 }

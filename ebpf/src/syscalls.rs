@@ -5,7 +5,8 @@
 //! `cargo xtask bench syscalls` as the cost baseline.
 //! Maps: `SYSCALLS` (per-CPU hash, [`SyscallKey`] -> u64 calls), `SYSCALL_ENTER` (LRU hash,
 //! pid_tgid -> [`SyscallEnter`]), `SYSCALL_LATENCY` (per-CPU hash, [`SyscallKey`] ->
-//! [`LatencyHist`]), `PROBE_ERRORS` (per-CPU array).
+//! [`LatencyHist`]), `PROBE_ERRORS` (per-CPU array,
+//! shared with the other probes, in `main.rs`).
 //! Tasks outside the tracked cgroup subtree leave after one helper call.
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST},
@@ -14,13 +15,15 @@ use aya_ebpf::{
         bpf_ktime_get_ns,
     },
     macros::{map, raw_tracepoint},
-    maps::{LruHashMap, PerCpuArray, PerCpuHashMap},
+    maps::{LruHashMap, PerCpuHashMap},
     programs::RawTracePointContext,
 };
 use berth_common::{
     LATENCY_BUCKETS, LatencyHist, ProbeError, SYSCALL_ENTER_MAX_ENTRIES,
     SYSCALL_LATENCY_MAX_ENTRIES, SYSCALL_NR_OTHER, SYSCALLS_MAX_ENTRIES, SyscallEnter, SyscallKey,
 };
+
+use crate::{EEXIST_NEG, count_error};
 
 /// Set by the agent at load time; see `berth_common::globals`.
 #[unsafe(no_mangle)]
@@ -38,16 +41,9 @@ static SYSCALL_ENTER: LruHashMap<u64, SyscallEnter> =
 static SYSCALL_LATENCY_HIST: PerCpuHashMap<SyscallKey, LatencyHist> =
     PerCpuHashMap::with_max_entries(SYSCALL_LATENCY_MAX_ENTRIES, 0);
 
-/// `-EEXIST`, as `bpf_map_update_elem` returns it for `BPF_NOEXIST` on an existing key.
-const EEXIST_NEG: i32 = -17;
-
 #[map]
 static SYSCALLS: PerCpuHashMap<SyscallKey, u64> =
     PerCpuHashMap::with_max_entries(SYSCALLS_MAX_ENTRIES, 0);
-
-#[map]
-pub(crate) static PROBE_ERRORS: PerCpuArray<u64> =
-    PerCpuArray::with_max_entries(ProbeError::COUNT, 0);
 
 #[raw_tracepoint(tracepoint = "sys_enter")]
 pub fn berth_sys_enter(ctx: RawTracePointContext) -> i32 {
@@ -125,9 +121,7 @@ fn try_sys_exit() {
         match SYSCALL_LATENCY_HIST.insert(&key, &zero, BPF_NOEXIST as u64) {
             Ok(()) | Err(EEXIST_NEG) => {}
             Err(_) => {
-                if let Some(v) = PROBE_ERRORS.get_ptr_mut(ProbeError::LatencyMapFull as u32) {
-                    unsafe { *v += 1 };
-                }
+                count_error(ProbeError::LatencyMapFull);
                 return;
             }
         }
@@ -193,10 +187,6 @@ fn count(key: &SyscallKey) {
                 unsafe { *v += 1 };
             }
         }
-        Err(_) => {
-            if let Some(v) = PROBE_ERRORS.get_ptr_mut(ProbeError::SyscallsMapFull as u32) {
-                unsafe { *v += 1 };
-            }
-        }
+        Err(_) => count_error(ProbeError::SyscallsMapFull),
     }
 }

@@ -421,7 +421,7 @@ fn bench_launch(runs: u32) -> Result<()> {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let result = (|| -> Result<(f64, f64, f64, String)> {
+    let result = (|| -> Result<(f64, f64, f64, f64, String)> {
         let rootfs = tmp.join("rootfs");
         let rootfs = rootfs.to_str().context("path")?;
         // One container to take berth's bundle from.
@@ -489,10 +489,29 @@ fn bench_launch(runs: u32) -> Result<()> {
             bare_ms.push(start.elapsed().as_secs_f64() * 1e3);
             rt(&["delete", "--force", &bid])?;
         }
+        // A media server's port range: 20,000 UDP ports through nft-map.
+        let mut wide_ms = Vec::new();
+        for _ in 0..5 {
+            let start = Instant::now();
+            let id = cli(&[
+                "run",
+                "-d",
+                "-p",
+                "20000-39999:20000-39999/udp",
+                rootfs,
+                "sleep",
+                "1000",
+            ])?
+            .trim()
+            .to_owned();
+            wide_ms.push(start.elapsed().as_secs_f64() * 1e3);
+            cli(&["rm", "-f", &id])?;
+        }
         Ok((
             median(&mut berth_ms),
             median(&mut bridge_ms),
             median(&mut bare_ms),
+            median(&mut wide_ms),
             runtime_name,
         ))
     })();
@@ -500,7 +519,8 @@ fn bench_launch(runs: u32) -> Result<()> {
     let _ = agent.wait();
     let _ = fs::remove_dir_all(tmp.join("state"));
     let _ = fs::remove_dir_all(&tmp);
-    let (berth_ms, bridge_ms, bare_ms, runtime) = result?;
+    let (berth_ms, bridge_ms, bare_ms, wide_ms, runtime) = result?;
+    let wide_goal = if wide_ms < 1000.0 { "met" } else { "NOT met" };
     let ratio = berth_ms / bare_ms;
     let goal = if ratio <= 1.2 { "met" } else { "NOT met" };
     let section = format!(
@@ -516,7 +536,10 @@ fn bench_launch(runs: u32) -> Result<()> {
          bridge row (veth, address, route on berth's bridge) has no bare counterpart.\n\n\
          | path | median ms |\n|---|---|\n| berth run -d --network none | {berth_ms:.1} |\n\
          | bare {runtime} create + start | {bare_ms:.1} |\n\
-         | berth run -d (bridge) | {bridge_ms:.1} |\n\n\
+         | berth run -d (bridge) | {bridge_ms:.1} |\n\
+         | berth run -d -p 20000-39999:20000-39999/udp (median of 5) | {wide_ms:.1} |\n\n\
+         A 20,000-port container running in under 1 s: {wide_goal} (Docker 20.10 here: \
+         32-40 s for 1,000 ports).  \n\
          Ratio (one run): **{ratio:.2}x** (goal <= 1.2x: {goal}).\n",
         date = output(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]))?.trim(),
         machine = machine()?,

@@ -65,25 +65,111 @@ pub fn read_routes() -> Router<AppState> {
         .route("/api/v1/ports", get(ports))
 }
 
-/// One row per published range: container, address, mapping, backend.
-async fn ports(State(s): State<AppState>) -> Result<Response, ApiError> {
-    let v = blocking(&s, |m| {
-        Ok(m.ports()
-            .into_iter()
-            .flat_map(|(id, name, net)| {
-                let backend = net.port_backend;
-                let ip = net.ip;
-                net.publish.into_iter().map(move |p| {
-                    serde_json::json!({
-                        "container": id, "name": name, "ip": ip,
-                        "publish": p, "backend": backend,
-                    })
-                })
-            })
-            .collect::<Vec<_>>())
-    })
-    .await?;
-    Ok(Json(v).into_response())
+#[derive(Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+struct PortsQuery {
+    /// Window for `new_flows_per_second` (default 10s, at most the 15 minutes of history).
+    window: Option<String>,
+}
+
+/// One row per published range: container, address, mapping, backend, and what netfilter
+/// costs for it (from the netfilter probe): prerouting ns per packet, new flows (and per
+/// second over `window`), per hook and conntrack state, and the busiest ports.
+async fn ports(
+    State(s): State<AppState>,
+    q: Result<Query<PortsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    use crate::{
+        net::portmap::{Proto, Publish},
+        probes::netfilter::{CtState, Hook, NetfilterSample},
+    };
+    let Query(q) = q.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let window = match q.window.as_deref() {
+        None => std::time::Duration::from_secs(10),
+        Some(w) => {
+            w.parse::<crate::config::HumanDuration>()
+                .map_err(|e| ApiError::BadRequest(format!("window={w}: {e}")))?
+                .0
+        }
+    };
+    let rows = blocking(&s, |m| Ok(m.ports())).await?;
+    let latest = s.snapshots.borrow().clone();
+    let base = latest.as_ref().and_then(|l| {
+        let from = l.taken_at.checked_sub(window)?;
+        s.history.since(from)
+    });
+    let in_range = |p: &Publish, proto: u8, port: u16| {
+        let pn = match p.proto {
+            Proto::Tcp => 6,
+            Proto::Udp => 17,
+        };
+        pn == proto && (p.host.start..=p.host.end).contains(&port)
+    };
+    let new_at_prerouting = |nf: &NetfilterSample, p: &Publish| -> u64 {
+        nf.by_port
+            .iter()
+            .filter(|c| c.hook == Hook::Prerouting && c.ct_state == CtState::New)
+            .filter(|c| in_range(p, c.proto, c.port))
+            .map(|c| c.packets)
+            .sum()
+    };
+    let mut out = Vec::new();
+    for (id, name, net) in rows {
+        for p in net.publish {
+            let mut cost = serde_json::Value::Null;
+            if let Some(nf) = latest.as_ref().and_then(|l| l.netfilter.as_ref()) {
+                let mut hooks: std::collections::BTreeMap<(&str, &str), (u64, u64)> =
+                    Default::default();
+                let mut per_port: std::collections::BTreeMap<u16, (u64, u64)> = Default::default();
+                let (mut pre_p, mut pre_ns) = (0u64, 0u64);
+                for c in nf.by_port.iter().filter(|c| in_range(&p, c.proto, c.port)) {
+                    let e = hooks.entry((c.hook.name(), c.ct_state.name())).or_default();
+                    e.0 += c.packets;
+                    e.1 += c.nanoseconds;
+                    if c.hook == Hook::Prerouting {
+                        pre_p += c.packets;
+                        pre_ns += c.nanoseconds;
+                        let e = per_port.entry(c.port).or_default();
+                        e.0 += c.packets;
+                        e.1 += c.nanoseconds;
+                    }
+                }
+                let per = |packets: u64, ns: u64| (packets > 0).then(|| ns as f64 / packets as f64);
+                let new_now = new_at_prerouting(nf, &p);
+                let rate = base.as_ref().and_then(|b| {
+                    let nf0 = b.netfilter.as_ref()?;
+                    let secs = latest
+                        .as_ref()?
+                        .taken_at
+                        .duration_since(b.taken_at)
+                        .ok()?
+                        .as_secs_f64();
+                    (secs > 0.0)
+                        .then(|| new_now.saturating_sub(new_at_prerouting(nf0, &p)) as f64 / secs)
+                });
+                let mut busiest: Vec<(u16, (u64, u64))> = per_port.into_iter().collect();
+                busiest.sort_by(|a, b| b.1.0.cmp(&a.1.0));
+                busiest.truncate(100);
+                cost = serde_json::json!({
+                    "prerouting_packets": pre_p,
+                    "prerouting_ns_per_packet": per(pre_p, pre_ns),
+                    "new_flows": new_now,
+                    "new_flows_per_second": rate,
+                    "hooks": hooks.iter().map(|((h, st), (pk, ns))| serde_json::json!({
+                        "hook": h, "ct_state": st, "packets": pk, "ns_per_packet": per(*pk, *ns),
+                    })).collect::<Vec<_>>(),
+                    "ports": busiest.iter().map(|(port, (pk, ns))| serde_json::json!({
+                        "port": port, "prerouting_packets": pk, "prerouting_ns_per_packet": per(*pk, *ns),
+                    })).collect::<Vec<_>>(),
+                });
+            }
+            out.push(serde_json::json!({
+                "container": id, "name": name, "ip": net.ip,
+                "publish": p, "backend": net.port_backend, "netfilter": cost,
+            }));
+        }
+    }
+    Ok(Json(out).into_response())
 }
 
 pub fn write_routes() -> Router<AppState> {

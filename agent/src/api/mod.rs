@@ -210,6 +210,7 @@ mod tests {
             collectors: vec![],
             containers: vec![],
             conntrack: None,
+            netfilter: None,
         }
     }
 

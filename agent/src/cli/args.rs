@@ -28,6 +28,8 @@ pub enum Format {
 }
 
 #[derive(Subcommand)]
+// Parsed once at start-up: the size of `RunArgs` does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Run the agent in the foreground: containers, probes, collectors, HTTP.
     ///

@@ -4,7 +4,9 @@
 //! A probe that cannot load or attach is reported down with the kernel's reason
 //! ([`ProbeStatus::error`]) and the agent runs on with the others.
 
+pub mod btf;
 pub mod net;
+pub mod netfilter;
 pub mod syscalls;
 
 use std::path::{Path, PathBuf};
@@ -20,7 +22,8 @@ use crate::{
 };
 
 /// berth's eBPF object, built by `agent/build.rs`.
-static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/berth-probes"));
+pub static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/berth-probes"));
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeLoadError {
@@ -77,6 +80,7 @@ pub fn load_object(
             .override_global(globals::TRACK_ROOT_ID, &root.id, true)
             .override_global(globals::TRACK_ROOT_LEVEL, &root.level, true)
             .override_global(globals::SYSCALL_LATENCY, &latency, true);
+        netfilter::set_globals(&mut loader);
         if let Some(dir) = pins {
             for m in PINNED_MAPS {
                 loader.map_pin_path(m, dir.join(m));
@@ -116,6 +120,7 @@ pub struct Probes {
     pub(crate) ebpf: Option<Ebpf>,
     pub syscalls: syscalls::SyscallsProbe,
     pub net: net::NetProbe,
+    pub netfilter: netfilter::NetfilterProbe,
     /// Where the counting maps are pinned (`None`: not pinned).
     pub pins: Option<PathBuf>,
 }
@@ -136,10 +141,23 @@ impl Probes {
         };
         let syscalls = syscalls::SyscallsProbe::start(ebpf.as_mut(), &config.syscalls);
         let net = net::NetProbe::start(ebpf.as_mut(), config.network.enabled, root);
+        let netfilter = netfilter::NetfilterProbe::start(ebpf.as_mut(), config.netfilter.enabled);
+        if netfilter.status.attached {
+            info!(
+                priorities = ?netfilter
+                    .attachments
+                    .iter()
+                    .map(|a| (a.family, a.hook.name(), a.first_priority, a.last_priority))
+                    .collect::<Vec<_>>(),
+                paths = ?netfilter.status.paths,
+                "netfilter probe priorities"
+            );
+        }
         let probes = Self {
             ebpf,
             syscalls,
             net,
+            netfilter,
             pins,
         };
         for status in probes.status() {
@@ -152,14 +170,20 @@ impl Probes {
                     "probe attached"
                 ),
                 None => info!(probe = status.name, "probe disabled in config"),
-                Some(e) => warn!(probe = status.name, error = %e, "probe down"),
+                Some(e) => {
+                    warn!(probe = status.name, error = %e, paths = ?status.paths, "probe down")
+                }
             }
         }
         probes
     }
 
     pub fn status(&self) -> Vec<ProbeStatus> {
-        vec![self.syscalls.status.clone(), self.net.status.clone()]
+        vec![
+            self.syscalls.status.clone(),
+            self.net.status.clone(),
+            self.netfilter.status.clone(),
+        ]
     }
 
     /// Events lost because a map was full, summed over CPUs.

@@ -583,3 +583,21 @@ pub fn udp_ask(netns: Option<&Path>, to: std::net::SocketAddr, payload: &[u8]) -
     .join()
     .unwrap()
 }
+
+/// From the namespace file `netns`, sends one UDP datagram from each of `flows` fresh sockets
+/// (so each is a new conntrack flow) to `to`. Bounded: `flows` packets, no waiting.
+pub fn udp_new_flows(netns: &Path, to: std::net::SocketAddr, flows: u32) {
+    let netns = netns.to_owned();
+    std::thread::spawn(move || {
+        let f = fs::File::open(&netns).unwrap();
+        use std::os::fd::AsRawFd as _;
+        // SAFETY: setns on this thread only.
+        assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+        for _ in 0..flows {
+            let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+            let _ = s.send_to(&[0u8; 64], to);
+        }
+    })
+    .join()
+    .unwrap();
+}

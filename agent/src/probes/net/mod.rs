@@ -50,6 +50,7 @@ impl NetProbe {
             attached: false,
             program_ids: Vec::new(),
             error: None,
+            paths: Default::default(),
         };
         if enabled {
             match ebpf.ok_or(None).and_then(|e| attach(e, root).map_err(Some)) {

@@ -70,6 +70,7 @@ impl SyscallsProbe {
             attached: false,
             program_ids: Vec::new(),
             error: None,
+            paths: Default::default(),
         };
         if enabled {
             match ebpf

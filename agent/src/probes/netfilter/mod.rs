@@ -1,0 +1,502 @@
+//! Netfilter cost: what rules, conntrack and NAT cost per packet, by hook, port and conntrack
+//! state.
+//!
+//! Hooks: two `BPF_PROG_TYPE_NETFILTER` programs (`ebpf/src/netfilter.rs`) on each of the 5
+//! hooks of IPv4 and of IPv6 in the agent's network namespace: `berth_nf_first` at priority
+//! INT_MIN+1 and `berth_nf_last` at INT_MAX-1, or the next free priorities inwards when another
+//! BPF link holds those (a second agent). aya 0.14 has no netfilter program type: [`loader`]
+//! loads and attaches them.
+//!
+//! Measures, per packet that reaches `last` (accepted by every hook entry in between):
+//! nanoseconds between the end of `first` and the start of `last`, i.e. every other hook entry
+//! of that hook: iptables/nftables chains, defrag, conntrack lookup and creation, NAT. Not
+//! included: conntrack confirmation on input and postrouting (priority INT_MAX, always after
+//! `last`); packets dropped or stolen (queued, defragmented) before `last`.
+//! Attribution: (protocol, port), where the port is the destination port of the connection's
+//! original direction before any NAT (read from the conntrack entry, so replies and hooks after
+//! a DNAT still count under the published port), or the packet's own destination port as it
+//! entered the hook when it has no conntrack entry; split by hook and conntrack state.
+//!
+//! Limits: a packet whose traversal is interrupted on its CPU by another packet on the same
+//! hook (a softirq inside a process-context output) or that migrates to another CPU in between
+//! is not measured and counts as `NetfilterUnmatched`. Without a conntrack entry, the port is
+//! read from the packet's linear data: IPv6 extension headers are not walked (the protocol is
+//! then the first next header, port 0).
+//!
+//! Maps: `NF_PORTS` (per-CPU hash, [`PortKey`] -> [`Cost`]), `NF_HOOKS` (per-CPU array,
+//! family * 5 + hook -> [`Cost`]), `NF_SCRATCH` (per-CPU stamps), `PROBE_ERRORS`
+//! (`NetfilterPortsFull`, `NetfilterUnmatched`).
+//! Samples: [`NetfilterSample`], cumulative packets and nanoseconds since load.
+//! Paths: `netfilter_pair` (this probe) and `fentry` (whether the kernel would allow a
+//! per-function breakdown with fentry; detected, not built).
+
+pub mod loader;
+
+use std::{collections::BTreeMap, sync::OnceLock};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{MapData, PerCpuArray, PerCpuHashMap},
+};
+use berth_common::{
+    globals,
+    netfilter::{CT_ESTABLISHED, CT_NEW, CT_REPLY, Cost, FAMILY_IPV4, HOOKS, OFFSET_NONE, PortKey},
+};
+use serde::Serialize;
+use tracing::{debug, warn};
+
+use self::loader::{Link, LoaderError, NFPROTO_IPV4, NFPROTO_IPV6, PRIORITY_FIRST, PRIORITY_LAST};
+use super::{
+    EBPF_OBJECT, ProbeLoadError,
+    btf::{Btf, BtfError},
+};
+use crate::model::ProbeStatus;
+
+pub const FIRST: &str = "berth_nf_first";
+pub const LAST: &str = "berth_nf_last";
+const PORTS: &str = "NF_PORTS";
+const HOOK_TOTALS: &str = "NF_HOOKS";
+/// Kernel function whose fentry attachment is tried at start-up.
+pub const FENTRY_TARGET: &str = "nf_hook_slow";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    Ipv4,
+    Ipv6,
+}
+
+impl Family {
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::Ipv4 => "ipv4",
+            Family::Ipv6 => "ipv6",
+        }
+    }
+
+    pub const ALL: [Family; 2] = [Family::Ipv4, Family::Ipv6];
+
+    /// `pf` of a netfilter link.
+    pub fn pf(self) -> u32 {
+        match self {
+            Family::Ipv4 => NFPROTO_IPV4,
+            Family::Ipv6 => NFPROTO_IPV6,
+        }
+    }
+
+    fn from_index(i: u8) -> Self {
+        if i == FAMILY_IPV4 {
+            Family::Ipv4
+        } else {
+            Family::Ipv6
+        }
+    }
+}
+
+/// `enum nf_inet_hooks`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Hook {
+    Prerouting = 0,
+    Input = 1,
+    Forward = 2,
+    Output = 3,
+    Postrouting = 4,
+}
+
+impl Hook {
+    pub const ALL: [Hook; HOOKS as usize] = [
+        Hook::Prerouting,
+        Hook::Input,
+        Hook::Forward,
+        Hook::Output,
+        Hook::Postrouting,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Hook::Prerouting => "prerouting",
+            Hook::Input => "input",
+            Hook::Forward => "forward",
+            Hook::Output => "output",
+            Hook::Postrouting => "postrouting",
+        }
+    }
+}
+
+/// Conntrack state of a packet when it left the hook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CtState {
+    /// First packet(s) of a connection, before the peer answered.
+    New,
+    /// Original direction of a connection the peer answered.
+    Established,
+    /// The peer's direction (established or related).
+    Reply,
+    /// Related (ICMP errors, expectations), untracked, or no conntrack at all.
+    Other,
+}
+
+impl CtState {
+    pub fn name(self) -> &'static str {
+        match self {
+            CtState::New => "new",
+            CtState::Established => "established",
+            CtState::Reply => "reply",
+            CtState::Other => "other",
+        }
+    }
+
+    fn from_raw(v: u8) -> Self {
+        match v {
+            CT_NEW => CtState::New,
+            CT_ESTABLISHED => CtState::Established,
+            CT_REPLY => CtState::Reply,
+            _ => CtState::Other,
+        }
+    }
+}
+
+/// Cost of one (family, hook, conntrack state, protocol, port), cumulative since load.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PortCost {
+    pub family: Family,
+    /// IP protocol number: 6 TCP, 17 UDP, ...
+    pub proto: u8,
+    /// See the module header: original destination port before NAT; 0 without ports.
+    pub port: u16,
+    pub hook: Hook,
+    pub ct_state: CtState,
+    pub packets: u64,
+    /// Time spent in netfilter on that hook, summed over the packets.
+    pub nanoseconds: u64,
+}
+
+/// Every packet of a hook, published port or not, cumulative since load.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HookTotal {
+    pub family: Family,
+    pub hook: Hook,
+    pub packets: u64,
+    pub nanoseconds: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct NetfilterSample {
+    /// Sorted by family, hook, protocol, port, conntrack state.
+    pub by_port: Vec<PortCost>,
+    /// One per (family, hook), sorted.
+    pub hooks: Vec<HookTotal>,
+}
+
+/// Priorities the probe's links hold on one hook.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Attachment {
+    pub family: Family,
+    pub hook: Hook,
+    pub first_priority: i32,
+    pub last_priority: i32,
+}
+
+/// Offsets (bytes) of the kernel fields the programs read, from the kernel's BTF.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelLayout {
+    pub skb_head: u32,
+    pub skb_network_header: u32,
+    /// [`OFFSET_NONE`] without conntrack (`CONFIG_NF_CONNTRACK=n`).
+    pub skb_nfct: u32,
+    pub state_hook: u32,
+    pub state_pf: u32,
+    pub ct_orig_dport: u32,
+    pub ct_orig_proto: u32,
+}
+
+/// A field of an unexpected size or position in the kernel's BTF.
+fn unexpected(ty: &str, field: &str) -> BtfError {
+    BtfError::NoField {
+        ty: ty.to_owned(),
+        field: format!("{field} of the expected size"),
+    }
+}
+
+impl KernelLayout {
+    pub fn from_btf(btf: &Btf) -> Result<Self, BtfError> {
+        let sized = |ty: &str, path: &[&str], size: u32| {
+            let f = btf.field(ty, path)?;
+            if f.size != size {
+                return Err(unexpected(ty, &path.join(".")));
+            }
+            Ok(f.offset)
+        };
+        const DPORT: &[&str] = &["tuplehash", "tuple", "dst", "u", "all"];
+        const PROTO: &[&str] = &["tuplehash", "tuple", "dst", "protonum"];
+        let (skb_nfct, ct_orig_dport, ct_orig_proto) = match sized("sk_buff", &["_nfct"], 8) {
+            Ok(nfct) => {
+                let dport = sized("nf_conn", DPORT, 2)?;
+                let proto = sized("nf_conn", PROTO, 1)?;
+                // The program reads 8 bytes from the port and takes protonum among them.
+                if !(1..8).contains(&proto.wrapping_sub(dport)) {
+                    return Err(unexpected("nf_conn", "tuplehash.tuple.dst.protonum"));
+                }
+                (nfct, dport, proto)
+            }
+            Err(BtfError::NoField { .. }) => (OFFSET_NONE, OFFSET_NONE, OFFSET_NONE),
+            Err(e) => return Err(e),
+        };
+        Ok(Self {
+            skb_head: sized("sk_buff", &["head"], 8)?,
+            skb_network_header: sized("sk_buff", &["network_header"], 2)?,
+            skb_nfct,
+            state_hook: sized("nf_hook_state", &["hook"], 1)?,
+            state_pf: sized("nf_hook_state", &["pf"], 1)?,
+            ct_orig_dport,
+            ct_orig_proto,
+        })
+    }
+}
+
+static LAYOUT: OnceLock<Result<KernelLayout, BtfError>> = OnceLock::new();
+
+/// The running kernel's layout, read once from /sys/kernel/btf/vmlinux.
+pub fn layout() -> &'static Result<KernelLayout, BtfError> {
+    LAYOUT.get_or_init(|| Btf::from_sys_fs().and_then(|btf| KernelLayout::from_btf(&btf)))
+}
+
+/// Sets the programs' offset globals. Without BTF they keep [`OFFSET_NONE`], which the
+/// verifier would refuse, and [`NetfilterProbe::start`] reports the BTF error instead.
+pub fn set_globals(loader: &mut EbpfLoader<'_>) {
+    let Ok(l) = layout() else { return };
+    loader
+        .override_global(globals::NF_SKB_HEAD, &l.skb_head, true)
+        .override_global(globals::NF_SKB_NETWORK_HEADER, &l.skb_network_header, true)
+        .override_global(globals::NF_SKB_NFCT, &l.skb_nfct, true)
+        .override_global(globals::NF_STATE_HOOK, &l.state_hook, true)
+        .override_global(globals::NF_STATE_PF, &l.state_pf, true)
+        .override_global(globals::NF_CT_ORIG_DPORT, &l.ct_orig_dport, true)
+        .override_global(globals::NF_CT_ORIG_PROTO, &l.ct_orig_proto, true);
+}
+
+pub struct NetfilterProbe {
+    pub status: ProbeStatus,
+    /// Priorities actually held, per (family, hook).
+    pub attachments: Vec<Attachment>,
+    /// Dropped before `programs`: detaching first.
+    links: Vec<Link>,
+    programs: Vec<loader::Program>,
+}
+
+impl NetfilterProbe {
+    /// Loads and attaches the pair on every hook of the calling thread's network namespace,
+    /// and detects whether fentry would work. Never fails: a probe that cannot attach reports
+    /// why in `status.error`.
+    pub fn start(ebpf: Option<&mut Ebpf>, enabled: bool) -> Self {
+        let mut probe = Self {
+            status: ProbeStatus {
+                name: "netfilter",
+                attach: "netfilter/ipv4+ipv6 5 hooks, first+last",
+                enabled,
+                attached: false,
+                program_ids: Vec::new(),
+                error: None,
+                paths: BTreeMap::new(),
+            },
+            attachments: Vec::new(),
+            links: Vec::new(),
+            programs: Vec::new(),
+        };
+        if !enabled {
+            return probe;
+        }
+        let pair = match ebpf {
+            None => Err("berth's eBPF object did not load (see the agent's log)".to_owned()),
+            Some(ebpf) => match layout() {
+                Err(e) => Err(e.to_string()),
+                Ok(_) => probe.attach(ebpf).map_err(|e| e.to_string()),
+            },
+        };
+        match pair {
+            Ok(()) => {
+                probe.status.attached = true;
+                probe.status.paths.insert("netfilter_pair", "ok".to_owned());
+            }
+            Err(e) => {
+                probe
+                    .status
+                    .paths
+                    .insert("netfilter_pair", format!("unavailable: {e}"));
+                probe.status.error = Some(e);
+            }
+        }
+        probe.status.paths.insert("fentry", detect_fentry());
+        probe
+    }
+
+    fn attach(&mut self, ebpf: &Ebpf) -> Result<(), LoaderError> {
+        let mut programs = loader::load_programs(ebpf, EBPF_OBJECT, &[FIRST, LAST])?;
+        let last = programs.pop().expect("two programs");
+        let first = programs.pop().expect("two programs");
+        let mut links = Vec::new();
+        let mut attachments = Vec::new();
+        for family in Family::ALL {
+            let attached: Result<(), LoaderError> = Hook::ALL.iter().try_for_each(|&hook| {
+                let pf = family.pf();
+                // `first` before `last`, so no `last` ever runs without its `first`.
+                let f = loader::attach_first_free(&first, pf, hook as u32, PRIORITY_FIRST, 1)?;
+                let l = loader::attach_first_free(&last, pf, hook as u32, PRIORITY_LAST, -1)?;
+                attachments.push(Attachment {
+                    family,
+                    hook,
+                    first_priority: f.priority,
+                    last_priority: l.priority,
+                });
+                links.extend([f, l]);
+                Ok(())
+            });
+            match (family, attached) {
+                (_, Ok(())) => {}
+                (Family::Ipv4, Err(e)) => return Err(e),
+                // A kernel without IPv6: the IPv4 measurements stand.
+                (Family::Ipv6, Err(e)) => {
+                    warn!(error = %e, "netfilter probe: IPv6 hooks unavailable");
+                    links.retain(|l: &Link| l.pf != NFPROTO_IPV6);
+                    attachments.retain(|a| a.family != Family::Ipv6);
+                    self.status
+                        .paths
+                        .insert("ipv6", format!("unavailable: {e}"));
+                }
+            }
+        }
+        debug!(?attachments, "netfilter probe attached");
+        self.status.program_ids = vec![first.id, last.id];
+        self.programs = vec![first, last];
+        self.links = links;
+        self.attachments = attachments;
+        Ok(())
+    }
+
+    /// Kernel ids of the probe's links.
+    pub fn link_ids(&self) -> Vec<u32> {
+        self.links.iter().map(|l| l.id).collect()
+    }
+
+    /// Reads `NF_PORTS` and `NF_HOOKS`, summing the per-CPU values.
+    pub fn collect(&self, ebpf: &Ebpf) -> Result<NetfilterSample, ProbeLoadError> {
+        let map = |name: &'static str| {
+            ebpf.map(name)
+                .ok_or(ProbeLoadError::MissingMap { map: name })
+        };
+        let err = |map: &'static str| move |source| ProbeLoadError::Map { map, source };
+        let ports =
+            PerCpuHashMap::<&MapData, PortKey, Cost>::try_from(map(PORTS)?).map_err(err(PORTS))?;
+        let mut by_port = Vec::new();
+        for entry in ports.iter() {
+            let (key, values) = entry.map_err(err(PORTS))?;
+            let (packets, nanoseconds) = sum(&values);
+            by_port.push(PortCost {
+                family: Family::from_index(key.family),
+                proto: key.proto,
+                port: key.port,
+                hook: Hook::ALL[(key.hook as usize).min(Hook::ALL.len() - 1)],
+                ct_state: CtState::from_raw(key.ct_state),
+                packets,
+                nanoseconds,
+            });
+        }
+        by_port.sort_by_key(|p| (p.family, p.hook, p.proto, p.port, p.ct_state));
+
+        let totals =
+            PerCpuArray::<&MapData, Cost>::try_from(map(HOOK_TOTALS)?).map_err(err(HOOK_TOTALS))?;
+        let mut hooks = Vec::new();
+        for (f, family) in Family::ALL.into_iter().enumerate() {
+            for hook in Hook::ALL {
+                let index = f as u32 * HOOKS + hook as u32;
+                let values = totals.get(&index, 0).map_err(err(HOOK_TOTALS))?;
+                let (packets, nanoseconds) = sum(&values);
+                hooks.push(HookTotal {
+                    family,
+                    hook,
+                    packets,
+                    nanoseconds,
+                });
+            }
+        }
+        Ok(NetfilterSample { by_port, hooks })
+    }
+}
+
+fn sum(values: &[Cost]) -> (u64, u64) {
+    values
+        .iter()
+        .fold((0, 0), |(p, n), c| (p + c.packets, n + c.nanoseconds))
+}
+
+/// "available", or "unavailable (EPERM): ..." for the status' `fentry` path.
+fn detect_fentry() -> String {
+    let btf = match Btf::from_sys_fs() {
+        Ok(btf) => btf,
+        Err(e) => return format!("unavailable (no BTF): {e}"),
+    };
+    match loader::probe_fentry(&btf, FENTRY_TARGET) {
+        Ok(()) => "available".to_owned(),
+        Err(e) => format!("unavailable ({}): {e}", e.errno()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::probes::btf::tests::Builder;
+
+    #[test]
+    fn conntrack_states_map_from_the_programs_values() {
+        assert_eq!(CtState::from_raw(CT_NEW), CtState::New);
+        assert_eq!(CtState::from_raw(CT_ESTABLISHED), CtState::Established);
+        assert_eq!(CtState::from_raw(CT_REPLY), CtState::Reply);
+        assert_eq!(CtState::from_raw(200), CtState::Other);
+    }
+
+    #[test]
+    fn hooks_are_in_kernel_order() {
+        for (i, h) in Hook::ALL.iter().enumerate() {
+            assert_eq!(*h as usize, i);
+        }
+        assert_eq!(Hook::Postrouting.name(), "postrouting");
+        assert_eq!(Family::Ipv6.pf(), 10);
+    }
+
+    /// A BTF with sk_buff {head, network_header} and nf_hook_state {hook, pf}, no _nfct.
+    fn without_conntrack() -> Btf {
+        let mut b = Builder::new();
+        b.add("u8", 1, 0, 1, &[8]); // 1
+        b.add("u16", 1, 0, 2, &[16]); // 2
+        b.add("", 2, 0, 1, &[]); // 3: u8 *
+        let (head, nh) = (b.string("head"), b.string("network_header"));
+        b.add("sk_buff", 4, 2, 16, &[head, 3, 0, nh, 2, 64]); // 4
+        let (hook, pf) = (b.string("hook"), b.string("pf"));
+        b.add("nf_hook_state", 4, 2, 2, &[hook, 1, 0, pf, 1, 8]); // 5
+        Btf::parse(b.build()).unwrap()
+    }
+
+    #[test]
+    fn a_kernel_without_conntrack_gets_no_conntrack_offsets() {
+        let l = KernelLayout::from_btf(&without_conntrack()).unwrap();
+        assert_eq!(l.skb_head, 0);
+        assert_eq!(l.skb_network_header, 8);
+        assert_eq!(l.state_pf, 1);
+        assert_eq!(l.skb_nfct, OFFSET_NONE);
+        assert_eq!(l.ct_orig_dport, OFFSET_NONE);
+    }
+
+    #[test]
+    fn the_running_kernels_layout_is_found() {
+        let Ok(btf) = Btf::from_sys_fs() else {
+            return;
+        };
+        let l = KernelLayout::from_btf(&btf).unwrap();
+        // PLATFORM.md, checked by hand on 6.18: state->hook = 0, state->pf = 1.
+        assert_eq!((l.state_hook, l.state_pf), (0, 1));
+        assert_ne!(l.skb_nfct, OFFSET_NONE);
+        assert_eq!(l.ct_orig_proto, l.ct_orig_dport + 2);
+    }
+}
