@@ -148,7 +148,7 @@ async fn ports(
                         .then(|| new_now.saturating_sub(new_at_prerouting(nf0, &p)) as f64 / secs)
                 });
                 let mut busiest: Vec<(u16, (u64, u64))> = per_port.into_iter().collect();
-                busiest.sort_by(|a, b| b.1.0.cmp(&a.1.0));
+                busiest.sort_by_key(|b| std::cmp::Reverse(b.1.0));
                 busiest.truncate(100);
                 cost = serde_json::json!({
                     "prerouting_packets": pre_p,
