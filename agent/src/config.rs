@@ -124,15 +124,31 @@ impl Default for CgroupConfig {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ProbesConfig {
+    /// Keep the kernel's BPF run-time statistics on while the agent runs, for
+    /// `berth_probe_run_seconds_total` (the probes' own CPU cost). It adds two clock reads to
+    /// every BPF program run on the host.
+    pub run_stats: bool,
     pub syscalls: SyscallsConfig,
     pub network: ProbeToggle,
     /// Netfilter cost per hook and port (a BPF netfilter program pair on every hook): on by
     /// default: it costs a fraction of a µs per packet and hook (agent/tests/netfilter.rs),
     /// small next to what it measures.
     pub netfilter: ProbeToggle,
+}
+
+impl Default for ProbesConfig {
+    fn default() -> Self {
+        Self {
+            // What the probes cost is part of what berth must explain.
+            run_stats: true,
+            syscalls: SyscallsConfig::default(),
+            network: ProbeToggle::default(),
+            netfilter: ProbeToggle::default(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -120,6 +120,26 @@ impl Collector for SnapshotCollector {
         }
 
         let mut fam = encoder.encode_descriptor(
+            "berth_probe_run_seconds",
+            "CPU time the probe's BPF programs ran, from the kernel's BPF statistics",
+            None,
+            ConstCounter::new(0f64).metric_type(),
+        )?;
+        for r in &snap.probe_runs {
+            ConstCounter::new(r.seconds)
+                .encode(fam.encode_family(&[("probe", Escaped(r.probe))])?)?;
+        }
+        let mut fam = encoder.encode_descriptor(
+            "berth_probe_runs",
+            "Times the probe's BPF programs ran",
+            None,
+            ConstCounter::new(0u64).metric_type(),
+        )?;
+        for r in &snap.probe_runs {
+            ConstCounter::new(r.runs).encode(fam.encode_family(&[("probe", Escaped(r.probe))])?)?;
+        }
+
+        let mut fam = encoder.encode_descriptor(
             "berth_collector_duration_seconds",
             "Time the collector took in its last run",
             None,
@@ -652,6 +672,7 @@ mod tests {
                 error: None,
                 paths: Default::default(),
             }],
+            probe_runs: vec![],
             lost_events: vec![LostEvents {
                 probe: "syscalls",
                 map: "SYSCALLS",

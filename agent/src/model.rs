@@ -16,6 +16,8 @@ pub struct Snapshot {
     pub probes: Vec<ProbeStatus>,
     /// Events the probes could not record (a full map), cumulative since load.
     pub lost_events: Vec<LostEvents>,
+    /// CPU the probes' programs used, from the kernel's BPF run-time statistics.
+    pub probe_runs: Vec<ProbeRun>,
     pub collectors: Vec<CollectorRun>,
     /// berth's containers with their cgroup stats.
     pub containers: Vec<crate::runtime::ContainerSample>,
@@ -77,6 +79,13 @@ pub struct ProbeStatus {
     /// a single path.
     #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub paths: std::collections::BTreeMap<&'static str, String>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ProbeRun {
+    pub probe: &'static str,
+    pub seconds: f64,
+    pub runs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]

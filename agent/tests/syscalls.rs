@@ -39,6 +39,24 @@ fn getppid_calls_in_a_fresh_cgroup_are_counted_exactly() {
         "berth counted {count} getppid calls for {label}, the workload made {CALLS}"
     );
 
+    // The probe's own cost, from the kernel's BPF statistics.
+    let text = agent.metrics();
+    let runs = sample(&text, "berth_probe_runs_total", &[("probe", "syscalls")]).unwrap_or(0.0);
+    let secs = sample(
+        &text,
+        "berth_probe_run_seconds_total",
+        &[("probe", "syscalls")],
+    )
+    .unwrap_or(0.0);
+    assert!(
+        runs >= CALLS as f64,
+        "probe runs {runs}: fewer than the workload's syscalls"
+    );
+    assert!(
+        secs > 0.0 && secs < 1.0,
+        "probe run time {secs} s for ~{runs} runs"
+    );
+
     // The JSON API agrees with /metrics.
     let (status, body) = agent.get("/api/v1/cgroups");
     assert_eq!(status, 200);

@@ -207,6 +207,7 @@ mod tests {
             cgroups: vec![],
             probes: vec![],
             lost_events: vec![],
+            probe_runs: vec![],
             collectors: vec![],
             containers: vec![],
             conntrack: None,

@@ -51,7 +51,14 @@ pub enum ProbeLoadError {
 }
 
 /// Maps pinned under [`pin_dir`] so their counters survive an agent restart.
-pub const PINNED_MAPS: [&str; 4] = ["SYSCALLS", "SYSCALL_LATENCY_HIST", "NET", "PROBE_ERRORS"];
+pub const PINNED_MAPS: [&str; 6] = [
+    "SYSCALLS",
+    "SYSCALL_LATENCY_HIST",
+    "NET",
+    "NF_PORTS",
+    "NF_HOOKS",
+    "PROBE_ERRORS",
+];
 
 /// Where this agent pins its maps: one directory per tracked root, so agents with different
 /// roots never share counters. `None` when bpffs is not mounted at /sys/fs/bpf.
@@ -123,6 +130,9 @@ pub struct Probes {
     pub netfilter: netfilter::NetfilterProbe,
     /// Where the counting maps are pinned (`None`: not pinned).
     pub pins: Option<PathBuf>,
+    /// Holds the kernel's BPF run-time statistics on (`probes.run_stats`); closing it turns
+    /// them off again.
+    run_stats: Option<std::os::fd::OwnedFd>,
 }
 
 impl Probes {
@@ -153,12 +163,24 @@ impl Probes {
                 "netfilter probe priorities"
             );
         }
+        let run_stats = if config.run_stats {
+            match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
+                Ok(fd) => Some(fd),
+                Err(e) => {
+                    warn!(error = %e, "BPF run-time statistics unavailable: no probe cost");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let probes = Self {
             ebpf,
             syscalls,
             net,
             netfilter,
             pins,
+            run_stats,
         };
         for status in probes.status() {
             match &status.error {
@@ -184,6 +206,36 @@ impl Probes {
             self.net.status.clone(),
             self.netfilter.status.clone(),
         ]
+    }
+
+    /// Run time and runs of each probe's programs (kernel BPF statistics; zero when off).
+    pub fn runs(&self) -> Vec<crate::model::ProbeRun> {
+        if self.run_stats.is_none() {
+            return Vec::new();
+        }
+        let stats: std::collections::HashMap<u32, (std::time::Duration, u64)> =
+            aya::programs::loaded_programs()
+                .filter_map(Result::ok)
+                .map(|p| (p.id(), (p.run_time(), p.run_count())))
+                .collect();
+        self.status()
+            .into_iter()
+            .filter(|s| s.attached)
+            .map(|s| {
+                let (t, n) = s
+                    .program_ids
+                    .iter()
+                    .filter_map(|id| stats.get(id))
+                    .fold((std::time::Duration::ZERO, 0), |(t, n), (dt, dn)| {
+                        (t + *dt, n + dn)
+                    });
+                crate::model::ProbeRun {
+                    probe: s.name,
+                    seconds: t.as_secs_f64(),
+                    runs: n,
+                }
+            })
+            .collect()
     }
 
     /// Events lost because a map was full, summed over CPUs.
