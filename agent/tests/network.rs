@@ -528,3 +528,94 @@ fn netfilter_cost_ranks_per_port_rules_above_the_map_and_names_the_container_and
     }
     eprintln!("prerouting ns/packet, new flows: iptables {ipt_ns:.0}, nft-map {map_ns:.0}");
 }
+
+#[test]
+fn conntrack_counts_agree_with_the_conntrack_tool() {
+    let agent = Agent::start();
+    let rootfs = echo_rootfs(agent.dir.path());
+    let name = unique("ct");
+    agent.ok(&[
+        "run",
+        "-d",
+        "--name",
+        &name,
+        "-p",
+        "46000-46009:46000-46009/udp",
+        rootfs.to_str().unwrap(),
+        "sleep",
+        "300",
+    ]);
+    let ip = wait_running(&agent, &name)["network"]["ip"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let client = ClientNs::create();
+    common::udp_new_flows(
+        &client.path(),
+        SocketAddr::from((client.host_ip, 46009)),
+        200,
+    );
+    // The conntrack tool's own view: entries whose original destination port is ours, and
+    // entries naming the container's address.
+    let tool = |args: &[&str]| -> u64 {
+        let out = Command::new("conntrack")
+            .args(args)
+            .output()
+            .expect("conntrack (Debian's conntrack package)");
+        String::from_utf8_lossy(&out.stdout).lines().count() as u64
+    };
+    // (Entries of an earlier run may still be there: filter by this run's client address.)
+    let host_ip = client.host_ip.to_string();
+    let by_port = tool(&[
+        "-L",
+        "-p",
+        "udp",
+        "--orig-dst",
+        &host_ip,
+        "--orig-port-dst",
+        "46009",
+    ]);
+    let by_ip = tool(&[
+        "-L",
+        "-p",
+        "udp",
+        "--orig-dst",
+        &host_ip,
+        "--reply-src",
+        &ip,
+    ]);
+    assert_eq!(
+        by_port, 200,
+        "the conntrack tool sees {by_port} flows to 46009"
+    );
+    let (new_flows, entries) = wait_for(Duration::from_secs(10), "berth's conntrack view", || {
+        let (_, body) = agent.get("/api/v1/ports");
+        let rows: serde_json::Value = serde_json::from_str(&body).ok()?;
+        let row = rows
+            .as_array()?
+            .iter()
+            .find(|r| r["name"] == name.as_str())?
+            .clone();
+        let new_flows = row["netfilter"]["new_flows"].as_u64()?;
+        let text = agent.metrics();
+        let entries = common::sample(
+            &text,
+            "berth_container_conntrack_entries",
+            &[
+                ("container", agent.inspect(&name)["id"].as_str()?),
+                ("name", name.as_str()),
+            ],
+        )? as u64;
+        (new_flows >= 200 && entries >= 200).then_some((new_flows, entries))
+    });
+    assert_eq!(
+        new_flows, by_port,
+        "new flows seen by berth's netfilter probe vs conntrack -L"
+    );
+    assert_eq!(
+        entries, by_ip,
+        "entries with the container's address vs conntrack -L"
+    );
+    let text = agent.metrics();
+    assert!(common::sample(&text, "berth_conntrack_entries", &[]).unwrap_or(0.0) >= 200.0);
+}

@@ -397,7 +397,11 @@ pub fn syscalls_in(cgroup: &Cgroup, calls: u64, sleeps: u32, sleep_ms: i64) {
 /// Value of the sample `name{labels}` in an OpenMetrics exposition, labels given in order.
 pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     let l: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
-    let prefix = format!("{name}{{{}}} ", l.join(","));
+    let prefix = if labels.is_empty() {
+        format!("{name} ")
+    } else {
+        format!("{name}{{{}}} ", l.join(","))
+    };
     text.lines()
         .find_map(|line| line.strip_prefix(&prefix))
         .map(|v| v.trim().parse().unwrap())
@@ -593,9 +597,12 @@ pub fn udp_new_flows(netns: &Path, to: std::net::SocketAddr, flows: u32) {
         use std::os::fd::AsRawFd as _;
         // SAFETY: setns on this thread only.
         assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+        // Sockets stay open until all are sent, so each has its own source port.
+        let mut open = Vec::with_capacity(flows as usize);
         for _ in 0..flows {
             let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
             let _ = s.send_to(&[0u8; 64], to);
+            open.push(s);
         }
     })
     .join()
