@@ -88,6 +88,15 @@ enum Bench {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// What the probes cost: the syscall probe per getppid (against nothing and a no-op
+    /// program, counting and with latency), and the netfilter probe per packet (nft-map path
+    /// with and without the probe pair), in one run.
+    Probes {
+        #[arg(long, default_value_t = 1_000_000)]
+        calls: u64,
+        #[arg(long, default_value_t = 9)]
+        rounds: u32,
+    },
     /// Create-to-running latency: `berth run -d` against the bare runtime (create + start)
     /// on the same bundle, interleaved, median of each.
     Launch {
@@ -132,6 +141,7 @@ fn main() -> Result<()> {
         Cmd::Bench { bench } => match bench {
             Bench::Syscalls { calls, rounds } => bench_syscalls(calls, rounds),
             Bench::Launch { runs } => bench_launch(runs),
+            Bench::Probes { calls, rounds } => bench_probes(calls, rounds),
             Bench::Portmap {
                 args,
                 selftest,
@@ -725,6 +735,129 @@ fn bench_portmap(
             Some(false) => "NOT met",
             None => "not measured",
         },
+    );
+    append_benchmark(&section)?;
+    print!("{section}");
+    Ok(())
+}
+
+/// berth's nft-map backend with berth's netfilter probe pair attached in HOST for the whole
+/// measurement (`berth netfilter-hold`, stopped by closing its stdin).
+struct ProbedMapper {
+    inner: BerthMapper,
+    hold: Option<std::process::Child>,
+}
+
+impl portmap_bench::PortMapper for ProbedMapper {
+    fn install(&mut self, m: &portmap_bench::Mapping<'_>) -> Result<()> {
+        use std::io::BufRead as _;
+        self.inner.install(m)?;
+        let mut child = m
+            .host
+            .exec(&self.inner.berth)
+            .arg("netfilter-hold")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .context("starting berth netfilter-hold")?;
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
+        ensure!(line.trim() == "ready", "berth netfilter-hold did not attach: {line:?}");
+        self.hold = Some(child);
+        Ok(())
+    }
+
+    fn remove(&mut self, m: &portmap_bench::Mapping<'_>) -> Result<()> {
+        if let Some(mut c) = self.hold.take() {
+            drop(c.stdin.take());
+            let _ = c.wait();
+        }
+        self.inner.remove(m)
+    }
+
+    fn rules(&self) -> String {
+        "1 + map, + probe".into()
+    }
+}
+
+fn bench_probes(calls: u64, rounds: u32) -> Result<()> {
+    setup()?;
+    cargo(&["build", "--release", "--package", "berth"])?;
+    let berth = workspace_root()
+        .join("target/release/berth")
+        .to_string_lossy()
+        .into_owned();
+    // Syscalls: the same measurement as `bench syscalls`.
+    let json = output(Command::new(&berth).args([
+        "bench-syscalls",
+        "--calls",
+        &calls.to_string(),
+        "--rounds",
+        &rounds.to_string(),
+    ]))?;
+    let r: serde_json::Value = serde_json::from_str(&json).context("parsing the bench report")?;
+    let f = |v: &serde_json::Value| v.as_f64().unwrap_or(f64::NAN);
+    // Netfilter: nft-map at 100 ports, with and without the probe pair, three modes.
+    let mut args = portmap_bench::Args::default();
+    args.ports = vec![100];
+    args.reference = "nft-map".into();
+    let mechanisms = vec![
+        portmap_bench::Mechanism::mapped(
+            "nft-map",
+            "berth nft-map",
+            Box::new(BerthMapper {
+                berth: berth.clone(),
+                backend: "nft-map",
+            }),
+        ),
+        portmap_bench::Mechanism::mapped(
+            "nft-map+probe",
+            "berth nft-map, netfilter probe attached",
+            Box::new(ProbedMapper {
+                inner: BerthMapper {
+                    berth: berth.clone(),
+                    backend: "nft-map",
+                },
+                hold: None,
+            }),
+        ),
+    ];
+    args.mechanisms = mechanisms.iter().map(|m| m.name.clone()).collect();
+    let report = portmap_bench::run_with(&args, mechanisms)?;
+    let mut rows = String::new();
+    let mut worst: f64 = 0.0;
+    for mode in report.modes.clone() {
+        let without = report.us("nft-map", 100, mode).unwrap_or(f64::NAN);
+        let with = report.us("nft-map+probe", 100, mode).unwrap_or(f64::NAN);
+        worst = worst.max(with - without);
+        rows.push_str(&format!(
+            "| {} | {without:.2} | {with:.2} | {:+.2} |\n",
+            mode.name(),
+            with - without
+        ));
+    }
+    let tracked_ratio = f(&r["tracked_call_vs_noop_call"]);
+    let section = format!(
+        "\n## probes ({date})\n\n\
+         Command: `cargo xtask bench probes --calls {calls} --rounds {rounds}`  \n\
+         Machine: {machine}\n\n\
+         Syscall probe, ns per getppid (median of {rounds} interleaved rounds of {calls} calls, \
+         pinned): nothing {n0:.1}, no-op raw tracepoint {n1:.1}, berth untracked {n2:.1}, berth \
+         tracked {n3:.1}. Tracked call / no-op call = **{tracked_ratio:.2}x** (goal <= 1.5x: \
+         {g1}); added cost tracked / no-op = {ot:.2}x.\n\n\
+         Netfilter probe, CPU µs per UDP packet on the nft-map path (100 published ports, the \
+         `bench portmap` method), without and with berth's first/last program pair on every \
+         hook:\n\n| mode | without | with | added |\n|---|---|---|---|\n{rows}\n\
+         Worst added cost: **{worst:.2} µs per packet** (goal <= 0.3 µs: {g2}).\n",
+        date = output(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]))?.trim(),
+        machine = machine()?,
+        n0 = f(&r["ns_per_call"]["none"]),
+        n1 = f(&r["ns_per_call"]["noop"]),
+        n2 = f(&r["ns_per_call"]["probe_untracked"]),
+        n3 = f(&r["ns_per_call"]["probe_tracked"]),
+        ot = f(&r["tracked_overhead_vs_noop"]),
+        g1 = if tracked_ratio <= 1.5 { "met" } else { "NOT met" },
+        g2 = if worst <= 0.3 { "met" } else { "NOT met" },
     );
     append_benchmark(&section)?;
     print!("{section}");

@@ -159,6 +159,10 @@ pub enum Command {
     /// (used by `cargo xtask bench portmap` inside its own namespaces).
     #[command(hide = true)]
     Portmap(PortmapArgs),
+    /// Attach berth's netfilter probe pair in the current network namespace, print `ready`,
+    /// and hold it until standard input closes (used by `cargo xtask bench probes`).
+    #[command(hide = true)]
+    NetfilterHold,
     /// Per-container shim (started by the agent).
     #[command(hide = true)]
     Shim { dir: PathBuf },

@@ -83,6 +83,29 @@ pub fn execute(cli: Cli) -> anyhow::Result<i32> {
             (None, Some(ports)) => udp_echo::execute_udp_echo(&ports),
             (None, None) => anyhow::bail!("give --ports or --ask"),
         },
+        Command::NetfilterHold => {
+            use std::io::Read as _;
+            // The netfilter pair needs no cgroup root; the object still wants one.
+            let root = crate::cgroup::TrackedRoot {
+                dir: "/".into(),
+                path: "/".into(),
+                id: 0,
+                level: 0,
+            };
+            let mut ebpf = crate::probes::load_object(&root, false, None)?;
+            let probe = crate::probes::netfilter::NetfilterProbe::start(Some(&mut ebpf), true);
+            if let Some(e) = &probe.status.error {
+                anyhow::bail!("netfilter probe: {e}");
+            }
+            println!("ready");
+            use std::io::Write as _;
+            std::io::stdout().flush()?;
+            let mut sink = Vec::new();
+            let _ = std::io::stdin().read_to_end(&mut sink);
+            drop(probe);
+            drop(ebpf);
+            Ok(0)
+        }
         Command::Portmap(args) => {
             use crate::net::portmap::{self, BackendKind, PortmapConfig};
             let kind = match args.backend.as_str() {

@@ -652,8 +652,11 @@ impl Manager {
 
     /// Overlay, bundle, runtime.json, then the shim; waits for its `ok`/`err` report.
     fn start_shim(&self, record: &ContainerRecord, d: &ContainerDir) -> Result<(), RuntimeError> {
+        let t0 = Instant::now();
         mount_overlay(&record.lower, d)?;
+        let t_overlay = t0.elapsed();
         self.net.attach(&record.id, &record.network)?;
+        let t_net = t0.elapsed();
         let netns =
             (record.network.mode != NetworkMode::Host).then(|| self.net.netns_path(&record.id));
         let (uid, gid) = record
@@ -665,10 +668,20 @@ impl Manager {
         let spec = bundle::spec(record, &limits, uid, gid, netns.as_deref())?;
         bundle::write(&d.bundle(), &spec)?;
         store::write_json(&d.dir.join(shim::RUNTIME_FILE), &self.runtime)?;
-        spawn_shim(&d.dir).map_err(|reason| RuntimeError::StartFailed {
+        let t_bundle = t0.elapsed();
+        let r = spawn_shim(&d.dir).map_err(|reason| RuntimeError::StartFailed {
             container: record.id.clone(),
             reason,
-        })
+        });
+        tracing::debug!(
+            container = %record.id,
+            overlay = ?t_overlay,
+            network = ?(t_net - t_overlay),
+            bundle = ?(t_bundle - t_net),
+            shim = ?(t0.elapsed() - t_bundle),
+            "start timings"
+        );
+        r
     }
 
     /// Removes everything a container has on the host: runtime state (kills it), overlay,

@@ -71,7 +71,7 @@ impl Report {
             .find(|c| c.mechanism == mechanism && c.ports == ports && c.mode == mode)
     }
 
-    fn us(&self, mechanism: &str, ports: usize, mode: Mode) -> Option<f64> {
+    pub fn us(&self, mechanism: &str, ports: usize, mode: Mode) -> Option<f64> {
         self.cell(mechanism, ports, mode).map(|c| c.us_per_packet)
     }
 
