@@ -762,7 +762,10 @@ impl portmap_bench::PortMapper for ProbedMapper {
             .context("starting berth netfilter-hold")?;
         let mut line = String::new();
         std::io::BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
-        ensure!(line.trim() == "ready", "berth netfilter-hold did not attach: {line:?}");
+        ensure!(
+            line.trim() == "ready",
+            "berth netfilter-hold did not attach: {line:?}"
+        );
         self.hold = Some(child);
         Ok(())
     }
@@ -856,7 +859,11 @@ fn bench_probes(calls: u64, rounds: u32) -> Result<()> {
         n2 = f(&r["ns_per_call"]["probe_untracked"]),
         n3 = f(&r["ns_per_call"]["probe_tracked"]),
         ot = f(&r["tracked_overhead_vs_noop"]),
-        g1 = if tracked_ratio <= 1.5 { "met" } else { "NOT met" },
+        g1 = if tracked_ratio <= 1.5 {
+            "met"
+        } else {
+            "NOT met"
+        },
         g2 = if worst <= 0.3 { "met" } else { "NOT met" },
     );
     append_benchmark(&section)?;
