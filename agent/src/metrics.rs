@@ -11,7 +11,7 @@ use prometheus_client::{
     encoding::{
         DescriptorEncoder, EncodeLabelValue, EncodeMetric, LabelValueEncoder, text::encode,
     },
-    metrics::{counter::ConstCounter, gauge::ConstGauge, info::Info},
+    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge, info::Info},
     registry::Registry,
 };
 use tokio::sync::watch;
@@ -90,75 +90,90 @@ impl EncodeLabelValue for Escaped<'_> {
     }
 }
 
+/// Encodes one metric family: its descriptor, then one sample per (labels, value).
+fn family<L, M>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    samples: impl IntoIterator<Item = (L, M)>,
+) -> Result<(), std::fmt::Error>
+where
+    L: prometheus_client::encoding::EncodeLabelSet,
+    M: EncodeMetric,
+{
+    let mut fam = encoder.encode_descriptor(name, help, None, kind)?;
+    for (labels, metric) in samples {
+        metric.encode(fam.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
 impl Collector for SnapshotCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let Some(snap) = self.snapshots.borrow().clone() else {
             return Ok(());
         };
 
-        let mut fam = encoder.encode_descriptor(
+        let probe = |p: &'static str| [("probe", Escaped(p))];
+        family(
+            &mut encoder,
             "berth_probe_up",
             "Whether the probe is attached (1) or down or disabled (0)",
-            None,
-            ConstGauge::new(0i64).metric_type(),
+            MetricType::Gauge,
+            snap.probes
+                .iter()
+                .map(|p| (probe(p.name), ConstGauge::new(i64::from(p.attached)))),
         )?;
-        for p in &snap.probes {
-            ConstGauge::new(i64::from(p.attached))
-                .encode(fam.encode_family(&[("probe", Escaped(p.name))])?)?;
-        }
-
-        let mut fam = encoder.encode_descriptor(
+        family(
+            &mut encoder,
             "berth_probe_lost_events",
             "Events a probe could not record because its map was full",
-            None,
-            ConstCounter::new(0u64).metric_type(),
+            MetricType::Counter,
+            snap.lost_events.iter().map(|l| {
+                (
+                    [("probe", Escaped(l.probe)), ("map", Escaped(l.map))],
+                    ConstCounter::new(l.count),
+                )
+            }),
         )?;
-        for l in &snap.lost_events {
-            ConstCounter::new(l.count).encode(
-                fam.encode_family(&[("probe", Escaped(l.probe)), ("map", Escaped(l.map))])?,
-            )?;
-        }
-
-        let mut fam = encoder.encode_descriptor(
+        family(
+            &mut encoder,
             "berth_probe_run_seconds",
             "CPU time the probe's BPF programs ran, from the kernel's BPF statistics",
-            None,
-            ConstCounter::new(0f64).metric_type(),
+            MetricType::Counter,
+            snap.probe_runs
+                .iter()
+                .map(|r| (probe(r.probe), ConstCounter::new(r.seconds))),
         )?;
-        for r in &snap.probe_runs {
-            ConstCounter::new(r.seconds)
-                .encode(fam.encode_family(&[("probe", Escaped(r.probe))])?)?;
-        }
-        let mut fam = encoder.encode_descriptor(
+        family(
+            &mut encoder,
             "berth_probe_runs",
             "Times the probe's BPF programs ran",
-            None,
-            ConstCounter::new(0u64).metric_type(),
+            MetricType::Counter,
+            snap.probe_runs
+                .iter()
+                .map(|r| (probe(r.probe), ConstCounter::new(r.runs))),
         )?;
-        for r in &snap.probe_runs {
-            ConstCounter::new(r.runs).encode(fam.encode_family(&[("probe", Escaped(r.probe))])?)?;
-        }
-
-        let mut fam = encoder.encode_descriptor(
+        let collector = |c: &'static str| [("collector", Escaped(c))];
+        family(
+            &mut encoder,
             "berth_collector_duration_seconds",
             "Time the collector took in its last run",
-            None,
-            ConstGauge::new(0f64).metric_type(),
+            MetricType::Gauge,
+            snap.collectors
+                .iter()
+                .map(|c| (collector(c.name), ConstGauge::new(c.duration_seconds))),
         )?;
-        for c in &snap.collectors {
-            ConstGauge::new(c.duration_seconds)
-                .encode(fam.encode_family(&[("collector", Escaped(c.name))])?)?;
-        }
-        let mut fam = encoder.encode_descriptor(
+        family(
+            &mut encoder,
             "berth_collector_success",
             "Whether the collector's last run succeeded (1) or failed (0)",
-            None,
-            ConstGauge::new(0i64).metric_type(),
+            MetricType::Gauge,
+            snap.collectors
+                .iter()
+                .map(|c| (collector(c.name), ConstGauge::new(i64::from(c.success)))),
         )?;
-        for c in &snap.collectors {
-            ConstGauge::new(i64::from(c.success))
-                .encode(fam.encode_family(&[("collector", Escaped(c.name))])?)?;
-        }
 
         encode_containers(&snap, &mut encoder)?;
         encode_conntrack(&snap, &mut encoder)?;
@@ -461,8 +476,8 @@ fn encode_conntrack(
 }
 
 /// `berth_container_*`: one series per container, labelled by id and name.
-fn encode_containers(
-    snap: &Snapshot,
+fn encode_containers<'a>(
+    snap: &'a Snapshot,
     encoder: &mut DescriptorEncoder,
 ) -> Result<(), std::fmt::Error> {
     use crate::cgroup::stats::ContainerStats;
@@ -487,49 +502,47 @@ fn encode_containers(
         ])?;
     }
 
-    let labels = |c: &crate::runtime::ContainerSample| {
+    let labels = |c: &'a crate::runtime::ContainerSample| {
         [
-            ("container", c.view.record.id.clone()),
-            ("name", c.view.record.name.clone()),
+            ("container", Escaped(&c.view.record.id)),
+            ("name", Escaped(&c.view.record.name)),
         ]
     };
-    let mut fam = encoder.encode_descriptor(
+    family(
+        encoder,
         "berth_container_running",
         "Whether the container's process is running (1) or not (0)",
-        None,
-        ConstGauge::new(0i64).metric_type(),
+        MetricType::Gauge,
+        snap.containers.iter().map(|c| {
+            (
+                labels(c),
+                ConstGauge::new(i64::from(c.view.status == "running")),
+            )
+        }),
     )?;
-    for c in &snap.containers {
-        let l = labels(c);
-        ConstGauge::new(i64::from(c.view.status == "running")).encode(
-            fam.encode_family(&[("container", Escaped(&l[0].1)), ("name", Escaped(&l[1].1))])?,
-        )?;
-    }
-    let mut fam = encoder.encode_descriptor(
+    family(
+        encoder,
         "berth_container_restarts",
         "Times the restart policy restarted the container",
-        None,
-        ConstCounter::new(0u64).metric_type(),
+        MetricType::Counter,
+        snap.containers.iter().map(|c| {
+            (
+                labels(c),
+                ConstCounter::new(u64::from(c.view.state.restart_count)),
+            )
+        }),
     )?;
-    for c in &snap.containers {
-        let l = labels(c);
-        ConstCounter::new(u64::from(c.view.state.restart_count)).encode(
-            fam.encode_family(&[("container", Escaped(&l[0].1)), ("name", Escaped(&l[1].1))])?,
-        )?;
-    }
-    let mut fam = encoder.encode_descriptor(
+    family(
+        encoder,
         "berth_container_oom_kills",
         "Processes of the container killed by the kernel's OOM killer",
-        None,
-        ConstCounter::new(0u64).metric_type(),
+        MetricType::Counter,
+        snap.containers.iter().map(|c| {
+            // Past runs (recorded by the shim) plus the running one's cgroup.
+            let live = c.stats.as_ref().map_or(0, |s| s.oom_kills);
+            (labels(c), ConstCounter::new(c.view.state.oom_kills + live))
+        }),
     )?;
-    for c in &snap.containers {
-        let l = labels(c);
-        let live = c.stats.as_ref().map_or(0, |s| s.oom_kills);
-        ConstCounter::new(c.view.state.oom_kills + live).encode(
-            fam.encode_family(&[("container", Escaped(&l[0].1)), ("name", Escaped(&l[1].1))])?,
-        )?;
-    }
 
     type Getter = fn(&ContainerStats) -> Option<f64>;
     let counters: [(&str, &str, Getter); 5] = [
@@ -560,17 +573,16 @@ fn encode_containers(
         ),
     ];
     for (name, help, get) in counters {
-        let mut fam =
-            encoder.encode_descriptor(name, help, None, ConstCounter::new(0f64).metric_type())?;
-        for c in &snap.containers {
-            let Some(v) = c.stats.as_ref().and_then(get) else {
-                continue;
-            };
-            let l = labels(c);
-            ConstCounter::new(v).encode(
-                fam.encode_family(&[("container", Escaped(&l[0].1)), ("name", Escaped(&l[1].1))])?,
-            )?;
-        }
+        family(
+            encoder,
+            name,
+            help,
+            MetricType::Counter,
+            snap.containers.iter().filter_map(|c| {
+                let v = c.stats.as_ref().and_then(get)?;
+                Some((labels(c), ConstCounter::new(v)))
+            }),
+        )?;
     }
     let gauges: [(&str, &str, Getter); 5] = [
         (
@@ -600,17 +612,16 @@ fn encode_containers(
         ),
     ];
     for (name, help, get) in gauges {
-        let mut fam =
-            encoder.encode_descriptor(name, help, None, ConstGauge::new(0f64).metric_type())?;
-        for c in &snap.containers {
-            let Some(v) = c.stats.as_ref().and_then(get) else {
-                continue;
-            };
-            let l = labels(c);
-            ConstGauge::new(v).encode(
-                fam.encode_family(&[("container", Escaped(&l[0].1)), ("name", Escaped(&l[1].1))])?,
-            )?;
-        }
+        family(
+            encoder,
+            name,
+            help,
+            MetricType::Gauge,
+            snap.containers.iter().filter_map(|c| {
+                let v = c.stats.as_ref().and_then(get)?;
+                Some((labels(c), ConstGauge::new(v)))
+            }),
+        )?;
     }
     Ok(())
 }

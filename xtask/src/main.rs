@@ -801,9 +801,11 @@ fn bench_probes(calls: u64, rounds: u32) -> Result<()> {
     let r: serde_json::Value = serde_json::from_str(&json).context("parsing the bench report")?;
     let f = |v: &serde_json::Value| v.as_f64().unwrap_or(f64::NAN);
     // Netfilter: nft-map at 100 ports, with and without the probe pair, three modes.
-    let mut args = portmap_bench::Args::default();
-    args.ports = vec![100];
-    args.reference = "nft-map".into();
+    let mut args = portmap_bench::Args {
+        ports: vec![100],
+        reference: "nft-map".into(),
+        ..Default::default()
+    };
     let mechanisms = vec![
         portmap_bench::Mechanism::mapped(
             "nft-map",
