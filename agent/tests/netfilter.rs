@@ -184,7 +184,8 @@ fn tracked_root() -> TrackedRoot {
     // Only the syscall probe uses it; it is not started here.
     TrackedRoot {
         dir: PathBuf::from("/nonexistent"),
-        path: "/".into(),
+        // Unique: Probes::start pins its maps under a directory named after it.
+        path: format!("/berth-nf-test-{}", std::process::id()),
         id: 0,
         level: 0,
     }
@@ -770,6 +771,10 @@ fn probes_start_the_netfilter_probe_next_to_syscalls_and_report_its_paths() {
     };
     let probes = ns.run(|| berth::probes::Probes::start(&disabled, &tracked_root()));
     let nf = probes.netfilter.status.clone();
+    drop(probes);
+    if let Some(pins) = berth::probes::pin_dir(&tracked_root()) {
+        berth::probes::remove_pins(&pins);
+    }
     assert!(!nf.enabled && !nf.attached && nf.error.is_none() && nf.paths.is_empty());
 }
 

@@ -68,9 +68,11 @@ pub fn pin_dir(root: &TrackedRoot) -> Option<PathBuf> {
         let f: Vec<&str> = l.split_whitespace().collect();
         f.get(1) == Some(&"/sys/fs/bpf") && f.get(2) == Some(&"bpf")
     });
-    bpffs.then(|| {
-        Path::new("/sys/fs/bpf/berth").join(root.path.trim_start_matches('/').replace('/', "_"))
-    })
+    let name = match root.path.trim_matches('/') {
+        "" => "_root".to_owned(),
+        p => p.replace('/', "_"),
+    };
+    bpffs.then(|| Path::new("/sys/fs/bpf/berth").join(name))
 }
 
 /// Loads berth's object with the tracked root's id and level set as globals, and the
