@@ -38,8 +38,9 @@ pub enum ProbeLoadError {
         program: &'static str,
         source: aya::programs::ProgramError,
     },
-    #[error("cgroup {path}: {source}")]
-    Cgroup {
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
         path: std::path::PathBuf,
         source: std::io::Error,
     },
@@ -98,7 +99,8 @@ pub fn load_object(
         loader.load(EBPF_OBJECT)
     };
     if let Some(dir) = pins {
-        std::fs::create_dir_all(dir).map_err(|source| ProbeLoadError::Cgroup {
+        std::fs::create_dir_all(dir).map_err(|source| ProbeLoadError::Io {
+            op: "creating the pin directory",
             path: dir.to_owned(),
             source,
         })?;

@@ -124,7 +124,8 @@ impl NetProbe {
 }
 
 fn attach(ebpf: &mut Ebpf, root: &TrackedRoot) -> Result<Vec<u32>, ProbeLoadError> {
-    let cgroup = File::open(&root.dir).map_err(|e| ProbeLoadError::Cgroup {
+    let cgroup = File::open(&root.dir).map_err(|e| ProbeLoadError::Io {
+        op: "opening the cgroup",
         path: root.dir.clone(),
         source: e,
     })?;
