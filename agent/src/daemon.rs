@@ -319,6 +319,7 @@ impl Collector {
             "snapshot"
         );
         Snapshot {
+            proxies: crate::discover::proxies::scan(std::path::Path::new("/proc")),
             probe_runs: self.probes.runs(),
             netfilter,
             conntrack: crate::net::conntrack::host_stats(std::path::Path::new("/proc")),

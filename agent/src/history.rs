@@ -79,6 +79,7 @@ mod tests {
             containers: vec![],
             conntrack: None,
             netfilter: None,
+            proxies: Default::default(),
         })
     }
 

@@ -10,6 +10,8 @@ pub mod cgroup;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod diagnose;
+pub mod discover;
 pub mod history;
 pub mod image;
 pub mod metrics;

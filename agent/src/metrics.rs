@@ -178,6 +178,32 @@ impl Collector for SnapshotCollector {
         encode_containers(&snap, &mut encoder)?;
         encode_conntrack(&snap, &mut encoder)?;
         encode_netfilter(&snap, &mut encoder)?;
+        let p = &snap.proxies;
+        for (name, help, v) in [
+            (
+                "berth_userland_proxy_processes",
+                "Userland port-mapping proxy processes on the host (docker-proxy and kin)",
+                p.processes as i64,
+            ),
+            (
+                "berth_userland_proxy_memory_bytes",
+                "Resident memory of the userland proxies",
+                p.rss_bytes as i64,
+            ),
+        ] {
+            ConstGauge::new(v).encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                MetricType::Gauge,
+            )?)?;
+        }
+        ConstCounter::new(p.cpu_seconds).encode(encoder.encode_descriptor(
+            "berth_userland_proxy_cpu_seconds",
+            "CPU time the running userland proxies used since they started",
+            None,
+            MetricType::Counter,
+        )?)?;
 
         let mut fam = encoder.encode_descriptor(
             "berth_cgroup_syscalls",
@@ -698,6 +724,7 @@ mod tests {
             containers: vec![],
             conntrack: None,
             netfilter: None,
+            proxies: Default::default(),
         }
     }
 
@@ -719,6 +746,14 @@ mod tests {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }
         assert!(text.ends_with("# EOF\n"), "{text}");
+        assert!(
+            text.contains("berth_userland_proxy_processes 0\n"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("{}") && !text.contains("{,"),
+            "empty label sets:\n{text}"
+        );
     }
 
     #[test]

@@ -26,6 +26,8 @@ pub struct Snapshot {
     /// Netfilter cost per hook and per (protocol, original destination port), cumulative
     /// (`None`: the probe is down).
     pub netfilter: Option<crate::probes::netfilter::NetfilterSample>,
+    /// Userland port-mapping proxies on the host (docker-proxy and kin).
+    pub proxies: crate::discover::proxies::ProxyStats,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]

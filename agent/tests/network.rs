@@ -527,6 +527,79 @@ fn netfilter_cost_ranks_per_port_rules_above_the_map_and_names_the_container_and
         );
     }
     eprintln!("prerouting ns/packet, new flows: iptables {ipt_ns:.0}, nft-map {map_ns:.0}");
+
+    // diagnose names the cause and the fix for the iptables container, not the nft-map one.
+    let (code, out, err) = agent.cli(&["diagnose", "--format", "json"]);
+    assert_eq!(code, 1, "a critical finding sets exit status 1: {out}{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let findings = v["findings"].as_array().unwrap();
+    let f = findings
+        .iter()
+        .find(|f| f["subject"] == format!("container {ipt}"))
+        .unwrap_or_else(|| panic!("no finding for {ipt}: {out}"));
+    assert_eq!(f["severity"], "critical", "{f}");
+    assert!(
+        f["cause"]
+            .as_str()
+            .unwrap()
+            .contains("per-port iptables rules"),
+        "{f}"
+    );
+    assert!(
+        f["evidence"].to_string().contains("15000 iptables rules"),
+        "{f}"
+    );
+    assert!(
+        f["fix"]
+            .as_str()
+            .unwrap()
+            .contains("--port-backend nft-map"),
+        "{f}"
+    );
+    assert!(
+        !findings
+            .iter()
+            .any(|f| f["subject"] == format!("container {map}")),
+        "{out}"
+    );
+}
+
+#[test]
+fn userland_proxies_are_counted_and_diagnosed() {
+    let agent = Agent::start();
+    // A process named docker-proxy, as Docker starts one per published port.
+    let bin = agent.dir.path().join("docker-proxy");
+    std::fs::copy("/bin/sleep", &bin).unwrap();
+    let mut proxy = Command::new(&bin).arg("30").spawn().unwrap();
+    let count = wait_for(Duration::from_secs(10), "the proxy in /metrics", || {
+        common::sample(&agent.metrics(), "berth_userland_proxy_processes", &[])
+            .filter(|&n| n >= 1.0)
+    });
+    let (_, out, _) = agent.cli(&["diagnose", "--format", "json"]);
+    let _ = proxy.kill();
+    let _ = proxy.wait();
+    assert!(count >= 1.0);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let f = v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["cause"].as_str().unwrap_or("").contains("docker-proxy"))
+        .unwrap_or_else(|| panic!("no proxy finding: {out}"))
+        .clone();
+    assert!(
+        f["fix"]
+            .as_str()
+            .unwrap()
+            .contains("--userland-proxy=false"),
+        "{f}"
+    );
+    // The human form says the same.
+    let (_, text, _) = agent.cli(&["diagnose"]);
+    assert!(
+        text.contains("fix:") || text.contains("No problems"),
+        "{text}"
+    );
 }
 
 #[test]

@@ -61,6 +61,7 @@ pub fn app(state: AppState, access: Access) -> Router {
         .route("/readyz", get(get_readyz))
         .route("/api/v1/system", get(get_system))
         .route("/api/v1/cgroups", get(get_cgroups))
+        .route("/api/v1/diagnose", get(get_diagnose))
         .merge(containers::read_routes());
     if access == Access::ReadWrite {
         router = router.merge(containers::write_routes());
@@ -140,6 +141,17 @@ async fn get_system(State(state): State<AppState>) -> Result<Response, ApiError>
     .into_response())
 }
 
+/// Findings: cause, evidence, fix; most severe first.
+async fn get_diagnose(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let snap = latest(&state)?;
+    let findings = crate::diagnose::diagnose(&snap);
+    Ok(Json(serde_json::json!({
+        "checked_at": snap.taken_at.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0),
+        "findings": findings,
+    }))
+    .into_response())
+}
+
 async fn get_cgroups(State(state): State<AppState>) -> Result<Response, ApiError> {
     let snap = latest(&state)?;
     Ok(Json(&snap.cgroups).into_response())
@@ -212,6 +224,7 @@ mod tests {
             containers: vec![],
             conntrack: None,
             netfilter: None,
+            proxies: Default::default(),
         }
     }
 

@@ -137,6 +137,15 @@ pub enum Command {
     /// Manage images (import archives; no registry pulls).
     #[command(subcommand)]
     Image(ImageCommand),
+    /// What costs this host CPU or breaks its containers, with the cause, the numbers and the
+    /// fix: per-port iptables rules, userland proxies, the conntrack table, OOM kills, restart
+    /// loops, probes down.
+    ///
+    /// Example: `berth diagnose`
+    Diagnose {
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
     /// The agent's system view: kernel, cgroups, OCI runtime, probes.
     ///
     /// Example: `berth info`

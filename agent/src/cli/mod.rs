@@ -3,6 +3,7 @@
 
 pub mod args;
 pub mod client;
+mod diagnose;
 mod image;
 mod info;
 mod inspect;
@@ -72,6 +73,7 @@ pub fn execute(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Image(cmd) => image::execute_image(&client, cmd),
         Command::Info => info::execute_info(&client),
+        Command::Diagnose { format } => diagnose::execute_diagnose(&client, format),
         Command::BenchSyscalls(args) => {
             let report = crate::bench::syscalls(&args)?;
             println!("{}", serde_json::to_string_pretty(&report)?);
