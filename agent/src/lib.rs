@@ -19,3 +19,4 @@ pub mod model;
 pub mod net;
 pub mod probes;
 pub mod runtime;
+pub mod ui;

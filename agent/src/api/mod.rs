@@ -62,7 +62,8 @@ pub fn app(state: AppState, access: Access) -> Router {
         .route("/api/v1/system", get(get_system))
         .route("/api/v1/cgroups", get(get_cgroups))
         .route("/api/v1/diagnose", get(get_diagnose))
-        .merge(containers::read_routes());
+        .merge(containers::read_routes())
+        .merge(crate::ui::routes());
     if access == Access::ReadWrite {
         router = router.merge(containers::write_routes());
     }
@@ -278,6 +279,25 @@ mod tests {
             .unwrap();
         // Routed, but this agent has no runtime.
         assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[tokio::test]
+    async fn the_ui_is_served_from_the_binary() {
+        let (status, ctype, body) = get(state(Some(empty_snapshot())), "/").await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(ctype.starts_with("text/html"), "{ctype}");
+        assert!(body.contains("/ui/app.js"), "{body}");
+        let (status, ctype, body) = get(state(Some(empty_snapshot())), "/ui/app.js").await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(ctype.starts_with("text/javascript"), "{ctype}");
+        for api in [
+            "/api/v1/system",
+            "/api/v1/containers",
+            "/api/v1/ports",
+            "/api/v1/diagnose",
+        ] {
+            assert!(body.contains(api), "app.js does not use {api}");
+        }
     }
 
     #[tokio::test]
