@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::{
     model::Snapshot,
-    net::portmap::{BackendKind, Proto},
+    net::portmap::BackendKind,
     probes::netfilter::{CtState, Hook},
 };
 
@@ -41,15 +41,7 @@ fn new_flow_cost(snap: &Snapshot, container: &crate::runtime::ContainerSample) -
     nf.by_port
         .iter()
         .filter(|c| c.hook == Hook::Prerouting && c.ct_state == CtState::New)
-        .filter(|c| {
-            publish.iter().any(|p| {
-                let pn = match p.proto {
-                    Proto::Tcp => 6,
-                    Proto::Udp => 17,
-                };
-                pn == c.proto && (p.host.start..=p.host.end).contains(&c.port)
-            })
-        })
+        .filter(|c| publish.iter().any(|p| p.covers(c.proto, c.port)))
         .fold((0, 0), |(p, n), c| (p + c.packets, n + c.nanoseconds))
 }
 

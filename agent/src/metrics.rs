@@ -299,15 +299,13 @@ pub fn port_owner(
     proto: u8,
     port: u16,
 ) -> Option<&crate::runtime::ContainerSample> {
-    use crate::net::portmap::Proto;
     containers.iter().find(|c| {
-        c.view.record.network.publish.iter().any(|p| {
-            let pn = match p.proto {
-                Proto::Tcp => 6,
-                Proto::Udp => 17,
-            };
-            pn == proto && (p.host.start..=p.host.end).contains(&port)
-        })
+        c.view
+            .record
+            .network
+            .publish
+            .iter()
+            .any(|p| p.covers(proto, port))
     })
 }
 
@@ -322,33 +320,35 @@ fn encode_netfilter(
     let Some(nf) = &snap.netfilter else {
         return Ok(());
     };
-    let mut fam = encoder.encode_descriptor(
+    let hook = |h: &crate::probes::netfilter::HookTotal| {
+        [
+            ("family", Escaped(h.family.name())),
+            ("hook", Escaped(h.hook.name())),
+        ]
+    };
+    family(
+        encoder,
         "berth_netfilter_hook_seconds",
         "Time netfilter spent on packets between berth's first and last program, per hook (all packets)",
-        None,
-        ConstCounter::new(0f64).metric_type(),
+        MetricType::Counter,
+        nf.hooks
+            .iter()
+            .map(|h| (hook(h), ConstCounter::new(h.nanoseconds as f64 / 1e9))),
     )?;
-    for h in &nf.hooks {
-        ConstCounter::new(h.nanoseconds as f64 / 1e9).encode(fam.encode_family(&[
-            ("family", Escaped(h.family.name())),
-            ("hook", Escaped(h.hook.name())),
-        ])?)?;
-    }
-    let mut fam = encoder.encode_descriptor(
+    family(
+        encoder,
         "berth_netfilter_hook_packets",
         "Packets that crossed the hook (all packets)",
-        None,
-        ConstCounter::new(0u64).metric_type(),
+        MetricType::Counter,
+        nf.hooks
+            .iter()
+            .map(|h| (hook(h), ConstCounter::new(h.packets))),
     )?;
-    for h in &nf.hooks {
-        ConstCounter::new(h.packets).encode(fam.encode_family(&[
-            ("family", Escaped(h.family.name())),
-            ("hook", Escaped(h.hook.name())),
-        ])?)?;
-    }
     // By conntrack state, host-wide and per container.
-    let mut by_state: BTreeMap<(&str, &str, &str), (u64, u64)> = BTreeMap::new();
-    let mut by_container: BTreeMap<(usize, &str, &str), (u64, u64)> = BTreeMap::new();
+    type StateKey = (&'static str, &'static str, &'static str);
+    let mut by_state: BTreeMap<StateKey, (u64, u64)> = BTreeMap::new();
+    let mut by_container: BTreeMap<(usize, &'static str, &'static str), (u64, u64)> =
+        BTreeMap::new();
     for p in &nf.by_port {
         let e = by_state
             .entry((p.family.name(), p.hook.name(), p.ct_state.name()))
@@ -365,62 +365,58 @@ fn encode_netfilter(
             e.1 += p.nanoseconds;
         }
     }
-    for (name, help, secs) in [
-        (
-            "berth_netfilter_seconds",
-            "Time netfilter spent per hook and conntrack state (packets with a port)",
-            true,
-        ),
-        (
-            "berth_netfilter_packets",
-            "Packets per hook and conntrack state (packets with a port)",
-            false,
-        ),
-    ] {
-        let mut fam =
-            encoder.encode_descriptor(name, help, None, ConstCounter::new(0u64).metric_type())?;
-        for ((family, hook, state), (packets, ns)) in &by_state {
-            let labels = [
-                ("family", Escaped(family)),
-                ("hook", Escaped(hook)),
-                ("ct_state", Escaped(state)),
-            ];
-            if secs {
-                ConstCounter::new(*ns as f64 / 1e9).encode(fam.encode_family(&labels)?)?;
-            } else {
-                ConstCounter::new(*packets).encode(fam.encode_family(&labels)?)?;
-            }
-        }
-    }
-    for (name, help, secs) in [
-        (
-            "berth_container_netfilter_seconds",
-            "Time netfilter spent on packets to the container's published ports, per hook and conntrack state",
-            true,
-        ),
-        (
-            "berth_container_netfilter_packets",
-            "Packets to the container's published ports, per hook and conntrack state",
-            false,
-        ),
-    ] {
-        let mut fam =
-            encoder.encode_descriptor(name, help, None, ConstCounter::new(0u64).metric_type())?;
-        for ((i, hook, state), (packets, ns)) in &by_container {
-            let r = &snap.containers[*i].view.record;
-            let labels = [
-                ("container", Escaped(&r.id)),
-                ("name", Escaped(&r.name)),
-                ("hook", Escaped(hook)),
-                ("ct_state", Escaped(state)),
-            ];
-            if secs {
-                ConstCounter::new(*ns as f64 / 1e9).encode(fam.encode_family(&labels)?)?;
-            } else {
-                ConstCounter::new(*packets).encode(fam.encode_family(&labels)?)?;
-            }
-        }
-    }
+    let state_labels = |(family, hook, state): &(&'static str, &'static str, &'static str)| {
+        [
+            ("family", Escaped(family)),
+            ("hook", Escaped(hook)),
+            ("ct_state", Escaped(state)),
+        ]
+    };
+    family(
+        encoder,
+        "berth_netfilter_seconds",
+        "Time netfilter spent per hook and conntrack state (packets with a port)",
+        MetricType::Counter,
+        by_state
+            .iter()
+            .map(|(k, (_, ns))| (state_labels(k), ConstCounter::new(*ns as f64 / 1e9))),
+    )?;
+    family(
+        encoder,
+        "berth_netfilter_packets",
+        "Packets per hook and conntrack state (packets with a port)",
+        MetricType::Counter,
+        by_state
+            .iter()
+            .map(|(k, (packets, _))| (state_labels(k), ConstCounter::new(*packets))),
+    )?;
+    let container_labels = |(i, hook, state): &(usize, &'static str, &'static str)| {
+        let r = &snap.containers[*i].view.record;
+        [
+            ("container", Escaped(&r.id)),
+            ("name", Escaped(&r.name)),
+            ("hook", Escaped(hook)),
+            ("ct_state", Escaped(state)),
+        ]
+    };
+    family(
+        encoder,
+        "berth_container_netfilter_seconds",
+        "Time netfilter spent on packets to the container's published ports, per hook and conntrack state",
+        MetricType::Counter,
+        by_container
+            .iter()
+            .map(|(k, (_, ns))| (container_labels(k), ConstCounter::new(*ns as f64 / 1e9))),
+    )?;
+    family(
+        encoder,
+        "berth_container_netfilter_packets",
+        "Packets to the container's published ports, per hook and conntrack state",
+        MetricType::Counter,
+        by_container
+            .iter()
+            .map(|(k, (packets, _))| (container_labels(k), ConstCounter::new(*packets))),
+    )?;
     Ok(())
 }
 

@@ -80,7 +80,7 @@ async fn ports(
     q: Result<Query<PortsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     use crate::{
-        net::portmap::{Proto, Publish},
+        net::portmap::Publish,
         probes::netfilter::{CtState, Hook, NetfilterSample},
     };
     let Query(q) = q.map_err(|e| ApiError::BadRequest(e.body_text()))?;
@@ -98,13 +98,7 @@ async fn ports(
         let from = l.taken_at.checked_sub(window)?;
         s.history.since(from)
     });
-    let in_range = |p: &Publish, proto: u8, port: u16| {
-        let pn = match p.proto {
-            Proto::Tcp => 6,
-            Proto::Udp => 17,
-        };
-        pn == proto && (p.host.start..=p.host.end).contains(&port)
-    };
+    let in_range = |p: &Publish, proto: u8, port: u16| p.covers(proto, port);
     let new_at_prerouting = |nf: &NetfilterSample, p: &Publish| -> u64 {
         nf.by_port
             .iter()

@@ -118,6 +118,16 @@ pub struct Publish {
 }
 
 impl Publish {
+    /// Whether this mapping publishes host `port` for the IP protocol number `ip_proto`
+    /// (6 TCP, 17 UDP), as the probes report them.
+    pub fn covers(&self, ip_proto: u8, port: u16) -> bool {
+        let p = match self.proto {
+            Proto::Tcp => 6,
+            Proto::Udp => 17,
+        };
+        p == ip_proto && (self.host.start..=self.host.end).contains(&port)
+    }
+
     /// Number of ports (= map elements for nft-map, = rule triples for iptables).
     pub fn len(&self) -> u32 {
         self.host.len()
