@@ -155,27 +155,13 @@ fn program<'a>(
     ebpf: &'a mut Ebpf,
     name: &'static str,
 ) -> Result<&'a mut RawTracePoint, BenchError> {
-    let p: &mut RawTracePoint = ebpf
-        .program_mut(name)
-        .ok_or(probes::ProbeLoadError::MissingProgram { program: name })?
-        .try_into()
-        .map_err(|source| probes::ProbeLoadError::Program {
-            program: name,
-            source,
-        })?;
-    Ok(p)
+    Ok(probes::program_mut(ebpf, name)?)
 }
 
 fn attach(ebpf: &mut Ebpf, name: &'static str) -> Result<RawTracePointLinkId, BenchError> {
-    program(ebpf, name)?
+    Ok(program(ebpf, name)?
         .attach(syscalls::TRACEPOINT)
-        .map_err(|source| {
-            probes::ProbeLoadError::Program {
-                program: name,
-                source,
-            }
-            .into()
-        })
+        .map_err(probes::program_err(name))?)
 }
 
 fn detach(
@@ -183,13 +169,9 @@ fn detach(
     name: &'static str,
     link: RawTracePointLinkId,
 ) -> Result<(), BenchError> {
-    program(ebpf, name)?.detach(link).map_err(|source| {
-        probes::ProbeLoadError::Program {
-            program: name,
-            source,
-        }
-        .into()
-    })
+    Ok(program(ebpf, name)?
+        .detach(link)
+        .map_err(probes::program_err(name))?)
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -230,10 +212,7 @@ pub fn syscalls(args: &SyscallBenchArgs) -> Result<SyscallBenchReport, BenchErro
     for name in ["berth_noop", syscalls::PROGRAM] {
         program(&mut ebpf, name)?
             .load()
-            .map_err(|source| probes::ProbeLoadError::Program {
-                program: name,
-                source,
-            })?;
+            .map_err(probes::program_err(name))?;
     }
     pin(args.cpu)?;
 

@@ -243,18 +243,7 @@ mod tests {
     use crate::{discover::proxies::ProxyStats, net::conntrack::ConntrackStats};
 
     fn snapshot() -> Snapshot {
-        Snapshot {
-            taken_at: SystemTime::UNIX_EPOCH,
-            cgroups: vec![],
-            probes: vec![],
-            lost_events: vec![],
-            probe_runs: vec![],
-            collectors: vec![],
-            containers: vec![],
-            conntrack: None,
-            netfilter: None,
-            proxies: ProxyStats::default(),
-        }
+        Snapshot::empty(SystemTime::UNIX_EPOCH)
     }
 
     #[test]

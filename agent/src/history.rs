@@ -69,18 +69,9 @@ mod tests {
     use super::*;
 
     fn snap(at: u64) -> Arc<Snapshot> {
-        Arc::new(Snapshot {
-            taken_at: SystemTime::UNIX_EPOCH + Duration::from_secs(at),
-            cgroups: vec![],
-            probes: vec![],
-            lost_events: vec![],
-            probe_runs: vec![],
-            collectors: vec![],
-            containers: vec![],
-            conntrack: None,
-            netfilter: None,
-            proxies: Default::default(),
-        })
+        Arc::new(Snapshot::empty(
+            SystemTime::UNIX_EPOCH + Duration::from_secs(at),
+        ))
     }
 
     #[test]

@@ -30,6 +30,25 @@ pub struct Snapshot {
     pub proxies: crate::discover::proxies::ProxyStats,
 }
 
+impl Snapshot {
+    /// A snapshot with nothing in it, taken at `taken_at` (a starting point for tests and
+    /// fixtures).
+    pub fn empty(taken_at: SystemTime) -> Self {
+        Self {
+            taken_at,
+            cgroups: vec![],
+            probes: vec![],
+            lost_events: vec![],
+            probe_runs: vec![],
+            collectors: vec![],
+            containers: vec![],
+            conntrack: None,
+            netfilter: None,
+            proxies: Default::default(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct CgroupSample {
     /// v2 cgroup id (directory inode).

@@ -215,18 +215,7 @@ mod tests {
     }
 
     fn empty_snapshot() -> Snapshot {
-        Snapshot {
-            taken_at: SystemTime::now(),
-            cgroups: vec![],
-            probes: vec![],
-            lost_events: vec![],
-            probe_runs: vec![],
-            collectors: vec![],
-            containers: vec![],
-            conntrack: None,
-            netfilter: None,
-            proxies: Default::default(),
-        }
+        Snapshot::empty(SystemTime::now())
     }
 
     #[tokio::test]

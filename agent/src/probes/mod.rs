@@ -51,6 +51,30 @@ pub enum ProbeLoadError {
     },
 }
 
+/// The program `name` of berth's object as its concrete type (`RawTracePoint`, `CgroupSkb`...).
+pub fn program_mut<'a, P>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut P, ProbeLoadError>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or(ProbeLoadError::MissingProgram { program: name })?
+        .try_into()
+        .map_err(program_err(name))
+}
+
+/// Wraps an aya program error with the program's name.
+pub fn program_err(
+    name: &'static str,
+) -> impl Fn(aya::programs::ProgramError) -> ProbeLoadError + Copy {
+    move |source| ProbeLoadError::Program {
+        program: name,
+        source,
+    }
+}
+
 /// Maps pinned under [`pin_dir`] so their counters survive an agent restart.
 pub const PINNED_MAPS: [&str; 6] = [
     "SYSCALLS",

@@ -131,18 +131,8 @@ fn attach(ebpf: &mut Ebpf, root: &TrackedRoot) -> Result<Vec<u32>, ProbeLoadErro
     })?;
     let mut ids = Vec::new();
     for (name, attach_type) in PROGRAMS {
-        let program: &mut CgroupSkb = ebpf
-            .program_mut(name)
-            .ok_or(ProbeLoadError::MissingProgram { program: name })?
-            .try_into()
-            .map_err(|source| ProbeLoadError::Program {
-                program: name,
-                source,
-            })?;
-        let err = |source| ProbeLoadError::Program {
-            program: name,
-            source,
-        };
+        let program: &mut CgroupSkb = super::program_mut(ebpf, name)?;
+        let err = super::program_err(name);
         program.load().map_err(err)?;
         program
             .attach(&cgroup, attach_type, CgroupAttachMode::Single)

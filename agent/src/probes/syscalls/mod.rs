@@ -199,18 +199,8 @@ fn attach(ebpf: &mut Ebpf, latency: bool) -> Result<Vec<u32>, ProbeLoadError> {
         &[(PROGRAM, TRACEPOINT)]
     };
     for &(name, tracepoint) in programs {
-        let program: &mut RawTracePoint = ebpf
-            .program_mut(name)
-            .ok_or(ProbeLoadError::MissingProgram { program: name })?
-            .try_into()
-            .map_err(|source| ProbeLoadError::Program {
-                program: name,
-                source,
-            })?;
-        let err = |source| ProbeLoadError::Program {
-            program: name,
-            source,
-        };
+        let program: &mut RawTracePoint = super::program_mut(ebpf, name)?;
+        let err = super::program_err(name);
         program.load().map_err(err)?;
         program.attach(tracepoint).map_err(err)?;
         ids.push(program.info().map_err(err)?.id());
