@@ -12,6 +12,7 @@ pub mod config;
 pub mod daemon;
 pub mod diagnose;
 pub mod discover;
+pub mod fsutil;
 pub mod history;
 pub mod image;
 pub mod metrics;

@@ -6,6 +6,9 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
+pub mod container;
+pub use container::Status;
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Snapshot {
     /// When the collectors finished.
