@@ -1,24 +1,22 @@
 //! `berth agent`: start-up order, the collector loop, signal handling and shutdown.
 //!
 //! Order: cgroup layout -> tracked root -> probes (a probe that cannot attach is reported down
-//! and the agent runs on) -> first snapshot -> HTTP. On SIGINT/SIGTERM the HTTP server drains,
+//! and the agent runs on) -> container store recovery -> collectors and the first snapshot ->
+//! HTTP. The collector loop publishes a snapshot every `agent.interval`, and at once when a
+//! change through the API asks for one ([`Refresh`]). On SIGINT/SIGTERM the HTTP server drains,
 //! the collector loop stops and every BPF program is detached before the process exits.
 
-use std::{
-    collections::HashMap,
-    sync::Arc,
-    time::{Duration, Instant, SystemTime},
-};
+use std::{sync::Arc, time::Duration};
 
 use tokio::{net::TcpListener, signal::unix::SignalKind, sync::watch};
 use tracing::{debug, info, warn};
 
 use crate::{
-    api::{self, Access, AppState, SystemInfo},
+    api::{self, ReadState, Refresh, SystemInfo, WriteState},
     cgroup::{CgroupError, Hierarchy, TrackedRoot},
+    collect::Registry,
     config::Config,
     metrics,
-    model::{CgroupSample, CollectorRun, Snapshot},
     probes::Probes,
     runtime::Manager,
 };
@@ -97,20 +95,21 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     };
 
     let (snap_tx, snap_rx) = watch::channel(None);
-    let mut collector = Collector {
-        probes,
-        root,
-        manager: manager.clone(),
-    };
-    let first = tokio::task::block_in_place(|| collector.collect());
+    let tracked = root.clone();
+    let mut registry = Registry::new(probes, root, manager.clone());
+    info!(collectors = ?registry.names(), "collectors");
+    let first = tokio::task::block_in_place(|| registry.collect());
     snap_tx.send_replace(Some(Arc::new(first)));
 
-    let root = collector.root.clone();
+    let root = tracked.clone();
+    let runtime = manager.as_ref().map(|m| m.runtime.clone());
     let system = SystemInfo {
         version: env!("CARGO_PKG_VERSION"),
         kernel: kernel_release(),
         cgroup: hierarchy.clone(),
-        tracked_root: collector.root.clone(),
+        tracked_root: tracked,
+        runtime,
+        runtime_error: manager_error.clone(),
     };
     let manager_for_shutdown = manager.clone();
     // One snapshot every 5 s for 15 min: window queries up to 15 minutes.
@@ -119,16 +118,21 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         Duration::from_secs(900),
     ));
     let history_writer = history.clone();
-    let state = AppState {
+    let read = ReadState {
         registry: Arc::new(metrics::registry(
             snap_rx.clone(),
             config.probes.syscalls.top,
         )),
-        snapshots: snap_rx,
+        snapshots: snap_rx.clone(),
         system: Arc::new(system),
+        history,
+    };
+    let (refresh, mut refresh_rx) = Refresh::channel();
+    let write = WriteState {
+        snapshots: snap_rx.clone(),
         manager,
         manager_error,
-        history,
+        refresh,
     };
 
     let addr = config.http.listen;
@@ -147,17 +151,28 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
         loop {
+            // A change through the API asks for a snapshot now; every request waiting when
+            // the collection starts is answered by it.
+            let mut waiting = Vec::new();
             tokio::select! {
-                _ = tick.tick() => {
-                    let snap = Arc::new(tokio::task::block_in_place(|| collector.collect()));
-                    history_writer.push(snap.clone());
-                    snap_tx.send_replace(Some(snap));
+                _ = tick.tick() => {}
+                Some(reply) = refresh_rx.recv() => {
+                    waiting.push(reply);
+                    while let Ok(more) = refresh_rx.try_recv() {
+                        waiting.push(more);
+                    }
                 }
                 _ = stop_rx.changed() => break,
             }
+            let snap = Arc::new(tokio::task::block_in_place(|| registry.collect()));
+            history_writer.push(snap.clone());
+            snap_tx.send_replace(Some(snap));
+            for reply in waiting {
+                let _ = reply.send(());
+            }
         }
-        // Dropping the collector detaches every program.
-        drop(collector);
+        // Dropping the registry detaches every program.
+        drop(registry);
     });
 
     let (down_tx, down_rx) = watch::channel(false);
@@ -170,7 +185,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         let _ = down_tx.send(true);
     };
     let mut down_unix = down_rx.clone();
-    let unix_app = api::app(state.clone(), Access::ReadWrite);
+    let unix_app = api::app(read.clone(), Some(write));
     let unix_server = tokio::spawn(async move {
         axum::serve(unix, unix_app)
             .with_graceful_shutdown(async move {
@@ -178,7 +193,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             })
             .await
     });
-    let served = axum::serve(listener, api::app(state, Access::ReadOnly))
+    let served = axum::serve(listener, api::app(read, None))
         .with_graceful_shutdown(shutdown)
         .await;
     // Open `logs -f` streams would hold the socket server: give it a moment, then leave.
@@ -229,108 +244,6 @@ fn bind_socket(path: &std::path::Path) -> Result<tokio::net::UnixListener, Daemo
     let listener = tokio::net::UnixListener::bind(path).map_err(err)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(err)?;
     Ok(listener)
-}
-
-/// Owns the probes and builds one snapshot per tick.
-struct Collector {
-    probes: Probes,
-    root: TrackedRoot,
-    manager: Option<Arc<Manager>>,
-}
-
-impl Collector {
-    fn collect(&mut self) -> Snapshot {
-        let mut collectors = Vec::new();
-
-        let started = Instant::now();
-        let paths = self.root.walk();
-        let alive = |id: u64| paths.contains_key(&id);
-        let mut syscalls = HashMap::new();
-        let mut net = HashMap::new();
-        let mut error = None;
-        if let Some(ebpf) = self.probes.ebpf.as_mut() {
-            if self.probes.syscalls.status.attached {
-                match self.probes.syscalls.collect(ebpf, &alive) {
-                    Ok(v) => syscalls = v,
-                    Err(e) => error = Some(e.to_string()),
-                }
-            }
-            if self.probes.net.status.attached {
-                match self.probes.net.collect(ebpf, &alive) {
-                    Ok(v) => net = v,
-                    Err(e) => {
-                        error.get_or_insert(e.to_string());
-                    }
-                }
-            }
-        }
-        let mut cgroups: Vec<CgroupSample> = paths
-            .iter()
-            .map(|(&id, path)| CgroupSample {
-                id,
-                path: path.clone(),
-                syscalls: syscalls.remove(&id).unwrap_or_default(),
-                net: net.remove(&id).unwrap_or_default(),
-            })
-            .collect();
-        cgroups.sort_by(|a, b| a.path.cmp(&b.path));
-        let mut netfilter = None;
-        if self.probes.netfilter.status.attached
-            && let Some(ebpf) = self.probes.ebpf.as_ref()
-        {
-            match self.probes.netfilter.collect(ebpf) {
-                Ok(n) => netfilter = Some(n),
-                Err(e) => {
-                    error.get_or_insert(e.to_string());
-                }
-            }
-        }
-        let lost_events = match self.probes.lost_events() {
-            Ok(l) => l,
-            Err(e) => {
-                error.get_or_insert(e.to_string());
-                Vec::new()
-            }
-        };
-        if let Some(e) = &error {
-            warn!(collector = "probes", error = %e, "collection failed");
-        }
-        collectors.push(CollectorRun {
-            name: "probes",
-            duration_seconds: started.elapsed().as_secs_f64(),
-            success: error.is_none(),
-            error,
-        });
-        let started = Instant::now();
-        let containers = self
-            .manager
-            .as_ref()
-            .map(|m| m.samples())
-            .unwrap_or_default();
-        collectors.push(CollectorRun {
-            name: "containers",
-            duration_seconds: started.elapsed().as_secs_f64(),
-            success: true,
-            error: None,
-        });
-        debug!(
-            cgroups = cgroups.len(),
-            containers = containers.len(),
-            "snapshot"
-        );
-        Snapshot {
-            proxies: crate::discover::proxies::scan(std::path::Path::new("/proc")),
-            probe_runs: self.probes.runs(),
-            netfilter,
-            conntrack: crate::net::conntrack::host_stats(std::path::Path::new("/proc")),
-            containers,
-            taken_at: SystemTime::now(),
-            cgroups,
-            probes: self.probes.status(),
-            lost_events,
-            collectors,
-        }
-    }
 }
 
 fn kernel_release() -> String {

@@ -5,15 +5,11 @@
 //! grows with the number of published ports), userland proxies, the conntrack table, then
 //! container health (OOM kills, restart loops) and berth's own probes.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use crate::{
-    model::Snapshot,
-    net::portmap::BackendKind,
-    probes::netfilter::{CtState, Hook},
-};
+use crate::model::{BackendKind, Snapshot};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {
     Critical,
@@ -21,7 +17,7 @@ pub enum Severity {
     Info,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Finding {
     pub severity: Severity,
     /// What it is about: `container NAME`, `host`, `probe NAME`.
@@ -30,19 +26,6 @@ pub struct Finding {
     /// The measurements behind the cause.
     pub evidence: Vec<String>,
     pub fix: String,
-}
-
-/// Prerouting cost of new flows to `container`'s published ports: (packets, ns).
-fn new_flow_cost(snap: &Snapshot, container: &crate::runtime::ContainerSample) -> (u64, u64) {
-    let Some(nf) = &snap.netfilter else {
-        return (0, 0);
-    };
-    let publish = &container.view.record.network.publish;
-    nf.by_port
-        .iter()
-        .filter(|c| c.hook == Hook::Prerouting && c.ct_state == CtState::New)
-        .filter(|c| publish.iter().any(|p| p.covers(c.proto, c.port)))
-        .fold((0, 0), |(p, n), c| (p + c.packets, n + c.nanoseconds))
 }
 
 fn us(ns: u64, packets: u64) -> f64 {
@@ -57,11 +40,10 @@ pub fn diagnose(snap: &Snapshot) -> Vec<Finding> {
     let (map_p, map_ns) = snap
         .containers
         .iter()
-        .filter(|c| c.view.record.network.port_backend == Some(BackendKind::NftMap))
-        .map(|c| new_flow_cost(snap, c))
-        .fold((0, 0), |(p, n), (a, b)| (p + a, n + b));
-    for c in &snap.containers {
-        let r = &c.view.record;
+        .filter(|c| c.network.port_backend == Some(BackendKind::NftMap))
+        .map(|c| snap.new_flow_cost(c))
+        .fold((0, 0), |(p, n), c| (p + c.packets, n + c.nanoseconds));
+    for r in &snap.containers {
         if r.network.port_backend != Some(BackendKind::Iptables) {
             continue;
         }
@@ -71,7 +53,8 @@ pub fn diagnose(snap: &Snapshot) -> Vec<Finding> {
             .iter()
             .map(|p| u64::from(p.host.end - p.host.start) + 1)
             .sum();
-        let (packets, ns) = new_flow_cost(snap, c);
+        let cost = snap.new_flow_cost(r);
+        let (packets, ns) = (cost.packets, cost.nanoseconds);
         let mut evidence = vec![format!(
             "{} iptables rules for {ports} published ports (DNAT, hairpin MASQUERADE and filter ACCEPT per port)",
             3 * ports
@@ -172,40 +155,42 @@ pub fn diagnose(snap: &Snapshot) -> Vec<Finding> {
     }
 
     for c in &snap.containers {
-        let r = &c.view.record;
-        let kills = c.view.state.oom_kills + c.stats.as_ref().map_or(0, |s| s.oom_kills);
+        let kills = c.oom_kills();
         if kills > 0 {
             out.push(Finding {
                 severity: Severity::Warning,
-                subject: format!("container {}", r.name),
+                subject: format!("container {}", c.name),
                 cause: "processes were killed by the kernel for exceeding the memory limit".into(),
                 evidence: vec![format!(
                     "{kills} OOM kills; limit {}",
-                    r.limits
+                    c.limits
                         .memory
                         .map(|m| format!("{} MiB", m >> 20))
                         .unwrap_or_else(|| "none".into())
                 )],
                 fix: format!(
                     "raise the limit (`berth update --memory <more> {}`) or find what grows",
-                    r.name
+                    c.name
                 ),
             });
         }
-        if c.view.state.restart_count >= 3 {
+        if c.state.restart_count >= 3 {
+            let policy = c
+                .berth
+                .as_ref()
+                .map_or_else(|| "its engine's".to_owned(), |b| b.restart.to_string());
             out.push(Finding {
                 severity: Severity::Warning,
-                subject: format!("container {}", r.name),
+                subject: format!("container {}", c.name),
                 cause: format!(
-                    "it keeps exiting and its restart policy ({}) keeps restarting it",
-                    r.restart
+                    "it keeps exiting and its restart policy ({policy}) keeps restarting it"
                 ),
                 evidence: vec![format!(
                     "{} restarts; last exit code {}",
-                    c.view.state.restart_count,
-                    c.view.state.exit_code.map_or("-".into(), |c| c.to_string())
+                    c.state.restart_count,
+                    c.state.exit_code.map_or("-".into(), |c| c.to_string())
                 )],
-                fix: format!("read why: `berth logs {}`", r.name),
+                fix: format!("read why: `berth logs {}`", c.name),
             });
         }
     }
@@ -240,7 +225,7 @@ mod tests {
     use std::time::SystemTime;
 
     use super::*;
-    use crate::{discover::proxies::ProxyStats, net::conntrack::ConntrackStats};
+    use crate::model::{ConntrackStats, ProxyStats, fixture};
 
     fn snapshot() -> Snapshot {
         Snapshot::empty(SystemTime::UNIX_EPOCH)
@@ -277,5 +262,34 @@ mod tests {
             f[0].evidence[0].contains("2000 proxy processes")
                 || f[1].evidence[0].contains("2000 proxy processes")
         );
+    }
+
+    #[test]
+    fn the_fixture_names_the_iptables_container_its_restart_loop_and_oom_kills() {
+        let f = diagnose(&fixture::snapshot());
+        let legacy = f
+            .iter()
+            .find(|f| f.subject == "container legacy")
+            .expect("a finding for the iptables container");
+        assert_eq!(legacy.severity, Severity::Critical, "60 µs per new flow");
+        assert!(legacy.evidence[0].starts_with("6 iptables rules for 2 published ports"));
+        assert!(
+            legacy.evidence[1].contains("60.0 µs per new-flow packet"),
+            "{legacy:?}"
+        );
+        assert!(legacy.evidence[2].contains("nft-map: 2.5 µs"), "{legacy:?}");
+        assert!(!f.iter().any(|f| f.subject == "container media"));
+        let batch: Vec<&Finding> = f
+            .iter()
+            .filter(|f| f.subject == "container batch")
+            .collect();
+        assert_eq!(batch.len(), 2, "{batch:?}");
+        assert!(batch.iter().any(|f| f.cause.contains("on-failure:3")));
+        assert!(
+            batch
+                .iter()
+                .any(|f| f.evidence[0].starts_with("1 OOM kills; limit 64 MiB"))
+        );
+        assert_eq!(f[0].severity, Severity::Critical, "most severe first");
     }
 }

@@ -131,16 +131,47 @@ impl ProbeError {
     /// `(probe, map)` labels for the metric that reports this error.
     pub const fn labels(self) -> (&'static str, &'static str) {
         match self {
-            ProbeError::SyscallsMapFull => ("syscalls", "SYSCALLS"),
-            ProbeError::NetMapFull => ("network", "NET"),
-            ProbeError::LatencyMapFull => ("syscalls", "SYSCALL_LATENCY"),
-            ProbeError::NetfilterPortsFull => ("netfilter", "NF_PORTS"),
-            ProbeError::NetfilterUnmatched => ("netfilter", "NF_SCRATCH"),
+            ProbeError::SyscallsMapFull => ("syscalls", maps::SYSCALLS),
+            ProbeError::NetMapFull => ("network", maps::NET),
+            ProbeError::LatencyMapFull => ("syscalls", maps::SYSCALL_LATENCY_HIST),
+            ProbeError::NetfilterPortsFull => ("netfilter", maps::NF_PORTS),
+            ProbeError::NetfilterUnmatched => ("netfilter", maps::NF_SCRATCH),
         }
     }
 }
+// Names of the read-only globals the agent sets at load time (`EbpfLoader::set_global`).
+/// Names of the maps in berth's eBPF object, defined once: the eBPF side declares its statics
+/// with these names (`ebpf/src/*.rs`; a test in `agent/src/probes/` checks the object holds
+/// every one), the agent looks them up, pins them and labels lost events with them.
+pub mod maps {
+    /// Per-CPU hash, [`crate::SyscallKey`] -> u64 calls.
+    pub const SYSCALLS: &str = "SYSCALLS";
+    /// Per-CPU hash, [`crate::SyscallKey`] -> [`crate::LatencyHist`].
+    pub const SYSCALL_LATENCY_HIST: &str = "SYSCALL_LATENCY_HIST";
+    /// LRU hash, thread id -> [`crate::SyscallEnter`] (sys_enter to sys_exit).
+    pub const SYSCALL_ENTER: &str = "SYSCALL_ENTER";
+    /// Per-CPU hash, [`crate::NetKey`] -> [`crate::NetValue`].
+    pub const NET: &str = "NET";
+    /// Per-CPU hash, [`crate::netfilter::PortKey`] -> [`crate::netfilter::Cost`].
+    pub const NF_PORTS: &str = "NF_PORTS";
+    /// Per-CPU array, family * HOOKS + hook -> [`crate::netfilter::Cost`].
+    pub const NF_HOOKS: &str = "NF_HOOKS";
+    /// Per-CPU array of [`crate::netfilter::Scratch`] stamps between the two programs.
+    pub const NF_SCRATCH: &str = "NF_SCRATCH";
+    /// Per-CPU array, [`crate::ProbeError`] -> u64 events lost.
+    pub const PROBE_ERRORS: &str = "PROBE_ERRORS";
 
-/// Names of the read-only globals the agent sets at load time (`EbpfLoader::set_global`).
+    /// Maps pinned under /sys/fs/bpf/berth/<root> so their counters survive an agent restart.
+    pub const PINNED: [&str; 6] = [
+        SYSCALLS,
+        SYSCALL_LATENCY_HIST,
+        NET,
+        NF_PORTS,
+        NF_HOOKS,
+        PROBE_ERRORS,
+    ];
+}
+
 pub mod globals {
     /// `u64`: v2 cgroup id of the tracked subtree's root. Tasks outside it exit early.
     pub const TRACK_ROOT_ID: &str = "TRACK_ROOT_ID";

@@ -1,29 +1,36 @@
 //! HTTP: `/metrics` (OpenMetrics), `/healthz` (the process answers), `/readyz` (the first
-//! snapshot is published), and the read-only JSON API under `/api/v1`.
+//! snapshot is published), the JSON API under `/api/v1` and the UI.
 //!
-//! `app(state, access)` builds the router without binding a socket, so router tests use
-//! `oneshot`. The TCP listener gets [`Access::ReadOnly`]; the Unix socket (0660) gets
-//! [`Access::ReadWrite`] and with it every route that changes the host.
+//! Two routers with two states. The read router ([`read_router`], state [`ReadState`]) answers
+//! from the latest [`Snapshot`] and the [`History`] only: it holds no container manager and
+//! never touches the host (a container's log excepted, which it streams from the file the
+//! snapshot names). The write router ([`write_router`], state [`WriteState`]) changes the host
+//! through the container manager, then has the collectors publish a fresh snapshot before it
+//! answers, so a client's next read sees its change. The TCP listener serves only the read
+//! router; the Unix socket (0660) serves both ([`app`]).
 
-pub mod containers;
+mod read;
+pub mod views;
+mod write;
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use axum::{
     Json, Router,
-    extract::State,
-    http::{StatusCode, header},
+    http::StatusCode,
     response::{IntoResponse, Response},
-    routing::get,
 };
 use prometheus_client::registry::Registry;
 use serde::Serialize;
-use tracing::error;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{error, warn};
 
 use crate::{
     cgroup::{Hierarchy, TrackedRoot},
-    metrics::{self, SnapshotRx},
-    model::{ProbeStatus, Snapshot},
+    history::History,
+    metrics::SnapshotRx,
+    model::Snapshot,
+    runtime::{Manager, oci::OciRuntime},
 };
 
 /// Facts fixed at start-up, shown by /api/v1/system.
@@ -33,41 +40,81 @@ pub struct SystemInfo {
     pub kernel: String,
     pub cgroup: Hierarchy,
     pub tracked_root: TrackedRoot,
+    /// The OCI runtime containers use; `None` when none could be used.
+    pub runtime: Option<OciRuntime>,
+    /// Why containers are unavailable, when they are.
+    pub runtime_error: Option<String>,
 }
 
+/// What the read routes see: snapshots, history and start-up facts. No manager.
 #[derive(Clone)]
-pub struct AppState {
+pub struct ReadState {
     pub snapshots: SnapshotRx,
     pub registry: Arc<Registry>,
     pub system: Arc<SystemInfo>,
-    /// Containers; `None` when no OCI runtime could be used (`manager_error` says why).
-    pub manager: Option<Arc<crate::runtime::Manager>>,
-    pub manager_error: Option<String>,
     /// Past snapshots for window queries.
-    pub history: Arc<crate::history::History>,
+    pub history: Arc<History>,
 }
 
-/// What a listener may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Access {
-    ReadOnly,
-    ReadWrite,
-}
-
-pub fn app(state: AppState, access: Access) -> Router {
-    let mut router = Router::new()
-        .route("/metrics", get(get_metrics))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(get_readyz))
-        .route("/api/v1/system", get(get_system))
-        .route("/api/v1/cgroups", get(get_cgroups))
-        .route("/api/v1/diagnose", get(get_diagnose))
-        .merge(containers::read_routes())
-        .merge(crate::ui::routes());
-    if access == Access::ReadWrite {
-        router = router.merge(containers::write_routes());
+impl ReadState {
+    fn latest(&self) -> Result<Arc<Snapshot>, ApiError> {
+        self.snapshots.borrow().clone().ok_or(ApiError::NotReady)
     }
-    router.with_state(state)
+}
+
+/// Asks the collector loop for a fresh snapshot and waits until it is published.
+#[derive(Clone)]
+pub struct Refresh(mpsc::Sender<oneshot::Sender<()>>);
+
+impl Refresh {
+    /// The handle and the receiver the collector loop serves.
+    pub fn channel() -> (Self, mpsc::Receiver<oneshot::Sender<()>>) {
+        let (tx, rx) = mpsc::channel(64);
+        (Self(tx), rx)
+    }
+
+    /// Returns once a snapshot collected after this call is published (at most 10 s; a slow
+    /// collection only delays what the client reads next, so it is logged, not failed).
+    pub async fn now(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.0.send(tx).await.is_err() {
+            return;
+        }
+        if tokio::time::timeout(Duration::from_secs(10), rx)
+            .await
+            .is_err()
+        {
+            warn!("no fresh snapshot within 10 s after a change");
+        }
+    }
+}
+
+/// What the write routes use: the manager (`None` when no OCI runtime could be used) and the
+/// refresh handle.
+#[derive(Clone)]
+pub struct WriteState {
+    /// The published snapshots, to answer a change with the container as it is now.
+    pub snapshots: SnapshotRx,
+    pub manager: Option<Arc<Manager>>,
+    pub manager_error: Option<String>,
+    pub refresh: Refresh,
+}
+
+/// The router of a listener: reads always, writes when `write` is given (the Unix socket).
+pub fn app(read: ReadState, write: Option<WriteState>) -> Router {
+    let router = read_router(read);
+    match write {
+        Some(w) => router.merge(write_router(w)),
+        None => router,
+    }
+}
+
+pub fn read_router(state: ReadState) -> Router {
+    read::routes().merge(crate::ui::routes()).with_state(state)
+}
+
+pub fn write_router(state: WriteState) -> Router {
+    write::routes().with_state(state)
 }
 
 /// Errors shown to HTTP clients: a clear 4xx for their mistakes, a generic 5xx for ours (the
@@ -86,6 +133,15 @@ pub enum ApiError {
     Unavailable(String),
     #[error("internal error: see the agent's log")]
     Internal(String),
+}
+
+impl From<crate::model::FindError> for ApiError {
+    fn from(e: crate::model::FindError) -> Self {
+        match e {
+            crate::model::FindError::NotFound { .. } => ApiError::NotFound(e.to_string()),
+            crate::model::FindError::Ambiguous { .. } => ApiError::BadRequest(e.to_string()),
+        }
+    }
 }
 
 impl IntoResponse for ApiError {
@@ -108,190 +164,5 @@ impl IntoResponse for ApiError {
     }
 }
 
-fn latest(state: &AppState) -> Result<Arc<Snapshot>, ApiError> {
-    state.snapshots.borrow().clone().ok_or(ApiError::NotReady)
-}
-
-async fn get_metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let body = metrics::render(&state.registry)
-        .map_err(|e| ApiError::Internal(format!("encoding metrics: {e}")))?;
-    Ok(([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], body).into_response())
-}
-
-async fn get_readyz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
-    latest(&state).map(|_| "ready\n")
-}
-
-#[derive(Serialize)]
-struct SystemView<'a> {
-    #[serde(flatten)]
-    info: &'a SystemInfo,
-    probes: &'a [ProbeStatus],
-    runtime: Option<&'a crate::runtime::oci::OciRuntime>,
-    runtime_error: Option<&'a str>,
-}
-
-async fn get_system(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let snap = latest(&state)?;
-    Ok(Json(SystemView {
-        info: &state.system,
-        probes: &snap.probes,
-        runtime: state.manager.as_ref().map(|m| &m.runtime),
-        runtime_error: state.manager_error.as_deref(),
-    })
-    .into_response())
-}
-
-/// Findings: cause, evidence, fix; most severe first.
-async fn get_diagnose(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let snap = latest(&state)?;
-    let findings = crate::diagnose::diagnose(&snap);
-    Ok(Json(serde_json::json!({
-        "checked_at": snap.taken_at.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0),
-        "findings": findings,
-    }))
-    .into_response())
-}
-
-async fn get_cgroups(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let snap = latest(&state)?;
-    Ok(Json(&snap.cgroups).into_response())
-}
-
 #[cfg(test)]
-mod tests {
-    use std::{path::PathBuf, time::SystemTime};
-
-    use axum::body::{Body, to_bytes};
-    use axum::http::Request;
-    use tokio::sync::watch;
-    use tower::ServiceExt as _;
-
-    use super::*;
-    use crate::cgroup::CgroupMode;
-
-    fn state(snapshot: Option<Snapshot>) -> AppState {
-        let (_tx, rx) = watch::channel(snapshot.map(Arc::new));
-        AppState {
-            registry: Arc::new(metrics::registry(rx.clone(), 20)),
-            snapshots: rx,
-            system: Arc::new(SystemInfo {
-                version: "test",
-                kernel: "6.18".into(),
-                cgroup: Hierarchy {
-                    mode: CgroupMode::Hybrid,
-                    unified_mount: PathBuf::from("/sys/fs/cgroup/unified"),
-                    v1: Vec::new(),
-                },
-                tracked_root: TrackedRoot {
-                    dir: PathBuf::from("/sys/fs/cgroup/unified/berth"),
-                    path: "/berth".into(),
-                    id: 42,
-                    level: 1,
-                },
-            }),
-            manager: None,
-            manager_error: Some("test".into()),
-            history: Arc::new(crate::history::History::new(
-                std::time::Duration::from_secs(5),
-                std::time::Duration::from_secs(900),
-            )),
-        }
-    }
-
-    async fn get(state: AppState, uri: &str) -> (StatusCode, String, String) {
-        let res = app(state, Access::ReadOnly)
-            .oneshot(Request::get(uri).body(Body::empty()).unwrap())
-            .await
-            .unwrap();
-        let status = res.status();
-        let ctype = res
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .map(|v| v.to_str().unwrap().to_owned())
-            .unwrap_or_default();
-        let body = to_bytes(res.into_body(), 1 << 20).await.unwrap();
-        (status, ctype, String::from_utf8(body.to_vec()).unwrap())
-    }
-
-    fn empty_snapshot() -> Snapshot {
-        Snapshot::empty(SystemTime::now())
-    }
-
-    #[tokio::test]
-    async fn readyz_waits_for_the_first_snapshot() {
-        let (status, _, body) = get(state(None), "/readyz").await;
-        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-        assert!(body.contains("starting"), "{body}");
-        let (status, _, _) = get(state(Some(empty_snapshot())), "/readyz").await;
-        assert_eq!(status, StatusCode::OK);
-    }
-
-    #[tokio::test]
-    async fn metrics_are_served_as_openmetrics() {
-        let (status, ctype, body) = get(state(Some(empty_snapshot())), "/metrics").await;
-        assert_eq!(status, StatusCode::OK);
-        assert!(ctype.starts_with("application/openmetrics-text"), "{ctype}");
-        assert!(body.ends_with("# EOF\n"), "{body}");
-    }
-
-    #[tokio::test]
-    async fn system_reports_the_tracked_root_and_probes() {
-        let (status, _, body) = get(state(Some(empty_snapshot())), "/api/v1/system").await;
-        assert_eq!(status, StatusCode::OK);
-        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-        assert_eq!(v["tracked_root"]["path"], "/berth");
-        assert_eq!(v["cgroup"]["mode"], "hybrid");
-        assert!(v["probes"].is_array(), "{body}");
-    }
-
-    #[tokio::test]
-    async fn the_read_only_listener_has_no_mutating_routes() {
-        let res = app(state(Some(empty_snapshot())), Access::ReadOnly)
-            .oneshot(
-                Request::post("/api/v1/containers")
-                    .header("content-type", "application/json")
-                    .body(Body::from("{}"))
-                    .unwrap(),
-            )
-            .await
-            .unwrap();
-        assert_eq!(res.status(), StatusCode::METHOD_NOT_ALLOWED);
-        let res = app(state(Some(empty_snapshot())), Access::ReadWrite)
-            .oneshot(
-                Request::post("/api/v1/containers")
-                    .header("content-type", "application/json")
-                    .body(Body::from("{}"))
-                    .unwrap(),
-            )
-            .await
-            .unwrap();
-        // Routed, but this agent has no runtime.
-        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
-    }
-
-    #[tokio::test]
-    async fn the_ui_is_served_from_the_binary() {
-        let (status, ctype, body) = get(state(Some(empty_snapshot())), "/").await;
-        assert_eq!(status, StatusCode::OK);
-        assert!(ctype.starts_with("text/html"), "{ctype}");
-        assert!(body.contains("/ui/app.js"), "{body}");
-        let (status, ctype, body) = get(state(Some(empty_snapshot())), "/ui/app.js").await;
-        assert_eq!(status, StatusCode::OK);
-        assert!(ctype.starts_with("text/javascript"), "{ctype}");
-        for api in [
-            "/api/v1/system",
-            "/api/v1/containers",
-            "/api/v1/ports",
-            "/api/v1/diagnose",
-        ] {
-            assert!(body.contains(api), "app.js does not use {api}");
-        }
-    }
-
-    #[tokio::test]
-    async fn unknown_paths_are_404() {
-        let (status, _, _) = get(state(Some(empty_snapshot())), "/api/v1/nope").await;
-        assert_eq!(status, StatusCode::NOT_FOUND);
-    }
-}
+mod tests;

@@ -36,7 +36,7 @@ use std::{
 
 use cgroups_rs::{MaxValue, cpu::CpuController, memory::MemController, pid::PidController};
 use oci_spec::runtime::{LinuxBlockIo, LinuxCpu, LinuxMemory, LinuxPids, LinuxResources};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::{
     CgroupError, ControllerDir, Hierarchy, V2_CONTROLLERS,
@@ -110,25 +110,7 @@ pub enum LimitError {
     NoSwapAccounting { swap: String },
 }
 
-/// A container's resource limits, as the user gave them; `None` = not set (runtime default).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct Limits {
-    /// `--memory`, bytes.
-    pub memory: Option<u64>,
-    /// `--memory-swap`, bytes of memory plus swap (docker semantics): equal to `memory` = no
-    /// swap, -1 = unlimited swap. Unset: see [`Limits::with_swap_default`].
-    pub memory_swap: Option<i64>,
-    /// `--cpus`: 0.5 -> CFS quota 50000 us per 100000 us period.
-    pub cpus: Option<f64>,
-    /// `--cpu-shares`, v1 relative weight 2..=262144 (1024 = default); cpu.weight on v2.
-    pub cpu_shares: Option<u64>,
-    /// `--pids-limit`: > 0 limits; -1 and 0 mean unlimited (docker's API: "0 or -1 for
-    /// unlimited"); anything below -1 is rejected.
-    pub pids: Option<i64>,
-    /// `--blkio-weight`, 10..=1000; blkio.bfq.weight (v1) or io.bfq.weight/io.weight (v2).
-    pub blkio_weight: Option<u16>,
-}
+pub use crate::model::limits::Limits;
 
 /// Parses a size as docker does (go-units `RAMInBytes`): a number, optionally fractional, and an
 /// optional case-insensitive unit `b`, `k`, `m`, `g`, `t` or `p` (powers of 1024; `kb`, `kib`

@@ -136,15 +136,24 @@ impl Client {
         let mut buf = Vec::new();
         let status = self.stream(method, path, body, |b| buf.extend_from_slice(b))?;
         if !(200..300).contains(&status) {
-            let message = serde_json::from_slice::<serde_json::Value>(&buf)
-                .ok()
-                .and_then(|v| v["error"].as_str().map(str::to_owned))
+            let message = error_message(&buf)
                 .unwrap_or_else(|| String::from_utf8_lossy(&buf).trim().to_owned());
             return Err(ClientError::Api { status, message });
         }
         serde_json::from_slice(&buf)
             .map_err(|e| ClientError::Protocol(format!("{e} in {}", String::from_utf8_lossy(&buf))))
     }
+}
+
+/// The `error` of an API error body (`{"error": "..."}`), if it is one.
+pub fn error_message(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct ErrorBody {
+        error: String,
+    }
+    serde_json::from_slice::<ErrorBody>(body)
+        .ok()
+        .map(|b| b.error)
 }
 
 /// Percent-encodes a path segment (container names and ids are safe, but be strict).

@@ -2,27 +2,28 @@
 //! and the fix. Exit status 1 when there is a critical finding, for scripts and health checks.
 
 use super::{args::Format, client::Client};
+use crate::{api::views::DiagnoseView, diagnose::Severity};
 
 pub fn execute_diagnose(client: &Client, format: Format) -> anyhow::Result<i32> {
-    let v: serde_json::Value = client.call("GET", "/api/v1/diagnose", None)?;
-    let findings = v["findings"].as_array().cloned().unwrap_or_default();
-    let critical = findings.iter().any(|f| f["severity"] == "critical");
+    let v: DiagnoseView = client.call("GET", "/api/v1/diagnose", None)?;
+    let critical = v.findings.iter().any(|f| f.severity == Severity::Critical);
     if format == Format::Json {
         println!("{}", serde_json::to_string_pretty(&v)?);
-    } else if findings.is_empty() {
+    } else if v.findings.is_empty() {
         println!("No problems found.");
     } else {
-        for f in &findings {
+        for f in &v.findings {
+            let severity = serde_json::to_value(f.severity)?;
             println!(
                 "{} {}: {}",
-                f["severity"].as_str().unwrap_or("?").to_uppercase(),
-                f["subject"].as_str().unwrap_or(""),
-                f["cause"].as_str().unwrap_or("")
+                severity.as_str().unwrap_or("?").to_uppercase(),
+                f.subject,
+                f.cause
             );
-            for e in f["evidence"].as_array().into_iter().flatten() {
-                println!("  - {}", e.as_str().unwrap_or(""));
+            for e in &f.evidence {
+                println!("  - {e}");
             }
-            println!("  fix: {}\n", f["fix"].as_str().unwrap_or(""));
+            println!("  fix: {}\n", f.fix);
         }
     }
     Ok(i32::from(critical))

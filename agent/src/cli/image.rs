@@ -5,6 +5,7 @@ use super::{
     client::{Client, segment},
     short, table,
 };
+use crate::model::Image;
 
 pub fn execute_image(client: &Client, cmd: ImageCommand) -> anyhow::Result<i32> {
     match cmd {
@@ -12,13 +13,12 @@ pub fn execute_image(client: &Client, cmd: ImageCommand) -> anyhow::Result<i32> 
             let path = std::fs::canonicalize(&file)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
             let body = serde_json::json!({ "path": path, "name": name });
-            let image: serde_json::Value =
-                client.call("POST", "/api/v1/images/import", Some(&body))?;
-            println!("{}", image["id"].as_str().unwrap_or_default());
+            let image: Image = client.call("POST", "/api/v1/images/import", Some(&body))?;
+            println!("{}", image.id);
             Ok(0)
         }
         ImageCommand::Ls { format } => {
-            let list: Vec<serde_json::Value> = client.call("GET", "/api/v1/images", None)?;
+            let list: Vec<Image> = client.call("GET", "/api/v1/images", None)?;
             if format == Format::Json {
                 println!("{}", serde_json::to_string_pretty(&list)?);
                 return Ok(0);
@@ -26,18 +26,14 @@ pub fn execute_image(client: &Client, cmd: ImageCommand) -> anyhow::Result<i32> 
             let rows = list
                 .iter()
                 .map(|i| {
-                    let names: Vec<&str> = i["names"]
-                        .as_array()
-                        .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
-                        .unwrap_or_default();
                     vec![
-                        if names.is_empty() {
+                        if i.names.is_empty() {
                             "<none>".to_owned()
                         } else {
-                            names.join(",")
+                            i.names.join(",")
                         },
-                        short(i["id"].as_str().unwrap_or_default()).to_owned(),
-                        format!("{:.1}MB", i["size_bytes"].as_f64().unwrap_or(0.0) / 1e6),
+                        short(&i.id).to_owned(),
+                        format!("{:.1}MB", i.size_bytes as f64 / 1e6),
                     ]
                 })
                 .collect::<Vec<_>>();

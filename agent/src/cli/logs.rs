@@ -22,10 +22,7 @@ pub fn execute_logs(client: &Client, follow: bool, container: &str) -> anyhow::R
         Ok(s) if (200..300).contains(&s) => Ok(0),
         Ok(s) => Err(ClientError::Api {
             status: s,
-            message: serde_json::from_slice::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|v| v["error"].as_str().map(str::to_owned))
-                .unwrap_or_default(),
+            message: super::client::error_message(&body).unwrap_or_default(),
         }
         .into()),
         Err(e) => Err(e.into()),

@@ -1,16 +1,16 @@
 //! `berth ports [CONTAINER]`: every published mapping, with its backend.
 
 use super::{args::Format, client::Client, short, table};
+use crate::{
+    api::views::{ContainerSummary, PortSummary},
+    model::PortRange,
+};
 
-fn range(r: &serde_json::Value) -> String {
-    let (a, b) = (
-        r["start"].as_u64().unwrap_or(0),
-        r["end"].as_u64().unwrap_or(0),
-    );
-    if a == b {
-        a.to_string()
+fn range(r: &PortRange) -> String {
+    if r.start == r.end {
+        r.start.to_string()
     } else {
-        format!("{a}-{b}")
+        format!("{}-{}", r.start, r.end)
     }
 }
 
@@ -19,35 +19,49 @@ pub fn execute_ports(
     container: Option<&str>,
     format: Format,
 ) -> anyhow::Result<i32> {
-    let mut list: Vec<serde_json::Value> = client.call("GET", "/api/v1/ports", None)?;
-    if let Some(c) = container {
-        let v: serde_json::Value = client.call(
-            "GET",
-            &format!("/api/v1/containers/{}", super::client::segment(c)),
-            None,
-        )?;
-        list.retain(|p| p["container"] == v["id"]);
-    }
+    let id = match container {
+        Some(c) => Some(
+            client
+                .call::<ContainerSummary>(
+                    "GET",
+                    &format!("/api/v1/containers/{}", super::client::segment(c)),
+                    None,
+                )?
+                .id,
+        ),
+        None => None,
+    };
     if format == Format::Json {
-        println!("{}", serde_json::to_string_pretty(&list)?);
+        // Everything the agent sends (netfilter cost included), as it sends it.
+        let mut raw: Vec<serde_json::Value> = client.call("GET", "/api/v1/ports", None)?;
+        if let Some(id) = &id {
+            raw.retain(|p| p.get("container").and_then(|c| c.as_str()) == Some(id));
+        }
+        println!("{}", serde_json::to_string_pretty(&raw)?);
         return Ok(0);
+    }
+    let mut list: Vec<PortSummary> = client.call("GET", "/api/v1/ports", None)?;
+    if let Some(id) = &id {
+        list.retain(|p| &p.container == id);
     }
     let rows: Vec<Vec<String>> = list
         .iter()
         .map(|p| {
-            let m = &p["publish"];
-            let host_ip = m["host_ip"].as_str().unwrap_or("0.0.0.0");
+            let m = &p.publish;
+            let host_ip = m
+                .host_ip
+                .map_or_else(|| "0.0.0.0".to_owned(), |ip| ip.to_string());
             vec![
-                short(p["container"].as_str().unwrap_or_default()).to_owned(),
-                p["name"].as_str().unwrap_or_default().to_owned(),
-                format!("{host_ip}:{}", range(&m["host"])),
+                short(&p.container).to_owned(),
+                p.name.clone(),
+                format!("{host_ip}:{}", range(&m.host)),
                 format!(
                     "{}:{}",
-                    p["ip"].as_str().unwrap_or("-"),
-                    range(&m["container"])
+                    p.ip.map_or_else(|| "-".to_owned(), |ip| ip.to_string()),
+                    range(&m.container)
                 ),
-                m["proto"].as_str().unwrap_or_default().to_owned(),
-                p["backend"].as_str().unwrap_or_default().to_owned(),
+                m.proto.to_string(),
+                p.backend.map(|b| b.to_string()).unwrap_or_default(),
             ]
         })
         .collect();

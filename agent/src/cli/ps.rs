@@ -1,40 +1,38 @@
 //! `berth ps`: containers as a table (Docker's columns) or JSON.
 
 use super::{ago, args::Format, client::Client, short, table};
-use crate::runtime::store::now_secs;
+use crate::{api::views::ContainerSummary, model::Status, runtime::store::now_secs};
 
 pub fn execute_ps(client: &Client, all: bool, format: Format, quiet: bool) -> anyhow::Result<i32> {
     let path = format!("/api/v1/containers?all={all}");
-    let list: Vec<serde_json::Value> = client.call("GET", &path, None)?;
-    if quiet {
-        for c in &list {
-            println!("{}", short(c["id"].as_str().unwrap_or_default()));
-        }
+    if format == Format::Json && !quiet {
+        // Everything the agent sends, as it sends it.
+        let raw: serde_json::Value = client.call("GET", &path, None)?;
+        println!("{}", serde_json::to_string_pretty(&raw)?);
         return Ok(0);
     }
-    if format == Format::Json {
-        println!("{}", serde_json::to_string_pretty(&list)?);
+    let list: Vec<ContainerSummary> = client.call("GET", &path, None)?;
+    if quiet {
+        for c in &list {
+            println!("{}", short(&c.id));
+        }
         return Ok(0);
     }
     let now = now_secs();
     let rows: Vec<Vec<String>> = list
         .iter()
         .map(|c| {
-            let args: Vec<&str> = c["args"]
-                .as_array()
-                .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
-                .unwrap_or_default();
-            let mut command = args.join(" ");
+            let mut command = c.args.join(" ");
             if command.chars().count() > 30 {
                 command = command.chars().take(29).collect::<String>() + "…";
             }
             vec![
-                short(c["id"].as_str().unwrap_or_default()).to_owned(),
-                c["image"].as_str().unwrap_or_default().to_owned(),
+                short(&c.id).to_owned(),
+                c.image.clone(),
                 format!("\"{command}\""),
-                format!("{} ago", ago(now - c["created_at"].as_f64().unwrap_or(now))),
+                format!("{} ago", ago(now - c.created_at)),
                 status(c, now),
-                c["name"].as_str().unwrap_or_default().to_owned(),
+                c.name.clone(),
             ]
         })
         .collect();
@@ -53,22 +51,22 @@ pub fn execute_ps(client: &Client, all: bool, format: Format, quiet: bool) -> an
 }
 
 /// "Up 5 seconds", "Exited (137) 3 seconds ago", "Restarting (1) 2 seconds ago".
-pub fn status(c: &serde_json::Value, now: f64) -> String {
-    let s = &c["state"];
-    match c["status"].as_str().unwrap_or("") {
-        "running" => format!("Up {}", ago(now - s["started_at"].as_f64().unwrap_or(now))),
-        "exited" => match s["exit_code"].as_i64() {
+pub fn status(c: &ContainerSummary, now: f64) -> String {
+    let s = &c.state;
+    match c.status {
+        Status::Running => format!("Up {}", ago(now - s.started_at.unwrap_or(now))),
+        Status::Exited => match s.exit_code {
             Some(code) => format!(
                 "Exited ({code}) {} ago",
-                ago(now - s["finished_at"].as_f64().unwrap_or(now))
+                ago(now - s.finished_at.unwrap_or(now))
             ),
             None => "Exited (unknown)".into(),
         },
-        "restarting" => format!(
+        Status::Restarting => format!(
             "Restarting ({}) {} ago",
-            s["exit_code"].as_i64().unwrap_or(-1),
-            ago(now - s["finished_at"].as_f64().unwrap_or(now))
+            s.exit_code.unwrap_or(-1),
+            ago(now - s.finished_at.unwrap_or(now))
         ),
-        other => other.to_owned(),
+        other => other.to_string(),
     }
 }

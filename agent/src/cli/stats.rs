@@ -3,6 +3,7 @@
 use std::{collections::HashMap, time::Duration};
 
 use super::{args::Format, client::Client, short, table};
+use crate::api::views::{ContainerSummary, StatsView};
 
 fn human(bytes: f64) -> String {
     let units = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -25,16 +26,16 @@ pub fn execute_stats(
     loop {
         let targets: Vec<String> = if containers.is_empty() {
             client
-                .call::<Vec<serde_json::Value>>("GET", "/api/v1/containers", None)?
-                .iter()
-                .filter_map(|c| c["id"].as_str().map(str::to_owned))
+                .call::<Vec<ContainerSummary>>("GET", "/api/v1/containers", None)?
+                .into_iter()
+                .map(|c| c.id)
                 .collect()
         } else {
             containers.to_vec()
         };
         let mut all = Vec::new();
         for t in &targets {
-            all.push(client.call::<serde_json::Value>(
+            all.push(client.call::<StatsView>(
                 "GET",
                 &format!("/api/v1/containers/{}/stats", super::client::segment(t)),
                 None,
@@ -47,31 +48,31 @@ pub fn execute_stats(
             let rows: Vec<Vec<String>> = all
                 .iter()
                 .map(|v| {
-                    let s = &v["stats"];
-                    let id = v["id"].as_str().unwrap_or_default().to_owned();
-                    let cpu = s["cpu_usage_seconds"].as_f64().unwrap_or(0.0);
+                    let s = &v.stats;
+                    let id = v.id.clone();
+                    let cpu = s.cpu_usage_seconds;
                     let pct = prev
                         .get(&id)
                         .map(|(c, t)| (cpu - c) / now.duration_since(*t).as_secs_f64() * 100.0)
                         .map(|p| format!("{p:.2}%"))
                         .unwrap_or_else(|| "--".into());
                     prev.insert(id.clone(), (cpu, now));
-                    let mem = s["memory_usage_bytes"].as_f64().unwrap_or(0.0);
-                    let limit = s["memory_limit_bytes"]
-                        .as_f64()
-                        .map(human)
+                    let mem = s.memory_usage_bytes as f64;
+                    let limit = s
+                        .memory_limit_bytes
+                        .map(|l| human(l as f64))
                         .unwrap_or_else(|| "unlimited".into());
                     vec![
                         short(&id).to_owned(),
-                        v["name"].as_str().unwrap_or_default().to_owned(),
+                        v.name.clone(),
                         pct,
                         format!("{} / {limit}", human(mem)),
                         format!(
                             "{} / {}",
-                            human(s["io_read_bytes"].as_f64().unwrap_or(0.0)),
-                            human(s["io_write_bytes"].as_f64().unwrap_or(0.0))
+                            human(s.io_read_bytes as f64),
+                            human(s.io_write_bytes as f64)
                         ),
-                        s["pids_current"].as_u64().unwrap_or(0).to_string(),
+                        s.pids_current.to_string(),
                     ]
                 })
                 .collect();

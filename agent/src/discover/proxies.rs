@@ -5,20 +5,10 @@
 
 use std::{fs, path::Path};
 
-use serde::Serialize;
-
 /// Process names of known userland proxies.
 pub const PROXY_NAMES: [&str; 3] = ["docker-proxy", "rootlessport", "slirp4netns"];
 
-/// What the proxies on this host use, summed.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct ProxyStats {
-    pub processes: u64,
-    /// Resident memory, bytes.
-    pub rss_bytes: u64,
-    /// CPU time used since each started (user + system), seconds.
-    pub cpu_seconds: f64,
-}
+pub use crate::model::host::ProxyStats;
 
 /// Scans `proc` (normally `/proc`) for userland proxy processes.
 pub fn scan(proc: &Path) -> ProxyStats {

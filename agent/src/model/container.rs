@@ -1,4 +1,5 @@
-//! What the snapshot says about one container: its status, whatever launched it.
+//! What the snapshot says about one container, whatever launched it: its status, the state
+//! of its process, and for berth's own containers the record of what the user asked for.
 
 use serde::{Deserialize, Serialize};
 
@@ -56,6 +57,102 @@ impl std::fmt::Display for Status {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())
     }
+}
+
+/// Where a container is in its life, as the agent intends it. Written before acting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    /// Bundle, overlay and cgroup being prepared; a crash here is undone on the next start.
+    Creating,
+    /// Handed to a shim: running, or exited (see the shim's `state.json`).
+    Created,
+    /// `rm` under way; a crash here is completed on the next start.
+    Removing,
+}
+
+/// Restart policy, Docker's names: `no`, `on-failure[:N]`, `always`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(tag = "policy", rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    #[default]
+    No,
+    OnFailure {
+        max_retries: Option<u32>,
+    },
+    Always,
+}
+
+impl RestartPolicy {
+    /// Whether an exit with `code` after `restarts` restarts should be followed by another.
+    pub fn should_restart(&self, code: i32, restarts: u32) -> bool {
+        match *self {
+            RestartPolicy::No => false,
+            RestartPolicy::Always => true,
+            RestartPolicy::OnFailure { max_retries } => {
+                code != 0 && max_retries.is_none_or(|m| restarts < m)
+            }
+        }
+    }
+}
+
+impl std::str::FromStr for RestartPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "no" => Ok(Self::No),
+            "always" => Ok(Self::Always),
+            "on-failure" => Ok(Self::OnFailure { max_retries: None }),
+            _ => match s.strip_prefix("on-failure:") {
+                Some(n) => n
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .map(|n| Self::OnFailure {
+                        max_retries: Some(n),
+                    })
+                    .ok_or_else(|| {
+                        format!("--restart {s}: the retry count must be a positive integer")
+                    }),
+                None => Err(format!(
+                    "--restart {s}: expected no, on-failure[:N] or always"
+                )),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for RestartPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RestartPolicy::No => write!(f, "no"),
+            RestartPolicy::Always => write!(f, "always"),
+            RestartPolicy::OnFailure { max_retries: None } => write!(f, "on-failure"),
+            RestartPolicy::OnFailure {
+                max_retries: Some(n),
+            } => write!(f, "on-failure:{n}"),
+        }
+    }
+}
+
+/// What the shim last wrote about the container's process (`state.json`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct ContainerState {
+    /// Pid of the shim (outlives the agent).
+    pub shim_pid: u32,
+    /// Pid of the container's init process in the host pid namespace, while running.
+    pub pid: Option<u32>,
+    pub running: bool,
+    pub started_at: Option<f64>,
+    pub finished_at: Option<f64>,
+    /// Exit code as a shell reports it: 128 + signal for a killed process.
+    pub exit_code: Option<i32>,
+    pub oom_killed: bool,
+    /// OOM kills seen in the container's cgroup over its life.
+    pub oom_kills: u64,
+    pub restart_count: u32,
+    /// Why the shim could not start the container, if it could not.
+    pub error: Option<String>,
 }
 
 #[cfg(test)]

@@ -1,36 +1,70 @@
-//! The Snapshot: everything berth knows about the host and its cgroups at one instant. The
-//! collector loop builds one per tick; readers (/metrics, /api/v1, later diagnose and the UI)
-//! only ever see a complete, immutable snapshot, never a half-updated one.
+//! The Snapshot: everything berth knows about the host at one instant. The collectors
+//! (`collect/`) build one per tick; readers (`/metrics`, `/api/v1`, `diagnose`, the UI) only
+//! ever see a complete, immutable snapshot, never a half-updated one, and never the host.
+//!
+//! This module owns every type the snapshot holds and imports no writer module (`runtime`,
+//! `probes`, `net`, `cgroup`, `discover`, `image`): writers depend on the model, not the other
+//! way round (a test in `tests.rs` checks it).
+//!
+//! One [`Container`] record per container the agent knows, whatever launched it ([`Engine`]),
+//! carrying its cgroup's probe data; cgroups the probes see that belong to no known container
+//! stay visible as such ([`Snapshot::other_cgroups`]). What a container's published ports cost
+//! in netfilter is computed in one place, [`ports`].
 
-use std::time::SystemTime;
+pub mod container;
+#[cfg(test)]
+pub(crate) mod fixture;
+pub mod host;
+pub mod image;
+pub mod limits;
+pub mod net;
+pub mod netfilter;
+pub mod ports;
+pub mod probe;
+pub mod stats;
+#[cfg(test)]
+mod tests;
+
+use std::{collections::BTreeMap, path::PathBuf, time::SystemTime};
 
 use serde::Serialize;
 
-pub mod container;
-pub use container::Status;
+pub use self::{
+    container::{ContainerState, Phase, RestartPolicy, Status},
+    host::{ConntrackStats, ProxyStats},
+    image::{Image, ImageConfig},
+    limits::Limits,
+    net::{BackendKind, NetworkMode, NetworkSpec, PortRange, Proto, Publish},
+    netfilter::{CtState, Family, Hook, HookTotal, NetfilterSample, PortCost},
+    ports::{ContainerHookKey, Cost},
+    probe::{CollectorRun, LostEvents, ProbeRun, ProbeStatus},
+    stats::ContainerStats,
+};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Snapshot {
     /// When the collectors finished.
     #[serde(with = "unix_seconds")]
     pub taken_at: SystemTime,
-    /// Tracked cgroups, sorted by path.
-    pub cgroups: Vec<CgroupSample>,
+    /// Every container the agent knows, any engine, newest first.
+    pub containers: Vec<Container>,
+    /// Tracked cgroups that belong to no known container, sorted by path.
+    pub other_cgroups: Vec<CgroupSample>,
     pub probes: Vec<ProbeStatus>,
     /// Events the probes could not record (a full map), cumulative since load.
     pub lost_events: Vec<LostEvents>,
     /// CPU the probes' programs used, from the kernel's BPF run-time statistics.
     pub probe_runs: Vec<ProbeRun>,
     pub collectors: Vec<CollectorRun>,
-    /// berth's containers with their cgroup stats.
-    pub containers: Vec<crate::runtime::ContainerSample>,
     /// Host-wide conntrack (`None`: conntrack not loaded).
-    pub conntrack: Option<crate::net::conntrack::ConntrackStats>,
+    pub conntrack: Option<ConntrackStats>,
     /// Netfilter cost per hook and per (protocol, original destination port), cumulative
     /// (`None`: the probe is down).
-    pub netfilter: Option<crate::probes::netfilter::NetfilterSample>,
+    pub netfilter: Option<NetfilterSample>,
     /// Userland port-mapping proxies on the host (docker-proxy and kin).
-    pub proxies: crate::discover::proxies::ProxyStats,
+    pub proxies: ProxyStats,
+    /// Images in berth's store.
+    pub images: Vec<Image>,
 }
 
 impl Snapshot {
@@ -39,19 +73,167 @@ impl Snapshot {
     pub fn empty(taken_at: SystemTime) -> Self {
         Self {
             taken_at,
-            cgroups: vec![],
+            containers: vec![],
+            other_cgroups: vec![],
             probes: vec![],
             lost_events: vec![],
             probe_runs: vec![],
             collectors: vec![],
-            containers: vec![],
             conntrack: None,
             netfilter: None,
             proxies: Default::default(),
+            images: vec![],
+        }
+    }
+
+    /// Every tracked cgroup with its probe data, the containers' and the others', sorted by
+    /// path.
+    pub fn cgroups(&self) -> Vec<CgroupView<'_>> {
+        let mut out: Vec<CgroupView<'_>> = self
+            .containers
+            .iter()
+            .filter_map(|c| {
+                Some(CgroupView {
+                    id: c.cgroup_id?,
+                    path: &c.cgroup,
+                    syscalls: &c.syscalls,
+                    net: &c.net,
+                })
+            })
+            .chain(self.other_cgroups.iter().map(|c| CgroupView {
+                id: c.id,
+                path: &c.path,
+                syscalls: &c.syscalls,
+                net: &c.net,
+            }))
+            .collect();
+        out.sort_by(|a, b| a.path.cmp(b.path));
+        out
+    }
+
+    /// The container `reference` names: a full id, a name, or a unique id prefix.
+    pub fn find(&self, reference: &str) -> Result<&Container, FindError> {
+        if let Some(c) = self
+            .containers
+            .iter()
+            .find(|c| c.id == reference || c.name == reference)
+        {
+            return Ok(c);
+        }
+        let matches: Vec<&Container> = self
+            .containers
+            .iter()
+            .filter(|c| !reference.is_empty() && c.id.starts_with(reference))
+            .collect();
+        match matches.as_slice() {
+            [c] => Ok(c),
+            [] => Err(FindError::NotFound {
+                reference: reference.to_owned(),
+            }),
+            _ => Err(FindError::Ambiguous {
+                reference: reference.to_owned(),
+                matches: matches.len(),
+            }),
         }
     }
 }
 
+/// Why [`Snapshot::find`] found no single container.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FindError {
+    #[error("no such container: {reference}")]
+    NotFound { reference: String },
+    #[error("{reference} matches {matches} containers: give more of the id")]
+    Ambiguous { reference: String, matches: usize },
+}
+
+/// What manages a container. `runtime` keeps meaning the OCI runtime (runc, crun).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Engine {
+    /// Launched by this agent.
+    Berth,
+}
+
+impl Engine {
+    pub fn name(self) -> &'static str {
+        match self {
+            Engine::Berth => "berth",
+        }
+    }
+}
+
+/// One container, whatever launched it, with its cgroup's probe data at snapshot time.
+#[derive(Debug, Clone, Serialize)]
+pub struct Container {
+    pub engine: Engine,
+    /// The engine's id (64 hex characters for berth, Docker and containerd).
+    pub id: String,
+    pub name: String,
+    /// What it runs: an image reference, or for berth a rootfs directory.
+    pub image: String,
+    pub labels: BTreeMap<String, String>,
+    /// Its cgroup's path below the cgroup2 mount, e.g. `/berth/<id>`.
+    pub cgroup: String,
+    /// v2 cgroup id (directory inode), what the probes key on; `None` while it has no cgroup.
+    pub cgroup_id: Option<u64>,
+    pub status: Status,
+    /// Its process as last seen.
+    pub state: ContainerState,
+    /// When it was created, unix seconds.
+    pub created_at: f64,
+    pub limits: Limits,
+    /// Cgroup usage while running.
+    pub stats: Option<ContainerStats>,
+    pub network: NetworkSpec,
+    /// Conntrack entries with the container's address (bridge mode).
+    pub conntrack_entries: Option<u64>,
+    /// Its stdout and stderr, where the engine keeps them.
+    pub log_path: Option<PathBuf>,
+    /// Cumulative syscalls of its cgroup, sorted by number.
+    pub syscalls: Vec<SyscallCount>,
+    /// Cumulative packets and bytes of its cgroup's sockets.
+    pub net: Vec<NetCount>,
+    /// What berth recorded when it created the container (berth's own containers only).
+    #[serde(flatten)]
+    pub berth: Option<BerthSpec>,
+}
+
+impl Container {
+    /// OOM kills over the container's life: past runs plus the running one's cgroup.
+    pub fn oom_kills(&self) -> u64 {
+        self.state.oom_kills + self.stats.as_ref().map_or(0, |s| s.oom_kills)
+    }
+
+    /// The OCI runtime berth used, when berth launched it.
+    pub fn runtime(&self) -> Option<&str> {
+        self.berth.as_ref().map(|b| b.runtime.as_str())
+    }
+}
+
+/// What the user asked berth for, as recorded at create time.
+#[derive(Debug, Clone, Serialize)]
+pub struct BerthSpec {
+    /// Image id when run from an image.
+    pub image_id: Option<String>,
+    /// Read-only lower dir of the overlay (the image's rootfs or the user's directory).
+    pub lower: PathBuf,
+    /// The process: entrypoint + cmd resolved at create.
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    pub workdir: String,
+    /// "uid:gid" resolved at create.
+    pub user: String,
+    pub restart: RestartPolicy,
+    /// OCI runtime used for this container ("runc" or "crun").
+    pub runtime: String,
+    pub phase: Phase,
+    /// Set by `stop`/`kill`/`rm` before signalling, so the shim does not restart it.
+    pub stop_requested: bool,
+}
+
+/// A tracked cgroup's probe data (one that belongs to no known container, in
+/// [`Snapshot::other_cgroups`]).
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct CgroupSample {
     /// v2 cgroup id (directory inode).
@@ -63,6 +245,15 @@ pub struct CgroupSample {
     pub syscalls: Vec<SyscallCount>,
     /// Cumulative packets and bytes of the cgroup's sockets.
     pub net: Vec<NetCount>,
+}
+
+/// Any tracked cgroup's probe data, borrowed from the snapshot (`/api/v1/cgroups`, metrics).
+#[derive(Debug, Clone, Serialize)]
+pub struct CgroupView<'a> {
+    pub id: u64,
+    pub path: &'a str,
+    pub syscalls: &'a [SyscallCount],
+    pub net: &'a [NetCount],
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -85,47 +276,6 @@ pub struct SyscallCount {
     /// `[2^i, 2^(i+1))` ns; empty when latency is off.
     pub latency_buckets: Vec<u64>,
     pub latency_sum_ns: u64,
-}
-
-/// Whether a probe is attached, and why not when it is not.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct ProbeStatus {
-    pub name: &'static str,
-    /// Program type and hook, e.g. `raw_tracepoint/sys_enter`.
-    pub attach: &'static str,
-    pub enabled: bool,
-    pub attached: bool,
-    /// Kernel ids of the loaded programs (`bpftool prog show id N`).
-    pub program_ids: Vec<u32>,
-    pub error: Option<String>,
-    /// Measurement paths this probe detected at start-up and their state, e.g. for netfilter
-    /// `{"netfilter_pair": "ok", "fentry": "unavailable (EPERM): ..."}`. Empty for probes with
-    /// a single path.
-    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
-    pub paths: std::collections::BTreeMap<&'static str, String>,
-}
-
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct ProbeRun {
-    pub probe: &'static str,
-    pub seconds: f64,
-    pub runs: u64,
-}
-
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct LostEvents {
-    pub probe: &'static str,
-    pub map: &'static str,
-    pub count: u64,
-}
-
-/// One collector's last run, for `berth_collector_*`.
-#[derive(Debug, Clone, Serialize)]
-pub struct CollectorRun {
-    pub name: &'static str,
-    pub duration_seconds: f64,
-    pub success: bool,
-    pub error: Option<String>,
 }
 
 mod unix_seconds {

@@ -8,22 +8,7 @@
 
 use std::{collections::HashMap, fs, net::Ipv4Addr, path::Path};
 
-use serde::Serialize;
-
-/// Host-wide conntrack state; counters are cumulative since the module loaded.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct ConntrackStats {
-    pub entries: u64,
-    pub max: u64,
-    pub found: u64,
-    pub new: u64,
-    pub invalid: u64,
-    pub insert: u64,
-    pub insert_failed: u64,
-    pub drop: u64,
-    pub early_drop: u64,
-    pub search_restart: u64,
-}
+pub use crate::model::host::ConntrackStats;
 
 /// `None` when conntrack is not loaded (the files do not exist).
 pub fn host_stats(proc: &Path) -> Option<ConntrackStats> {

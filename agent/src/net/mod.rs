@@ -27,7 +27,7 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use self::portmap::{Backend, BackendKind, PortmapConfig, PortmapError, Publish};
+use self::portmap::{Backend, BackendKind, PortmapConfig, PortmapError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
@@ -51,39 +51,7 @@ pub enum NetError {
     Exhausted { subnet: Ipv4Net },
 }
 
-/// `--network`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum NetworkMode {
-    #[default]
-    Bridge,
-    Host,
-    None,
-}
-
-impl std::str::FromStr for NetworkMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "bridge" => Ok(Self::Bridge),
-            "host" => Ok(Self::Host),
-            "none" => Ok(Self::None),
-            _ => Err(format!("--network {s}: expected bridge, host or none")),
-        }
-    }
-}
-
-/// A container's network, decided at create and kept in its record.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(default)]
-pub struct NetworkSpec {
-    pub mode: NetworkMode,
-    /// Address on berth's bridge (bridge mode).
-    pub ip: Option<Ipv4Addr>,
-    pub publish: Vec<Publish>,
-    /// Backend of the published ports (bridge mode with ports).
-    pub port_backend: Option<BackendKind>,
-}
+pub use crate::model::net::{NetworkMode, NetworkSpec};
 
 /// The agent's network configuration (`[network]`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -9,16 +9,19 @@ pub mod net;
 pub mod netfilter;
 pub mod syscalls;
 
-use std::path::{Path, PathBuf};
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+};
 
 use aya::{Ebpf, EbpfLoader, maps::PerCpuArray};
-use berth_common::{ProbeError, globals};
+use berth_common::{ProbeError, globals, maps};
 use tracing::{info, warn};
 
 use crate::{
     cgroup::TrackedRoot,
     config::ProbesConfig,
-    model::{LostEvents, ProbeStatus},
+    model::{LostEvents, NetCount, NetfilterSample, ProbeStatus, SyscallCount},
 };
 
 /// berth's eBPF object, built by `agent/build.rs`.
@@ -76,14 +79,7 @@ pub fn program_err(
 }
 
 /// Maps pinned under [`pin_dir`] so their counters survive an agent restart.
-pub const PINNED_MAPS: [&str; 6] = [
-    "SYSCALLS",
-    "SYSCALL_LATENCY_HIST",
-    "NET",
-    "NF_PORTS",
-    "NF_HOOKS",
-    "PROBE_ERRORS",
-];
+pub const PINNED_MAPS: [&str; 6] = berth_common::maps::PINNED;
 
 /// Where this agent pins its maps: one directory per tracked root, so agents with different
 /// roots never share counters. `None` when bpffs is not mounted at /sys/fs/bpf.
@@ -150,6 +146,69 @@ pub fn remove_pins(dir: &Path) {
     let _ = std::fs::remove_dir(dir);
 }
 
+/// What one probe read from its maps in one tick.
+#[derive(Debug, Clone)]
+pub enum ProbeData {
+    /// Syscall counts per cgroup id.
+    Syscalls(HashMap<u64, Vec<SyscallCount>>),
+    /// Packets and bytes per cgroup id.
+    Net(HashMap<u64, Vec<NetCount>>),
+    /// Netfilter cost per hook and port.
+    Netfilter(NetfilterSample),
+}
+
+/// One probe: what it reports about itself and how it reads its maps. Implemented by each
+/// probe module; [`Probes::all`] is the one list of them.
+pub trait Probe {
+    fn status(&self) -> &ProbeStatus;
+    /// Reads the probe's maps; `alive` says which cgroup ids still exist (keys of the others
+    /// are deleted after this last read).
+    fn collect(
+        &self,
+        ebpf: &mut Ebpf,
+        alive: &dyn Fn(u64) -> bool,
+    ) -> Result<ProbeData, ProbeLoadError>;
+}
+
+impl Probe for syscalls::SyscallsProbe {
+    fn status(&self) -> &ProbeStatus {
+        &self.status
+    }
+    fn collect(
+        &self,
+        ebpf: &mut Ebpf,
+        alive: &dyn Fn(u64) -> bool,
+    ) -> Result<ProbeData, ProbeLoadError> {
+        syscalls::SyscallsProbe::collect(self, ebpf, alive).map(ProbeData::Syscalls)
+    }
+}
+
+impl Probe for net::NetProbe {
+    fn status(&self) -> &ProbeStatus {
+        &self.status
+    }
+    fn collect(
+        &self,
+        ebpf: &mut Ebpf,
+        alive: &dyn Fn(u64) -> bool,
+    ) -> Result<ProbeData, ProbeLoadError> {
+        net::NetProbe::collect(self, ebpf, alive).map(ProbeData::Net)
+    }
+}
+
+impl Probe for netfilter::NetfilterProbe {
+    fn status(&self) -> &ProbeStatus {
+        &self.status
+    }
+    fn collect(
+        &self,
+        ebpf: &mut Ebpf,
+        _alive: &dyn Fn(u64) -> bool,
+    ) -> Result<ProbeData, ProbeLoadError> {
+        netfilter::NetfilterProbe::collect(self, ebpf).map(ProbeData::Netfilter)
+    }
+}
+
 /// Every probe of the agent, owned by the collector loop. Dropping it detaches all programs.
 pub struct Probes {
     pub(crate) ebpf: Option<Ebpf>,
@@ -164,6 +223,23 @@ pub struct Probes {
 }
 
 impl Probes {
+    /// Every probe disabled and nothing loaded: an agent run with `[probes]` all off, and
+    /// tests of the collector framework.
+    pub fn disabled(root: &TrackedRoot) -> Self {
+        let off = crate::config::SyscallsConfig {
+            enabled: false,
+            ..Default::default()
+        };
+        Self {
+            ebpf: None,
+            syscalls: syscalls::SyscallsProbe::start(None, &off),
+            net: net::NetProbe::start(None, false, root),
+            netfilter: netfilter::NetfilterProbe::start(None, false),
+            pins: None,
+            run_stats: None,
+        }
+    }
+
     pub fn start(config: &ProbesConfig, root: &TrackedRoot) -> Self {
         let pins = pin_dir(root);
         if pins.is_none() {
@@ -228,12 +304,40 @@ impl Probes {
         probes
     }
 
+    /// Every probe, in the order `/api/v1/system` lists them: the one list of berth's probes.
+    pub fn all(&self) -> [&dyn Probe; 3] {
+        [&self.syscalls, &self.net, &self.netfilter]
+    }
+
     pub fn status(&self) -> Vec<ProbeStatus> {
-        vec![
-            self.syscalls.status.clone(),
-            self.net.status.clone(),
-            self.netfilter.status.clone(),
-        ]
+        self.all().iter().map(|p| p.status().clone()).collect()
+    }
+
+    /// Reads the maps of the probe named `name`: `Ok(None)` when it is not attached (down or
+    /// disabled: its status says which) or unknown.
+    pub fn collect(
+        &mut self,
+        name: &str,
+        alive: &dyn Fn(u64) -> bool,
+    ) -> Result<Option<ProbeData>, ProbeLoadError> {
+        let Self {
+            ebpf,
+            syscalls,
+            net,
+            netfilter,
+            ..
+        } = self;
+        let Some(ebpf) = ebpf.as_mut() else {
+            return Ok(None);
+        };
+        let all: [&dyn Probe; 3] = [syscalls, net, netfilter];
+        match all
+            .into_iter()
+            .find(|p| p.status().name == name && p.status().attached)
+        {
+            Some(p) => p.collect(ebpf, alive).map(Some),
+            None => Ok(None),
+        }
     }
 
     /// Run time and runs of each probe's programs (kernel BPF statistics; zero when off).
@@ -271,12 +375,14 @@ impl Probes {
         let Some(ebpf) = &self.ebpf else {
             return Ok(Vec::new());
         };
-        let map = ebpf.map("PROBE_ERRORS").ok_or(ProbeLoadError::MissingMap {
-            map: "PROBE_ERRORS",
-        })?;
+        let map = ebpf
+            .map(maps::PROBE_ERRORS)
+            .ok_or(ProbeLoadError::MissingMap {
+                map: maps::PROBE_ERRORS,
+            })?;
         let errors =
             PerCpuArray::<_, u64>::try_from(map).map_err(|source| ProbeLoadError::Map {
-                map: "PROBE_ERRORS",
+                map: maps::PROBE_ERRORS,
                 source,
             })?;
         let mut out = Vec::new();
@@ -284,7 +390,7 @@ impl Probes {
             let values = errors
                 .get(&(e as u32), 0)
                 .map_err(|source| ProbeLoadError::Map {
-                    map: "PROBE_ERRORS",
+                    map: maps::PROBE_ERRORS,
                     source,
                 })?;
             let (probe, map) = e.labels();
@@ -302,6 +408,49 @@ impl Drop for Probes {
     fn drop(&mut self) {
         if self.ebpf.take().is_some() {
             info!("eBPF programs detached and unloaded");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_object_declares_every_map_the_common_crate_names() {
+        let obj = aya_obj::Object::parse(EBPF_OBJECT).expect("berth's object parses");
+        for name in [
+            maps::SYSCALLS,
+            maps::SYSCALL_LATENCY_HIST,
+            maps::SYSCALL_ENTER,
+            maps::NET,
+            maps::NF_PORTS,
+            maps::NF_HOOKS,
+            maps::NF_SCRATCH,
+            maps::PROBE_ERRORS,
+        ] {
+            assert!(
+                obj.maps.contains_key(name),
+                "map {name} (berth_common::maps) is not in the eBPF object: {:?}",
+                obj.maps.keys().collect::<Vec<_>>()
+            );
+        }
+        for name in maps::PINNED {
+            assert!(obj.maps.contains_key(name), "pinned map {name} missing");
+        }
+    }
+
+    #[test]
+    fn lost_events_are_labelled_with_the_maps_real_names() {
+        for e in ProbeError::ALL {
+            let (_, map) = e.labels();
+            assert!(
+                aya_obj::Object::parse(EBPF_OBJECT)
+                    .unwrap()
+                    .maps
+                    .contains_key(map),
+                "{e:?} is labelled with map {map}, which the object does not have"
+            );
         }
     }
 }

@@ -53,12 +53,11 @@ mod testns;
 mod tests;
 
 use std::{
-    fmt,
     net::Ipv4Addr,
     path::{Path, PathBuf},
 };
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 pub use publish::{PortRange, Proto, Publish, PublishError, check_conflicts, parse_publish};
 
@@ -177,25 +176,7 @@ fn overlap_addr(a: Option<Ipv4Addr>, b: Option<Ipv4Addr>) -> String {
     }
 }
 
-/// Which backend programs published ports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum BackendKind {
-    /// One nftables map lookup per new flow, whatever the number of ports.
-    #[default]
-    NftMap,
-    /// Docker's per-port iptables rules, for comparison and diagnosis.
-    Iptables,
-}
-
-impl fmt::Display for BackendKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            BackendKind::NftMap => "nft-map",
-            BackendKind::Iptables => "iptables",
-        })
-    }
-}
+pub use crate::model::net::BackendKind;
 
 /// Where the backends put their rules and which traffic they treat as berth's.
 #[derive(Debug, Clone, PartialEq, Eq)]

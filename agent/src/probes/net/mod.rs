@@ -19,7 +19,7 @@ use berth_common::{DIRECTION_INGRESS, NetKey, NetValue};
 use super::ProbeLoadError;
 use crate::{cgroup::TrackedRoot, model::NetCount, model::ProbeStatus};
 
-const MAP: &str = "NET";
+const MAP: &str = berth_common::maps::NET;
 const PROGRAMS: [(&str, CgroupSkbAttachType); 2] = [
     ("berth_skb_ingress", CgroupSkbAttachType::Ingress),
     ("berth_skb_egress", CgroupSkbAttachType::Egress),

@@ -51,31 +51,16 @@ use super::{
     btf::{Btf, BtfError},
 };
 use crate::model::ProbeStatus;
+pub use crate::model::netfilter::{CtState, Family, Hook, HookTotal, NetfilterSample, PortCost};
 
 pub const FIRST: &str = "berth_nf_first";
 pub const LAST: &str = "berth_nf_last";
-const PORTS: &str = "NF_PORTS";
-const HOOK_TOTALS: &str = "NF_HOOKS";
+const PORTS: &str = berth_common::maps::NF_PORTS;
+const HOOK_TOTALS: &str = berth_common::maps::NF_HOOKS;
 /// Kernel function whose fentry attachment is tried at start-up.
 pub const FENTRY_TARGET: &str = "nf_hook_slow";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Family {
-    Ipv4,
-    Ipv6,
-}
-
 impl Family {
-    pub fn name(self) -> &'static str {
-        match self {
-            Family::Ipv4 => "ipv4",
-            Family::Ipv6 => "ipv6",
-        }
-    }
-
-    pub const ALL: [Family; 2] = [Family::Ipv4, Family::Ipv6];
-
     /// `pf` of a netfilter link.
     pub fn pf(self) -> u32 {
         match self {
@@ -93,61 +78,7 @@ impl Family {
     }
 }
 
-/// `enum nf_inet_hooks`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Hook {
-    Prerouting = 0,
-    Input = 1,
-    Forward = 2,
-    Output = 3,
-    Postrouting = 4,
-}
-
-impl Hook {
-    pub const ALL: [Hook; HOOKS as usize] = [
-        Hook::Prerouting,
-        Hook::Input,
-        Hook::Forward,
-        Hook::Output,
-        Hook::Postrouting,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Hook::Prerouting => "prerouting",
-            Hook::Input => "input",
-            Hook::Forward => "forward",
-            Hook::Output => "output",
-            Hook::Postrouting => "postrouting",
-        }
-    }
-}
-
-/// Conntrack state of a packet when it left the hook.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum CtState {
-    /// First packet(s) of a connection, before the peer answered.
-    New,
-    /// Original direction of a connection the peer answered.
-    Established,
-    /// The peer's direction (established or related).
-    Reply,
-    /// Related (ICMP errors, expectations), untracked, or no conntrack at all.
-    Other,
-}
-
 impl CtState {
-    pub fn name(self) -> &'static str {
-        match self {
-            CtState::New => "new",
-            CtState::Established => "established",
-            CtState::Reply => "reply",
-            CtState::Other => "other",
-        }
-    }
-
     fn from_raw(v: u8) -> Self {
         match v {
             CT_NEW => CtState::New,
@@ -156,38 +87,6 @@ impl CtState {
             _ => CtState::Other,
         }
     }
-}
-
-/// Cost of one (family, hook, conntrack state, protocol, port), cumulative since load.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct PortCost {
-    pub family: Family,
-    /// IP protocol number: 6 TCP, 17 UDP, ...
-    pub proto: u8,
-    /// See the module header: original destination port before NAT; 0 without ports.
-    pub port: u16,
-    pub hook: Hook,
-    pub ct_state: CtState,
-    pub packets: u64,
-    /// Time spent in netfilter on that hook, summed over the packets.
-    pub nanoseconds: u64,
-}
-
-/// Every packet of a hook, published port or not, cumulative since load.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct HookTotal {
-    pub family: Family,
-    pub hook: Hook,
-    pub packets: u64,
-    pub nanoseconds: u64,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct NetfilterSample {
-    /// Sorted by family, hook, protocol, port, conntrack state.
-    pub by_port: Vec<PortCost>,
-    /// One per (family, hook), sorted.
-    pub hooks: Vec<HookTotal>,
 }
 
 /// Priorities the probe's links hold on one hook.

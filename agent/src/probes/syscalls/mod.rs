@@ -27,8 +27,8 @@ use crate::model::{ProbeStatus, SyscallCount};
 pub const PROGRAM: &str = "berth_sys_enter";
 pub const TRACEPOINT: &str = "sys_enter";
 const EXIT_PROGRAM: &str = "berth_sys_exit";
-const MAP: &str = "SYSCALLS";
-const LATENCY_MAP: &str = "SYSCALL_LATENCY_HIST";
+const MAP: &str = berth_common::maps::SYSCALLS;
+const LATENCY_MAP: &str = berth_common::maps::SYSCALL_LATENCY_HIST;
 
 /// Name of an x86_64 syscall number: `getppid`, or `syscall_<nr>` for numbers this table
 /// does not know (newer kernels), `other` for the out-of-range bucket.

@@ -16,7 +16,7 @@ use prometheus_client::{
 };
 use tokio::sync::watch;
 
-use crate::model::Snapshot;
+use crate::model::{ContainerHookKey, Snapshot};
 
 /// Content type of the exposition, as Prometheus negotiates it.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -175,7 +175,7 @@ impl Collector for SnapshotCollector {
                 .map(|c| (collector(c.name), ConstGauge::new(i64::from(c.success)))),
         )?;
 
-        encode_containers(&snap, &mut encoder)?;
+        containers::encode(&snap, &mut encoder)?;
         encode_conntrack(&snap, &mut encoder)?;
         encode_netfilter(&snap, &mut encoder)?;
         let p = &snap.proxies;
@@ -211,10 +211,11 @@ impl Collector for SnapshotCollector {
             None,
             ConstCounter::new(0u64).metric_type(),
         )?;
-        for cg in &snap.cgroups {
-            for (name, count) in top_syscalls(&cg.syscalls, self.syscall_top) {
+        let cgroups = snap.cgroups();
+        for cg in &cgroups {
+            for (name, count) in top_syscalls(cg.syscalls, self.syscall_top) {
                 ConstCounter::new(count).encode(fam.encode_family(&[
-                    ("cgroup", Escaped(&cg.path)),
+                    ("cgroup", Escaped(cg.path)),
                     ("syscall", Escaped(name)),
                 ])?)?;
             }
@@ -226,7 +227,7 @@ impl Collector for SnapshotCollector {
             None,
             prometheus_client::metrics::MetricType::Histogram,
         )?;
-        for cg in &snap.cgroups {
+        for cg in &cgroups {
             let with: Vec<_> = cg
                 .syscalls
                 .iter()
@@ -252,7 +253,7 @@ impl Collector for SnapshotCollector {
                 .enumerate()
                 .map(|(i, n)| (2f64.powi(i as i32 + 1) / 1e9, *n))
                 .collect();
-            fam.encode_family(&[("cgroup", Escaped(&cg.path))])?
+            fam.encode_family(&[("cgroup", Escaped(cg.path))])?
                 .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
                 sum_ns as f64 / 1e9,
                 count,
@@ -279,10 +280,10 @@ impl Collector for SnapshotCollector {
                 None,
                 ConstCounter::new(0u64).metric_type(),
             )?;
-            for cg in &snap.cgroups {
-                for n in &cg.net {
+            for cg in &cgroups {
+                for n in cg.net {
                     ConstCounter::new(get(n)).encode(fam.encode_family(&[
-                        ("cgroup", Escaped(&cg.path)),
+                        ("cgroup", Escaped(cg.path)),
                         ("direction", Escaped(n.direction)),
                         ("protocol", Escaped(n.protocol)),
                     ])?)?;
@@ -291,22 +292,6 @@ impl Collector for SnapshotCollector {
         }
         Ok(())
     }
-}
-
-/// Which container publishes (proto, host port), from the containers' records.
-pub fn port_owner(
-    containers: &[crate::runtime::ContainerSample],
-    proto: u8,
-    port: u16,
-) -> Option<&crate::runtime::ContainerSample> {
-    containers.iter().find(|c| {
-        c.view
-            .record
-            .network
-            .publish
-            .iter()
-            .any(|p| p.covers(proto, port))
-    })
 }
 
 /// `berth_netfilter_*`: what rules, conntrack and NAT cost per hook (host-wide, every packet)
@@ -320,7 +305,7 @@ fn encode_netfilter(
     let Some(nf) = &snap.netfilter else {
         return Ok(());
     };
-    let hook = |h: &crate::probes::netfilter::HookTotal| {
+    let hook = |h: &crate::model::HookTotal| {
         [
             ("family", Escaped(h.family.name())),
             ("hook", Escaped(h.hook.name())),
@@ -344,27 +329,17 @@ fn encode_netfilter(
             .iter()
             .map(|h| (hook(h), ConstCounter::new(h.packets))),
     )?;
-    // By conntrack state, host-wide and per container.
+    // By conntrack state, host-wide; per container from the model's one attribution.
     type StateKey = (&'static str, &'static str, &'static str);
     let mut by_state: BTreeMap<StateKey, (u64, u64)> = BTreeMap::new();
-    let mut by_container: BTreeMap<(usize, &'static str, &'static str), (u64, u64)> =
-        BTreeMap::new();
     for p in &nf.by_port {
         let e = by_state
             .entry((p.family.name(), p.hook.name(), p.ct_state.name()))
             .or_default();
         e.0 += p.packets;
         e.1 += p.nanoseconds;
-        if let Some(i) = port_owner(&snap.containers, p.proto, p.port)
-            .and_then(|c| snap.containers.iter().position(|x| std::ptr::eq(x, c)))
-        {
-            let e = by_container
-                .entry((i, p.hook.name(), p.ct_state.name()))
-                .or_default();
-            e.0 += p.packets;
-            e.1 += p.nanoseconds;
-        }
     }
+    let by_container = snap.container_netfilter();
     let state_labels = |(family, hook, state): &(&'static str, &'static str, &'static str)| {
         [
             ("family", Escaped(family)),
@@ -390,13 +365,13 @@ fn encode_netfilter(
             .iter()
             .map(|(k, (packets, _))| (state_labels(k), ConstCounter::new(*packets))),
     )?;
-    let container_labels = |(i, hook, state): &(usize, &'static str, &'static str)| {
-        let r = &snap.containers[*i].view.record;
+    let container_labels = |(i, hook, state): &ContainerHookKey| {
+        let c = &snap.containers[*i];
         [
-            ("container", Escaped(&r.id)),
-            ("name", Escaped(&r.name)),
-            ("hook", Escaped(hook)),
-            ("ct_state", Escaped(state)),
+            ("container", Escaped(&c.id)),
+            ("name", Escaped(&c.name)),
+            ("hook", Escaped(hook.name())),
+            ("ct_state", Escaped(state.name())),
         ]
     };
     family(
@@ -404,9 +379,12 @@ fn encode_netfilter(
         "berth_container_netfilter_seconds",
         "Time netfilter spent on packets to the container's published ports, per hook and conntrack state",
         MetricType::Counter,
-        by_container
-            .iter()
-            .map(|(k, (_, ns))| (container_labels(k), ConstCounter::new(*ns as f64 / 1e9))),
+        by_container.iter().map(|(k, c)| {
+            (
+                container_labels(k),
+                ConstCounter::new(c.nanoseconds as f64 / 1e9),
+            )
+        }),
     )?;
     family(
         encoder,
@@ -415,7 +393,7 @@ fn encode_netfilter(
         MetricType::Counter,
         by_container
             .iter()
-            .map(|(k, (packets, _))| (container_labels(k), ConstCounter::new(*packets))),
+            .map(|(k, c)| (container_labels(k), ConstCounter::new(c.packets))),
     )?;
     Ok(())
 }
@@ -488,275 +466,15 @@ fn encode_conntrack(
     )?;
     for c in &snap.containers {
         if let Some(n) = c.conntrack_entries {
-            ConstGauge::new(n as i64).encode(fam.encode_family(&[
-                ("container", Escaped(&c.view.record.id)),
-                ("name", Escaped(&c.view.record.name)),
-            ])?)?;
+            ConstGauge::new(n as i64).encode(
+                fam.encode_family(&[("container", Escaped(&c.id)), ("name", Escaped(&c.name))])?,
+            )?;
         }
     }
     Ok(())
 }
 
-/// `berth_container_*`: one series per container, labelled by id and name.
-fn encode_containers<'a>(
-    snap: &'a Snapshot,
-    encoder: &mut DescriptorEncoder,
-) -> Result<(), std::fmt::Error> {
-    use crate::cgroup::stats::ContainerStats;
-
-    let mut fam = encoder.encode_descriptor(
-        "berth_container",
-        "A container berth manages, with its image and OCI runtime",
-        None,
-        prometheus_client::metrics::MetricType::Info,
-    )?;
-    for c in &snap.containers {
-        let r = &c.view.record;
-        // encode_family + encode_info would emit `{,` (prometheus-client 0.24): give the
-        // labels to encode_info directly.
-        fam.encode_info(&[
-            ("container", Escaped(&r.id)),
-            ("name", Escaped(&r.name)),
-            ("image", Escaped(&r.image)),
-            ("runtime", Escaped(&r.runtime)),
-            // Joins the berth_cgroup_* series: `* on(cgroup) group_left(name) berth_container_info`.
-            ("cgroup", Escaped(&r.cgroup)),
-        ])?;
-    }
-
-    let labels = |c: &'a crate::runtime::ContainerSample| {
-        [
-            ("container", Escaped(&c.view.record.id)),
-            ("name", Escaped(&c.view.record.name)),
-        ]
-    };
-    family(
-        encoder,
-        "berth_container_running",
-        "Whether the container's process is running (1) or not (0)",
-        MetricType::Gauge,
-        snap.containers.iter().map(|c| {
-            (
-                labels(c),
-                ConstGauge::new(i64::from(c.view.status == "running")),
-            )
-        }),
-    )?;
-    family(
-        encoder,
-        "berth_container_restarts",
-        "Times the restart policy restarted the container",
-        MetricType::Counter,
-        snap.containers.iter().map(|c| {
-            (
-                labels(c),
-                ConstCounter::new(u64::from(c.view.state.restart_count)),
-            )
-        }),
-    )?;
-    family(
-        encoder,
-        "berth_container_oom_kills",
-        "Processes of the container killed by the kernel's OOM killer",
-        MetricType::Counter,
-        snap.containers.iter().map(|c| {
-            // Past runs (recorded by the shim) plus the running one's cgroup.
-            let live = c.stats.as_ref().map_or(0, |s| s.oom_kills);
-            (labels(c), ConstCounter::new(c.view.state.oom_kills + live))
-        }),
-    )?;
-
-    type Getter = fn(&ContainerStats) -> Option<f64>;
-    let counters: [(&str, &str, Getter); 5] = [
-        (
-            "berth_container_cpu_user_seconds",
-            "CPU time the container spent in user mode",
-            |s| Some(s.cpu_user_seconds),
-        ),
-        (
-            "berth_container_cpu_system_seconds",
-            "CPU time the container spent in the kernel",
-            |s| Some(s.cpu_system_seconds),
-        ),
-        (
-            "berth_container_memory_failcnt",
-            "Times the container's memory usage hit its limit",
-            |s| Some(s.memory_failcnt as f64),
-        ),
-        (
-            "berth_container_io_read_bytes",
-            "Bytes the container read from block devices",
-            |s| Some(s.io_read_bytes as f64),
-        ),
-        (
-            "berth_container_io_write_bytes",
-            "Bytes the container wrote to block devices",
-            |s| Some(s.io_write_bytes as f64),
-        ),
-    ];
-    for (name, help, get) in counters {
-        family(
-            encoder,
-            name,
-            help,
-            MetricType::Counter,
-            snap.containers.iter().filter_map(|c| {
-                let v = c.stats.as_ref().and_then(get)?;
-                Some((labels(c), ConstCounter::new(v)))
-            }),
-        )?;
-    }
-    let gauges: [(&str, &str, Getter); 5] = [
-        (
-            "berth_container_memory_usage_bytes",
-            "Memory the container uses now",
-            |s| Some(s.memory_usage_bytes as f64),
-        ),
-        (
-            "berth_container_memory_limit_bytes",
-            "The container's memory limit (absent when unlimited)",
-            |s| s.memory_limit_bytes.map(|v| v as f64),
-        ),
-        (
-            "berth_container_memory_max_usage_bytes",
-            "Highest memory use the kernel recorded for the container",
-            |s| s.memory_max_usage_bytes.map(|v| v as f64),
-        ),
-        (
-            "berth_container_pids",
-            "Processes and threads in the container",
-            |s| Some(s.pids_current as f64),
-        ),
-        (
-            "berth_container_pids_limit",
-            "The container's process limit (absent when unlimited)",
-            |s| s.pids_limit.map(|v| v as f64),
-        ),
-    ];
-    for (name, help, get) in gauges {
-        family(
-            encoder,
-            name,
-            help,
-            MetricType::Gauge,
-            snap.containers.iter().filter_map(|c| {
-                let v = c.stats.as_ref().and_then(get)?;
-                Some((labels(c), ConstGauge::new(v)))
-            }),
-        )?;
-    }
-    Ok(())
-}
+mod containers;
 
 #[cfg(test)]
-mod tests {
-    use std::time::SystemTime;
-
-    #[test]
-    fn only_the_busiest_syscalls_get_their_own_series() {
-        let call = |nr: u32, name: &str, count: u64| crate::model::SyscallCount {
-            nr,
-            name: name.into(),
-            count,
-            latency_buckets: vec![],
-            latency_sum_ns: 0,
-        };
-        let calls = vec![
-            call(0, "read", 5),
-            call(1, "write", 50),
-            call(39, "getpid", 7),
-            call(2, "open", 0),
-        ];
-        assert_eq!(
-            top_syscalls(&calls, 2),
-            vec![("write", 50), ("getpid", 7), ("other", 5)]
-        );
-        assert_eq!(
-            top_syscalls(&calls, 10).len(),
-            3,
-            "zero counts are not exported"
-        );
-    }
-
-    use super::*;
-    use crate::model::{CgroupSample, CollectorRun, LostEvents, ProbeStatus, SyscallCount};
-
-    fn snapshot() -> Snapshot {
-        Snapshot {
-            taken_at: SystemTime::UNIX_EPOCH,
-            cgroups: vec![CgroupSample {
-                id: 7,
-                path: "/berth/we\"ird\\name".into(),
-                syscalls: vec![SyscallCount {
-                    nr: 110,
-                    name: "getppid".into(),
-                    count: 100_000,
-                    latency_buckets: vec![],
-                    latency_sum_ns: 0,
-                }],
-                net: vec![],
-            }],
-            probes: vec![ProbeStatus {
-                name: "syscalls",
-                attach: "raw_tracepoint/sys_enter",
-                enabled: true,
-                attached: true,
-                program_ids: vec![1],
-                error: None,
-                paths: Default::default(),
-            }],
-            probe_runs: vec![],
-            lost_events: vec![LostEvents {
-                probe: "syscalls",
-                map: "SYSCALLS",
-                count: 0,
-            }],
-            collectors: vec![CollectorRun {
-                name: "syscalls",
-                duration_seconds: 0.001,
-                success: true,
-                error: None,
-            }],
-            containers: vec![],
-            conntrack: None,
-            netfilter: None,
-            proxies: Default::default(),
-        }
-    }
-
-    #[test]
-    fn the_exposition_has_the_documented_shape() {
-        let (_tx, rx) = watch::channel(Some(Arc::new(snapshot())));
-        let text = render(&registry(rx, 20)).unwrap();
-        let expected = [
-            "# TYPE berth_build info",
-            "berth_build_info{version=\"",
-            "# TYPE berth_probe_up gauge",
-            "berth_probe_up{probe=\"syscalls\"} 1",
-            "berth_probe_lost_events_total{probe=\"syscalls\",map=\"SYSCALLS\"} 0",
-            "berth_collector_success{collector=\"syscalls\"} 1",
-            "# TYPE berth_cgroup_syscalls counter",
-            "berth_cgroup_syscalls_total{cgroup=\"/berth/we\\\"ird\\\\name\",syscall=\"getppid\"} 100000",
-        ];
-        for line in expected {
-            assert!(text.contains(line), "missing {line:?} in\n{text}");
-        }
-        assert!(text.ends_with("# EOF\n"), "{text}");
-        assert!(
-            text.contains("berth_userland_proxy_processes 0\n"),
-            "{text}"
-        );
-        assert!(
-            !text.contains("{}") && !text.contains("{,"),
-            "empty label sets:\n{text}"
-        );
-    }
-
-    #[test]
-    fn before_the_first_snapshot_only_build_info_is_exposed() {
-        let (_tx, rx) = watch::channel(None);
-        let text = render(&registry(rx, 20)).unwrap();
-        assert!(text.contains("berth_build_info"), "{text}");
-        assert!(!text.contains("berth_probe_up"), "{text}");
-    }
-}
+mod tests;

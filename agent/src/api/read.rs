@@ -1,0 +1,314 @@
+//! The read routes, on every listener: everything comes from the latest snapshot and the
+//! history; a container's log is streamed from the file the snapshot names.
+
+use std::{sync::Arc, time::Duration};
+
+use axum::{
+    Json, Router,
+    body::Body,
+    extract::{Path, Query, State, rejection::QueryRejection},
+    http::header,
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use serde::Deserialize;
+use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
+
+use super::{
+    ApiError, ReadState,
+    views::{DiagnoseView, StatsView, SyscallRow, SyscallsView, SystemView},
+};
+use crate::{
+    config::HumanDuration,
+    metrics,
+    model::{Container, Snapshot},
+};
+
+pub fn routes() -> Router<ReadState> {
+    Router::new()
+        .route("/metrics", get(get_metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(get_readyz))
+        .route("/api/v1/system", get(get_system))
+        .route("/api/v1/cgroups", get(get_cgroups))
+        .route("/api/v1/diagnose", get(get_diagnose))
+        .route("/api/v1/containers", get(list))
+        .route("/api/v1/containers/{id}", get(inspect))
+        .route("/api/v1/containers/{id}/logs", get(logs))
+        .route("/api/v1/containers/{id}/stats", get(stats))
+        .route("/api/v1/containers/{id}/syscalls", get(syscalls))
+        .route("/api/v1/images", get(images))
+        .route("/api/v1/ports", get(ports))
+}
+
+/// A query string the route does not accept is the client's mistake.
+fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    q.map(|Query(q)| q)
+        .map_err(|e| ApiError::BadRequest(e.body_text()))
+}
+
+/// `window=60s` as a duration (at most what the history keeps is meaningful).
+fn window(param: &str, w: Option<&str>) -> Result<Option<Duration>, ApiError> {
+    w.map(|w| {
+        w.parse::<HumanDuration>()
+            .map(|d| d.0)
+            .map_err(|e| ApiError::BadRequest(format!("{param}={w}: {e}")))
+    })
+    .transpose()
+}
+
+/// The kept snapshot closest to `window` before `latest`.
+fn base(s: &ReadState, latest: &Snapshot, window: Duration) -> Option<Arc<Snapshot>> {
+    let from = latest
+        .taken_at
+        .checked_sub(window)
+        .unwrap_or(std::time::UNIX_EPOCH);
+    s.history.since(from)
+}
+
+async fn get_metrics(State(s): State<ReadState>) -> Result<Response, ApiError> {
+    let body = metrics::render(&s.registry)
+        .map_err(|e| ApiError::Internal(format!("encoding metrics: {e}")))?;
+    Ok(([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], body).into_response())
+}
+
+async fn get_readyz(State(s): State<ReadState>) -> Result<&'static str, ApiError> {
+    s.latest().map(|_| "ready\n")
+}
+
+async fn get_system(State(s): State<ReadState>) -> Result<Response, ApiError> {
+    let snap = s.latest()?;
+    Ok(Json(SystemView {
+        info: &s.system,
+        probes: &snap.probes,
+    })
+    .into_response())
+}
+
+/// Findings: cause, evidence, fix; most severe first.
+async fn get_diagnose(State(s): State<ReadState>) -> Result<Response, ApiError> {
+    let snap = s.latest()?;
+    Ok(Json(DiagnoseView {
+        checked_at: snap
+            .taken_at
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0),
+        findings: crate::diagnose::diagnose(&snap),
+    })
+    .into_response())
+}
+
+async fn get_cgroups(State(s): State<ReadState>) -> Result<Response, ApiError> {
+    let snap = s.latest()?;
+    Ok(Json(snap.cgroups()).into_response())
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+struct ListQuery {
+    all: bool,
+}
+
+/// Running (and restarting) containers, newest first; every one with `all`.
+async fn list(
+    State(s): State<ReadState>,
+    q: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let q = query(q)?;
+    let snap = s.latest()?;
+    let rows: Vec<&Container> = snap
+        .containers
+        .iter()
+        .filter(|c| q.all || c.status.is_up())
+        .collect();
+    Ok(Json(rows).into_response())
+}
+
+async fn inspect(State(s): State<ReadState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let snap = s.latest()?;
+    Ok(Json(snap.find(&id)?).into_response())
+}
+
+async fn stats(State(s): State<ReadState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let snap = s.latest()?;
+    let c = snap.find(&id)?;
+    Ok(Json(StatsView {
+        id: c.id.clone(),
+        name: c.name.clone(),
+        status: c.status,
+        stats: c.stats.clone().unwrap_or_default(),
+    })
+    .into_response())
+}
+
+async fn images(State(s): State<ReadState>) -> Result<Response, ApiError> {
+    let snap = s.latest()?;
+    Ok(Json(&snap.images).into_response())
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+struct PortsQuery {
+    /// Window for `new_flows_per_second` (default 10s, at most the 15 minutes of history).
+    window: Option<String>,
+}
+
+/// One row per published range: container, address, mapping, backend, and what netfilter
+/// costs for it (see `model::ports`).
+async fn ports(
+    State(s): State<ReadState>,
+    q: Result<Query<PortsQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let q = query(q)?;
+    let w = window("window", q.window.as_deref())?.unwrap_or(Duration::from_secs(10));
+    let snap = s.latest()?;
+    let base = base(&s, &snap, w);
+    Ok(Json(snap.range_costs(base.as_deref())).into_response())
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+struct SyscallsQuery {
+    top: Option<usize>,
+    window: Option<String>,
+}
+
+/// The container's busiest syscalls: cumulative, or over `window` (e.g. `60s`, `5m`, up to
+/// the 15 minutes of history kept), with rates and mean latency when latency is on.
+async fn syscalls(
+    State(s): State<ReadState>,
+    Path(id): Path<String>,
+    q: Result<Query<SyscallsQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let q = query(q)?;
+    let top = q.top.unwrap_or(10);
+    if top == 0 || top > 500 {
+        return Err(ApiError::BadRequest(format!("top={top}: use 1 to 500")));
+    }
+    let w = window("window", q.window.as_deref())?;
+    let snap = s.latest()?;
+    let c = snap.find(&id)?;
+    let (base_calls, seconds) = match w.and_then(|w| base(&s, &snap, w)) {
+        Some(b) => {
+            let secs = snap
+                .taken_at
+                .duration_since(b.taken_at)
+                .unwrap_or_default()
+                .as_secs_f64();
+            let calls = b
+                .containers
+                .iter()
+                .find(|x| x.id == c.id)
+                .map(|x| x.syscalls.clone())
+                .unwrap_or_default();
+            (calls, Some(secs))
+        }
+        None => (Vec::new(), None),
+    };
+    let mut rows: Vec<SyscallRow> = c
+        .syscalls
+        .iter()
+        .filter_map(|now| {
+            let b = base_calls.iter().find(|b| b.nr == now.nr);
+            let count = now.count - b.map_or(0, |b| b.count.min(now.count));
+            let calls_now: u64 = now.latency_buckets.iter().sum();
+            let calls_before: u64 = b.map_or(0, |b| b.latency_buckets.iter().sum());
+            let lat_calls = calls_now.saturating_sub(calls_before);
+            let lat_sum =
+                now.latency_sum_ns - b.map_or(0, |b| b.latency_sum_ns.min(now.latency_sum_ns));
+            (count > 0).then(|| SyscallRow {
+                nr: now.nr,
+                name: now.name.clone(),
+                count,
+                per_second: seconds.filter(|s| *s > 0.0).map(|s| count as f64 / s),
+                latency_mean_ns: (lat_calls > 0).then(|| lat_sum as f64 / lat_calls as f64),
+            })
+        })
+        .collect();
+    rows.sort_by(|a, b| b.count.cmp(&a.count).then(a.nr.cmp(&b.nr)));
+    rows.truncate(top);
+    Ok(Json(SyscallsView {
+        container: c.id.clone(),
+        name: c.name.clone(),
+        cgroup: c.cgroup.clone(),
+        window_seconds: seconds,
+        syscalls: rows,
+    })
+    .into_response())
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+struct LogsQuery {
+    follow: bool,
+}
+
+/// The container's log (stdout and stderr); with `follow`, the response stays open and
+/// streams new output until the snapshots show the container has exited.
+async fn logs(
+    State(s): State<ReadState>,
+    Path(id): Path<String>,
+    q: Result<Query<LogsQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let q = query(q)?;
+    let snap = s.latest()?;
+    let c = snap.find(&id)?;
+    let path = c
+        .log_path
+        .clone()
+        .ok_or_else(|| ApiError::NotFound(format!("container {} keeps no log", c.name)))?;
+    let id = c.id.clone();
+    let mut snapshots = s.snapshots.clone();
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(16);
+    tokio::spawn(async move {
+        let mut pos = 0u64;
+        loop {
+            let chunk = read_from(&path, pos).await;
+            pos += chunk.len() as u64;
+            if !chunk.is_empty() && tx.send(Ok(chunk)).await.is_err() {
+                return;
+            }
+            if !q.follow {
+                return;
+            }
+            let done = snapshots
+                .borrow_and_update()
+                .as_ref()
+                .and_then(|snap| {
+                    snap.containers
+                        .iter()
+                        .find(|c| c.id == id)
+                        .map(|c| c.status)
+                })
+                .is_none_or(|status| !status.may_produce_output());
+            if done {
+                // One last read after the exit, then end the stream.
+                let chunk = read_from(&path, pos).await;
+                if !chunk.is_empty() {
+                    let _ = tx.send(Ok(chunk)).await;
+                }
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let mut rx = rx;
+    let stream = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+    Ok((
+        [(header::CONTENT_TYPE, "application/octet-stream")],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+/// What the file holds from `pos` on (nothing when it cannot be read yet).
+async fn read_from(path: &std::path::Path, pos: u64) -> Vec<u8> {
+    let mut chunk = Vec::new();
+    if let Ok(mut f) = tokio::fs::File::open(path).await
+        && f.seek(std::io::SeekFrom::Start(pos)).await.is_ok()
+    {
+        let _ = f.read_to_end(&mut chunk).await;
+    }
+    chunk
+}

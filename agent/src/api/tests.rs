@@ -1,0 +1,257 @@
+//! Router tests with `oneshot`: the read routes answer from a fixture snapshot alone (no agent
+//! state on disk, no container manager: [`ReadState`] has none), and the write routes exist
+//! only where a [`WriteState`] is given.
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use axum::{
+    body::{Body, to_bytes},
+    http::{Request, StatusCode, header},
+};
+use tokio::sync::watch;
+use tower::ServiceExt as _;
+
+use super::*;
+use crate::{
+    cgroup::CgroupMode,
+    history::History,
+    metrics,
+    model::fixture::{self, IPT_ID, MAP_ID},
+};
+
+fn read_state(snapshot: Option<Snapshot>) -> ReadState {
+    let history = Arc::new(History::new(
+        Duration::from_secs(5),
+        Duration::from_secs(900),
+    ));
+    // A base 10 s before the fixture, with fewer new flows: a window has a rate.
+    history.push(Arc::new(fixture::snapshot_at(Duration::ZERO, 100)));
+    let (_tx, rx) = watch::channel(snapshot.map(Arc::new));
+    ReadState {
+        registry: Arc::new(metrics::registry(rx.clone(), 20)),
+        snapshots: rx,
+        system: Arc::new(SystemInfo {
+            version: "test",
+            kernel: "6.18".into(),
+            cgroup: Hierarchy {
+                mode: CgroupMode::Hybrid,
+                unified_mount: PathBuf::from("/sys/fs/cgroup/unified"),
+                v1: Vec::new(),
+            },
+            tracked_root: TrackedRoot {
+                dir: PathBuf::from("/sys/fs/cgroup/unified/berth"),
+                path: "/berth".into(),
+                id: 42,
+                level: 1,
+            },
+            runtime: None,
+            runtime_error: Some("test".into()),
+        }),
+        history,
+    }
+}
+
+fn now() -> Snapshot {
+    fixture::snapshot_at(Duration::from_secs(10), 300)
+}
+
+async fn get(router: Router, uri: &str) -> (StatusCode, String, String) {
+    let res = router
+        .oneshot(Request::get(uri).body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let status = res.status();
+    let ctype = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    let body = to_bytes(res.into_body(), 1 << 20).await.unwrap();
+    (status, ctype, String::from_utf8(body.to_vec()).unwrap())
+}
+
+async fn json(uri: &str) -> serde_json::Value {
+    let (status, _, body) = get(read_router(read_state(Some(now()))), uri).await;
+    assert_eq!(status, StatusCode::OK, "{uri}: {body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+#[tokio::test]
+async fn readyz_waits_for_the_first_snapshot() {
+    let (status, _, body) = get(read_router(read_state(None)), "/readyz").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(body.contains("starting"), "{body}");
+    let (status, _, _) = get(read_router(read_state(Some(now()))), "/readyz").await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn metrics_are_served_as_openmetrics() {
+    let (status, ctype, body) = get(read_router(read_state(Some(now()))), "/metrics").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(ctype.starts_with("application/openmetrics-text"), "{ctype}");
+    assert!(body.ends_with("# EOF\n"), "{body}");
+    assert!(
+        body.contains("berth_container_running{container=\""),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn system_reports_the_tracked_root_probes_and_runtime_state() {
+    let v = json("/api/v1/system").await;
+    assert_eq!(v["tracked_root"]["path"], "/berth");
+    assert_eq!(v["cgroup"]["mode"], "hybrid");
+    assert_eq!(v["probes"][2]["name"], "netfilter");
+    assert_eq!(v["probes"][2]["paths"]["fentry"], "unavailable (EPERM)");
+    assert_eq!(v["runtime_error"], "test");
+}
+
+#[tokio::test]
+async fn containers_come_from_the_snapshot_running_ones_by_default() {
+    let v = json("/api/v1/containers").await;
+    let names: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["media", "legacy"]);
+    let all = json("/api/v1/containers?all=true").await;
+    assert_eq!(all.as_array().unwrap().len(), 3);
+    let c = json("/api/v1/containers/media").await;
+    assert_eq!(c["id"], MAP_ID);
+    assert_eq!(c["engine"], "berth");
+    assert_eq!(c["status"], "running");
+    assert_eq!(c["cgroup"], format!("/berth/{MAP_ID}"));
+    assert_eq!(c["cgroup_id"], 101);
+    assert_eq!(c["network"]["port_backend"], "nft-map");
+    assert_eq!(c["runtime"], "runc", "berth's record is flattened in");
+    assert_eq!(c["syscalls"][1]["name"], "write");
+    let by_prefix = json("/api/v1/containers/bbb").await;
+    assert_eq!(by_prefix["name"], "legacy");
+}
+
+#[tokio::test]
+async fn unknown_and_ambiguous_references_are_client_errors() {
+    let router = || read_router(read_state(Some(now())));
+    let (status, _, body) = get(router(), "/api/v1/containers/nope").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert!(body.contains("no such container: nope"), "{body}");
+    let mut two = now();
+    two.containers[1].id = format!("aa{}", &IPT_ID[2..]);
+    let (status, _, body) = get(read_router(read_state(Some(two))), "/api/v1/containers/aa").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let (status, _, _) = get(router(), "/api/v1/containers?al=true").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn stats_and_syscalls_over_a_window_come_from_the_history() {
+    let s = json("/api/v1/containers/media/stats").await;
+    assert_eq!(s["status"], "running");
+    assert_eq!(s["stats"]["memory_usage_bytes"], 10 << 20);
+    let batch = json("/api/v1/containers/batch/stats").await;
+    assert_eq!(batch["stats"]["memory_usage_bytes"], 0, "not running: zero");
+    let v = json("/api/v1/containers/media/syscalls?top=1").await;
+    assert_eq!(v["syscalls"].as_array().unwrap().len(), 1);
+    assert_eq!(v["syscalls"][0]["name"], "write");
+    assert_eq!(v["syscalls"][0]["count"], 1200);
+    assert_eq!(v["window_seconds"], serde_json::Value::Null);
+    // The fixture's counts do not change between base and now: nothing in the window.
+    let w = json("/api/v1/containers/media/syscalls?window=60s").await;
+    assert_eq!(w["window_seconds"], 10.0);
+    assert_eq!(w["syscalls"].as_array().unwrap().len(), 0);
+    let (status, _, _) = get(
+        read_router(read_state(Some(now()))),
+        "/api/v1/containers/media/syscalls?top=0",
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn ports_show_each_range_with_its_netfilter_cost_and_rate() {
+    let v = json("/api/v1/ports?window=60s").await;
+    let rows = v.as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    let media = &rows[0];
+    assert_eq!(media["name"], "media");
+    assert_eq!(media["backend"], "nft-map");
+    assert_eq!(media["publish"]["proto"], "udp");
+    assert_eq!(media["netfilter"]["new_flows"], 300);
+    assert_eq!(media["netfilter"]["new_flows_per_second"], 20.0);
+    assert_eq!(media["netfilter"]["ports"][0]["port"], 40000);
+    assert_eq!(rows[1]["netfilter"]["prerouting_ns_per_packet"], 60000.0);
+    let (status, _, _) = get(
+        read_router(read_state(Some(now()))),
+        "/api/v1/ports?window=x",
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn cgroups_images_and_diagnose_come_from_the_snapshot() {
+    let cg = json("/api/v1/cgroups").await;
+    assert_eq!(cg.as_array().unwrap().len(), 3);
+    let images = json("/api/v1/images").await;
+    assert_eq!(images[0]["names"][0], "busybox:latest");
+    let d = json("/api/v1/diagnose").await;
+    assert_eq!(d["checked_at"], (fixture::TAKEN_AT + 10) as f64);
+    assert_eq!(d["findings"][0]["subject"], "container legacy");
+}
+
+#[tokio::test]
+async fn the_read_router_has_no_mutating_routes_and_the_write_router_needs_a_runtime() {
+    let post = |uri: &str| {
+        Request::post(uri)
+            .header("content-type", "application/json")
+            .body(Body::from("{}"))
+            .unwrap()
+    };
+    let res = read_router(read_state(Some(now())))
+        .oneshot(post("/api/v1/containers"))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::METHOD_NOT_ALLOWED);
+    let (refresh, _rx) = Refresh::channel();
+    let write = WriteState {
+        snapshots: read_state(Some(now())).snapshots,
+        manager: None,
+        manager_error: Some("no runtime here".into()),
+        refresh,
+    };
+    let res = app(read_state(Some(now())), Some(write))
+        .oneshot(post("/api/v1/containers"))
+        .await
+        .unwrap();
+    // Routed, but this agent has no runtime.
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+}
+
+#[tokio::test]
+async fn the_ui_is_served_from_the_binary() {
+    let router = || read_router(read_state(Some(now())));
+    let (status, ctype, body) = get(router(), "/").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(ctype.starts_with("text/html"), "{ctype}");
+    assert!(body.contains("/ui/app.js"), "{body}");
+    let (status, ctype, body) = get(router(), "/ui/app.js").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(ctype.starts_with("text/javascript"), "{ctype}");
+    for api in [
+        "/api/v1/system",
+        "/api/v1/containers",
+        "/api/v1/ports",
+        "/api/v1/diagnose",
+    ] {
+        assert!(body.contains(api), "app.js does not use {api}");
+    }
+}
+
+#[tokio::test]
+async fn unknown_paths_are_404() {
+    let (status, _, _) = get(read_router(read_state(Some(now()))), "/api/v1/nope").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}

@@ -1,0 +1,91 @@
+//! The JSON bodies of `/api/v1` that are not a model type as it is: typed, so the server and
+//! the CLI agree on one definition instead of decoding `serde_json::Value` by key.
+
+use std::net::Ipv4Addr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    diagnose::Finding,
+    model::{
+        BackendKind, ContainerState, ContainerStats, NetworkSpec, ProbeStatus, Publish, Status,
+    },
+};
+
+/// `GET /api/v1/containers/{id}/stats`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatsView {
+    pub id: String,
+    pub name: String,
+    pub status: Status,
+    /// Zero while the container does not run.
+    pub stats: ContainerStats,
+}
+
+/// `GET /api/v1/containers/{id}/syscalls`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SyscallsView {
+    pub container: String,
+    pub name: String,
+    pub cgroup: String,
+    /// The window the counts cover; `None` for counts since the probe saw the cgroup.
+    pub window_seconds: Option<f64>,
+    /// Busiest first.
+    pub syscalls: Vec<SyscallRow>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SyscallRow {
+    pub nr: u32,
+    pub name: String,
+    pub count: u64,
+    /// Calls per second over the window.
+    pub per_second: Option<f64>,
+    /// Mean latency, when `probes.syscalls.latency` is on.
+    pub latency_mean_ns: Option<f64>,
+}
+
+/// `GET /api/v1/diagnose`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DiagnoseView {
+    /// When the snapshot the findings come from was taken, unix seconds.
+    pub checked_at: f64,
+    /// Most severe first.
+    pub findings: Vec<Finding>,
+}
+
+/// `GET /api/v1/system`: start-up facts and the probes' state.
+#[derive(Debug, Clone, Serialize)]
+pub struct SystemView<'a> {
+    #[serde(flatten)]
+    pub info: &'a super::SystemInfo,
+    pub probes: &'a [ProbeStatus],
+}
+
+/// A container as clients read it from `GET /api/v1/containers[/{id}]`: the fields the CLI
+/// shows (the server sends a [`crate::model::Container`], a superset).
+#[derive(Debug, Clone, Deserialize)]
+pub struct ContainerSummary {
+    pub id: String,
+    pub name: String,
+    pub image: String,
+    pub status: Status,
+    pub state: ContainerState,
+    pub created_at: f64,
+    /// The process (berth's containers).
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub network: NetworkSpec,
+}
+
+/// A row of `GET /api/v1/ports` as clients read it (the server sends a
+/// [`crate::model::ports::RangeCost`], a superset).
+#[derive(Debug, Clone, Deserialize)]
+pub struct PortSummary {
+    pub container: String,
+    pub name: String,
+    pub ip: Option<Ipv4Addr>,
+    pub publish: Publish,
+    pub backend: Option<BackendKind>,
+}

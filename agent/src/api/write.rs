@@ -1,0 +1,198 @@
+//! The routes that change the host, only on the Unix socket: containers (run, stop, kill, rm,
+//! update) and images (import, rm). Each calls the container manager off the async workers,
+//! then waits for a fresh snapshot so the client's next read sees the change; a changed
+//! container is answered with its record from that snapshot (`rm`: as it was removed).
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use axum::{
+    Json, Router,
+    extract::{
+        Path, Query, State,
+        rejection::{JsonRejection, QueryRejection},
+    },
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::{delete, post},
+};
+use serde::{Deserialize, Serialize};
+
+use super::{ApiError, WriteState};
+use crate::{
+    model::{Container, Limits},
+    runtime::{ContainerView, Manager, RunRequest, RuntimeError},
+};
+
+impl From<RuntimeError> for ApiError {
+    fn from(e: RuntimeError) -> Self {
+        match &e {
+            RuntimeError::NotFound { .. } => ApiError::NotFound(e.to_string()),
+            RuntimeError::NameInUse { .. } | RuntimeError::Running { .. } => {
+                ApiError::Conflict(e.to_string())
+            }
+            _ if e.is_client_error() => ApiError::BadRequest(e.to_string()),
+            _ => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+pub fn routes() -> Router<WriteState> {
+    Router::new()
+        .route("/api/v1/containers", post(run))
+        .route("/api/v1/containers/{id}", delete(remove))
+        .route("/api/v1/containers/{id}/stop", post(stop))
+        .route("/api/v1/containers/{id}/kill", post(kill))
+        .route("/api/v1/containers/{id}/update", post(update))
+        .route("/api/v1/images/import", post(import_image))
+        .route("/api/v1/images/{reference}", delete(remove_image))
+}
+
+/// Runs a blocking manager call off the async workers, then waits for a snapshot that shows
+/// its effect (also after a failure: a failed run may have changed nothing, or undone its
+/// steps, and either is what the next read must see).
+async fn change<T: Serialize + Send + 'static>(
+    state: &WriteState,
+    f: impl FnOnce(&Manager) -> Result<T, RuntimeError> + Send + 'static,
+) -> Result<Json<T>, ApiError> {
+    Ok(Json(blocking(state, f).await?))
+}
+
+/// Like [`change`] for a change to one container: answers with the container as the fresh
+/// snapshot shows it, the same record `GET /api/v1/containers/{id}` returns.
+async fn change_container(
+    state: &WriteState,
+    f: impl FnOnce(&Manager) -> Result<ContainerView, RuntimeError> + Send + 'static,
+) -> Result<Json<Container>, ApiError> {
+    let view = blocking(state, f).await?;
+    let snap = state.snapshots.borrow().clone().ok_or(ApiError::NotReady)?;
+    let c = snap.find(&view.record.id)?;
+    Ok(Json(c.clone()))
+}
+
+async fn blocking<T: Send + 'static>(
+    state: &WriteState,
+    f: impl FnOnce(&Manager) -> Result<T, RuntimeError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let m: Arc<Manager> = state.manager.clone().ok_or_else(|| {
+        ApiError::Unavailable(format!(
+            "containers are unavailable on this agent: {}",
+            state.manager_error.as_deref().unwrap_or("no OCI runtime")
+        ))
+    })?;
+    let result = tokio::task::spawn_blocking(move || f(&m))
+        .await
+        .map_err(|e| ApiError::Internal(format!("task failed: {e}")))?;
+    state.refresh.now().await;
+    Ok(result?)
+}
+
+fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
+    b.map(|Json(v)| v)
+        .map_err(|e| ApiError::BadRequest(e.body_text()))
+}
+
+fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    q.map(|Query(v)| v)
+        .map_err(|e| ApiError::BadRequest(e.body_text()))
+}
+
+async fn run(
+    State(s): State<WriteState>,
+    req: Result<Json<RunRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let req = body(req)?;
+    let v = change_container(&s, move |m| m.run(req)).await?;
+    Ok((StatusCode::CREATED, v).into_response())
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+struct StopQuery {
+    t: Option<u64>,
+}
+
+async fn stop(
+    State(s): State<WriteState>,
+    Path(id): Path<String>,
+    q: Result<Query<StopQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let q = query(q)?;
+    let t = Duration::from_secs(q.t.unwrap_or(10).min(3600));
+    Ok(change_container(&s, move |m| m.stop(&id, t))
+        .await?
+        .into_response())
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+struct KillQuery {
+    signal: Option<String>,
+}
+
+async fn kill(
+    State(s): State<WriteState>,
+    Path(id): Path<String>,
+    q: Result<Query<KillQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let q = query(q)?;
+    let signal = q.signal.unwrap_or_else(|| "KILL".into());
+    Ok(change_container(&s, move |m| m.kill(&id, &signal))
+        .await?
+        .into_response())
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+struct RemoveQuery {
+    force: bool,
+}
+
+async fn remove(
+    State(s): State<WriteState>,
+    Path(id): Path<String>,
+    q: Result<Query<RemoveQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let q = query(q)?;
+    Ok(change(&s, move |m| m.remove(&id, q.force))
+        .await?
+        .into_response())
+}
+
+async fn update(
+    State(s): State<WriteState>,
+    Path(id): Path<String>,
+    limits: Result<Json<Limits>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let limits = body(limits)?;
+    Ok(change_container(&s, move |m| m.update(&id, &limits))
+        .await?
+        .into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ImportRequest {
+    path: PathBuf,
+    name: Option<String>,
+}
+
+async fn import_image(
+    State(s): State<WriteState>,
+    req: Result<Json<ImportRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let req = body(req)?;
+    let v = change(&s, move |m| {
+        Ok(m.images.import(&req.path, req.name.as_deref())?)
+    })
+    .await?;
+    Ok((StatusCode::CREATED, v).into_response())
+}
+
+async fn remove_image(
+    State(s): State<WriteState>,
+    Path(reference): Path<String>,
+) -> Result<Response, ApiError> {
+    Ok(change(&s, move |m| m.remove_image(&reference))
+        .await?
+        .into_response())
+}

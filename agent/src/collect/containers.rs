@@ -1,0 +1,83 @@
+//! `containers`: berth's own containers from its store (records in memory, the shims'
+//! `state.json`, liveness of each shim from procfs) and, while running, their cgroup usage
+//! (cgroupfs). Each becomes one [`Container`] of engine `berth`.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use super::{CollectError, Collected, Collector, Tick};
+use crate::{
+    model::{BerthSpec, Container, Engine, Status},
+    runtime::{ContainerView, Manager},
+};
+
+pub struct Containers {
+    manager: Option<Arc<Manager>>,
+}
+
+impl Containers {
+    pub fn new(manager: Option<Arc<Manager>>) -> Self {
+        Self { manager }
+    }
+}
+
+impl Collector for Containers {
+    fn name(&self) -> &'static str {
+        "containers"
+    }
+
+    fn collect(&mut self, tick: &mut Tick<'_>) -> Result<Collected, CollectError> {
+        let Some(m) = &self.manager else {
+            return Ok(Collected::NotPresent);
+        };
+        for (view, stats) in m.observe() {
+            tick.builder
+                .snapshot
+                .containers
+                .push(container(view, stats));
+        }
+        Ok(Collected::Done)
+    }
+}
+
+/// The model's record of one of berth's containers.
+fn container(view: ContainerView, stats: Option<crate::model::ContainerStats>) -> Container {
+    let status = match view.status {
+        "creating" => Status::Creating,
+        "running" => Status::Running,
+        "restarting" => Status::Restarting,
+        "removing" => Status::Removing,
+        _ => Status::Exited,
+    };
+    let r = view.record;
+    Container {
+        engine: Engine::Berth,
+        id: r.id,
+        name: r.name,
+        image: r.image,
+        labels: BTreeMap::new(),
+        cgroup: r.cgroup,
+        cgroup_id: view.cgroup_id,
+        status,
+        state: view.state,
+        created_at: r.created_at,
+        limits: r.limits,
+        stats: stats.filter(|_| status == Status::Running),
+        network: r.network,
+        conntrack_entries: None,
+        log_path: Some(view.log_path),
+        syscalls: Vec::new(),
+        net: Vec::new(),
+        berth: Some(BerthSpec {
+            image_id: r.image_id,
+            lower: r.lower,
+            args: r.args,
+            env: r.env,
+            workdir: r.workdir,
+            user: r.user,
+            restart: r.restart,
+            runtime: r.runtime,
+            phase: r.phase,
+            stop_requested: r.stop_requested,
+        }),
+    }
+}

@@ -1,0 +1,285 @@
+//! The collectors: the only code that reads the host to build a [`Snapshot`], one module each,
+//! run in order once per tick by the [`Registry`] (node_exporter's collector framework and
+//! rezolus' samplers are the models).
+//!
+//! The framework, not each collector, times every run and records its outcome
+//! (`berth_collector_duration_seconds`, `berth_collector_success`); a collector that fails is
+//! named with its error in the log and the snapshot, and the others are unaffected. A collector
+//! whose source is not on this host (a probe that is down or disabled) says so with
+//! [`Collected::NotPresent`], which is not a failure.
+//!
+//! Order matters and is fixed in [`Registry::new`]: the cgroup walk first (the probes keep only
+//! live cgroups), then the probes, then containers (joined to their cgroup's probe data when
+//! the snapshot is finished), then what reads the containers (conntrack per address).
+
+mod cgroups;
+mod conntrack;
+mod containers;
+mod images;
+mod probes;
+mod proxies;
+
+use std::{
+    collections::BTreeMap,
+    sync::Arc,
+    time::{Instant, SystemTime},
+};
+
+use tracing::{debug, warn};
+
+use crate::{
+    cgroup::TrackedRoot,
+    model::{CgroupSample, CollectorRun, Snapshot},
+    probes::{ProbeLoadError, Probes},
+    runtime::{Manager, RuntimeError},
+};
+
+/// Why a collector failed this tick.
+#[derive(Debug, thiserror::Error)]
+pub enum CollectError {
+    #[error(transparent)]
+    Probe(#[from] ProbeLoadError),
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error(transparent)]
+    Image(#[from] crate::image::ImageError),
+}
+
+/// What a collector did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Collected {
+    /// Read its source into the snapshot.
+    Done,
+    /// Its source is not on this host (a probe down or disabled, no runtime): nothing to read.
+    NotPresent,
+}
+
+/// The snapshot under construction, plus the tracked cgroups found this tick (joined to their
+/// containers in [`Builder::finish`]).
+pub struct Builder {
+    pub snapshot: Snapshot,
+    pub cgroups: BTreeMap<u64, CgroupSample>,
+}
+
+impl Builder {
+    fn new() -> Self {
+        Self {
+            snapshot: Snapshot::empty(SystemTime::now()),
+            cgroups: BTreeMap::new(),
+        }
+    }
+
+    /// Moves each container's cgroup sample into the container (by v2 cgroup id); what is
+    /// left belongs to no known container.
+    fn finish(mut self) -> Snapshot {
+        for c in &mut self.snapshot.containers {
+            if let Some(sample) = c.cgroup_id.and_then(|id| self.cgroups.remove(&id)) {
+                c.syscalls = sample.syscalls;
+                c.net = sample.net;
+            }
+        }
+        let mut others: Vec<CgroupSample> = self.cgroups.into_values().collect();
+        others.sort_by(|a, b| a.path.cmp(&b.path));
+        self.snapshot.other_cgroups = others;
+        self.snapshot.containers.sort_by(|a, b| {
+            b.created_at
+                .total_cmp(&a.created_at)
+                .then_with(|| a.id.cmp(&b.id))
+        });
+        self.snapshot.taken_at = SystemTime::now();
+        self.snapshot
+    }
+}
+
+/// What a collector can reach during a tick besides its own state.
+pub struct Tick<'a> {
+    pub builder: &'a mut Builder,
+    /// The loaded probes (their maps are read by the probe collectors).
+    pub probes: &'a mut Probes,
+}
+
+/// One source of the snapshot.
+pub trait Collector: Send {
+    /// Its name in `berth_collector_*{collector}` and in logs.
+    fn name(&self) -> &'static str;
+    fn collect(&mut self, tick: &mut Tick<'_>) -> Result<Collected, CollectError>;
+}
+
+/// Every collector in order, and the probes they read; owned by the collector loop. Dropping
+/// it detaches every BPF program.
+pub struct Registry {
+    probes: Probes,
+    collectors: Vec<Box<dyn Collector>>,
+}
+
+impl Registry {
+    /// The collectors of this agent: the cgroup walk of `root`, one per probe, berth's own
+    /// containers and images (when a container manager runs), conntrack and userland proxies.
+    pub fn new(probes: Probes, root: TrackedRoot, manager: Option<Arc<Manager>>) -> Self {
+        let mut collectors: Vec<Box<dyn Collector>> = vec![Box::new(cgroups::Cgroups::new(root))];
+        for status in probes.status() {
+            collectors.push(Box::new(probes::ProbeMaps::new(status.name)));
+        }
+        collectors.push(Box::new(probes::ProbeState));
+        collectors.push(Box::new(containers::Containers::new(manager.clone())));
+        collectors.push(Box::new(images::Images::new(manager)));
+        collectors.push(Box::new(conntrack::Conntrack::new("/proc")));
+        collectors.push(Box::new(proxies::Proxies::new("/proc")));
+        Self { probes, collectors }
+    }
+
+    /// A registry of exactly these collectors (tests of the framework).
+    pub fn with(probes: Probes, collectors: Vec<Box<dyn Collector>>) -> Self {
+        Self { probes, collectors }
+    }
+
+    /// The collectors' names, in the order they run.
+    pub fn names(&self) -> Vec<&'static str> {
+        self.collectors.iter().map(|c| c.name()).collect()
+    }
+
+    /// Runs every collector once and returns the finished snapshot.
+    pub fn collect(&mut self) -> Snapshot {
+        let mut builder = Builder::new();
+        let mut runs = Vec::with_capacity(self.collectors.len());
+        for c in &mut self.collectors {
+            let started = Instant::now();
+            let mut tick = Tick {
+                builder: &mut builder,
+                probes: &mut self.probes,
+            };
+            let outcome = c.collect(&mut tick);
+            let duration_seconds = started.elapsed().as_secs_f64();
+            let error = match outcome {
+                Ok(Collected::Done) => None,
+                Ok(Collected::NotPresent) => {
+                    debug!(collector = c.name(), "source not present");
+                    None
+                }
+                Err(e) => {
+                    warn!(collector = c.name(), error = %e, "collection failed");
+                    Some(e.to_string())
+                }
+            };
+            runs.push(CollectorRun {
+                name: c.name(),
+                duration_seconds,
+                success: error.is_none(),
+                error,
+            });
+        }
+        builder.snapshot.collectors = runs;
+        let snap = builder.finish();
+        debug!(
+            containers = snap.containers.len(),
+            other_cgroups = snap.other_cgroups.len(),
+            "snapshot"
+        );
+        snap
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::model::{Container, Engine, Status};
+
+    fn root() -> TrackedRoot {
+        TrackedRoot {
+            dir: PathBuf::from("/nonexistent/berth"),
+            path: "/berth".into(),
+            id: 1,
+            level: 1,
+        }
+    }
+
+    struct Failing;
+    impl Collector for Failing {
+        fn name(&self) -> &'static str {
+            "failing"
+        }
+        fn collect(&mut self, _: &mut Tick<'_>) -> Result<Collected, CollectError> {
+            Err(CollectError::Runtime(RuntimeError::NotFound {
+                reference: "the source".into(),
+            }))
+        }
+    }
+
+    /// Adds one container with a cgroup, and that cgroup plus a foreign one.
+    struct Fake;
+    impl Collector for Fake {
+        fn name(&self) -> &'static str {
+            "fake"
+        }
+        fn collect(&mut self, tick: &mut Tick<'_>) -> Result<Collected, CollectError> {
+            let mut c = crate::model::fixture::snapshot().containers.remove(0);
+            c.syscalls.clear();
+            c.cgroup_id = Some(7);
+            tick.builder.snapshot.containers.push(c);
+            for (id, path) in [(7, "/berth/a"), (8, "/berth/other")] {
+                tick.builder.cgroups.insert(
+                    id,
+                    CgroupSample {
+                        id,
+                        path: path.into(),
+                        syscalls: vec![crate::model::SyscallCount {
+                            nr: 0,
+                            name: "read".into(),
+                            count: id,
+                            latency_buckets: vec![],
+                            latency_sum_ns: 0,
+                        }],
+                        net: vec![],
+                    },
+                );
+            }
+            Ok(Collected::Done)
+        }
+    }
+
+    #[test]
+    fn a_failing_collector_is_named_and_the_others_still_run() {
+        let mut r = Registry::with(
+            Probes::disabled(&root()),
+            vec![
+                Box::new(Failing),
+                Box::new(probes::ProbeMaps::new("syscalls")),
+                Box::new(Fake),
+            ],
+        );
+        assert_eq!(r.names(), ["failing", "syscalls", "fake"]);
+        let snap = r.collect();
+        let runs: Vec<(&str, bool)> = snap
+            .collectors
+            .iter()
+            .map(|c| (c.name, c.success))
+            .collect();
+        assert_eq!(
+            runs,
+            [("failing", false), ("syscalls", true), ("fake", true)]
+        );
+        assert!(
+            snap.collectors[0]
+                .error
+                .as_deref()
+                .is_some_and(|e| e.contains("the source"))
+        );
+        // A disabled probe is "not present", not a failure.
+        assert!(snap.collectors[1].error.is_none());
+        assert_eq!(snap.containers.len(), 1);
+    }
+
+    #[test]
+    fn cgroup_samples_join_their_container_and_the_rest_stay_visible() {
+        let mut r = Registry::with(Probes::disabled(&root()), vec![Box::new(Fake)]);
+        let snap = r.collect();
+        let c: &Container = &snap.containers[0];
+        assert_eq!((c.engine, c.status), (Engine::Berth, Status::Running));
+        assert_eq!(c.syscalls[0].count, 7, "its cgroup's probe data moved in");
+        assert_eq!(snap.other_cgroups.len(), 1);
+        assert_eq!(snap.other_cgroups[0].path, "/berth/other");
+        assert_eq!(snap.cgroups().len(), 2);
+    }
+}

@@ -1,0 +1,28 @@
+//! Host-wide facts in the snapshot: connection tracking and userland port-mapping proxies.
+
+use serde::Serialize;
+
+/// Host-wide conntrack state; counters are cumulative since the module loaded.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ConntrackStats {
+    pub entries: u64,
+    pub max: u64,
+    pub found: u64,
+    pub new: u64,
+    pub invalid: u64,
+    pub insert: u64,
+    pub insert_failed: u64,
+    pub drop: u64,
+    pub early_drop: u64,
+    pub search_restart: u64,
+}
+
+/// What the proxies on this host use, summed.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ProxyStats {
+    pub processes: u64,
+    /// Resident memory, bytes.
+    pub rss_bytes: u64,
+    /// CPU time used since each started (user + system), seconds.
+    pub cpu_seconds: f64,
+}
