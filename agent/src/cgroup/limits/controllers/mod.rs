@@ -15,6 +15,9 @@ mod cpu;
 mod memory;
 mod pids;
 
+#[cfg(test)]
+mod tests;
+
 use std::{
     fs,
     io::Write as _,

@@ -1,7 +1,8 @@
 //! Tests of the limits model and its cgroup writer, one file per concern: `size` (parsing and
 //! showing sizes), `validate` (validation, updates, the swap default), `oci` (the spec runc
 //! applies), `convert` (runc's v1 -> v2 values), `container` (a [`ContainerCgroup`] against
-//! cgroup trees in temp dirs) and `host` (against the real kernel, as root).
+//! cgroup trees in temp dirs) and `host` (against the real kernel, as root). The per-controller
+//! writers have theirs beside them, in `controllers/tests.rs`; the fixtures here serve both.
 
 mod container;
 mod convert;
