@@ -19,6 +19,8 @@
 //! leaving the rootfs (see there).
 
 mod archive;
+mod compression;
+mod digest;
 mod layer;
 mod store;
 #[cfg(test)]

@@ -17,7 +17,9 @@ use tracing::{debug, info, warn};
 
 use super::{
     Image, ImageConfig, ImageError,
-    archive::{self, Archive, HashingReader, ImportPlan, LayerStream, Section},
+    archive::{Archive, ImportPlan, Section},
+    compression::LayerStream,
+    digest::{self, HashingReader},
     is_hex, layer, normalize_name, resolve_reference,
 };
 
@@ -363,7 +365,7 @@ fn apply_layer(rootfs: &Path, member: &str, section: Section<'_>) -> Result<Stri
         // the tar reader stopped before; draining also completes the gzip CRC check.
         io::copy(&mut stream, &mut io::sink()).map_err(read_err)?;
     }
-    Ok(archive::hex(hasher))
+    Ok(digest::hex(hasher))
 }
 
 /// An exclusive scratch directory under `tmp/`, removed when dropped unless renamed away.
@@ -616,7 +618,7 @@ mod tests {
     fn the_image_id_is_the_sha256_of_the_config_blob() {
         let f = fixture();
         let layers = two_layers();
-        let expected = archive::sha256_hex(&crate::image::testutil::config(&layers, "run"));
+        let expected = digest::sha256_hex(&crate::image::testutil::config(&layers, "run"));
         let image = f
             .store
             .import(&f.archive("a.tar", &oci(&layers, "run", None, true)), None)
@@ -874,7 +876,7 @@ mod tests {
     fn an_image_dir_without_metadata_is_not_listed_and_is_replaced_on_import() {
         let f = fixture();
         let layers = two_layers();
-        let id = archive::sha256_hex(&crate::image::testutil::config(&layers, "run"));
+        let id = digest::sha256_hex(&crate::image::testutil::config(&layers, "run"));
         let half = f.store.images_dir().join(&id);
         fs::create_dir_all(half.join("rootfs/junk")).unwrap();
         assert!(f.store.list().unwrap().is_empty());
@@ -912,7 +914,7 @@ mod tests {
             "manifests": [decoy, real],
         }))
         .unwrap();
-        let nested_digest = archive::sha256_hex(&nested);
+        let nested_digest = digest::sha256_hex(&nested);
         let nested_size = nested.len();
         members.push((format!("blobs/sha256/{nested_digest}"), nested));
         let top = serde_json::to_vec(&serde_json::json!({

@@ -6,7 +6,7 @@ use std::io::Write;
 use flate2::{Compression, write::GzEncoder};
 use serde_json::json;
 
-use super::archive::sha256_hex;
+use super::digest::sha256_hex;
 
 /// One entry of a layer tar.
 pub(crate) enum Entry<'a> {
