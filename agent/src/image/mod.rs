@@ -123,13 +123,22 @@ pub enum ImageError {
     },
     #[error("invalid image name {name:?}: {reason}")]
     InvalidName { name: String, reason: &'static str },
+    /// A durable write into berth's own store failed; the message names the step and path.
+    #[error("image store: {source}")]
+    Persist {
+        #[from]
+        source: crate::fsutil::FsError,
+    },
 }
 
 impl ImageError {
     /// Whether the error is about the client's input (a bad archive, an unknown reference)
     /// rather than the host (I/O on berth's own store).
     pub fn is_client_error(&self) -> bool {
-        !matches!(self, ImageError::Io { .. } | ImageError::Metadata { .. })
+        !matches!(
+            self,
+            ImageError::Io { .. } | ImageError::Metadata { .. } | ImageError::Persist { .. }
+        )
     }
 }
 

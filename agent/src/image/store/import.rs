@@ -17,14 +17,17 @@ use tracing::{debug, info, warn};
 
 use super::{
     ImageRecord, ImageStore, RECORD_FILE, ROOTFS_DIR,
-    scratch::{Scratch, remove_path, set_mode, sync_dir, write_atomic},
+    scratch::{Scratch, remove_path, set_mode, sync_dir},
 };
-use crate::image::{
-    Image, ImageError,
-    archive::{Archive, ImportPlan, Section},
-    compression::LayerStream,
-    digest::{self, HashingReader},
-    layer, normalize_name,
+use crate::{
+    fsutil,
+    image::{
+        Image, ImageError,
+        archive::{Archive, ImportPlan, Section},
+        compression::LayerStream,
+        digest::{self, HashingReader},
+        layer, normalize_name,
+    },
 };
 
 impl ImageStore {
@@ -129,7 +132,7 @@ impl ImageStore {
             path: scratch.join(RECORD_FILE),
             source,
         })?;
-        write_atomic(&scratch.join(RECORD_FILE), &json)?;
+        fsutil::write_atomic(&scratch.join(RECORD_FILE), &json)?;
         // One syncfs for the whole rootfs instead of an fsync per file: after the rename below
         // the image is visible, so its content must be on disk first.
         syncfs(scratch)?;

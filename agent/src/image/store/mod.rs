@@ -20,8 +20,9 @@ use std::{
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
-use self::scratch::{Lock, set_mode, write_atomic};
+use self::scratch::{Lock, set_mode};
 use super::{Image, ImageConfig, ImageError, is_hex, resolve_reference};
+use crate::fsutil;
 
 const IMAGES_DIR: &str = "images";
 const TMP_DIR: &str = "tmp";
@@ -191,6 +192,7 @@ impl ImageStore {
             path: path.clone(),
             source,
         })?;
-        write_atomic(&path, &json)
+        fsutil::write_atomic(&path, &json)?;
+        Ok(())
     }
 }

@@ -1,10 +1,11 @@
 //! What import and removal share: scratch directories under `tmp/` that clean up after
 //! themselves, flock(2) locks between processes sharing the store, and file helpers that
-//! report the path they failed on.
+//! report the path they failed on. Records and `names.json` are written with
+//! [`crate::fsutil::write_atomic`], shared with the rest of berth.
 
 use std::{
     fs::{self, File},
-    io::{self, Write},
+    io,
     os::unix::io::AsRawFd,
     path::{Path, PathBuf},
     sync::atomic::{AtomicU64, Ordering},
@@ -102,28 +103,8 @@ pub(super) fn set_mode(path: &Path, mode: u32) -> Result<(), ImageError> {
     })
 }
 
-/// Writes `bytes` to `path` via a temp file in the same directory: write, fsync, rename,
-/// fsync the directory.
-pub(super) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ImageError> {
-    let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = path.with_file_name(format!(".{file_name}.tmp-{}", std::process::id()));
-    let io_err = |p: &Path, source| ImageError::Io {
-        path: p.to_path_buf(),
-        source,
-    };
-    let result = (|| {
-        let mut file = File::create(&tmp).map_err(|e| io_err(&tmp, e))?;
-        file.write_all(bytes).map_err(|e| io_err(&tmp, e))?;
-        file.sync_all().map_err(|e| io_err(&tmp, e))?;
-        fs::rename(&tmp, path).map_err(|e| io_err(path, e))
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result?;
-    sync_dir(path.parent().unwrap_or(Path::new(".")))
-}
-
+/// Fsyncs a directory, so that a rename into or out of it survives a crash. (The durable file
+/// write itself is [`crate::fsutil::write_atomic`], which syncs its own directory.)
 pub(super) fn sync_dir(dir: &Path) -> Result<(), ImageError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
