@@ -3,10 +3,7 @@
 //! with a clear message (zstd, xz, bzip2). [`LayerStream`] undoes gzip on a layer as it is read,
 //! so a layer is never decompressed to disk.
 
-use std::{
-    io::{self, BufRead, Read},
-    path::PathBuf,
-};
+use std::io::{self, BufRead, Read};
 
 use flate2::read::MultiGzDecoder;
 
@@ -52,8 +49,8 @@ impl<R: BufRead> LayerStream<R> {
         match sniff(head) {
             Compression::None => Ok(Self::Plain(inner)),
             Compression::Gzip => Ok(Self::Gzip(MultiGzDecoder::new(inner))),
-            Compression::Unsupported(format) => Err(ImageError::UnsupportedCompression {
-                path: PathBuf::from(layer),
+            Compression::Unsupported(format) => Err(ImageError::UnsupportedLayerCompression {
+                layer: layer.to_string(),
                 format,
             }),
         }

@@ -7,7 +7,7 @@ use serde::Deserialize;
 use tracing::warn;
 
 use super::{Archive, ImportPlan, LayerSource, canonical_names, index::member_key};
-use crate::image::{ImageError, digest::sha256_hex, is_hex};
+use crate::image::{ImageError, ManifestProblem, digest::sha256_hex, is_hex};
 
 /// docker's `manifest.json` entry.
 #[derive(Debug, Deserialize)]
@@ -25,7 +25,7 @@ impl Archive {
         let bytes = self.read_json_member("manifest.json")?;
         let manifests: Vec<DockerManifest> = self.parse("manifest.json", &bytes)?;
         let Some(manifest) = manifests.first() else {
-            return Err(self.invalid("manifest.json", "lists no image".to_string()));
+            return Err(self.invalid("manifest.json", ManifestProblem::NoImage));
         };
         if manifests.len() > 1 {
             warn!(
@@ -37,7 +37,9 @@ impl Archive {
         let config_member = member_key(manifest.config.as_bytes()).ok_or_else(|| {
             self.invalid(
                 "manifest.json",
-                format!("config path {:?} is not usable", manifest.config),
+                ManifestProblem::UnusableConfigPath {
+                    member: manifest.config.clone(),
+                },
             )
         })?;
         let config_bytes = self.read_json_member(&config_member)?;
@@ -49,11 +51,11 @@ impl Archive {
         if diff_ids.len() != manifest.layers.len() {
             return Err(self.invalid(
                 &config_member,
-                format!(
-                    "rootfs.diff_ids lists {} layers but manifest.json lists {}",
-                    diff_ids.len(),
-                    manifest.layers.len()
-                ),
+                ManifestProblem::LayerCountMismatch {
+                    diff_ids: diff_ids.len(),
+                    manifest: "manifest.json",
+                    layers: manifest.layers.len(),
+                },
             ));
         }
         let mut layers = Vec::new();
@@ -61,7 +63,9 @@ impl Archive {
             let member = member_key(layer.as_bytes()).ok_or_else(|| {
                 self.invalid(
                     "manifest.json",
-                    format!("layer path {layer:?} is not usable"),
+                    ManifestProblem::UnusableLayerPath {
+                        member: layer.clone(),
+                    },
                 )
             })?;
             layers.push(LayerSource {

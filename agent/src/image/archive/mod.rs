@@ -17,7 +17,7 @@ use serde::Deserialize;
 use tracing::warn;
 
 pub(crate) use self::index::{Archive, Section};
-use super::{ImageConfig, ImageError, is_hex, normalize_name};
+use super::{ImageConfig, ImageError, ManifestProblem, is_hex, normalize_name};
 
 /// One layer to apply: where it is in the archive and what it must hash to.
 #[derive(Debug, Clone, PartialEq)]
@@ -98,11 +98,11 @@ impl Archive {
         })
     }
 
-    fn invalid(&self, file: &str, reason: String) -> ImageError {
+    fn invalid(&self, file: &str, problem: ManifestProblem) -> ImageError {
         ImageError::InvalidManifest {
             path: self.path().to_path_buf(),
             file: file.to_string(),
-            reason,
+            problem,
         }
     }
 
@@ -126,10 +126,7 @@ impl Archive {
             match diff_id.strip_prefix("sha256:") {
                 Some(hex) if hex.len() == 64 && is_hex(hex) => diff_ids.push(hex.to_string()),
                 Some(_) => {
-                    return Err(self.invalid(
-                        member,
-                        format!("diff id {diff_id} is not 64 lowercase hex characters"),
-                    ));
+                    return Err(self.invalid(member, ManifestProblem::MalformedDiffId { diff_id }));
                 }
                 None => {
                     return Err(ImageError::UnsupportedDigest {

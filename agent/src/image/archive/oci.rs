@@ -8,7 +8,7 @@ use oci_spec::image::{Descriptor, DigestAlgorithm, ImageIndex, ImageManifest, Me
 use tracing::debug;
 
 use super::{Archive, ImportPlan, LayerSource, canonical_names};
-use crate::image::{ImageError, digest::sha256_hex, is_hex};
+use crate::image::{ImageError, ManifestProblem, digest::sha256_hex, is_hex};
 
 /// Deepest chain of nested image indexes followed.
 const MAX_INDEX_DEPTH: usize = 4;
@@ -36,7 +36,12 @@ impl Archive {
             if is_index(descriptor.media_type()) {
                 depth += 1;
                 if depth > MAX_INDEX_DEPTH {
-                    return Err(self.invalid(&member, "image indexes nest too deep".to_string()));
+                    return Err(self.invalid(
+                        &member,
+                        ManifestProblem::IndexTooDeep {
+                            limit: MAX_INDEX_DEPTH,
+                        },
+                    ));
                 }
                 let nested: ImageIndex = self.parse(&member, &bytes)?;
                 descriptor = self.choose(&nested, &member)?.clone();
@@ -45,10 +50,9 @@ impl Archive {
             } else {
                 return Err(self.invalid(
                     &member,
-                    format!(
-                        "media type {} is neither an image manifest nor an index",
-                        descriptor.media_type()
-                    ),
+                    ManifestProblem::UnexpectedMediaType {
+                        media_type: descriptor.media_type().to_string(),
+                    },
                 ));
             }
         };
@@ -61,11 +65,11 @@ impl Archive {
         if diff_ids.len() != manifest.layers().len() {
             return Err(self.invalid(
                 &config_member,
-                format!(
-                    "rootfs.diff_ids lists {} layers but the manifest lists {}",
-                    diff_ids.len(),
-                    manifest.layers().len()
-                ),
+                ManifestProblem::LayerCountMismatch {
+                    diff_ids: diff_ids.len(),
+                    manifest: "the manifest",
+                    layers: manifest.layers().len(),
+                },
             ));
         }
         let mut layers = Vec::new();
@@ -106,7 +110,7 @@ impl Archive {
         matching
             .or_else(usable)
             .or_else(|| manifests.first())
-            .ok_or_else(|| self.invalid(file, "lists no manifests".to_string()))
+            .ok_or_else(|| self.invalid(file, ManifestProblem::NoManifests))
     }
 
     /// Archive member of a blob: `blobs/sha256/<hex>`.
@@ -122,7 +126,9 @@ impl Archive {
         if hex.len() != 64 || !is_hex(hex) {
             return Err(self.invalid(
                 "index.json",
-                format!("digest {digest} is not 64 lowercase hex characters"),
+                ManifestProblem::MalformedDigest {
+                    digest: digest.to_string(),
+                },
             ));
         }
         Ok(format!("blobs/sha256/{hex}"))

@@ -21,7 +21,7 @@ use super::{
     Applier,
     sys::{create_dir, cstring, lsetxattr, remove_any, set_mtime},
 };
-use crate::image::ImageError;
+use crate::image::{ImageError, LayerProblem};
 
 /// Ownership, mode and times of an entry, with PAX overrides applied.
 struct Meta {
@@ -91,7 +91,7 @@ impl Applier<'_> {
                     .link_name_bytes()
                     .map(|l| l.into_owned())
                     .filter(|l| !l.is_empty())
-                    .ok_or_else(|| self.invalid(&name, "symbolic link without a target"))?;
+                    .ok_or_else(|| self.invalid(&name, LayerProblem::SymlinkWithoutTarget))?;
                 let target = self.parent_for_write(&name, &components)?.join(&last);
                 remove_any(&target)?;
                 std::os::unix::fs::symlink(OsStr::from_bytes(&link), &target).map_err(
@@ -107,7 +107,7 @@ impl Applier<'_> {
                 let link = entry
                     .link_name_bytes()
                     .map(|l| l.into_owned())
-                    .ok_or_else(|| self.invalid(&name, "hard link without a target"))?;
+                    .ok_or_else(|| self.invalid(&name, LayerProblem::HardLinkWithoutTarget))?;
                 let target = self.parent_for_write(&name, &components)?.join(&last);
                 self.hard_link(&name, &link, &target)?;
                 self.written.insert(target);
@@ -172,9 +172,9 @@ impl Applier<'_> {
             }
         }
         let uid = u32::try_from(uid)
-            .map_err(|_| self.invalid(name, format!("uid {uid} is out of range")))?;
+            .map_err(|_| self.invalid(name, LayerProblem::UidOutOfRange { uid }))?;
         let gid = u32::try_from(gid)
-            .map_err(|_| self.invalid(name, format!("gid {gid} is out of range")))?;
+            .map_err(|_| self.invalid(name, LayerProblem::GidOutOfRange { gid }))?;
         Ok(Meta {
             mode,
             uid,
@@ -257,16 +257,15 @@ impl Applier<'_> {
     fn hard_link(&mut self, name: &[u8], link: &[u8], target: &Path) -> Result<(), ImageError> {
         let mut components = self.components(link)?;
         let Some(last) = components.pop() else {
-            return Err(self.invalid(name, "hard link to the root directory"));
+            return Err(self.invalid(name, LayerProblem::HardLinkToRoot));
         };
         let resolved = self.resolve_dir(&components, false);
         let missing = || {
             self.invalid(
                 name,
-                format!(
-                    "hard link target {} does not exist",
-                    String::from_utf8_lossy(link)
-                ),
+                LayerProblem::HardLinkTargetMissing {
+                    target: String::from_utf8_lossy(link).into_owned(),
+                },
             )
         };
         let source = match resolved {
@@ -274,7 +273,9 @@ impl Applier<'_> {
             Err(_) => return Err(missing()),
         };
         match fs::symlink_metadata(&source) {
-            Ok(m) if m.is_dir() => return Err(self.invalid(name, "hard link to a directory")),
+            Ok(m) if m.is_dir() => {
+                return Err(self.invalid(name, LayerProblem::HardLinkToDirectory));
+            }
             Ok(_) => {}
             Err(_) => return Err(missing()),
         }

@@ -31,7 +31,7 @@ use std::{
 };
 
 use self::sys::set_mtime;
-use super::ImageError;
+use super::{ImageError, LayerProblem};
 
 /// Applies the layer tar read from `reader` onto `root`. `layer` names it in errors.
 /// Reads up to the tar's end-of-archive marker; the caller drains what follows.
@@ -78,11 +78,11 @@ impl Applier<'_> {
         }
     }
 
-    fn invalid(&self, entry: &[u8], reason: impl Into<String>) -> ImageError {
+    fn invalid(&self, entry: &[u8], problem: LayerProblem) -> ImageError {
         ImageError::InvalidLayer {
             layer: self.layer.to_string(),
             entry: String::from_utf8_lossy(entry).into_owned(),
-            reason: reason.into(),
+            problem,
         }
     }
 

@@ -16,7 +16,7 @@ use std::{
 };
 
 use super::Applier;
-use crate::image::ImageError;
+use crate::image::{ImageError, LayerProblem};
 
 /// Most symlinks followed while resolving one path (Linux's MAXSYMLINKS).
 const MAX_SYMLINKS: usize = 40;
@@ -109,12 +109,11 @@ impl Applier<'_> {
         parent: &[OsString],
     ) -> Result<PathBuf, ImageError> {
         self.resolve_dir(parent, true).map_err(|e| match e {
-            Resolve::NotADirectory(p) => self.invalid(
-                name,
-                format!("a parent, {}, is not a directory", p.display()),
-            ),
-            Resolve::TooManyLinks => self.invalid(name, "too many levels of symbolic links"),
-            Resolve::NotFound => self.invalid(name, "a parent directory cannot be created"),
+            Resolve::NotADirectory(parent) => {
+                self.invalid(name, LayerProblem::ParentNotDirectory { parent })
+            }
+            Resolve::TooManyLinks => self.invalid(name, LayerProblem::TooManySymlinks),
+            Resolve::NotFound => self.invalid(name, LayerProblem::ParentMissing),
             Resolve::Io(path, source) => ImageError::Io { path, source },
         })
     }

@@ -12,8 +12,8 @@ use std::{
 };
 
 use super::{apply, disk_usage};
-use crate::image::ImageError;
 use crate::image::testutil::{Entry::*, layer};
+use crate::image::{ImageError, LayerProblem};
 
 fn apply_all(layers: &[Vec<u8>]) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
@@ -182,7 +182,16 @@ fn hard_links_stay_inside_the_rootfs() {
         Symlink("esc", "/"),
         Hardlink("stolen", "esc/etc/passwd"),
     ])]);
-    assert!(matches!(err, ImageError::InvalidLayer { .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            ImageError::InvalidLayer {
+                problem: LayerProblem::HardLinkTargetMissing { .. },
+                ..
+            }
+        ),
+        "{err}"
+    );
 }
 
 #[test]
@@ -249,7 +258,16 @@ fn extended_attributes_from_pax_headers_are_set() {
 #[test]
 fn a_file_used_as_a_directory_is_an_invalid_layer() {
     let err = apply_err(&[layer(&[File("a", b""), File("a/b", b"")])]);
-    assert!(matches!(err, ImageError::InvalidLayer { .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            ImageError::InvalidLayer {
+                problem: LayerProblem::ParentNotDirectory { .. },
+                ..
+            }
+        ),
+        "{err}"
+    );
 }
 
 #[test]
@@ -259,7 +277,16 @@ fn a_symlink_loop_is_an_invalid_layer_not_a_hang() {
         Symlink("b", "a"),
         File("a/x", b""),
     ])]);
-    assert!(matches!(err, ImageError::InvalidLayer { .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            ImageError::InvalidLayer {
+                problem: LayerProblem::TooManySymlinks,
+                ..
+            }
+        ),
+        "{err}"
+    );
 }
 
 #[test]

@@ -8,7 +8,7 @@ use std::{
 
 use super::ImageStore;
 use crate::image::{
-    ImageError, digest,
+    ImageError, ManifestProblem, digest,
     testutil::{Entry::*, Members, config, docker, gzip, layer, oci, pack},
 };
 
@@ -333,6 +333,40 @@ fn a_tar_without_manifest_or_index_is_reported() {
         .import(&f.archive("n.tar", &members), None)
         .unwrap_err();
     assert!(matches!(err, ImageError::NoManifest { .. }), "{err}");
+    f.assert_no_trace();
+}
+
+#[test]
+fn a_manifest_listing_fewer_layers_than_the_config_is_an_invalid_manifest() {
+    let f = fixture();
+    let mut members = docker(&two_layers(), "run", &["a"], false);
+    let (file, manifest) = members.pop().unwrap();
+    let mut manifest: serde_json::Value = serde_json::from_slice(&manifest).unwrap();
+    manifest[0]["Layers"].as_array_mut().unwrap().pop();
+    members.push((file, serde_json::to_vec(&manifest).unwrap()));
+    let err = f
+        .store
+        .import(&f.archive("m.tar", &members), None)
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ImageError::InvalidManifest {
+                problem: ManifestProblem::LayerCountMismatch {
+                    diff_ids: 2,
+                    layers: 1,
+                    ..
+                },
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(
+        err.to_string()
+            .contains("rootfs.diff_ids lists 2 layers but manifest.json lists 1"),
+        "{err}"
+    );
     f.assert_no_trace();
 }
 
