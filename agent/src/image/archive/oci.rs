@@ -29,9 +29,11 @@ impl Archive {
         let names = names_from_annotations(&top);
 
         let mut descriptor = top;
+        // The document naming `descriptor`, for messages about it.
+        let mut listed_in = "index.json".to_string();
         let mut depth = 0;
-        let manifest = loop {
-            let member = self.blob_member(&descriptor)?;
+        let (manifest, manifest_member) = loop {
+            let member = self.blob_member(&descriptor, &listed_in)?;
             let bytes = self.read_verified_json(&descriptor, &member)?;
             if is_index(descriptor.media_type()) {
                 depth += 1;
@@ -45,8 +47,9 @@ impl Archive {
                 }
                 let nested: ImageIndex = self.parse(&member, &bytes)?;
                 descriptor = self.choose(&nested, &member)?.clone();
+                listed_in = member;
             } else if is_manifest(descriptor.media_type()) {
-                break self.parse::<ImageManifest>(&member, &bytes)?;
+                break (self.parse::<ImageManifest>(&member, &bytes)?, member);
             } else {
                 return Err(self.invalid(
                     &member,
@@ -58,7 +61,7 @@ impl Archive {
         };
 
         let config_descriptor = manifest.config();
-        let config_member = self.blob_member(config_descriptor)?;
+        let config_member = self.blob_member(config_descriptor, &manifest_member)?;
         let config_bytes = self.read_verified_json(config_descriptor, &config_member)?;
         let id = sha256_hex(&config_bytes);
         let (config, diff_ids) = self.parse_config(&config_member, &config_bytes)?;
@@ -74,7 +77,7 @@ impl Archive {
         }
         let mut layers = Vec::new();
         for (descriptor, diff_id) in manifest.layers().iter().zip(diff_ids) {
-            let member = self.blob_member(descriptor)?;
+            let member = self.blob_member(descriptor, &manifest_member)?;
             layers.push(LayerSource {
                 digest: Some(descriptor.digest().digest().to_string()),
                 member,
@@ -113,8 +116,9 @@ impl Archive {
             .ok_or_else(|| self.invalid(file, ManifestProblem::NoManifests))
     }
 
-    /// Archive member of a blob: `blobs/sha256/<hex>`.
-    fn blob_member(&self, descriptor: &Descriptor) -> Result<String, ImageError> {
+    /// Archive member of a blob: `blobs/sha256/<hex>`. `listed_in` is the document holding
+    /// the descriptor.
+    fn blob_member(&self, descriptor: &Descriptor, listed_in: &str) -> Result<String, ImageError> {
         let digest = descriptor.digest();
         if *digest.algorithm() != DigestAlgorithm::Sha256 {
             return Err(ImageError::UnsupportedDigest {
@@ -125,7 +129,7 @@ impl Archive {
         let hex = digest.digest();
         if hex.len() != 64 || !is_hex(hex) {
             return Err(self.invalid(
-                "index.json",
+                listed_in,
                 ManifestProblem::MalformedDigest {
                     digest: digest.to_string(),
                 },
