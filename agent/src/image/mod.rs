@@ -15,8 +15,8 @@
 //! are updated afterwards in one atomic rewrite of `names.json`.
 //!
 //! Archives are untrusted: digests are verified (blob digests where the archive names them, the
-//! config's `rootfs.diff_ids` for every layer), and layers are applied by [`layer`] without ever
-//! leaving the rootfs (see there).
+//! config's `rootfs.diff_ids` for every layer), and layers are applied by the `layer` module
+//! without ever leaving the rootfs (see there).
 
 mod archive;
 mod compression;
