@@ -28,8 +28,6 @@ mod store;
 #[cfg(test)]
 mod testutil;
 
-
-
 use self::reference::{is_hex, resolve_reference};
 pub use self::{
     error::{ImageError, LayerProblem, ManifestProblem},
