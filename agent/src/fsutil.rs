@@ -1,5 +1,6 @@
 //! File-system helpers every writer shares: one atomic, durable write (temp file in the same
-//! directory, fsync, rename, fsync of the directory) and one mount-table lookup (through
+//! directory, fsync, rename, fsync of the directory), the directory fsync itself (after a
+//! rename), and one mount-table lookup (through
 //! `procfs`, which undoes mountinfo's octal escapes), so the store, the image store and the
 //! network code cannot drift apart in how they persist state or find mounts.
 
@@ -50,6 +51,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), FsError> {
         let _ = fs::remove_file(&tmp);
     }
     written?;
+    sync_dir(dir)
+}
+
+/// Makes the entries of `dir` durable (after a rename into or out of it).
+pub fn sync_dir(dir: &Path) -> Result<(), FsError> {
     fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(fail("fsync", dir))

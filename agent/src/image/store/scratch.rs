@@ -106,10 +106,5 @@ pub(super) fn set_mode(path: &Path, mode: u32) -> Result<(), ImageError> {
 /// Fsyncs a directory, so that a rename into or out of it survives a crash. (The durable file
 /// write itself is [`crate::fsutil::write_atomic`], which syncs its own directory.)
 pub(super) fn sync_dir(dir: &Path) -> Result<(), ImageError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|source| ImageError::Io {
-            path: dir.to_path_buf(),
-            source,
-        })
+    Ok(crate::fsutil::sync_dir(dir)?)
 }
