@@ -77,8 +77,7 @@ fn a_udp_server_with_2000_published_ports_answers_clients_in_a_netns_and_on_the_
             "-p",
             "31000-32999:41000-42999/udp",
             rootfs,
-            "berth",
-            "udp-echo",
+            "berth-test-echo",
             "--ports",
             "41000-42999",
         ])
@@ -112,7 +111,7 @@ fn a_udp_server_with_2000_published_ports_answers_clients_in_a_netns_and_on_the_
     let hairpin = unique("hairpin");
     let (code, out, err) = agent.cli(&[
         "run", "--rm", "--name", &hairpin, "-p", "33000:43000/udp", rootfs, "sh", "-c",
-        "berth udp-echo --ports 43000 & sleep 0.5; gw=$(ip route | awk '/default/ {print $3}'); berth udp-echo --ask $gw:33000",
+        "berth-test-echo --ports 43000 & sleep 0.5; gw=$(ip route | awk '/default/ {print $3}'); berth-test-echo --ask $gw:33000",
     ]);
     assert_eq!(code, 0, "hairpin failed: {out}{err}");
     assert!(out.contains("berth-ask"), "{out}");
@@ -167,8 +166,7 @@ fn host_mode_answers_without_any_berth_rule_and_none_mode_has_only_loopback() {
         "--network",
         "host",
         rootfs,
-        "berth",
-        "udp-echo",
+        "berth-test-echo",
         "--ports",
         &port.to_string(),
     ]);
@@ -407,8 +405,7 @@ fn the_iptables_backend_answers_too_with_one_rule_set_per_port() {
             "-p",
             "34000-34099:44000-44099/udp",
             rootfs,
-            "berth",
-            "udp-echo",
+            "berth-test-echo",
             "--ports",
             "44000-44099",
         ])

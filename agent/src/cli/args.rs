@@ -153,17 +153,6 @@ pub enum Command {
     /// Measure the syscall probe's cost (used by `cargo xtask bench syscalls`).
     #[command(hide = true)]
     BenchSyscalls(crate::bench::SyscallBenchArgs),
-    /// UDP echo server on a port range (a test and demo workload for containers).
-    #[command(hide = true)]
-    UdpEcho {
-        /// Ports, e.g. 20000-21999.
-        #[arg(long, required_unless_present = "ask")]
-        ports: Option<String>,
-        /// Client mode: send one datagram to IP:PORT, print the answer, exit (1 s timeout,
-        /// 3 tries).
-        #[arg(long)]
-        ask: Option<std::net::SocketAddr>,
-    },
     /// Apply berth's port-mapping backend in the current network namespace, without an agent
     /// (used by `cargo xtask bench portmap` inside its own namespaces).
     #[command(hide = true)]

@@ -13,7 +13,6 @@ mod ps;
 mod run;
 mod signal;
 mod stats;
-mod udp_echo;
 mod update;
 
 use anyhow::Context as _;
@@ -80,11 +79,6 @@ pub fn execute(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Shim { dir } => Ok(crate::runtime::shim::main(&dir)),
-        Command::UdpEcho { ports, ask } => match (ask, ports) {
-            (Some(to), _) => udp_echo::execute_ask(to),
-            (None, Some(ports)) => udp_echo::execute_udp_echo(&ports),
-            (None, None) => anyhow::bail!("give --ports or --ask"),
-        },
         Command::NetfilterHold => {
             use std::io::Read as _;
             // The netfilter pair needs no cgroup root; the object still wants one.

@@ -457,12 +457,13 @@ pub fn build_image_archives(dir: &Path) -> (PathBuf, PathBuf, String) {
     (dir.join("oci.tar"), dir.join("docker.tar.gz"), id)
 }
 
-/// A rootfs with busybox and this build's `berth` binary (for `berth udp-echo`) plus the
-/// shared libraries it links, so the echo server runs inside containers.
+/// A rootfs with busybox and this build's `berth-test-echo` (the UDP echo workload,
+/// `src/bin/berth-test-echo.rs`) plus the shared libraries it links, so the echo server runs
+/// inside containers.
 pub fn echo_rootfs(dir: &Path) -> PathBuf {
     let root = busybox_rootfs(dir);
-    let exe = Path::new(env!("CARGO_BIN_EXE_berth"));
-    fs::copy(exe, root.join("bin/berth")).unwrap();
+    let exe = Path::new(env!("CARGO_BIN_EXE_berth-test-echo"));
+    fs::copy(exe, root.join("bin/berth-test-echo")).unwrap();
     let ldd = Command::new("ldd").arg(exe).output().unwrap();
     for line in String::from_utf8_lossy(&ldd.stdout).lines() {
         // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" or "/lib64/ld-linux-x86-64.so.2 (0x...)"

@@ -1,0 +1,106 @@
+//! `berth-test-echo`: a UDP echo workload for the integration tests, copied into container
+//! rootfs directories (`tests/common` `echo_rootfs`). Not part of the product: it needs only
+//! std and libc, so it is cheap to build and runs in a busybox rootfs with the libraries `ldd`
+//! lists.
+//!
+//! - `berth-test-echo --ports A-B`: answers every datagram on each port of the range with the
+//!   same bytes (prints `udp-echo listening on A-B` once bound);
+//! - `berth-test-echo --ask IP:PORT`: sends `berth-ask`, prints the answer, exits 0 (1 s
+//!   timeout, 3 tries; exits 1 without an answer).
+
+use std::{
+    net::{SocketAddr, UdpSocket},
+    os::fd::AsRawFd as _,
+    process::ExitCode,
+    time::Duration,
+};
+
+const USAGE: &str = "usage: berth-test-echo --ports A-B | --ask IP:PORT";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let result = match args[..] {
+        ["--ports", ports] => echo(ports),
+        ["--ask", to] => match to.parse::<SocketAddr>() {
+            Ok(to) => ask(to),
+            Err(e) => Err(format!("--ask {to}: {e}")),
+        },
+        _ => Err(USAGE.to_owned()),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("berth-test-echo: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Binds every port of `A-B` (or the single port `A`) and echoes forever.
+fn echo(ports: &str) -> Result<u8, String> {
+    let (a, b) = ports.split_once('-').unwrap_or((ports, ports));
+    let parse = |p: &str| {
+        p.parse::<u16>()
+            .map_err(|e| format!("--ports {ports}: {e}"))
+    };
+    let (a, b) = (parse(a)?, parse(b)?);
+    if a > b {
+        return Err(format!("--ports {ports}: empty range"));
+    }
+    // SAFETY: raising our own soft limit on open files to the hard one (2,000 ports = 2,000
+    // sockets); a failure leaves the limit as it was and bind reports EMFILE.
+    unsafe {
+        let mut l: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) == 0 {
+            l.rlim_cur = l.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &l);
+        }
+    }
+    let sockets: Vec<UdpSocket> = (a..=b)
+        .map(|p| UdpSocket::bind(("0.0.0.0", p)).map_err(|e| format!("binding udp/{p}: {e}")))
+        .collect::<Result<_, _>>()?;
+    let mut fds: Vec<libc::pollfd> = sockets
+        .iter()
+        .map(|s| libc::pollfd {
+            fd: s.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    println!("udp-echo listening on {a}-{b}");
+    let mut buf = [0u8; 65536];
+    loop {
+        // SAFETY: fds is a valid array of pollfd of the given length.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        if n < 0 {
+            continue;
+        }
+        for (i, p) in fds.iter_mut().enumerate() {
+            if p.revents & libc::POLLIN != 0 {
+                if let Ok((len, from)) = sockets[i].recv_from(&mut buf) {
+                    let _ = sockets[i].send_to(&buf[..len], from);
+                }
+                p.revents = 0;
+            }
+        }
+    }
+}
+
+/// Sends `berth-ask` to `to` and prints the answer.
+fn ask(to: SocketAddr) -> Result<u8, String> {
+    let io = |e: std::io::Error| format!("--ask {to}: {e}");
+    let sock = UdpSocket::bind("0.0.0.0:0").map_err(io)?;
+    sock.set_read_timeout(Some(Duration::from_secs(1)))
+        .map_err(io)?;
+    let mut buf = [0u8; 2048];
+    for _ in 0..3 {
+        sock.send_to(b"berth-ask", to).map_err(io)?;
+        if let Ok((n, _)) = sock.recv_from(&mut buf) {
+            println!("{}", String::from_utf8_lossy(&buf[..n]));
+            return Ok(0);
+        }
+    }
+    eprintln!("no answer from {to}");
+    Ok(1)
+}
