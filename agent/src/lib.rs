@@ -7,7 +7,6 @@
 //! `cgroup` (limits), `net` and `probes` (attach). See DESIGN.md in the shared docs.
 
 pub mod api;
-pub mod bench;
 pub mod cgroup;
 pub mod cli;
 pub mod collect;

@@ -126,10 +126,13 @@ fn main() -> Result<()> {
             setup()?;
             if !no_lint {
                 cargo(&["fmt", "--all", "--check"])?;
+                // `berth/bench` so the bench helper binary (`berth-bench`) is linted too.
                 cargo(&[
                     "clippy",
                     "--workspace",
                     "--all-targets",
+                    "--features",
+                    "berth/bench",
                     "--",
                     "-D",
                     "warnings",
@@ -181,6 +184,25 @@ fn output(cmd: &mut Command) -> Result<String> {
 
 fn cargo(args: &[&str]) -> Result<()> {
     run(Command::new(env!("CARGO")).args(args))
+}
+
+/// Builds `berth-bench` (release, `bench` feature: the bench helpers the `berth` binary does
+/// not carry) and returns its path.
+fn bench_binary() -> Result<String> {
+    cargo(&[
+        "build",
+        "--release",
+        "--package",
+        "berth",
+        "--features",
+        "bench",
+        "--bin",
+        "berth-bench",
+    ])?;
+    Ok(workspace_root()
+        .join("target/release/berth-bench")
+        .to_string_lossy()
+        .into_owned())
 }
 
 fn is_root() -> bool {
@@ -295,13 +317,13 @@ fn mount_if_absent(fstype: &str, target: &str) -> Result<()> {
     run(Command::new("mount").args(["-t", fstype, fstype, target]))
 }
 
-/// Runs the measurement in the agent binary (it holds the eBPF object) and appends a section
+/// Runs the measurement in `berth-bench` (it holds berth's eBPF object) and appends a section
 /// to docs/benchmarks.md with the command, the machine and the ratios.
 fn bench_syscalls(calls: u64, rounds: u32) -> Result<()> {
     setup()?;
-    cargo(&["build", "--release", "--package", "berth"])?;
-    let json = output(Command::new("target/release/berth").args([
-        "bench-syscalls",
+    let bench = bench_binary()?;
+    let json = output(Command::new(&bench).args([
+        "syscalls",
         "--calls",
         &calls.to_string(),
         "--rounds",
@@ -606,10 +628,11 @@ fn install(prefix: &Path) -> Result<()> {
     Ok(())
 }
 
-/// berth's own backend, applied in the bench's HOST namespace by the release binary
-/// (`berth portmap add|remove`), so the rules measured are exactly the ones berth installs.
+/// berth's own backend, applied in the bench's HOST namespace by `berth-bench portmap
+/// add|teardown` (berth's library code), so the rules measured are exactly the ones berth
+/// installs.
 struct BerthMapper {
-    berth: String,
+    bench: String,
     backend: &'static str,
 }
 
@@ -649,13 +672,13 @@ impl portmap_bench::PortMapper for BerthMapper {
     fn install(&mut self, m: &portmap_bench::Mapping<'_>) -> Result<()> {
         let args = self.args("add", m);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        m.host.run(&self.berth, &args, None).map(|_| ())
+        m.host.run(&self.bench, &args, None).map(|_| ())
     }
 
     fn remove(&mut self, m: &portmap_bench::Mapping<'_>) -> Result<()> {
         let args = self.args("teardown", m);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        m.host.run(&self.berth, &args, None).map(|_| ())
+        m.host.run(&self.bench, &args, None).map(|_| ())
     }
 
     fn rules(&self) -> String {
@@ -673,14 +696,10 @@ fn bench_portmap(
     json: Option<PathBuf>,
 ) -> Result<()> {
     setup()?;
-    cargo(&["build", "--release", "--package", "berth"])?;
+    let bench = bench_binary()?;
     if selftest {
         args.mechanisms = portmap_bench::Args::selftest().mechanisms;
     }
-    let berth = workspace_root()
-        .join("target/release/berth")
-        .to_string_lossy()
-        .into_owned();
     let mut mechanisms = Vec::new();
     for name in args.mechanisms.clone() {
         mechanisms.push(match name.as_str() {
@@ -688,7 +707,7 @@ fn bench_portmap(
                 "nft-map",
                 "berth nft-map: one `dnat ip to meta l4proto . th dport map` rule",
                 Box::new(BerthMapper {
-                    berth: berth.clone(),
+                    bench: bench.clone(),
                     backend: "nft-map",
                 }),
             ),
@@ -696,7 +715,7 @@ fn bench_portmap(
                 "iptables",
                 "berth iptables: Docker's rules (iptables-nft)",
                 Box::new(BerthMapper {
-                    berth: berth.clone(),
+                    bench: bench.clone(),
                     backend: "iptables",
                 }),
             ),
@@ -723,7 +742,7 @@ fn bench_portmap(
          container netns; raw-socket UDP sender (160-byte payload, sendmmsg) pinned to CPU 1 in the \
          client, multi-port epoll sink pinned to CPU 0; cost = (sender run time + ksoftirqd run \
          time) / packets; traffic aimed at the last published port; conntrack flushed between \
-         cases. nft-map and iptables rows are berth's own backends (`berth portmap add`, the \
+         cases. nft-map and iptables rows are berth's own backends (`berth-bench portmap add`, the \
          code the agent runs). CPU µs per packet.\n\n{table}\n\
          Goal: nft-map at 20,000 ports within 1.1x of nft-map at 100 ports in every mode: **{goal}**.\n",
         date = output(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]))?.trim(),
@@ -742,7 +761,7 @@ fn bench_portmap(
 }
 
 /// berth's nft-map backend with berth's netfilter probe pair attached in HOST for the whole
-/// measurement (`berth netfilter-hold`, stopped by closing its stdin).
+/// measurement (`berth-bench netfilter-hold`, stopped by closing its stdin).
 struct ProbedMapper {
     inner: BerthMapper,
     hold: Option<std::process::Child>,
@@ -754,17 +773,17 @@ impl portmap_bench::PortMapper for ProbedMapper {
         self.inner.install(m)?;
         let mut child = m
             .host
-            .exec(&self.inner.berth)
+            .exec(&self.inner.bench)
             .arg("netfilter-hold")
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .spawn()
-            .context("starting berth netfilter-hold")?;
+            .context("starting berth-bench netfilter-hold")?;
         let mut line = String::new();
         std::io::BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
         ensure!(
             line.trim() == "ready",
-            "berth netfilter-hold did not attach: {line:?}"
+            "berth-bench netfilter-hold did not attach: {line:?}"
         );
         self.hold = Some(child);
         Ok(())
@@ -785,14 +804,10 @@ impl portmap_bench::PortMapper for ProbedMapper {
 
 fn bench_probes(calls: u64, rounds: u32) -> Result<()> {
     setup()?;
-    cargo(&["build", "--release", "--package", "berth"])?;
-    let berth = workspace_root()
-        .join("target/release/berth")
-        .to_string_lossy()
-        .into_owned();
+    let bench = bench_binary()?;
     // Syscalls: the same measurement as `bench syscalls`.
-    let json = output(Command::new(&berth).args([
-        "bench-syscalls",
+    let json = output(Command::new(&bench).args([
+        "syscalls",
         "--calls",
         &calls.to_string(),
         "--rounds",
@@ -811,7 +826,7 @@ fn bench_probes(calls: u64, rounds: u32) -> Result<()> {
             "nft-map",
             "berth nft-map",
             Box::new(BerthMapper {
-                berth: berth.clone(),
+                bench: bench.clone(),
                 backend: "nft-map",
             }),
         ),
@@ -820,7 +835,7 @@ fn bench_probes(calls: u64, rounds: u32) -> Result<()> {
             "berth nft-map, netfilter probe attached",
             Box::new(ProbedMapper {
                 inner: BerthMapper {
-                    berth: berth.clone(),
+                    bench: bench.clone(),
                     backend: "nft-map",
                 },
                 hold: None,

@@ -150,17 +150,6 @@ pub enum Command {
     ///
     /// Example: `berth info`
     Info,
-    /// Measure the syscall probe's cost (used by `cargo xtask bench syscalls`).
-    #[command(hide = true)]
-    BenchSyscalls(crate::bench::SyscallBenchArgs),
-    /// Apply berth's port-mapping backend in the current network namespace, without an agent
-    /// (used by `cargo xtask bench portmap` inside its own namespaces).
-    #[command(hide = true)]
-    Portmap(PortmapArgs),
-    /// Attach berth's netfilter probe pair in the current network namespace, print `ready`,
-    /// and hold it until standard input closes (used by `cargo xtask bench probes`).
-    #[command(hide = true)]
-    NetfilterHold,
     /// Per-container shim (started by the agent).
     #[command(hide = true)]
     Shim { dir: PathBuf },
@@ -250,29 +239,4 @@ pub struct RunArgs {
     /// Command and arguments (default: the image's).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub cmd: Vec<String>,
-}
-
-#[derive(Args)]
-pub struct PortmapArgs {
-    /// add, remove or teardown.
-    pub action: String,
-    /// nft-map or iptables.
-    #[arg(long, default_value = "nft-map")]
-    pub backend: String,
-    /// Table name (and iptables chain prefix).
-    #[arg(long, default_value = "berth")]
-    pub table: String,
-    #[arg(long, default_value = "berth0")]
-    pub bridge: String,
-    #[arg(long, default_value = "10.231.0.0/16")]
-    pub subnet: String,
-    /// Owner recorded with the mappings.
-    #[arg(long, default_value = "bench")]
-    pub owner: String,
-    /// Container address (add).
-    #[arg(long)]
-    pub ip: Option<std::net::Ipv4Addr>,
-    /// -p syntax (add; repeatable).
-    #[arg(short, long)]
-    pub publish: Vec<String>,
 }

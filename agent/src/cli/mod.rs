@@ -73,68 +73,7 @@ pub fn execute(cli: Cli) -> anyhow::Result<i32> {
         Command::Image(cmd) => image::execute_image(&client, cmd),
         Command::Info => info::execute_info(&client),
         Command::Diagnose { format } => diagnose::execute_diagnose(&client, format),
-        Command::BenchSyscalls(args) => {
-            let report = crate::bench::syscalls(&args)?;
-            println!("{}", serde_json::to_string_pretty(&report)?);
-            Ok(0)
-        }
         Command::Shim { dir } => Ok(crate::runtime::shim::main(&dir)),
-        Command::NetfilterHold => {
-            use std::io::Read as _;
-            // The netfilter pair needs no cgroup root; the object still wants one.
-            let root = crate::cgroup::TrackedRoot {
-                dir: "/".into(),
-                path: "/".into(),
-                id: 0,
-                level: 0,
-            };
-            let mut ebpf = crate::probes::load_object(&root, false, None)?;
-            let probe = crate::probes::netfilter::NetfilterProbe::start(Some(&mut ebpf), true);
-            if let Some(e) = &probe.status.error {
-                anyhow::bail!("netfilter probe: {e}");
-            }
-            println!("ready");
-            use std::io::Write as _;
-            std::io::stdout().flush()?;
-            let mut sink = Vec::new();
-            let _ = std::io::stdin().read_to_end(&mut sink);
-            drop(probe);
-            drop(ebpf);
-            Ok(0)
-        }
-        Command::Portmap(args) => {
-            use crate::net::portmap::{self, BackendKind, PortmapConfig};
-            let kind = match args.backend.as_str() {
-                "nft-map" => BackendKind::NftMap,
-                "iptables" => BackendKind::Iptables,
-                other => anyhow::bail!("--backend {other}: expected nft-map or iptables"),
-            };
-            let config = PortmapConfig {
-                table: args.table.clone(),
-                bridge: args.bridge.clone(),
-                subnet: args
-                    .subnet
-                    .parse()
-                    .map_err(|e| anyhow::anyhow!("--subnet {}: {e}", args.subnet))?,
-            };
-            let b = portmap::backend(kind, &config);
-            match args.action.as_str() {
-                "add" => {
-                    let ip = args.ip.ok_or_else(|| anyhow::anyhow!("add needs --ip"))?;
-                    let publish = args
-                        .publish
-                        .iter()
-                        .map(|p| portmap::parse_publish(p))
-                        .collect::<Result<Vec<_>, _>>()?;
-                    b.setup()?;
-                    b.add(&args.owner, ip, &publish)?;
-                }
-                "remove" => b.remove(&args.owner)?,
-                "teardown" => b.teardown()?,
-                other => anyhow::bail!("{other}: expected add, remove or teardown"),
-            }
-            Ok(0)
-        }
     }
 }
 

@@ -1,4 +1,4 @@
-//! `berth bench-syscalls` (run by `cargo xtask bench syscalls`): what the syscall probe costs
+//! `berth-bench syscalls` (run by `cargo xtask bench syscalls` and `probes`): what the syscall probe costs
 //! per syscall, against nothing attached and against an empty raw tracepoint program on the
 //! same hook, measured interleaved in one process so the machine's noise hits all modes alike.
 //!
@@ -24,7 +24,7 @@ use aya::{
 use berth_common::SyscallKey;
 use serde::Serialize;
 
-use crate::{
+use berth::{
     cgroup::{Hierarchy, TrackedRoot},
     probes::{self, syscalls},
 };
@@ -72,7 +72,7 @@ pub struct ModeValues {
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
     #[error(transparent)]
-    Cgroup(#[from] crate::cgroup::CgroupError),
+    Cgroup(#[from] berth::cgroup::CgroupError),
     #[error(transparent)]
     Probe(#[from] probes::ProbeLoadError),
     #[error("{what} {path}: {source}")]
@@ -177,6 +177,13 @@ fn detach(
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
+}
+
+/// Runs the bench and prints its report as JSON on stdout (what the xtask parses).
+pub fn execute_syscalls(args: &SyscallBenchArgs) -> anyhow::Result<()> {
+    let report = syscalls(args)?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
 }
 
 pub fn syscalls(args: &SyscallBenchArgs) -> Result<SyscallBenchReport, BenchError> {
