@@ -1,8 +1,8 @@
 //! Syscall counting and latency.
 //!
 //! Hooks: raw tracepoint `sys_enter` (`berth_sys_enter`), and with latency on, `sys_exit`
-//! (`berth_sys_exit`); `berth_noop` on sys_enter is an empty program used only by
-//! `cargo xtask bench syscalls` as the cost baseline.
+//! (`berth_sys_exit`). (The empty baseline program of `cargo xtask bench syscalls` is not
+//! here: the bench loads it itself.)
 //! Maps: `SYSCALLS` (per-CPU hash, [`SyscallKey`] -> u64 calls), `SYSCALL_ENTER` (LRU hash,
 //! pid_tgid -> [`SyscallEnter`]), `SYSCALL_LATENCY` (per-CPU hash, [`SyscallKey`] ->
 //! [`LatencyHist`]), `PROBE_ERRORS` (per-CPU array,
@@ -48,11 +48,6 @@ static SYSCALLS: PerCpuHashMap<SyscallKey, u64> =
 #[raw_tracepoint(tracepoint = "sys_enter")]
 pub fn berth_sys_enter(ctx: RawTracePointContext) -> i32 {
     try_sys_enter(&ctx);
-    0
-}
-
-#[raw_tracepoint(tracepoint = "sys_enter")]
-pub fn berth_noop(_ctx: RawTracePointContext) -> i32 {
     0
 }
 

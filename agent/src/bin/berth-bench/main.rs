@@ -8,6 +8,7 @@
 //! backend applied in the current network namespace, no agent).
 
 mod netfilter_hold;
+mod noop;
 mod portmap;
 mod syscalls;
 

@@ -4,7 +4,8 @@
 //!
 //! Modes, each `calls` getppid(2) per round, `rounds` rounds, median per mode:
 //! - `none`: no program on sys_enter (from this agent);
-//! - `noop`: `berth_noop`, an empty raw tracepoint program: the floor any probe pays;
+//! - `noop`: an empty raw tracepoint program on the same hook ([`NoopProgram`], loaded here
+//!   with bpf(2), not part of berth's object): the floor any probe pays;
 //! - `probe_untracked`: `berth_sys_enter` with the caller outside the tracked subtree (the
 //!   early-exit path every other task on the host takes);
 //! - `probe_tracked`: `berth_sys_enter` with the caller in a tracked cgroup (counting path).
@@ -28,6 +29,8 @@ use berth::{
     cgroup::{Hierarchy, TrackedRoot},
     probes::{self, syscalls},
 };
+
+use crate::noop::NoopProgram;
 
 #[derive(Debug, clap::Args)]
 pub struct SyscallBenchArgs {
@@ -79,6 +82,13 @@ pub enum BenchError {
     Io {
         what: &'static str,
         path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "{op} the no-op raw tracepoint program (bpf(2) needs root or CAP_BPF + CAP_PERFMON): {source}"
+    )]
+    Noop {
+        op: &'static str,
         source: std::io::Error,
     },
     #[error("pinning to CPU {cpu}: {source}")]
@@ -216,11 +226,14 @@ pub fn syscalls(args: &SyscallBenchArgs) -> Result<SyscallBenchReport, BenchErro
     };
 
     let mut ebpf = probes::load_object(&root, false, None)?;
-    for name in ["berth_noop", syscalls::PROGRAM] {
-        program(&mut ebpf, name)?
-            .load()
-            .map_err(probes::program_err(name))?;
-    }
+    program(&mut ebpf, syscalls::PROGRAM)?
+        .load()
+        .map_err(probes::program_err(syscalls::PROGRAM))?;
+    let noop = NoopProgram::load().map_err(|source| BenchError::Noop {
+        op: "loading",
+        source,
+    })?;
+    let hook = std::ffi::CString::new(syscalls::TRACEPOINT).expect("no NUL in a tracepoint name");
     pin(args.cpu)?;
 
     let mut samples: [Vec<f64>; 4] = Default::default();
@@ -230,10 +243,13 @@ pub fn syscalls(args: &SyscallBenchArgs) -> Result<SyscallBenchReport, BenchErro
         getppid_loop(warmup);
         samples[0].push(getppid_loop(args.calls));
         // noop
-        let link = attach(&mut ebpf, "berth_noop")?;
+        let link = noop.attach(&hook).map_err(|source| BenchError::Noop {
+            op: "attaching",
+            source,
+        })?;
         getppid_loop(warmup);
         samples[1].push(getppid_loop(args.calls));
-        detach(&mut ebpf, "berth_noop", link)?;
+        drop(link);
         // probe, caller outside the tracked subtree
         let link = attach(&mut ebpf, syscalls::PROGRAM)?;
         getppid_loop(warmup);
@@ -264,6 +280,7 @@ pub fn syscalls(args: &SyscallBenchArgs) -> Result<SyscallBenchReport, BenchErro
         };
         counts.get(&key, 0).map(|v| v.iter().sum()).unwrap_or(0)
     };
+    drop(noop);
     drop(ebpf);
     drop(guard);
 
