@@ -1,0 +1,101 @@
+//! `cargo xtask bench NAME`: whole-system benchmarks, one file each; every run appends a
+//! section to docs/benchmarks.md with the exact command, the machine and the ratios.
+//!
+//! - [`syscalls`]: ns per getppid with nothing, an empty program and berth's syscall probe;
+//! - [`launch`]: create-to-running latency of `berth run -d` against the bare OCI runtime;
+//! - [`portmap`]: CPU per UDP packet through port mappings at 100 to 20,000 published ports;
+//! - [`probes`]: what the syscall and netfilter probes cost, in one run.
+//!
+//! The measurements that need berth's own code (its eBPF object, its port-mapping backends)
+//! run in `berth-bench`, a bin of the agent package behind the `bench` feature, built here by
+//! [`bench_binary`]: the release `berth` binary carries none of it.
+
+mod launch;
+mod portmap;
+mod probes;
+mod syscalls;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Subcommand;
+
+use crate::{
+    portmap_bench,
+    setup::setup,
+    util::{cargo, workspace_root},
+};
+
+#[derive(Subcommand)]
+pub enum Bench {
+    /// ns per getppid: nothing attached, a no-op raw tracepoint, berth's syscall probe.
+    Syscalls {
+        #[arg(long, default_value_t = 1_000_000)]
+        calls: u64,
+        #[arg(long, default_value_t = 9)]
+        rounds: u32,
+    },
+    /// CPU per UDP packet through port mappings (host, routed, berth's nft-map and iptables
+    /// backends) at 100 to 20,000 published ports, three traffic modes, in namespaces of its
+    /// own; the table and ratios go to docs/benchmarks.md.
+    Portmap {
+        #[command(flatten)]
+        args: portmap_bench::Args,
+        /// Quick functional run (every mechanism and mode at 10 and 300 ports); prints the
+        /// table, appends nothing.
+        #[arg(long)]
+        selftest: bool,
+        /// Also write the report as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// What the probes cost: the syscall probe per getppid (against nothing and a no-op
+    /// program, counting and with latency), and the netfilter probe per packet (nft-map path
+    /// with and without the probe pair), in one run.
+    Probes {
+        #[arg(long, default_value_t = 1_000_000)]
+        calls: u64,
+        #[arg(long, default_value_t = 9)]
+        rounds: u32,
+    },
+    /// Create-to-running latency: `berth run -d` against the bare runtime (create + start)
+    /// on the same bundle, interleaved, median of each.
+    Launch {
+        #[arg(long, default_value_t = 25)]
+        runs: u32,
+    },
+}
+
+/// Sets the machine up, then runs the benchmark.
+pub fn execute(bench: Bench) -> Result<()> {
+    setup()?;
+    match bench {
+        Bench::Syscalls { calls, rounds } => syscalls::bench_syscalls(calls, rounds),
+        Bench::Launch { runs } => launch::bench_launch(runs),
+        Bench::Probes { calls, rounds } => probes::bench_probes(calls, rounds),
+        Bench::Portmap {
+            args,
+            selftest,
+            json,
+        } => portmap::bench_portmap(args, selftest, json),
+    }
+}
+
+/// Builds `berth-bench` (release, `bench` feature: the bench helpers the `berth` binary does
+/// not carry) and returns its path.
+pub fn bench_binary() -> Result<String> {
+    cargo(&[
+        "build",
+        "--release",
+        "--package",
+        "berth",
+        "--features",
+        "bench",
+        "--bin",
+        "berth-bench",
+    ])?;
+    Ok(workspace_root()
+        .join("target/release/berth-bench")
+        .to_string_lossy()
+        .into_owned())
+}
