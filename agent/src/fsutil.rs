@@ -1,12 +1,13 @@
 //! File-system helpers every writer shares: one atomic, durable write (temp file in the same
 //! directory, fsync, rename, fsync of the directory), the directory fsync itself (after a
-//! rename), and one mount-table lookup (through
-//! `procfs`, which undoes mountinfo's octal escapes), so the store, the image store and the
-//! network code cannot drift apart in how they persist state or find mounts.
+//! rename), and one mount-table lookup (mountinfo read through `procfs`, with the kernel's
+//! octal escapes undone here: procfs 0.18 leaves them in), so the store, the image store and
+//! the network code cannot drift apart in how they persist state or find mounts.
 
 use std::{
     fs,
     io::Write as _,
+    os::unix::ffi::OsStrExt as _,
     path::{Path, PathBuf},
 };
 
@@ -65,10 +66,41 @@ pub fn sync_dir(dir: &Path) -> Result<(), FsError> {
 /// mount table counts as "not mounted" (callers use this to skip an unmount or a mount that
 /// is already there).
 pub fn is_mounted(path: &Path) -> bool {
+    let want = path.as_os_str().as_bytes();
     procfs::process::Process::myself()
         .and_then(|p| p.mountinfo())
-        .map(|mounts| mounts.into_iter().any(|m| m.mount_point == path))
+        .map(|mounts| {
+            mounts
+                .into_iter()
+                .any(|m| unescape_mount_path(m.mount_point.as_os_str().as_bytes()) == want)
+        })
         .unwrap_or(false)
+}
+
+/// Undoes mountinfo's escapes: the kernel writes space, tab, newline and backslash in paths as
+/// `\ooo` octal (`mangle_path` in fs/seq_file.c, called by `show_mountinfo` in
+/// fs/proc_namespace.c). A backslash not followed by three octal digits is kept as it is.
+fn unescape_mount_path(raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        let octal = raw
+            .get(i + 1..i + 4)
+            .filter(|d| raw[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)))
+            .map(|d| d.iter().fold(0u32, |n, c| n * 8 + u32::from(c - b'0')))
+            .and_then(|n| u8::try_from(n).ok());
+        match octal {
+            Some(b) => {
+                out.push(b);
+                i += 4;
+            }
+            None => {
+                out.push(raw[i]);
+                i += 1;
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -97,6 +129,13 @@ mod tests {
         assert_eq!(e.op, "create");
         assert!(e.to_string().contains("no-such-dir"), "{e}");
         assert!(!dir.path().join("no-such-dir").exists());
+    }
+
+    #[test]
+    fn mountinfo_escapes_are_undone_and_other_backslashes_kept() {
+        assert_eq!(unescape_mount_path(br"/a\040b"), b"/a b");
+        assert_eq!(unescape_mount_path(br"/t\011n\012b\134s"), b"/t\tn\nb\\s");
+        assert_eq!(unescape_mount_path(br"/x\09y\"), br"/x\09y\");
     }
 
     #[test]
