@@ -13,7 +13,7 @@ use oci_spec::runtime::{
     get_default_namespaces, get_default_readonly_paths,
 };
 
-use super::{RuntimeError, store::ContainerRecord};
+use super::{error::RuntimeError, store::ContainerRecord};
 
 /// Docker's default capability set (moby `oci/caps/defaults.go`).
 const DOCKER_CAPS: [Capability; 14] = [

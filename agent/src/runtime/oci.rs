@@ -15,7 +15,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use super::RuntimeError;
+use super::error::RuntimeError;
 use crate::cgroup::{CgroupMode, Hierarchy};
 
 /// The runtime in use, as `/api/v1/system` shows it.

@@ -12,7 +12,10 @@
 use std::{
     fs::{self, File, OpenOptions},
     io::Write as _,
-    os::fd::{AsRawFd as _, FromRawFd as _},
+    os::{
+        fd::{AsRawFd as _, FromRawFd as _},
+        unix::ffi::OsStrExt as _,
+    },
     path::Path,
     time::Duration,
 };
@@ -26,6 +29,19 @@ use crate::cgroup::{Hierarchy, limits::ContainerCgroup};
 
 /// File in the container dir holding the [`OciRuntime`] the shim must use.
 pub const RUNTIME_FILE: &str = "runtime.json";
+
+/// Whether `pid` is a live shim for the container directory `dir` (pids get reused: its
+/// command line must be `... shim ... DIR`).
+pub(super) fn alive(pid: u32, dir: &Path) -> bool {
+    if pid == 0 {
+        return false;
+    }
+    let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+    args.iter().any(|a| *a == b"shim") && args.iter().any(|a| *a == dir.as_os_str().as_bytes())
+}
 
 /// Entry point of `berth shim DIR`. Never returns to the caller's main logic.
 pub fn main(dir: &Path) -> i32 {

@@ -1,0 +1,247 @@
+//! What `berth run` / `POST /api/v1/containers` asks for ([`RunRequest`]), and its
+//! validation: [`Manager::prepare`] checks every field and resolves the image, user, command,
+//! environment and network into a [`ContainerRecord`] without changing anything on the host,
+//! so a refused request leaves no trace.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::{
+    Manager, bundle,
+    error::{RuntimeError, io},
+    id::{default_name, new_id, valid_name},
+    store::{self, ContainerRecord, Phase, RestartPolicy},
+};
+use crate::{
+    cgroup::limits::Limits,
+    net::{
+        NetError, NetworkMode, NetworkSpec,
+        portmap::{self, BackendKind, Publish},
+    },
+};
+
+/// What `berth run` / `POST /api/v1/containers` asks for.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RunRequest {
+    /// Image reference (name, id, id prefix) or an absolute path to a rootfs directory.
+    pub image: String,
+    pub name: Option<String>,
+    /// Replaces the image's Cmd; the image's Entrypoint stays in front of it.
+    pub cmd: Vec<String>,
+    /// `KEY=VALUE`, added to (and overriding) the image's environment.
+    pub env: Vec<String>,
+    pub workdir: Option<String>,
+    /// `user`, `uid`, `user:group` or `uid:gid`.
+    pub user: Option<String>,
+    pub limits: Limits,
+    /// `no`, `on-failure[:N]`, `always`.
+    pub restart: Option<String>,
+    /// `bridge` (default), `host`, `none`.
+    pub network: Option<String>,
+    /// `[IP:]HOST[-HOST2]:CTR[-CTR2][/udp|/tcp]`, Docker's syntax.
+    pub publish: Vec<String>,
+    /// `nft-map` or `iptables`; the agent's default when absent.
+    pub port_backend: Option<String>,
+}
+
+impl Manager {
+    /// Validates the request and resolves it into a record; changes nothing on the host.
+    pub(super) fn prepare(&self, req: RunRequest) -> Result<ContainerRecord, RuntimeError> {
+        let bad = |m: String| Err(RuntimeError::BadInput(m));
+        if req.image.is_empty() {
+            return bad("no image or rootfs directory given".into());
+        }
+        let name = match &req.name {
+            Some(n) if !valid_name(n) => {
+                return bad(format!(
+                    "invalid container name {n:?}: use [a-zA-Z0-9][a-zA-Z0-9_.-]*, at most 128 \
+                     characters"
+                ));
+            }
+            Some(n) => n.clone(),
+            None => String::new(),
+        };
+        if !name.is_empty()
+            && let Some(other) = self
+                .containers
+                .read()
+                .expect("lock")
+                .values()
+                .find(|r| r.name == name)
+        {
+            return Err(RuntimeError::NameInUse {
+                name,
+                id: other.id.clone(),
+            });
+        }
+        req.limits.validate(&self.host)?;
+        let restart: RestartPolicy = match &req.restart {
+            Some(r) => r.parse().map_err(RuntimeError::BadInput)?,
+            None => RestartPolicy::No,
+        };
+        for e in &req.env {
+            if !e.contains('=') || e.starts_with('=') {
+                return bad(format!("-e {e}: expected KEY=VALUE"));
+            }
+        }
+
+        let (lower, image_id, config) = if req.image.starts_with('/') || req.image.starts_with('.')
+        {
+            let p = PathBuf::from(&req.image);
+            if !p.is_dir() {
+                return bad(format!("rootfs {}: not a directory", p.display()));
+            }
+            let p = p.canonicalize().map_err(io("resolve", &p))?;
+            (p, None, Default::default())
+        } else {
+            let image = self.images.get(&req.image)?;
+            (image.rootfs.clone(), Some(image.id.clone()), image.config)
+        };
+
+        let mut args = config.entrypoint.clone();
+        if req.cmd.is_empty() {
+            args.extend(config.cmd.iter().cloned());
+        } else {
+            args.extend(req.cmd.iter().cloned());
+        }
+        if args.is_empty() {
+            return bad(format!(
+                "{} has no default command: give one after it",
+                req.image
+            ));
+        }
+        let mut env: Vec<String> = config.env.clone();
+        for e in &req.env {
+            let key = e.split('=').next().unwrap_or("");
+            env.retain(|x| x.split('=').next() != Some(key));
+            env.push(e.clone());
+        }
+        if !env.iter().any(|e| e.starts_with("PATH=")) {
+            env.insert(
+                0,
+                "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+            );
+        }
+        let workdir = req
+            .workdir
+            .clone()
+            .or(config.working_dir.clone())
+            .filter(|w| !w.is_empty())
+            .unwrap_or_else(|| "/".into());
+        if !workdir.starts_with('/') {
+            return bad(format!(
+                "-w {workdir}: the working directory must be absolute"
+            ));
+        }
+        let user_spec = req.user.clone().or(config.user.clone()).unwrap_or_default();
+        let (uid, gid) = bundle::resolve_user(&lower, &user_spec)?;
+
+        let network = self.prepare_network(&req)?;
+
+        let id = new_id();
+        let name = if name.is_empty() {
+            default_name(&id)
+        } else {
+            name
+        };
+        Ok(ContainerRecord {
+            cgroup: format!("/{}/{}", self.cgroup_root, id),
+            id,
+            name,
+            image: req.image.clone(),
+            image_id,
+            lower,
+            args,
+            env,
+            workdir,
+            user: format!("{uid}:{gid}"),
+            limits: req.limits,
+            restart,
+            runtime: self.runtime.name.clone(),
+            created_at: store::now_secs(),
+            phase: Phase::Creating,
+            stop_requested: false,
+            network,
+        })
+    }
+
+    /// Mode, published ports (parsed, checked against berth's mappings and the host's bound
+    /// sockets), backend and address. Changes nothing.
+    fn prepare_network(&self, req: &RunRequest) -> Result<NetworkSpec, RuntimeError> {
+        let bad = |m: String| RuntimeError::BadInput(m);
+        let mode: NetworkMode = req
+            .network
+            .as_deref()
+            .unwrap_or("bridge")
+            .parse()
+            .map_err(bad)?;
+        let publish = req
+            .publish
+            .iter()
+            .map(|p| portmap::parse_publish(p))
+            .collect::<Result<Vec<Publish>, _>>()
+            .map_err(NetError::from)?;
+        if mode != NetworkMode::Bridge && !publish.is_empty() {
+            return Err(bad(format!(
+                "-p needs --network bridge: a {} container has no ports to publish",
+                match mode {
+                    NetworkMode::Host => "host-network container uses the host's ports directly;",
+                    _ => "--network none",
+                }
+            )));
+        }
+        let port_backend = match req.port_backend.as_deref() {
+            None => self.net.config.port_backend,
+            Some("nft-map") => BackendKind::NftMap,
+            Some("iptables") => BackendKind::Iptables,
+            Some(other) => {
+                return Err(bad(format!(
+                    "--port-backend {other}: expected nft-map or iptables"
+                )));
+            }
+        };
+        let records: Vec<ContainerRecord> = self
+            .containers
+            .read()
+            .expect("lock")
+            .values()
+            .cloned()
+            .collect();
+        let existing: Vec<Publish> = records
+            .iter()
+            .flat_map(|r| r.network.publish.iter().cloned())
+            .collect();
+        portmap::check_conflicts(&publish, &existing).map_err(NetError::from)?;
+        if !publish.is_empty() {
+            let in_use = crate::net::ports_in_use();
+            for p in &publish {
+                if let Some(port) =
+                    (p.host.start..=p.host.end).find(|port| in_use.contains(&(p.proto, *port)))
+                {
+                    return Err(bad(format!(
+                        "host port {port}/{} is already in use by a process on this host",
+                        match p.proto {
+                            portmap::Proto::Tcp => "tcp",
+                            portmap::Proto::Udp => "udp",
+                        }
+                    )));
+                }
+            }
+        }
+        let ip = match mode {
+            NetworkMode::Bridge => {
+                let used = records.iter().filter_map(|r| r.network.ip).collect();
+                Some(self.net.allocate(&used)?)
+            }
+            _ => None,
+        };
+        Ok(NetworkSpec {
+            mode,
+            ip,
+            port_backend: (!publish.is_empty()).then_some(port_backend),
+            publish,
+        })
+    }
+}

@@ -1,0 +1,55 @@
+//! `stop`: SIGTERM, then SIGKILL after a timeout, as `docker stop -t`; and the two steps
+//! `kill` and `rm` share with it (mark the stop as requested, wait for the exit).
+
+use std::time::{Duration, Instant};
+
+use tracing::info;
+
+use super::{ContainerView, Manager, error::RuntimeError, shim, store::ContainerRecord};
+
+impl Manager {
+    /// SIGTERM, then SIGKILL after `timeout`, as `docker stop -t`.
+    pub fn stop(&self, reference: &str, timeout: Duration) -> Result<ContainerView, RuntimeError> {
+        let _ops = self.ops.lock().expect("lock");
+        let r = self.resolve(reference)?;
+        let r = self.mark_stopping(&r)?;
+        if self.view(&r).status == "running" {
+            let _ = self.runtime.kill(&r.id, "TERM");
+            if !self.wait_exit(&r.id, timeout) {
+                let _ = self.runtime.kill(&r.id, "KILL");
+                self.wait_exit(&r.id, Duration::from_secs(10));
+            }
+        }
+        info!(container = %r.id, "stopped");
+        Ok(self.view(&r))
+    }
+
+    pub(super) fn wait_exit(&self, id: &str, timeout: Duration) -> bool {
+        let d = self.store.dir(id);
+        let deadline = Instant::now() + timeout;
+        loop {
+            let s = self.state_of(id);
+            if !s.running || !shim::alive(s.shim_pid, &d.dir) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub(super) fn mark_stopping(
+        &self,
+        record: &ContainerRecord,
+    ) -> Result<ContainerRecord, RuntimeError> {
+        let mut r = record.clone();
+        r.stop_requested = true;
+        self.store.save(&r)?;
+        self.containers
+            .write()
+            .expect("lock")
+            .insert(r.id.clone(), r.clone());
+        Ok(r)
+    }
+}
