@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use super::{ContainerView, Manager, error::RuntimeError};
+use crate::model::Status;
 
 impl Manager {
     /// Sends `signal` (name like `KILL`, `TERM`, `SIGHUP`, or a number).
@@ -16,7 +17,7 @@ impl Manager {
         if !known.contains(&sig.as_str()) && sig.parse::<u8>().map_or(true, |n| n == 0 || n > 64) {
             return Err(RuntimeError::BadInput(format!("unknown signal {signal}")));
         }
-        if self.view(&r).status != "running" {
+        if self.view(&r).status != Status::Running {
             return Err(RuntimeError::BadInput(format!(
                 "container {} is not running",
                 r.name

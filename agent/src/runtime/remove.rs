@@ -12,6 +12,7 @@ use super::{
     shim,
     store::{ContainerRecord, Phase},
 };
+use crate::model::Status;
 
 impl Manager {
     /// Removes a container; a running (or restarting) one only with `force`, killed first.
@@ -19,7 +20,7 @@ impl Manager {
         let _ops = self.ops.lock().expect("lock");
         let r = self.resolve(reference)?;
         let view = self.view(&r);
-        if matches!(view.status, "running" | "restarting") && !force {
+        if view.status.is_up() && !force {
             return Err(RuntimeError::Running {
                 container: r.name.clone(),
             });
@@ -28,7 +29,7 @@ impl Manager {
         r.phase = Phase::Removing;
         r.stop_requested = true;
         self.store.save(&r)?;
-        if view.status == "running" {
+        if view.status == Status::Running {
             let _ = self.runtime.kill(&r.id, "KILL");
             self.wait_exit(&r.id, Duration::from_secs(10));
         }

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use tracing::info;
 
 use super::{ContainerView, Manager, error::RuntimeError, shim, store::ContainerRecord};
+use crate::model::Status;
 
 impl Manager {
     /// SIGTERM, then SIGKILL after `timeout`, as `docker stop -t`.
@@ -13,7 +14,7 @@ impl Manager {
         let _ops = self.ops.lock().expect("lock");
         let r = self.resolve(reference)?;
         let r = self.mark_stopping(&r)?;
-        if self.view(&r).status == "running" {
+        if self.view(&r).status == Status::Running {
             let _ = self.runtime.kill(&r.id, "TERM");
             if !self.wait_exit(&r.id, timeout) {
                 let _ = self.runtime.kill(&r.id, "KILL");

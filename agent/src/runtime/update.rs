@@ -1,7 +1,7 @@
 //! `update`: change a container's limits; a running container's cgroups get them at once.
 
 use super::{ContainerView, Manager, error::RuntimeError};
-use crate::cgroup::limits::Limits;
+use crate::{cgroup::limits::Limits, model::Status};
 
 impl Manager {
     /// Changes limits; applied at once to a running container's cgroups.
@@ -10,7 +10,7 @@ impl Manager {
         let mut r = self.resolve(reference)?;
         let merged = r.limits.merged(update);
         merged.validate(&self.host)?;
-        if self.view(&r).status == "running" {
+        if self.view(&r).status == Status::Running {
             self.cgroup(&r)
                 .apply(&merged.with_swap_default(&self.host))
                 .map_err(|e| {

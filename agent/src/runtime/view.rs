@@ -14,6 +14,7 @@ use super::{
 };
 use crate::{
     cgroup::{limits::ContainerCgroup, stats::ContainerStats},
+    model::Status,
     net::NetworkSpec,
 };
 
@@ -23,7 +24,7 @@ pub struct ContainerView {
     #[serde(flatten)]
     pub record: ContainerRecord,
     /// `creating`, `running`, `restarting`, `exited`, `removing`.
-    pub status: &'static str,
+    pub status: Status,
     pub state: ShimState,
     pub log_path: PathBuf,
     /// v2 cgroup id, what the probes key on (while the cgroup exists).
@@ -57,11 +58,11 @@ impl Manager {
         let state = self.state_of(&record.id);
         let alive = shim::alive(state.shim_pid, &d.dir);
         let status = match record.phase {
-            Phase::Creating => "creating",
-            Phase::Removing => "removing",
-            Phase::Created if state.running && alive => "running",
-            Phase::Created if alive => "restarting",
-            Phase::Created => "exited",
+            Phase::Creating => Status::Creating,
+            Phase::Removing => Status::Removing,
+            Phase::Created if state.running && alive => Status::Running,
+            Phase::Created if alive => Status::Restarting,
+            Phase::Created => Status::Exited,
         };
         ContainerView {
             cgroup_id: self.cgroup(record).v2_id(),
@@ -108,7 +109,7 @@ impl Manager {
         let mut views: Vec<ContainerView> = records
             .iter()
             .map(|r| self.view(r))
-            .filter(|v| all || matches!(v.status, "running" | "restarting"))
+            .filter(|v| all || v.status.is_up())
             .collect();
         views.sort_by(|a, b| b.record.created_at.total_cmp(&a.record.created_at));
         views
@@ -129,7 +130,7 @@ impl Manager {
         views
             .into_iter()
             .map(|view| {
-                let stats = (view.status == "running")
+                let stats = (view.status == Status::Running)
                     .then(|| self.cgroup(&view.record).stats().ok())
                     .flatten();
                 let conntrack_entries = view
