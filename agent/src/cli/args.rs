@@ -218,7 +218,7 @@ pub struct RunArgs {
     pub restart: String,
     /// Network mode: bridge (default), host, none.
     #[arg(long)]
-    pub network: Option<String>,
+    pub network: Option<crate::net::NetworkMode>,
     /// Publish ports: [IP:]HOST[-HOST2]:CTR[-CTR2][/udp|/tcp] (repeatable), e.g.
     /// `-p 40000-59999:40000-59999/udp`.
     #[arg(short, long = "publish")]
@@ -226,7 +226,7 @@ pub struct RunArgs {
     /// Port-mapping backend: nft-map (one map, flat cost) or iptables (one rule per port,
     /// Docker's way, to reproduce the problem).
     #[arg(long)]
-    pub port_backend: Option<String>,
+    pub port_backend: Option<crate::net::portmap::BackendKind>,
     #[command(flatten)]
     pub limits: LimitArgs,
     #[arg(long, value_enum, default_value_t)]

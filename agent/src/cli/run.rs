@@ -33,9 +33,9 @@ pub fn execute_run(client: &Client, a: RunArgs) -> anyhow::Result<i32> {
         user: a.user.clone(),
         limits,
         restart: Some(a.restart.clone()),
-        network: a.network.clone(),
+        network: a.network,
         publish: a.publish.clone(),
-        port_backend: a.port_backend.clone(),
+        port_backend: a.port_backend,
     };
     let body = serde_json::to_value(&req)?;
     let view: serde_json::Value = client.call("POST", "/api/v1/containers", Some(&body))?;

@@ -22,7 +22,7 @@ impl std::str::FromStr for NetworkMode {
             "bridge" => Ok(Self::Bridge),
             "host" => Ok(Self::Host),
             "none" => Ok(Self::None),
-            _ => Err(format!("--network {s}: expected bridge, host or none")),
+            _ => Err(format!("{s:?}: expected bridge, host or none")),
         }
     }
 }
@@ -48,6 +48,17 @@ pub enum BackendKind {
     NftMap,
     /// Docker's per-port iptables rules, for comparison and diagnosis.
     Iptables,
+}
+
+impl FromStr for BackendKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "nft-map" => Ok(BackendKind::NftMap),
+            "iptables" => Ok(BackendKind::Iptables),
+            _ => Err(format!("{s:?}: expected nft-map or iptables")),
+        }
+    }
 }
 
 impl fmt::Display for BackendKind {

@@ -350,7 +350,8 @@ mod tests {
         assert_eq!("bridge".parse(), Ok(NetworkMode::Bridge));
         assert_eq!("host".parse(), Ok(NetworkMode::Host));
         assert_eq!("none".parse(), Ok(NetworkMode::None));
-        assert!("overlay".parse::<NetworkMode>().is_err());
+        let e = "overlay".parse::<NetworkMode>().unwrap_err();
+        assert!(e.contains("expected bridge, host or none"), "{e}");
     }
 
     #[test]

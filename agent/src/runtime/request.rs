@@ -39,11 +39,11 @@ pub struct RunRequest {
     /// `no`, `on-failure[:N]`, `always`.
     pub restart: Option<String>,
     /// `bridge` (default), `host`, `none`.
-    pub network: Option<String>,
+    pub network: Option<NetworkMode>,
     /// `[IP:]HOST[-HOST2]:CTR[-CTR2][/udp|/tcp]`, Docker's syntax.
     pub publish: Vec<String>,
     /// `nft-map` or `iptables`; the agent's default when absent.
-    pub port_backend: Option<String>,
+    pub port_backend: Option<BackendKind>,
 }
 
 impl Manager {
@@ -171,12 +171,7 @@ impl Manager {
     /// sockets), backend and address. Changes nothing.
     fn prepare_network(&self, req: &RunRequest) -> Result<NetworkSpec, RuntimeError> {
         let bad = |m: String| RuntimeError::BadInput(m);
-        let mode: NetworkMode = req
-            .network
-            .as_deref()
-            .unwrap_or("bridge")
-            .parse()
-            .map_err(bad)?;
+        let mode = req.network.unwrap_or_default();
         let publish = req
             .publish
             .iter()
@@ -192,16 +187,7 @@ impl Manager {
                 }
             )));
         }
-        let port_backend = match req.port_backend.as_deref() {
-            None => self.net.config.port_backend,
-            Some("nft-map") => BackendKind::NftMap,
-            Some("iptables") => BackendKind::Iptables,
-            Some(other) => {
-                return Err(bad(format!(
-                    "--port-backend {other}: expected nft-map or iptables"
-                )));
-            }
-        };
+        let port_backend = req.port_backend.unwrap_or(self.net.config.port_backend);
         let records: Vec<ContainerRecord> = self
             .containers
             .read()
@@ -243,5 +229,64 @@ impl Manager {
             port_backend: (!publish.is_empty()).then_some(port_backend),
             publish,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn network_and_port_backend_take_the_cli_spellings() {
+        let req: RunRequest = serde_json::from_value(serde_json::json!({
+            "image": "x", "network": "host", "port_backend": "iptables"
+        }))
+        .unwrap();
+        assert_eq!(req.network, Some(NetworkMode::Host));
+        assert_eq!(req.port_backend, Some(BackendKind::Iptables));
+        for (mode, name) in [
+            (NetworkMode::Bridge, "bridge"),
+            (NetworkMode::Host, "host"),
+            (NetworkMode::None, "none"),
+        ] {
+            let req = RunRequest {
+                network: Some(mode),
+                ..Default::default()
+            };
+            assert_eq!(serde_json::to_value(&req).unwrap()["network"], name);
+        }
+        let req = RunRequest {
+            port_backend: Some(BackendKind::NftMap),
+            ..Default::default()
+        };
+        assert_eq!(
+            serde_json::to_value(&req).unwrap()["port_backend"],
+            "nft-map"
+        );
+    }
+
+    #[test]
+    fn an_unknown_network_or_backend_is_refused_naming_the_allowed_values() {
+        let e = serde_json::from_value::<RunRequest>(serde_json::json!({
+            "image": "x", "network": "overlay"
+        }))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("overlay")
+                && e.contains("bridge")
+                && e.contains("host")
+                && e.contains("none"),
+            "{e}"
+        );
+        let e = serde_json::from_value::<RunRequest>(serde_json::json!({
+            "image": "x", "port_backend": "ebpf"
+        }))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("ebpf") && e.contains("nft-map") && e.contains("iptables"),
+            "{e}"
+        );
     }
 }

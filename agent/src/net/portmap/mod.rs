@@ -400,6 +400,15 @@ mod unit_tests {
     }
 
     #[test]
+    fn backend_names_parse_as_they_display_and_others_are_refused() {
+        for kind in [BackendKind::NftMap, BackendKind::Iptables] {
+            assert_eq!(kind.to_string().parse::<BackendKind>(), Ok(kind));
+        }
+        let e = "ebpf".parse::<BackendKind>().unwrap_err();
+        assert!(e.contains("nft-map or iptables"), "{e}");
+    }
+
+    #[test]
     fn the_default_table_is_berth_and_its_chain_prefix_is_uppercase() {
         let c = config();
         assert_eq!(c.table, "berth");
