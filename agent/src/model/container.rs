@@ -96,9 +96,18 @@ impl RestartPolicy {
     }
 }
 
+/// A `--restart` value that is not one of Docker's policies.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RestartPolicyError {
+    #[error("--restart {value}: the retry count must be a positive integer")]
+    RetryCount { value: String },
+    #[error("--restart {value}: expected no, on-failure[:N] or always")]
+    Unknown { value: String },
+}
+
 impl std::str::FromStr for RestartPolicy {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = RestartPolicyError;
+    fn from_str(s: &str) -> Result<Self, RestartPolicyError> {
         match s {
             "no" => Ok(Self::No),
             "always" => Ok(Self::Always),
@@ -111,12 +120,12 @@ impl std::str::FromStr for RestartPolicy {
                     .map(|n| Self::OnFailure {
                         max_retries: Some(n),
                     })
-                    .ok_or_else(|| {
-                        format!("--restart {s}: the retry count must be a positive integer")
+                    .ok_or_else(|| RestartPolicyError::RetryCount {
+                        value: s.to_owned(),
                     }),
-                None => Err(format!(
-                    "--restart {s}: expected no, on-failure[:N] or always"
-                )),
+                None => Err(RestartPolicyError::Unknown {
+                    value: s.to_owned(),
+                }),
             },
         }
     }

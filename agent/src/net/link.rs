@@ -29,6 +29,14 @@ fn nl<'a>(op: &'static str, name: &'a str) -> impl FnOnce(rtnetlink::Error) -> N
     }
 }
 
+/// A link that should be there (just created, or always present like `lo`) is not.
+fn missing(link: &str, netns: Option<&Path>) -> NetError {
+    NetError::LinkMissing {
+        link: link.to_owned(),
+        netns: netns.map(Path::to_owned),
+    }
+}
+
 /// Runs `f` with a netlink handle on a fresh thread, inside the namespace at `netns` if given.
 fn run<T, F, Fut>(netns: Option<&Path>, f: F) -> Result<T, NetError>
 where
@@ -37,6 +45,9 @@ where
     Fut: std::future::Future<Output = Result<T, NetError>>,
 {
     let netns = netns.map(Path::to_owned);
+    let panicked = NetError::NetlinkThread {
+        netns: netns.clone(),
+    };
     std::thread::spawn(move || -> Result<T, NetError> {
         if let Some(ns) = &netns {
             enter_netns(ns)?;
@@ -60,11 +71,7 @@ where
         })
     })
     .join()
-    .unwrap_or_else(|_| {
-        Err(NetError::BadInput(
-            "a netlink worker thread panicked".into(),
-        ))
-    })
+    .unwrap_or(Err(panicked))
 }
 
 fn enter_netns(ns: &Path) -> Result<(), NetError> {
@@ -150,10 +157,9 @@ pub fn remove_netns(path: &Path) -> Result<(), NetError> {
 
 /// Brings `lo` up inside the namespace.
 pub fn loopback_up(ns: &Path) -> Result<(), NetError> {
+    let missing = missing("lo", Some(ns));
     run(Some(ns), |h| async move {
-        let lo = index_of(&h, "lo")
-            .await?
-            .ok_or_else(|| NetError::BadInput("no lo in the container's namespace".into()))?;
+        let lo = index_of(&h, "lo").await?.ok_or(missing)?;
         h.link()
             .set(LinkUnspec::new_with_index(lo.header.index).up().build())
             .execute()
@@ -176,7 +182,7 @@ pub fn ensure_bridge(name: &str, gateway: Ipv4Addr, prefix: u8) -> Result<u32, N
                     .map_err(nl("add bridge", &name))?;
                 index_of(&h, &name)
                     .await?
-                    .ok_or_else(|| NetError::BadInput(format!("bridge {name} vanished")))?
+                    .ok_or_else(|| missing(&name, None))?
                     .header
                     .index
             }
@@ -240,7 +246,7 @@ pub fn attach_veth(
             .map_err(nl("add veth", &host_s))?;
         let hi = index_of(&h, &host_s)
             .await?
-            .ok_or_else(|| NetError::BadInput(format!("veth {host_s} vanished")))?
+            .ok_or_else(|| missing(&host_s, None))?
             .header
             .index;
         h.link()
@@ -269,7 +275,7 @@ pub fn attach_veth(
             .map_err(nl("hairpin mode on", &host_s))?;
         let pi = index_of(&h, &peer_s)
             .await?
-            .ok_or_else(|| NetError::BadInput(format!("veth {peer_s} vanished")))?
+            .ok_or_else(|| missing(&peer_s, None))?
             .header
             .index;
         h.link()
@@ -285,10 +291,11 @@ pub fn attach_veth(
         Ok(())
     })?;
     let peer_s = peer.to_owned();
+    let missing_peer = missing(peer, Some(ns));
     run(Some(&ns_owned), move |h| async move {
         let pi = index_of(&h, &peer_s)
             .await?
-            .ok_or_else(|| NetError::BadInput(format!("{peer_s} missing in the namespace")))?
+            .ok_or(missing_peer)?
             .header
             .index;
         h.link()

@@ -31,8 +31,6 @@ use self::portmap::{Backend, BackendKind, PortmapConfig, PortmapError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
-    #[error("{0}")]
-    BadInput(String),
     #[error(transparent)]
     Portmap(#[from] PortmapError),
     #[error("netlink: {op} {name}: {reason}")]
@@ -49,6 +47,39 @@ pub enum NetError {
     },
     #[error("subnet {subnet} has no free address left")]
     Exhausted { subnet: Ipv4Net },
+    #[error("container {container} is in bridge mode but its record has no address")]
+    NoAddress { container: String },
+    #[error("a netlink worker thread panicked (in {})", namespace(netns.as_deref()))]
+    NetlinkThread { netns: Option<PathBuf> },
+    #[error("netlink: link {link} is missing in {}", namespace(netns.as_deref()))]
+    LinkMissing {
+        link: String,
+        netns: Option<PathBuf>,
+    },
+}
+
+impl NetError {
+    /// Whether the error is about the request (a bad or conflicting -p, no address left for
+    /// one more container) rather than the host.
+    pub fn is_client_error(&self) -> bool {
+        match self {
+            NetError::Portmap(e) => e.is_client_error(),
+            NetError::Exhausted { .. } => true,
+            NetError::Netlink { .. }
+            | NetError::Io { .. }
+            | NetError::NoAddress { .. }
+            | NetError::NetlinkThread { .. }
+            | NetError::LinkMissing { .. } => false,
+        }
+    }
+}
+
+/// "the host's namespace" or "namespace PATH", for messages.
+fn namespace(netns: Option<&Path>) -> String {
+    match netns {
+        None => "the host's network namespace".to_owned(),
+        Some(p) => format!("network namespace {}", p.display()),
+    }
 }
 
 pub use crate::model::net::{NetworkMode, NetworkSpec};
@@ -202,9 +233,9 @@ impl Network {
         if spec.mode == NetworkMode::None {
             return Ok(());
         }
-        let ip = spec
-            .ip
-            .ok_or_else(|| NetError::BadInput("bridge mode without an address".into()))?;
+        let ip = spec.ip.ok_or_else(|| NetError::NoAddress {
+            container: id.to_owned(),
+        })?;
         let gw = self.config.gateway();
         let bridge = link::ensure_bridge(&self.config.bridge, gw, self.config.subnet.prefix_len())?;
         portmap::ensure_sysctls(&self.config.bridge)?;

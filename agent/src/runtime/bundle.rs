@@ -168,10 +168,9 @@ pub fn resolve_user(rootfs: &Path, user: &str) -> Result<(u32, u32), RuntimeErro
             .filter_map(|l| parse_passwd(l))
             .find(|(name, _, _)| *name == u)
             .map(|(_, id, g)| (id, g))
-            .ok_or_else(|| {
-                RuntimeError::BadInput(format!(
-                    "--user {user}: no user `{u}` in the image's /etc/passwd"
-                ))
+            .ok_or_else(|| RuntimeError::UnknownUser {
+                user: user.to_owned(),
+                name: u.to_owned(),
             })?,
     };
     let gid = match g {
@@ -187,10 +186,9 @@ pub fn resolve_user(rootfs: &Path, user: &str) -> Result<(u32, u32), RuntimeErro
                     let id = f.nth(1)?.parse().ok()?;
                     (name == g).then_some(id)
                 })
-                .ok_or_else(|| {
-                    RuntimeError::BadInput(format!(
-                        "--user {user}: no group `{g}` in the image's /etc/group"
-                    ))
+                .ok_or_else(|| RuntimeError::UnknownGroup {
+                    user: user.to_owned(),
+                    group: g.to_owned(),
                 })?,
         },
     };

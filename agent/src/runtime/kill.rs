@@ -15,13 +15,12 @@ impl Manager {
             "HUP", "INT", "QUIT", "KILL", "USR1", "USR2", "TERM", "STOP", "CONT", "WINCH",
         ];
         if !known.contains(&sig.as_str()) && sig.parse::<u8>().map_or(true, |n| n == 0 || n > 64) {
-            return Err(RuntimeError::BadInput(format!("unknown signal {signal}")));
+            return Err(RuntimeError::UnknownSignal {
+                signal: signal.to_owned(),
+            });
         }
         if self.view(&r).status != Status::Running {
-            return Err(RuntimeError::BadInput(format!(
-                "container {} is not running",
-                r.name
-            )));
+            return Err(RuntimeError::NotRunning { container: r.name });
         }
         let r = if sig == "KILL" || sig == "TERM" || sig == "INT" || sig == "QUIT" {
             self.mark_stopping(&r)?

@@ -27,7 +27,14 @@ pub(super) fn mount_overlay(lower: &Path, d: &ContainerDir) -> Result<(), Runtim
         d.work().display()
     );
     let target = CString::new(rootfs.as_os_str().as_bytes()).expect("no NUL in paths");
-    let data = CString::new(opts).map_err(|_| RuntimeError::BadInput("NUL in a path".into()))?;
+    // Unreachable in practice: a user's rootfs path with a NUL is no directory, so `prepare`
+    // refuses it before anything is mounted.
+    let data = CString::new(opts).map_err(|_| {
+        io("mount overlay on", &rootfs)(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "a NUL byte in the overlay's directory paths",
+        ))
+    })?;
     // SAFETY: valid C strings; overlay takes its options as data.
     let r = unsafe {
         libc::mount(

@@ -49,16 +49,12 @@ pub struct RunRequest {
 impl Manager {
     /// Validates the request and resolves it into a record; changes nothing on the host.
     pub(super) fn prepare(&self, req: RunRequest) -> Result<ContainerRecord, RuntimeError> {
-        let bad = |m: String| Err(RuntimeError::BadInput(m));
         if req.image.is_empty() {
-            return bad("no image or rootfs directory given".into());
+            return Err(RuntimeError::NoImage);
         }
         let name = match &req.name {
             Some(n) if !valid_name(n) => {
-                return bad(format!(
-                    "invalid container name {n:?}: use [a-zA-Z0-9][a-zA-Z0-9_.-]*, at most 128 \
-                     characters"
-                ));
+                return Err(RuntimeError::InvalidName { name: n.clone() });
             }
             Some(n) => n.clone(),
             None => String::new(),
@@ -78,12 +74,12 @@ impl Manager {
         }
         req.limits.validate(&self.host)?;
         let restart: RestartPolicy = match &req.restart {
-            Some(r) => r.parse().map_err(RuntimeError::BadInput)?,
+            Some(r) => r.parse()?,
             None => RestartPolicy::No,
         };
         for e in &req.env {
             if !e.contains('=') || e.starts_with('=') {
-                return bad(format!("-e {e}: expected KEY=VALUE"));
+                return Err(RuntimeError::InvalidEnv { entry: e.clone() });
             }
         }
 
@@ -91,7 +87,7 @@ impl Manager {
         {
             let p = PathBuf::from(&req.image);
             if !p.is_dir() {
-                return bad(format!("rootfs {}: not a directory", p.display()));
+                return Err(RuntimeError::RootfsNotDirectory { path: p });
             }
             let p = p.canonicalize().map_err(io("resolve", &p))?;
             (p, None, Default::default())
@@ -107,10 +103,9 @@ impl Manager {
             args.extend(req.cmd.iter().cloned());
         }
         if args.is_empty() {
-            return bad(format!(
-                "{} has no default command: give one after it",
-                req.image
-            ));
+            return Err(RuntimeError::NoCommand {
+                image: req.image.clone(),
+            });
         }
         let mut env: Vec<String> = config.env.clone();
         for e in &req.env {
@@ -131,9 +126,7 @@ impl Manager {
             .filter(|w| !w.is_empty())
             .unwrap_or_else(|| "/".into());
         if !workdir.starts_with('/') {
-            return bad(format!(
-                "-w {workdir}: the working directory must be absolute"
-            ));
+            return Err(RuntimeError::RelativeWorkdir { workdir });
         }
         let user_spec = req.user.clone().or(config.user.clone()).unwrap_or_default();
         let (uid, gid) = bundle::resolve_user(&lower, &user_spec)?;
@@ -170,7 +163,6 @@ impl Manager {
     /// Mode, published ports (parsed, checked against berth's mappings and the host's bound
     /// sockets), backend and address. Changes nothing.
     fn prepare_network(&self, req: &RunRequest) -> Result<NetworkSpec, RuntimeError> {
-        let bad = |m: String| RuntimeError::BadInput(m);
         let mode = req.network.unwrap_or_default();
         let publish = req
             .publish
@@ -179,13 +171,7 @@ impl Manager {
             .collect::<Result<Vec<Publish>, _>>()
             .map_err(NetError::from)?;
         if mode != NetworkMode::Bridge && !publish.is_empty() {
-            return Err(bad(format!(
-                "-p needs --network bridge: a {} container has no ports to publish",
-                match mode {
-                    NetworkMode::Host => "host-network container uses the host's ports directly;",
-                    _ => "--network none",
-                }
-            )));
+            return Err(RuntimeError::PublishNeedsBridge { mode });
         }
         let port_backend = req.port_backend.unwrap_or(self.net.config.port_backend);
         let records: Vec<ContainerRecord> = self
@@ -206,13 +192,10 @@ impl Manager {
                 if let Some(port) =
                     (p.host.start..=p.host.end).find(|port| in_use.contains(&(p.proto, *port)))
                 {
-                    return Err(bad(format!(
-                        "host port {port}/{} is already in use by a process on this host",
-                        match p.proto {
-                            portmap::Proto::Tcp => "tcp",
-                            portmap::Proto::Udp => "udp",
-                        }
-                    )));
+                    return Err(RuntimeError::PortInUse {
+                        port,
+                        proto: p.proto,
+                    });
                 }
             }
         }

@@ -85,7 +85,9 @@ pub fn now_secs() -> f64 {
         .unwrap_or(0.0)
 }
 
-pub use crate::model::container::{ContainerState as ShimState, Phase, RestartPolicy};
+pub use crate::model::container::{
+    ContainerState as ShimState, Phase, RestartPolicy, RestartPolicyError,
+};
 
 /// The agent's record of a container: what the user asked for, and the phase it is in.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

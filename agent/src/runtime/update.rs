@@ -13,8 +13,9 @@ impl Manager {
         if self.view(&r).status == Status::Running {
             self.cgroup(&r)
                 .apply(&merged.with_swap_default(&self.host))
-                .map_err(|e| {
-                    RuntimeError::BadInput(format!("applying limits to {}: {e}", r.name))
+                .map_err(|source| RuntimeError::ApplyLimits {
+                    container: r.name.clone(),
+                    source,
                 })?;
         }
         r.limits = merged;

@@ -91,10 +91,10 @@ impl Manager {
             [] => Err(RuntimeError::NotFound {
                 reference: reference.to_owned(),
             }),
-            _ => Err(RuntimeError::BadInput(format!(
-                "{reference} matches {} containers: give more of the id",
-                matches.len()
-            ))),
+            _ => Err(RuntimeError::AmbiguousReference {
+                reference: reference.to_owned(),
+                matches: matches.len(),
+            }),
         }
     }
 
