@@ -19,7 +19,6 @@ use std::{
     collections::{BTreeMap, HashSet},
     fs,
     net::Ipv4Addr,
-    os::unix::ffi::OsStrExt as _,
     path::{Path, PathBuf},
 };
 
@@ -226,7 +225,7 @@ impl Network {
             return Ok(());
         }
         let ns = self.netns_path(id);
-        if !is_netns_mounted(&ns) {
+        if !crate::fsutil::is_mounted(&ns) {
             link::create_netns(&ns)?;
         }
         link::loopback_up(&ns)?;
@@ -327,15 +326,6 @@ impl Network {
         }
         let _ = fs::remove_dir(&self.netns_dir);
     }
-}
-
-fn is_netns_mounted(path: &Path) -> bool {
-    let Ok(text) = fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
-    let want = path.as_os_str().as_bytes();
-    text.lines()
-        .any(|l| l.split(' ').nth(4).is_some_and(|m| m.as_bytes() == want))
 }
 
 /// Host ports (proto, port) that sockets of the host's namespace are bound to, from

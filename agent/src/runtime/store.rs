@@ -8,14 +8,16 @@
 
 use std::{
     fs,
-    io::Write as _,
     path::{Path, PathBuf},
     time::{SystemTime, UNIX_EPOCH},
 };
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
-use crate::cgroup::limits::Limits;
+use crate::{
+    cgroup::limits::Limits,
+    fsutil::{FsError, write_atomic},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -40,26 +42,16 @@ fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> St
     }
 }
 
-/// Writes `value` as JSON to `path` atomically and durably.
+impl From<FsError> for StoreError {
+    fn from(FsError { op, path, source }: FsError) -> Self {
+        StoreError::Io { op, path, source }
+    }
+}
+
+/// Writes `value` as JSON to `path` atomically and durably ([`crate::fsutil::write_atomic`]).
 pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), StoreError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp",
-        path.file_name()
-            .map(|n| n.to_string_lossy())
-            .unwrap_or_default()
-    ));
     let bytes = serde_json::to_vec_pretty(value).expect("state serializes");
-    {
-        let mut f = fs::File::create(&tmp).map_err(io("create", &tmp))?;
-        f.write_all(&bytes).map_err(io("write", &tmp))?;
-        f.sync_all().map_err(io("fsync", &tmp))?;
-    }
-    fs::rename(&tmp, path).map_err(io("rename to", path))?;
-    if let Ok(d) = fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
+    Ok(write_atomic(path, &bytes)?)
 }
 
 /// Reads JSON from `path`; `Ok(None)` when the file does not exist.
@@ -264,6 +256,23 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names.len(), 1, "temp file left behind: {names:?}");
+    }
+
+    #[test]
+    fn a_failed_write_keeps_the_operation_and_the_path() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("gone/x.json");
+        match write_json(&p, &ShimState::default()) {
+            Err(StoreError::Io { op, path, .. }) => {
+                assert_eq!(op, "create");
+                assert!(
+                    path.starts_with(d.path().join("gone")),
+                    "{}",
+                    path.display()
+                );
+            }
+            other => panic!("expected an I/O error, got {other:?}"),
+        }
     }
 
     #[test]
