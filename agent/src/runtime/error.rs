@@ -61,7 +61,7 @@ pub enum RuntimeError {
     #[error("applying limits to container {container}: {source}")]
     ApplyLimits {
         container: String,
-        source: CgroupError,
+        source: Box<CgroupError>,
     },
     #[error(transparent)]
     Image(#[from] ImageError),
@@ -183,7 +183,7 @@ mod tests {
         let host = [
             RuntimeError::ApplyLimits {
                 container: "web".into(),
-                source: CgroupError::NoCgroup2,
+                source: Box::new(CgroupError::NoCgroup2),
             },
             RuntimeError::Net(NetError::NetlinkThread { netns: None }),
             RuntimeError::Net(NetError::LinkMissing {
@@ -220,7 +220,7 @@ mod tests {
         );
         let e = RuntimeError::ApplyLimits {
             container: "web".into(),
-            source: CgroupError::NoCgroup2,
+            source: Box::new(CgroupError::NoCgroup2),
         };
         assert!(
             e.to_string()

@@ -13,9 +13,9 @@ impl Manager {
         if self.view(&r).status == Status::Running {
             self.cgroup(&r)
                 .apply(&merged.with_swap_default(&self.host))
-                .map_err(|source| RuntimeError::ApplyLimits {
+                .map_err(|e| RuntimeError::ApplyLimits {
                     container: r.name.clone(),
-                    source,
+                    source: Box::new(e),
                 })?;
         }
         r.limits = merged;
