@@ -6,7 +6,7 @@ use super::{
     client::Client,
     parse_limits,
 };
-use crate::runtime::RunRequest;
+use crate::{api::views::ContainerSummary, runtime::RunRequest};
 
 pub fn execute_run(client: &Client, a: RunArgs) -> anyhow::Result<i32> {
     if a.detach && a.rm {
@@ -38,13 +38,16 @@ pub fn execute_run(client: &Client, a: RunArgs) -> anyhow::Result<i32> {
         port_backend: a.port_backend,
     };
     let body = serde_json::to_value(&req)?;
-    let view: serde_json::Value = client.call("POST", "/api/v1/containers", Some(&body))?;
-    let id = view["id"].as_str().unwrap_or_default().to_owned();
+    if a.detach && a.format == Format::Json {
+        // Everything the agent sends back, as it sends it.
+        let raw: serde_json::Value = client.call("POST", "/api/v1/containers", Some(&body))?;
+        println!("{}", serde_json::to_string_pretty(&raw)?);
+        return Ok(0);
+    }
+    let created: ContainerSummary = client.call("POST", "/api/v1/containers", Some(&body))?;
+    let id = created.id;
     if a.detach {
-        match a.format {
-            Format::Json => println!("{}", serde_json::to_string_pretty(&view)?),
-            Format::Table => println!("{id}"),
-        }
+        println!("{id}");
         return Ok(0);
     }
     let path = format!("/api/v1/containers/{id}/logs?follow=true");
@@ -54,17 +57,6 @@ pub fn execute_run(client: &Client, a: RunArgs) -> anyhow::Result<i32> {
         let _ = out.write_all(b);
         let _ = out.flush();
     })?;
-    let view: ContainerViewLite = client.call("GET", &format!("/api/v1/containers/{id}"), None)?;
+    let view: ContainerSummary = client.call("GET", &format!("/api/v1/containers/{id}"), None)?;
     Ok(view.state.exit_code.unwrap_or(0))
-}
-
-/// The parts of a [`ContainerView`] the client needs.
-#[derive(serde::Deserialize)]
-struct ContainerViewLite {
-    state: StateLite,
-}
-
-#[derive(serde::Deserialize)]
-struct StateLite {
-    exit_code: Option<i32>,
 }

@@ -41,13 +41,7 @@ impl Collector for Containers {
 
 /// The model's record of one of berth's containers.
 fn container(view: ContainerView, stats: Option<crate::model::ContainerStats>) -> Container {
-    let status = match view.status {
-        "creating" => Status::Creating,
-        "running" => Status::Running,
-        "restarting" => Status::Restarting,
-        "removing" => Status::Removing,
-        _ => Status::Exited,
-    };
+    let status = view.status;
     let r = view.record;
     Container {
         engine: Engine::Berth,

@@ -32,11 +32,7 @@ use std::{
     sync::{Mutex, RwLock},
 };
 
-pub use self::{
-    error::RuntimeError,
-    request::RunRequest,
-    view::{ContainerSample, ContainerView},
-};
+pub use self::{error::RuntimeError, request::RunRequest, view::ContainerView};
 use self::{
     oci::OciRuntime,
     store::{ContainerRecord, Store},

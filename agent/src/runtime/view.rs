@@ -2,7 +2,7 @@
 //! status; lookup by id, name or id prefix; listings, stats and samples for the collector.
 //! Nothing here changes the host.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::Serialize;
 
@@ -15,7 +15,6 @@ use super::{
 use crate::{
     cgroup::{limits::ContainerCgroup, stats::ContainerStats},
     model::Status,
-    net::NetworkSpec,
 };
 
 /// A container as the API and CLI show it.
@@ -29,15 +28,6 @@ pub struct ContainerView {
     pub log_path: PathBuf,
     /// v2 cgroup id, what the probes key on (while the cgroup exists).
     pub cgroup_id: Option<u64>,
-}
-
-/// One container's sample for the collector.
-#[derive(Debug, Clone, Serialize)]
-pub struct ContainerSample {
-    pub view: ContainerView,
-    pub stats: Option<ContainerStats>,
-    /// Conntrack entries with the container's address (bridge mode).
-    pub conntrack_entries: Option<u64>,
 }
 
 impl Manager {
@@ -119,48 +109,30 @@ impl Manager {
         Ok(self.view(&self.resolve(reference)?))
     }
 
-    /// Views, cgroup stats and conntrack entries of every container, for the collector.
-    pub fn samples(&self) -> Vec<ContainerSample> {
-        let views = self.list(true);
-        let conntrack = if views.iter().any(|v| v.record.network.ip.is_some()) {
-            crate::net::conntrack::entries_by_ip(Path::new("/proc"))
-        } else {
-            Default::default()
-        };
-        views
+    /// Every container with, while it runs, its cgroup usage: what the `containers`
+    /// collector reads (shim state files, procfs, cgroupfs).
+    pub fn observe(&self) -> Vec<(ContainerView, Option<ContainerStats>)> {
+        self.list(true)
             .into_iter()
             .map(|view| {
                 let stats = (view.status == Status::Running)
                     .then(|| self.cgroup(&view.record).stats().ok())
                     .flatten();
-                let conntrack_entries = view
-                    .record
-                    .network
-                    .ip
-                    .map(|ip| conntrack.get(&ip).copied().unwrap_or(0));
-                ContainerSample {
-                    view,
-                    stats,
-                    conntrack_entries,
-                }
+                (view, stats)
             })
             .collect()
     }
 
-    pub fn stats(&self, reference: &str) -> Result<ContainerStats, RuntimeError> {
-        let r = self.resolve(reference)?;
-        Ok(self.cgroup(&r).stats().unwrap_or_default())
-    }
-
-    /// Every published mapping: (container id, name, address, spec).
-    pub fn ports(&self) -> Vec<(String, String, NetworkSpec)> {
-        self.containers
-            .read()
-            .expect("lock")
-            .values()
-            .filter(|r| !r.network.publish.is_empty())
-            .map(|r| (r.id.clone(), r.name.clone(), r.network.clone()))
-            .collect()
+    /// Removes an image from the store, refusing one a container uses.
+    pub fn remove_image(&self, reference: &str) -> Result<crate::image::Image, RuntimeError> {
+        let image = self.images.get(reference)?;
+        if let Some(user) = self.image_in_use(&image.id) {
+            return Err(RuntimeError::ImageInUse {
+                image: reference.to_owned(),
+                container: user,
+            });
+        }
+        Ok(self.images.remove(&image.id)?)
     }
 
     /// Images in use by containers (`image rm` refuses those).
