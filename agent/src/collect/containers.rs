@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, sync::Arc};
 
 use super::{CollectError, Collected, Collector, Tick};
 use crate::{
-    model::{BerthSpec, Container, Engine, Status},
+    model::{Container, Engine, Status},
     runtime::{ContainerView, Manager},
 };
 
@@ -61,17 +61,6 @@ fn container(view: ContainerView, stats: Option<crate::model::ContainerStats>) -
         log_path: Some(view.log_path),
         syscalls: Vec::new(),
         net: Vec::new(),
-        berth: Some(BerthSpec {
-            image_id: r.image_id,
-            lower: r.lower,
-            args: r.args,
-            env: r.env,
-            workdir: r.workdir,
-            user: r.user,
-            restart: r.restart,
-            runtime: r.runtime,
-            phase: r.phase,
-            stop_requested: r.stop_requested,
-        }),
+        berth: Some(r.spec),
     }
 }

@@ -27,7 +27,7 @@ mod tests;
 
 use std::{collections::BTreeMap, path::PathBuf, time::SystemTime};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub use self::{
     container::{ContainerState, Phase, RestartPolicy, Status},
@@ -211,8 +211,9 @@ impl Container {
     }
 }
 
-/// What the user asked berth for, as recorded at create time.
-#[derive(Debug, Clone, Serialize)]
+/// What the user asked berth for, as recorded at create time (the store keeps it flattened in
+/// each container's record).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BerthSpec {
     /// Image id when run from an image.
     pub image_id: Option<String>,

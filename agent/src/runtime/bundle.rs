@@ -62,9 +62,9 @@ pub fn spec(
     };
     let process = ProcessBuilder::default()
         .terminal(false)
-        .args(record.args.clone())
-        .env(record.env.clone())
-        .cwd(record.workdir.clone())
+        .args(record.spec.args.clone())
+        .env(record.spec.env.clone())
+        .cwd(record.spec.workdir.clone())
         .user(
             UserBuilder::default()
                 .uid(uid)

@@ -24,9 +24,9 @@ impl Manager {
             self.store.remove_dir(&id)?;
         }
         for r in records {
-            match r.phase {
+            match r.spec.phase {
                 Phase::Creating | Phase::Removing => {
-                    info!(container = %r.id, phase = ?r.phase, "finishing an interrupted change: removing");
+                    info!(container = %r.id, phase = ?r.spec.phase, "finishing an interrupted change: removing");
                     self.teardown(&r);
                 }
                 Phase::Created => {
@@ -50,10 +50,10 @@ impl Manager {
                         .insert(r.id.clone(), r.clone());
                     let code = state.exit_code.unwrap_or(255);
                     if !alive
-                        && !r.stop_requested
-                        && r.restart.should_restart(code, state.restart_count)
+                        && !r.spec.stop_requested
+                        && r.spec.restart.should_restart(code, state.restart_count)
                     {
-                        info!(container = %r.id, policy = %r.restart, "restarting per policy");
+                        info!(container = %r.id, policy = %r.spec.restart, "restarting per policy");
                         state.restart_count += 1;
                         store::write_json(&d.state(), &state)?;
                         if let Err(e) = self.start_shim(&r, &d) {

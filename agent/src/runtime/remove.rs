@@ -26,8 +26,8 @@ impl Manager {
             });
         }
         let mut r = r;
-        r.phase = Phase::Removing;
-        r.stop_requested = true;
+        r.spec.phase = Phase::Removing;
+        r.spec.stop_requested = true;
         self.store.save(&r)?;
         if view.status == Status::Running {
             let _ = self.runtime.kill(&r.id, "KILL");
@@ -43,7 +43,7 @@ impl Manager {
     /// cgroups in every hierarchy, its store directory. Idempotent; logs what it cannot undo.
     pub(super) fn teardown(&self, record: &ContainerRecord) {
         let mut r = record.clone();
-        r.stop_requested = true;
+        r.spec.stop_requested = true;
         let _ = self.store.save(&r);
         if let Err(e) = self.runtime.delete(&record.id) {
             warn!(container = %record.id, error = %e, "runtime delete failed");

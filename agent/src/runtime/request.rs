@@ -11,7 +11,7 @@ use super::{
     Manager, bundle,
     error::{RuntimeError, io},
     id::{default_name, new_id, valid_name},
-    store::{self, ContainerRecord, Phase, RestartPolicy},
+    store::{self, BerthSpec, ContainerRecord, Phase, RestartPolicy},
 };
 use crate::{
     cgroup::limits::Limits,
@@ -144,19 +144,21 @@ impl Manager {
             id,
             name,
             image: req.image.clone(),
-            image_id,
-            lower,
-            args,
-            env,
-            workdir,
-            user: format!("{uid}:{gid}"),
             limits: req.limits,
-            restart,
-            runtime: self.runtime.name.clone(),
             created_at: store::now_secs(),
-            phase: Phase::Creating,
-            stop_requested: false,
             network,
+            spec: BerthSpec {
+                image_id,
+                lower,
+                args,
+                env,
+                workdir,
+                user: format!("{uid}:{gid}"),
+                restart,
+                runtime: self.runtime.name.clone(),
+                phase: Phase::Creating,
+                stop_requested: false,
+            },
         })
     }
 
@@ -174,13 +176,7 @@ impl Manager {
             return Err(RuntimeError::PublishNeedsBridge { mode });
         }
         let port_backend = req.port_backend.unwrap_or(self.net.config.port_backend);
-        let records: Vec<ContainerRecord> = self
-            .containers
-            .read()
-            .expect("lock")
-            .values()
-            .cloned()
-            .collect();
+        let records = self.records();
         let existing: Vec<Publish> = records
             .iter()
             .flat_map(|r| r.network.publish.iter().cloned())

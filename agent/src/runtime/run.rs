@@ -31,7 +31,7 @@ impl Manager {
         match self.start_shim(&record, &d) {
             Ok(()) => {
                 let mut record = record;
-                record.phase = Phase::Created;
+                record.spec.phase = Phase::Created;
                 self.store.save(&record)?;
                 self.containers
                     .write()
@@ -55,13 +55,14 @@ impl Manager {
         d: &ContainerDir,
     ) -> Result<(), RuntimeError> {
         let t0 = Instant::now();
-        mount_overlay(&record.lower, d)?;
+        mount_overlay(&record.spec.lower, d)?;
         let t_overlay = t0.elapsed();
         self.net.attach(&record.id, &record.network)?;
         let t_net = t0.elapsed();
         let netns =
             (record.network.mode != NetworkMode::Host).then(|| self.net.netns_path(&record.id));
         let (uid, gid) = record
+            .spec
             .user
             .split_once(':')
             .and_then(|(u, g)| Some((u.parse().ok()?, g.parse().ok()?)))

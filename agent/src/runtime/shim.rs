@@ -147,7 +147,12 @@ pub fn main(dir: &Path) -> i32 {
         // The agent may have asked for a stop meanwhile: re-read the intent.
         let current: Option<ContainerRecord> = read_json(&d.record()).ok().flatten();
         let Some(current) = current else { return 0 };
-        if current.stop_requested || !current.restart.should_restart(code, state.restart_count) {
+        if current.spec.stop_requested
+            || !current
+                .spec
+                .restart
+                .should_restart(code, state.restart_count)
+        {
             return 0;
         }
         std::thread::sleep(backoff);

@@ -45,7 +45,7 @@ impl Manager {
         record: &ContainerRecord,
     ) -> Result<ContainerRecord, RuntimeError> {
         let mut r = record.clone();
-        r.stop_requested = true;
+        r.spec.stop_requested = true;
         self.store.save(&r)?;
         self.containers
             .write()

@@ -77,8 +77,9 @@ pub fn now_secs() -> f64 {
         .unwrap_or(0.0)
 }
 
-pub use crate::model::container::{
-    ContainerState as ShimState, Phase, RestartPolicy, RestartPolicyError,
+pub use crate::model::{
+    BerthSpec,
+    container::{ContainerState as ShimState, Phase, RestartPolicy, RestartPolicyError},
 };
 
 /// The agent's record of a container: what the user asked for, and the phase it is in.
@@ -88,29 +89,17 @@ pub struct ContainerRecord {
     pub name: String,
     /// What the user named: an image reference or a rootfs directory.
     pub image: String,
-    /// Image id when run from an image.
-    pub image_id: Option<String>,
-    /// Read-only lower dir of the overlay (the image's rootfs or the user's directory).
-    pub lower: PathBuf,
-    /// The process: entrypoint + cmd resolved at create.
-    pub args: Vec<String>,
-    pub env: Vec<String>,
-    pub workdir: String,
-    /// "uid:gid" resolved at create.
-    pub user: String,
     pub limits: Limits,
-    pub restart: RestartPolicy,
-    /// OCI runtime used for this container ("runc" or "crun").
-    pub runtime: String,
     /// `linux.cgroupsPath`, e.g. `/berth/<id>`.
     pub cgroup: String,
     pub created_at: f64,
-    pub phase: Phase,
-    /// Set by `stop`/`kill`/`rm` before signalling, so the shim does not restart it.
-    pub stop_requested: bool,
     /// Network mode, address and published ports.
     #[serde(default)]
     pub network: crate::net::NetworkSpec,
+    /// The rest of what berth records (the same fields the snapshot shows), flattened so the
+    /// file keeps one level.
+    #[serde(flatten)]
+    pub spec: BerthSpec,
 }
 
 /// Paths of one container's directory.
@@ -282,5 +271,31 @@ mod tests {
         fs::write(&p, "{not json").unwrap();
         let e = read_json::<ShimState>(&p).unwrap_err().to_string();
         assert!(e.contains("x.json"), "{e}");
+    }
+
+    /// A record written before the spec was its own type (one flat object) still loads, so
+    /// containers survive the upgrade; and it is written back in the same flat shape.
+    #[test]
+    fn a_flat_record_from_an_older_agent_loads_and_stays_flat() {
+        let old = serde_json::json!({
+            "id": "abc", "name": "web", "image": "/srv/rootfs", "image_id": null,
+            "lower": "/srv/rootfs", "args": ["sleep", "1"], "env": ["A=1"], "workdir": "/",
+            "user": "0:0", "limits": {"memory": 67108864}, "restart": {"policy": "always"},
+            "runtime": "runc", "cgroup": "/berth/abc", "created_at": 1.5, "phase": "created",
+            "stop_requested": false,
+            "network": {"mode": "bridge", "ip": "10.231.0.2", "publish": [], "port_backend": null}
+        });
+        let r: ContainerRecord = serde_json::from_value(old.clone()).unwrap();
+        assert_eq!(r.spec.args, ["sleep", "1"]);
+        assert_eq!(r.spec.restart, RestartPolicy::Always);
+        assert_eq!(r.spec.phase, Phase::Created);
+        assert_eq!(r.limits.memory, Some(64 << 20));
+        let back = serde_json::to_value(&r).unwrap();
+        let keys = |v: &serde_json::Value| {
+            let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+            k.sort();
+            k
+        };
+        assert_eq!(keys(&back), keys(&old));
     }
 }

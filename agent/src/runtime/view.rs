@@ -47,7 +47,7 @@ impl Manager {
         let d = self.store.dir(&record.id);
         let state = self.state_of(&record.id);
         let alive = shim::alive(state.shim_pid, &d.dir);
-        let status = match record.phase {
+        let status = match record.spec.phase {
             Phase::Creating => Status::Creating,
             Phase::Removing => Status::Removing,
             Phase::Created if state.running && alive => Status::Running,
@@ -88,14 +88,18 @@ impl Manager {
         }
     }
 
-    pub fn list(&self, all: bool) -> Vec<ContainerView> {
-        let records: Vec<ContainerRecord> = self
-            .containers
+    /// A copy of every record (the lock is held only while copying).
+    pub(super) fn records(&self) -> Vec<ContainerRecord> {
+        self.containers
             .read()
             .expect("lock")
             .values()
             .cloned()
-            .collect();
+            .collect()
+    }
+
+    pub fn list(&self, all: bool) -> Vec<ContainerView> {
+        let records = self.records();
         let mut views: Vec<ContainerView> = records
             .iter()
             .map(|r| self.view(r))
@@ -141,7 +145,7 @@ impl Manager {
             .read()
             .expect("lock")
             .values()
-            .find(|r| r.image_id.as_deref() == Some(image_id))
+            .find(|r| r.spec.image_id.as_deref() == Some(image_id))
             .map(|r| r.name.clone())
     }
 }
