@@ -395,12 +395,13 @@ struct InfoAttr {
     info: u64,
 }
 
-struct ProgLoad<'a> {
-    prog_type: u32,
-    expected_attach_type: u32,
-    attach_btf_id: u32,
-    name: &'a str,
-    insns: &'a [u64],
+/// What [`prog_load`] loads: a program of `prog_type` from raw instructions (8 bytes each).
+pub struct ProgLoad<'a> {
+    pub prog_type: u32,
+    pub expected_attach_type: u32,
+    pub attach_btf_id: u32,
+    pub name: &'a str,
+    pub insns: &'a [u64],
 }
 
 fn sys_bpf<T>(cmd: bpf_cmd, attr: &mut T) -> io::Result<i64> {
@@ -427,7 +428,7 @@ fn owned(fd: i64) -> OwnedFd {
 }
 
 /// `BPF_PROG_LOAD`; on failure, loads again with a verifier log and returns its tail.
-fn prog_load(p: &ProgLoad<'_>) -> Result<OwnedFd, (io::Error, String)> {
+pub fn prog_load(p: &ProgLoad<'_>) -> Result<OwnedFd, (io::Error, String)> {
     let mut attr = ProgLoadAttr {
         prog_type: p.prog_type,
         insn_cnt: p.insns.len() as u32,
@@ -455,6 +456,25 @@ fn prog_load(p: &ProgLoad<'_>) -> Result<OwnedFd, (io::Error, String)> {
             Err((e, text.trim().to_owned()))
         }
     }
+}
+
+/// The `BPF_RAW_TRACEPOINT_OPEN` part of `union bpf_attr` (without the 6.10 `cookie`).
+#[repr(C)]
+struct RawTracepointOpen {
+    name: u64,
+    prog_fd: u32,
+    _pad: u32,
+}
+
+/// Attaches a loaded raw tracepoint program to the tracepoint `name` (e.g. `sys_enter`), as
+/// aya's `RawTracePoint::attach` does; dropping the returned fd detaches it.
+pub fn raw_tracepoint_open(prog: &OwnedFd, name: &CStr) -> io::Result<OwnedFd> {
+    let mut attr = RawTracepointOpen {
+        name: name.as_ptr() as u64,
+        prog_fd: prog.as_raw_fd() as u32,
+        _pad: 0,
+    };
+    sys_bpf(bpf_cmd::BPF_RAW_TRACEPOINT_OPEN, &mut attr).map(owned)
 }
 
 fn link_create(mut attr: LinkCreate) -> io::Result<OwnedFd> {
