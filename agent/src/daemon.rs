@@ -5,6 +5,9 @@
 //! HTTP. The collector loop publishes a snapshot every `agent.interval`, and at once when a
 //! change through the API asks for one ([`Refresh`]). On SIGINT/SIGTERM the HTTP server drains,
 //! the collector loop stops and every BPF program is detached before the process exits.
+//! Under systemd (`Type=notify`, see [`crate::notify`]): `READY=1` once the first snapshot is
+//! published and both listeners are bound, `WATCHDOG=1` while the collector loop ticks,
+//! `STOPPING=1` on the signal.
 
 use std::{sync::Arc, time::Duration};
 
@@ -17,6 +20,7 @@ use crate::{
     collect::Registry,
     config::Config,
     metrics,
+    notify::{self, Heartbeat, Notifier},
     probes::Probes,
     runtime::Manager,
 };
@@ -44,7 +48,8 @@ pub enum DaemonError {
     Serve(std::io::Error),
 }
 
-pub async fn run(config: Config) -> Result<(), DaemonError> {
+/// Runs the agent until SIGINT/SIGTERM; `notifier` is systemd's `NOTIFY_SOCKET`, if any.
+pub async fn run(config: Config, notifier: Option<Notifier>) -> Result<(), DaemonError> {
     let hierarchy = Hierarchy::detect()?;
     let root = TrackedRoot::open(&hierarchy.unified_mount, &config.cgroup.root)?;
     info!(
@@ -100,6 +105,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     info!(collectors = ?registry.names(), "collectors");
     let first = tokio::task::block_in_place(|| registry.collect());
     snap_tx.send_replace(Some(Arc::new(first)));
+    let heartbeat = Heartbeat::default();
 
     let root = tracked.clone();
     let runtime = manager.as_ref().map(|m| m.runtime.clone());
@@ -144,13 +150,32 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let unix = bind_socket(&config.http.socket)?;
     info!(socket = %config.http.socket.display(), "API socket listening (read-write)");
 
-    let (stop_tx, mut stop_rx) = watch::channel(false);
     let interval = config.agent.interval.0;
+    let notifier = notifier.map(Arc::new);
+    let watchdog = notifier.as_ref().and_then(|n| {
+        let status = format!(
+            "STATUS=serving on {bound} and {}",
+            config.http.socket.display()
+        );
+        if let Err(e) = n.notify(&format!("READY=1\n{status}")) {
+            warn!(error = %e, "cannot send READY=1 to NOTIFY_SOCKET");
+        }
+        notify::spawn_watchdog(n.clone(), heartbeat.clone(), interval)
+    });
+    let stall_after = notify::test_stall_after_ticks();
+
+    let (stop_tx, mut stop_rx) = watch::channel(false);
     let collect_loop = tokio::spawn(async move {
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
+        let mut ticks = 0u64;
         loop {
+            if stall_after.is_some_and(|n| ticks >= n) {
+                // Test-only stall (see notify::test_stall_after_ticks): publish nothing more.
+                let _ = stop_rx.changed().await;
+                break;
+            }
             // A change through the API asks for a snapshot now; every request waiting when
             // the collection starts is answered by it.
             let mut waiting = Vec::new();
@@ -167,6 +192,8 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             let snap = Arc::new(tokio::task::block_in_place(|| registry.collect()));
             history_writer.push(snap.clone());
             snap_tx.send_replace(Some(snap));
+            heartbeat.beat();
+            ticks += 1;
             for reply in waiting {
                 let _ = reply.send(());
             }
@@ -182,6 +209,14 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             _ = sigint.recv() => "SIGINT",
         };
         info!(signal, "shutting down");
+        if let Some(n) = &notifier {
+            if let Some(w) = &watchdog {
+                w.abort();
+            }
+            if let Err(e) = n.notify(&format!("STOPPING=1\nSTATUS=stopping on {signal}")) {
+                warn!(error = %e, "cannot send STOPPING=1 to NOTIFY_SOCKET");
+            }
+        }
         let _ = down_tx.send(true);
     };
     let mut down_unix = down_rx.clone();

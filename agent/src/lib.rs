@@ -20,6 +20,7 @@ pub mod image;
 pub mod metrics;
 pub mod model;
 pub mod net;
+pub mod notify;
 pub mod probes;
 pub mod runtime;
 pub mod ui;

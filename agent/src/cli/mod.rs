@@ -44,12 +44,14 @@ pub fn execute(cli: Cli) -> anyhow::Result<i32> {
                 print!("{}", config.to_toml());
                 return Ok(0);
             }
+            // SAFETY: no thread exists yet; the runtime below starts the first ones.
+            let notifier = unsafe { crate::notify::Notifier::take_from_env() };
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
                 .build()
                 .context("starting the tokio runtime")?;
-            runtime.block_on(crate::daemon::run(config))?;
+            runtime.block_on(crate::daemon::run(config, notifier))?;
             Ok(0)
         }
         Command::Run(args) => run::execute_run(&client, *args),

@@ -87,6 +87,9 @@ pub struct Agent {
     pub dir: tempfile::TempDir,
     pub socket: PathBuf,
     pub config: PathBuf,
+    /// Extra environment for the agent process (e.g. `NOTIFY_SOCKET`), set before
+    /// [`Agent::spawn`].
+    pub env: Vec<(String, String)>,
     log: PathBuf,
 }
 
@@ -97,6 +100,13 @@ impl Agent {
 
     /// Starts the agent with `extra` appended to a config that sets a unique root and port.
     pub fn start_with(extra: &str) -> Self {
+        let mut agent = Self::prepare(extra);
+        agent.spawn();
+        agent
+    }
+
+    /// Like [`Agent::start_with`] without starting the process: set `env`, then `spawn`.
+    pub fn prepare(extra: &str) -> Self {
         require_root();
         let dir = tempfile::tempdir().unwrap();
         let root_name = unique("root");
@@ -130,7 +140,7 @@ impl Agent {
         )
         .unwrap();
         let log = dir.path().join("agent.log");
-        let mut agent = Agent {
+        Agent {
             child: None,
             base: format!("http://127.0.0.1:{port}"),
             root_dir: cgroup2_mount().join(&root_name),
@@ -138,10 +148,19 @@ impl Agent {
             dir,
             socket,
             config,
+            env: Vec::new(),
             log,
-        };
-        agent.spawn();
-        agent
+        }
+    }
+
+    /// The file the agent's stderr is appended to.
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    /// The running agent's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// Starts the agent process on the existing config and state (also after a kill -9).
@@ -156,6 +175,7 @@ impl Agent {
             .args(["agent", "--config"])
             .arg(&self.config)
             .env("BERTH_LOG", "berth=debug")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(fs::File::create(self.dir.path().join("agent.out")).unwrap())
             .stderr(log)
             .spawn()

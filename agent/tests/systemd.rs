@@ -1,0 +1,146 @@
+//! berth under systemd without systemd: the tests bind the `NOTIFY_SOCKET` themselves and read
+//! what the real agent sends (READY, WATCHDOG, STOPPING), and stall its collector loop with the
+//! debug-only switch to see the watchdog pings stop.
+
+mod common;
+
+use std::{
+    os::unix::net::UnixDatagram,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use common::{Agent, wait_for};
+
+/// A notify socket bound in a temporary directory, as systemd's would be.
+struct NotifySocket {
+    sock: UnixDatagram,
+    path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl NotifySocket {
+    fn bind() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify.sock");
+        let sock = UnixDatagram::bind(&path).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        Self {
+            sock,
+            path,
+            _dir: dir,
+        }
+    }
+
+    /// The next datagram arriving within `timeout`.
+    fn recv(&self, timeout: Duration) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        let mut buf = [0u8; 4096];
+        while Instant::now() < deadline {
+            if let Ok(n) = self.sock.recv(&mut buf) {
+                return Some(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+        }
+        None
+    }
+
+    /// Reads datagrams until one has the line `line`; returns that datagram, or panics with
+    /// everything read after `timeout`.
+    fn expect(&self, line: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        let mut seen = Vec::new();
+        while let Some(msg) = self.recv(deadline.saturating_duration_since(Instant::now())) {
+            if msg.lines().any(|l| l == line) {
+                return msg;
+            }
+            seen.push(msg);
+        }
+        panic!("no {line} within {timeout:?}; received {seen:?}");
+    }
+
+    /// Every datagram received within `window`.
+    fn collect(&self, window: Duration) -> Vec<String> {
+        let deadline = Instant::now() + window;
+        let mut out = Vec::new();
+        while let Some(msg) = self.recv(deadline.saturating_duration_since(Instant::now())) {
+            out.push(msg);
+        }
+        out
+    }
+}
+
+/// The agent with `NOTIFY_SOCKET` and a 400 ms watchdog (pings every 200 ms); `env` added.
+fn agent_notifying(notify: &NotifySocket, env: &[(&str, &str)]) -> Agent {
+    let mut agent = Agent::prepare("");
+    agent
+        .env
+        .push(("NOTIFY_SOCKET".into(), notify.path.to_str().unwrap().into()));
+    agent.env.push(("WATCHDOG_USEC".into(), "400000".into()));
+    for (k, v) in env {
+        agent.env.push(((*k).into(), (*v).into()));
+    }
+    agent.spawn();
+    agent
+}
+
+#[test]
+fn ready_watchdog_and_stopping_arrive_on_the_notify_socket() {
+    let notify = NotifySocket::bind();
+    let mut agent = agent_notifying(&notify, &[]);
+
+    let ready = notify.expect("READY=1", Duration::from_secs(20));
+    assert!(
+        ready.lines().any(|l| l.starts_with("STATUS=serving on ")),
+        "READY=1 without a STATUS: {ready:?}"
+    );
+    notify.expect("WATCHDOG=1", Duration::from_secs(5));
+
+    let status = agent.stop();
+    assert!(status.success(), "agent exit: {status}\n{}", agent.log());
+    let stopping = notify.expect("STOPPING=1", Duration::from_secs(5));
+    assert!(
+        stopping.contains("STATUS=stopping on SIGTERM"),
+        "{stopping:?}"
+    );
+}
+
+#[test]
+fn a_watchdog_pid_naming_another_process_disables_the_pings() {
+    let notify = NotifySocket::bind();
+    let agent = agent_notifying(&notify, &[("WATCHDOG_PID", "1")]);
+    notify.expect("READY=1", Duration::from_secs(20));
+    let after = notify.collect(Duration::from_millis(1500));
+    assert!(
+        !after.iter().any(|m| m.contains("WATCHDOG=1")),
+        "pinged for another process's watchdog: {after:?}"
+    );
+    let log = agent.log();
+    assert!(!log.contains("systemd watchdog enabled"), "{log}");
+}
+
+// The stall switch exists only in debug builds (the release binary ignores it).
+#[cfg(debug_assertions)]
+#[test]
+fn a_stalled_collector_loop_stops_the_watchdog_pings() {
+    let notify = NotifySocket::bind();
+    let agent = agent_notifying(&notify, &[("BERTH_TEST_STALL_COLLECTOR_AFTER_TICKS", "5")]);
+    notify.expect("READY=1", Duration::from_secs(20));
+    // Pings while the loop runs its first ticks.
+    notify.expect("WATCHDOG=1", Duration::from_secs(5));
+
+    wait_for(
+        Duration::from_secs(10),
+        "the watchdog to see the stall",
+        || agent.log().contains("collector loop stalled").then_some(()),
+    );
+    // Whatever was sent before the stall was seen is already queued: drop it.
+    while notify.recv(Duration::from_millis(50)).is_some() {}
+    let after = notify.collect(Duration::from_secs(3));
+    assert!(
+        !after.iter().any(|m| m.lines().any(|l| l == "WATCHDOG=1")),
+        "watchdog pinged during the stall: {after:?}"
+    );
+    // The process is alive and serving: only the loop stalled.
+    assert_eq!(agent.get("/healthz").0, 200, "{}", agent.log());
+}
