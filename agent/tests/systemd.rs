@@ -1,10 +1,11 @@
 //! berth under systemd without systemd: the tests bind the `NOTIFY_SOCKET` themselves and read
-//! what the real agent sends (READY, WATCHDOG, STOPPING), and stall its collector loop with the
-//! debug-only switch to see the watchdog pings stop.
+//! what the real agent sends (READY, WATCHDOG, STOPPING), stall its collector loop with the
+//! debug-only switch to see the watchdog pings stop, and check the journald log format.
 
 mod common;
 
 use std::{
+    fs,
     os::unix::net::UnixDatagram,
     path::PathBuf,
     time::{Duration, Instant},
@@ -143,4 +144,37 @@ fn a_stalled_collector_loop_stops_the_watchdog_pings() {
     );
     // The process is alive and serving: only the loop stalled.
     assert_eq!(agent.get("/healthz").0, 200, "{}", agent.log());
+}
+
+#[test]
+fn under_journald_lines_carry_a_priority_and_no_timestamp() {
+    use std::os::unix::fs::MetadataExt as _;
+    let mut agent = Agent::prepare("");
+    let log = fs::File::create(agent.log_path()).unwrap();
+    let meta = log.metadata().unwrap();
+    agent.env.push((
+        "JOURNAL_STREAM".into(),
+        format!("{}:{}", meta.dev(), meta.ino()),
+    ));
+    agent.spawn();
+    let text = agent.log();
+    assert!(
+        text.lines().any(|l| l.starts_with("<6> INFO berth")),
+        "no `<6> INFO berth...` line:\n{text}"
+    );
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.starts_with(|c: char| c.is_ascii_digit())),
+        "timestamps under journald:\n{text}"
+    );
+    assert!(!text.contains('\x1b'), "ANSI escapes in the log:\n{text}");
+    // Debug lines (BERTH_LOG=berth=debug in the tests) get priority 7.
+    wait_for(Duration::from_secs(5), "a debug line", || {
+        agent
+            .log()
+            .lines()
+            .any(|l| l.starts_with("<7>"))
+            .then_some(())
+    });
 }
