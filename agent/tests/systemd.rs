@@ -1,13 +1,15 @@
 //! berth under systemd without systemd: the tests bind the `NOTIFY_SOCKET` themselves and read
 //! what the real agent sends (READY, WATCHDOG, STOPPING), stall its collector loop with the
-//! debug-only switch to see the watchdog pings stop, and check the journald log format.
+//! debug-only switch to see the watchdog pings stop, check the journald log format, and run
+//! `systemd-analyze verify` (which works without systemd as PID 1) on the shipped unit.
 
 mod common;
 
 use std::{
     fs,
     os::unix::net::UnixDatagram,
-    path::PathBuf,
+    path::{Path, PathBuf},
+    process::Command,
     time::{Duration, Instant},
 };
 
@@ -177,4 +179,113 @@ fn under_journald_lines_carry_a_priority_and_no_timestamp() {
             .any(|l| l.starts_with("<7>"))
             .then_some(())
     });
+}
+
+/// Directives that give the agent a private mount namespace: a restarted agent would not see
+/// the containers' overlay mounts (systemd.exec(5)).
+const MOUNT_NAMESPACE_DIRECTIVES: &[&str] = &[
+    "ProtectSystem",
+    "ProtectHome",
+    "PrivateTmp",
+    "PrivateDevices",
+    "PrivateMounts",
+    "ReadWritePaths",
+    "ReadOnlyPaths",
+    "InaccessiblePaths",
+    "ExecPaths",
+    "NoExecPaths",
+    "TemporaryFileSystem",
+    "BindPaths",
+    "BindReadOnlyPaths",
+    "ProtectProc",
+    "ProcSubset",
+    "MountAPIVFS",
+    "RootDirectory",
+    "RootImage",
+    "ProtectKernelTunables",
+    "ProtectKernelModules",
+    "ProtectKernelLogs",
+    "ProtectControlGroups",
+    "PrivateNetwork",
+    "RestrictNamespaces",
+];
+
+fn shipped_unit() -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/systemd/berth.service");
+    fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// `KEY=VALUE` lines of the unit, comments aside.
+fn directives(unit: &str) -> Vec<(String, String)> {
+    unit.lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with('#') && !l.starts_with('['))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect()
+}
+
+#[test]
+fn the_shipped_unit_is_notify_with_a_watchdog_and_no_mount_namespace() {
+    let d = directives(&shipped_unit());
+    let get = |k: &str| d.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
+    assert_eq!(get("Type"), Some("notify"));
+    assert_eq!(get("NotifyAccess"), Some("main"));
+    assert!(get("WatchdogSec").is_some(), "no WatchdogSec=");
+    assert_eq!(get("KillMode"), Some("process"));
+    assert_eq!(get("Delegate"), Some("yes"));
+    let found: Vec<&str> = MOUNT_NAMESPACE_DIRECTIVES
+        .iter()
+        .copied()
+        .filter(|k| get(k).is_some())
+        .collect();
+    assert!(found.is_empty(), "mount-namespace directives: {found:?}");
+}
+
+#[test]
+fn the_shipped_unit_passes_systemd_analyze_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    // verify checks that ExecStart's binary exists: point it at the one under test.
+    let unit = shipped_unit().replace("/usr/local/bin/berth", env!("CARGO_BIN_EXE_berth"));
+    let path = dir.path().join("berth.service");
+    fs::write(&path, unit).unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze is missing: install Debian's systemd (`cargo xtask setup` does)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "systemd-analyze verify failed:\n{text}"
+    );
+    // verify exits 0 on unknown keys and bad values ("..., ignoring"): any line about our
+    // unit is a finding.
+    let findings: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("berth.service"))
+        .collect();
+    assert!(findings.is_empty(), "systemd-analyze verify:\n{text}");
+}
+
+#[test]
+fn systemd_analyze_verify_reports_a_bad_directive() {
+    // The check above would pass vacuously if verify printed nothing about a broken unit.
+    let dir = tempfile::tempdir().unwrap();
+    let unit = shipped_unit()
+        .replace("/usr/local/bin/berth", env!("CARGO_BIN_EXE_berth"))
+        .replace("Type=notify", "Type=notifyy");
+    let path = dir.path().join("berth.service");
+    fs::write(&path, unit).unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze is missing");
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(text.lines().any(|l| l.contains("berth.service")), "{text}");
 }

@@ -22,6 +22,9 @@ const APT_PACKAGES: &[&str] = &[
     "busybox-static",
     "prometheus",
     "curl",
+    // systemd-analyze, for `verify` of deploy/systemd/berth.service (works without systemd as
+    // PID 1).
+    "systemd",
 ];
 /// bpf-linker release that works with the nightly in this machine image (LLVM 22).
 const BPF_LINKER_VERSION: &str = "0.10.4";
