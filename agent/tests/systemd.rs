@@ -109,6 +109,26 @@ fn ready_watchdog_and_stopping_arrive_on_the_notify_socket() {
 }
 
 #[test]
+fn containers_never_see_the_notify_socket() {
+    // runc, given NOTIFY_SOCKET, proxies it into the container: it binds a socket under its
+    // state dir (here that bind fails, the path being over 108 bytes, and no container starts)
+    // and hands the container NOTIFY_SOCKET. The agent must keep the variables to itself.
+    let notify = NotifySocket::bind();
+    let agent = agent_notifying(&notify, &[]);
+    notify.expect("READY=1", Duration::from_secs(20));
+    let rootfs = common::busybox_rootfs(agent.dir.path());
+    let out = agent.ok(&[
+        "run",
+        "--rm",
+        rootfs.to_str().unwrap(),
+        "sh",
+        "-c",
+        "echo notify=${NOTIFY_SOCKET:-none} watchdog=${WATCHDOG_USEC:-none}",
+    ]);
+    assert_eq!(out.trim(), "notify=none watchdog=none", "{}", agent.log());
+}
+
+#[test]
 fn a_watchdog_pid_naming_another_process_disables_the_pings() {
     let notify = NotifySocket::bind();
     let agent = agent_notifying(&notify, &[("WATCHDOG_PID", "1")]);
