@@ -7,7 +7,10 @@
 use std::{
     fs,
     io::Write as _,
-    os::unix::ffi::OsStrExt as _,
+    os::unix::{
+        ffi::OsStrExt as _,
+        fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _},
+    },
     path::{Path, PathBuf},
 };
 
@@ -31,7 +34,8 @@ fn fail<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> 
 
 /// Writes `bytes` to `path` so that a crash leaves either the old or the new content, never a
 /// mix: write to `.NAME.tmp-PID` beside it, fsync, rename over `path`, fsync the directory.
-/// The temp file is removed when a step fails.
+/// The temp file is removed when a step fails. The file is created 0600: what berth persists
+/// (records, bundles with the environment, runtime state) is for root only.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), FsError> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
@@ -43,7 +47,13 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), FsError> {
         .unwrap_or_else(|| "file".into());
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let written = (|| {
-        let mut f = fs::File::create(&tmp).map_err(fail("create", &tmp))?;
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(fail("create", &tmp))?;
         f.write_all(bytes).map_err(fail("write", &tmp))?;
         f.sync_all().map_err(fail("fsync", &tmp))?;
         fs::rename(&tmp, path).map_err(fail("rename to", path))
@@ -53,6 +63,18 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), FsError> {
     }
     written?;
     sync_dir(dir)
+}
+
+/// Creates `dir` (and missing parents) and makes it 0700, also when it already existed with a
+/// wider mode (a store written by an older agent): state, bundles, logs and writable layers
+/// below it are then out of reach of every user but root.
+pub fn private_dir(dir: &Path) -> Result<(), FsError> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(fail("create", dir))?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(fail("chmod", dir))
 }
 
 /// Makes the entries of `dir` durable (after a rename into or out of it).
@@ -129,6 +151,28 @@ mod tests {
         assert_eq!(e.op, "create");
         assert!(e.to_string().contains("no-such-dir"), "{e}");
         assert!(!dir.path().join("no-such-dir").exists());
+    }
+
+    #[test]
+    fn atomic_writes_and_private_dirs_are_for_the_owner_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("a/b");
+        fs::create_dir_all(&sub).unwrap();
+        fs::set_permissions(&sub, fs::Permissions::from_mode(0o755)).unwrap();
+        private_dir(&sub).unwrap();
+        private_dir(&dir.path().join("c")).unwrap();
+        for d in [sub.clone(), dir.path().join("c")] {
+            assert_eq!(
+                fs::metadata(&d).unwrap().permissions().mode() & 0o777,
+                0o700
+            );
+        }
+        let f = sub.join("x.json");
+        write_atomic(&f, b"{}").unwrap();
+        assert_eq!(
+            fs::metadata(&f).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
     }
 
     #[test]

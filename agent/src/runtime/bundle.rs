@@ -126,20 +126,18 @@ pub fn spec(
     Ok(spec)
 }
 
-/// Writes `bundle/config.json`.
+/// Writes `bundle/config.json` (0600, in a 0700 bundle: it holds the environment).
 pub fn write(bundle: &Path, spec: &Spec) -> Result<(), RuntimeError> {
+    let fs_err =
+        |crate::fsutil::FsError { op, path, source }| RuntimeError::Io { op, path, source };
+    crate::fsutil::private_dir(bundle).map_err(fs_err)?;
     fs::create_dir_all(bundle.join("rootfs")).map_err(|source| RuntimeError::Io {
         op: "create",
         path: bundle.join("rootfs"),
         source,
     })?;
-    let path = bundle.join("config.json");
     let json = serde_json::to_vec_pretty(spec).expect("spec serializes");
-    fs::write(&path, json).map_err(|source| RuntimeError::Io {
-        op: "write",
-        path,
-        source,
-    })
+    crate::fsutil::write_atomic(&bundle.join("config.json"), &json).map_err(fs_err)
 }
 
 /// Resolves `--user` (`name`, `uid`, `name:group`, `uid:gid`) against the rootfs's

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::{
     cgroup::limits::Limits,
-    fsutil::{FsError, write_atomic},
+    fsutil::{FsError, private_dir, write_atomic},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -139,9 +139,12 @@ pub struct Store {
 }
 
 impl Store {
+    /// Opens (creates) `<state>/containers`; the state directory and the store are made 0700,
+    /// so records (with the environment), bundles, logs and writable layers are root's only.
     pub fn open(state_dir: &Path) -> Result<Self, StoreError> {
         let root = state_dir.join("containers");
-        fs::create_dir_all(&root).map_err(io("create", &root))?;
+        private_dir(state_dir)?;
+        private_dir(&root)?;
         Ok(Self { root })
     }
 
@@ -154,7 +157,7 @@ impl Store {
     /// Creates the container's directory and writes its first record (phase `Creating`).
     pub fn create(&self, record: &ContainerRecord) -> Result<ContainerDir, StoreError> {
         let d = self.dir(&record.id);
-        fs::create_dir_all(&d.dir).map_err(io("create", &d.dir))?;
+        private_dir(&d.dir)?;
         write_json(&d.record(), record)?;
         Ok(d)
     }
