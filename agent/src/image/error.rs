@@ -24,6 +24,16 @@ pub enum ImageError {
     },
     #[error("image archive {path} does not exist")]
     MissingFile { path: PathBuf },
+    #[error(
+        "{path} is not a regular file (a device, FIFO, socket or /proc or /sys file): give the \
+         path of an image archive"
+    )]
+    NotRegularFile { path: PathBuf },
+    #[error("{path} cannot be read as an image archive: {source}")]
+    Unreadable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path} is not a tar archive (plain or gzip-compressed): {source}")]
     NotTar {
         path: PathBuf,
@@ -179,6 +189,8 @@ impl ImageError {
                 false
             }
             ImageError::MissingFile { .. }
+            | ImageError::NotRegularFile { .. }
+            | ImageError::Unreadable { .. }
             | ImageError::NotTar { .. }
             | ImageError::CorruptGzip { .. }
             | ImageError::UnsupportedCompression { .. }

@@ -112,6 +112,20 @@ fn link_target(from: &str, target: &[u8]) -> Option<String> {
     (!parts.is_empty()).then(|| parts.join("/"))
 }
 
+/// Whether `file` lives on procfs or sysfs (regular files there are kernel interfaces).
+fn on_pseudo_fs(file: &File) -> bool {
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: fstatfs fills the zeroed struct for a valid fd.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstatfs(file.as_raw_fd(), &mut st) } != 0 {
+        return false;
+    }
+    matches!(
+        st.f_type,
+        libc::PROC_SUPER_MAGIC | libc::SYSFS_MAGIC | libc::DEBUGFS_MAGIC
+    )
+}
+
 impl Archive {
     /// Opens `path`, decompressing it into `scratch` when it is gzip, and indexes its members.
     pub(crate) fn open(path: &Path, scratch: &Path) -> Result<Self, ImageError> {
@@ -125,14 +139,28 @@ impl Archive {
             },
             _ => io_err(source),
         })?;
-        if file.metadata().map_err(io_err)?.is_dir() {
+        let meta = file.metadata().map_err(io_err)?;
+        if meta.is_dir() {
             return Err(ImageError::NotTar {
                 path: path.to_path_buf(),
                 source: io::Error::other("it is a directory"),
             });
         }
+        if !meta.is_file() || on_pseudo_fs(&file) {
+            // Devices, FIFOs, sockets, /proc and /sys files: never an archive, and reading
+            // them may block, never end, or fail with EIO (/proc/self/mem).
+            return Err(ImageError::NotRegularFile {
+                path: path.to_path_buf(),
+            });
+        }
         let mut head = [0u8; 8];
-        let n = file.read_at(&mut head, 0).map_err(io_err)?;
+        // A file the caller named that cannot be read is the caller's problem to fix.
+        let n = file
+            .read_at(&mut head, 0)
+            .map_err(|source| ImageError::Unreadable {
+                path: path.to_path_buf(),
+                source,
+            })?;
         let file = match sniff(&head[..n]) {
             Compression::None => file,
             Compression::Unsupported(format) => {

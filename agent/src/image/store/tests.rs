@@ -325,6 +325,31 @@ fn a_missing_archive_is_reported_with_its_path() {
 }
 
 #[test]
+fn kernel_files_and_devices_are_refused_as_the_callers_mistake() {
+    let f = fixture();
+    for p in [
+        "/proc/self/mem",
+        "/proc/self/status",
+        "/dev/zero",
+        "/sys/kernel/mm/transparent_hugepage/enabled",
+    ] {
+        let p = std::path::Path::new(p);
+        if !p.exists() {
+            continue;
+        }
+        let err = f.store.import(p, None).unwrap_err();
+        assert!(
+            matches!(err, ImageError::NotRegularFile { ref path } if path == p),
+            "{}: {err}",
+            p.display()
+        );
+        assert!(err.is_client_error(), "{err}");
+        assert!(err.to_string().contains(&*p.to_string_lossy()), "{err}");
+    }
+    f.assert_no_trace();
+}
+
+#[test]
 fn a_tar_without_manifest_or_index_is_reported() {
     let f = fixture();
     let members = vec![("hello.txt".to_string(), b"hi".to_vec())];
