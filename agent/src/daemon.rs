@@ -89,7 +89,10 @@ pub async fn run(config: Config, notifier: Option<Notifier>) -> Result<(), Daemo
         {
             Ok(Ok(m)) => {
                 info!(runtime = %m.runtime.name, version = %m.runtime.version, reason = %m.runtime.reason, "OCI runtime");
-                (Some(Arc::new(m)), None)
+                let m = Arc::new(m);
+                // Removes exited --rm containers, records exits of containers whose shim was lost.
+                m.start_reaper();
+                (Some(m), None)
             }
             Ok(Err(e)) => {
                 warn!(error = %e, "containers unavailable");

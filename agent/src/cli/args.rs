@@ -150,9 +150,14 @@ pub enum Command {
     ///
     /// Example: `berth info`
     Info,
-    /// Per-container shim (started by the agent).
+    /// Per-container shim (started by the agent). With --adopt, it watches a container that
+    /// still runs after its first shim was lost, instead of starting one.
     #[command(hide = true)]
-    Shim { dir: PathBuf },
+    Shim {
+        #[arg(long)]
+        adopt: bool,
+        dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -231,7 +236,8 @@ pub struct RunArgs {
     pub limits: LimitArgs,
     #[arg(long, value_enum, default_value_t)]
     pub format: Format,
-    /// Remove the container when it exits (without -d).
+    /// Remove the container when it exits, as `docker run --rm` (the agent removes it, also
+    /// when it exits while the agent is down). Not with --restart.
     #[arg(long)]
     pub rm: bool,
     /// Image reference or rootfs directory (an absolute or ./relative path).

@@ -75,7 +75,7 @@ pub fn execute(cli: Cli) -> anyhow::Result<i32> {
         Command::Image(cmd) => image::execute_image(&client, cmd),
         Command::Info => info::execute_info(&client),
         Command::Diagnose { format } => diagnose::execute_diagnose(&client, format),
-        Command::Shim { dir } => Ok(crate::runtime::shim::main(&dir)),
+        Command::Shim { dir, adopt } => Ok(crate::runtime::shim::main(&dir, adopt)),
     }
 }
 

@@ -9,11 +9,6 @@ use super::{
 use crate::{api::views::ContainerSummary, runtime::RunRequest};
 
 pub fn execute_run(client: &Client, a: RunArgs) -> anyhow::Result<i32> {
-    if a.detach && a.rm {
-        anyhow::bail!(
-            "--rm and -d cannot be combined: --rm removes the container when `run` sees it exit"
-        );
-    }
     let limits = parse_limits(&a.limits)?;
     // A relative rootfs path means a directory on the client's side: make it absolute.
     let image = if a.image.starts_with("./") || a.image.starts_with("../") || a.image == "." {
@@ -36,6 +31,7 @@ pub fn execute_run(client: &Client, a: RunArgs) -> anyhow::Result<i32> {
         network: a.network,
         publish: a.publish.clone(),
         port_backend: a.port_backend,
+        auto_remove: a.rm,
     };
     let body = serde_json::to_value(&req)?;
     if a.detach && a.format == Format::Json {
@@ -57,6 +53,18 @@ pub fn execute_run(client: &Client, a: RunArgs) -> anyhow::Result<i32> {
         let _ = out.write_all(b);
         let _ = out.flush();
     })?;
+    if a.rm {
+        // The agent removes it anyway (after a short grace, also if this client goes away);
+        // removing it here reads the exit code in the same step, and `ps -a` right after
+        // this command no longer lists it.
+        let removed: serde_json::Value = client
+            .call("DELETE", &format!("/api/v1/containers/{id}"), None)
+            .map_err(|e| {
+                anyhow::anyhow!("container {id} exited; reading its exit code failed: {e}")
+            })?;
+        let code = removed["state"]["exit_code"].as_i64().unwrap_or(0);
+        return Ok(i32::try_from(code).unwrap_or(255));
+    }
     let view: ContainerSummary = client.call("GET", &format!("/api/v1/containers/{id}"), None)?;
     Ok(view.state.exit_code.unwrap_or(0))
 }

@@ -56,6 +56,7 @@ fn berth_spec(restart: RestartPolicy) -> Option<BerthSpec> {
         runtime: "runc".into(),
         phase: Phase::Created,
         stop_requested: false,
+        auto_remove: false,
     })
 }
 

@@ -231,6 +231,11 @@ pub struct BerthSpec {
     pub phase: Phase,
     /// Set by `stop`/`kill`/`rm` before signalling, so the shim does not restart it.
     pub stop_requested: bool,
+    /// `--rm`: removed by the agent once it has exited (also when that happened while the
+    /// agent was down). Absent in older records and written only when set, so those keep
+    /// their shape.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub auto_remove: bool,
 }
 
 /// A tracked cgroup's probe data (one that belongs to no known container, in

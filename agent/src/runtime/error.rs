@@ -56,6 +56,11 @@ pub enum RuntimeError {
     Limits(#[from] LimitError),
     #[error("the container did not start: {reason}")]
     StartFailed { container: String, reason: String },
+    #[error(
+        "--rm and --restart {policy} cannot be combined: --rm removes the container when it \
+         exits, a restart policy starts it again"
+    )]
+    RemoveWithRestart { policy: String },
 
     // The host's failures (5xx), unless the wrapped error says otherwise.
     #[error("applying limits to container {container}: {source}")]
@@ -88,6 +93,10 @@ pub enum RuntimeError {
     },
     #[error("OCI runtime {runtime} cannot be used: {reason}")]
     RuntimeUnusable { runtime: String, reason: String },
+    /// The shim could not be started (berth's own binary), or its container's runtime state
+    /// cannot be acted on without it.
+    #[error("shim of container {container}: {reason}")]
+    Shim { container: String, reason: String },
 }
 
 fn publish_hint(mode: NetworkMode) -> &'static str {
@@ -124,7 +133,8 @@ impl RuntimeError {
             | RuntimeError::UnknownSignal { .. }
             | RuntimeError::ImageInUse { .. }
             | RuntimeError::Limits(_)
-            | RuntimeError::StartFailed { .. } => true,
+            | RuntimeError::StartFailed { .. }
+            | RuntimeError::RemoveWithRestart { .. } => true,
             RuntimeError::Net(e) => e.is_client_error(),
             RuntimeError::Image(e) => e.is_client_error(),
             RuntimeError::ApplyLimits { .. }
@@ -133,7 +143,8 @@ impl RuntimeError {
             | RuntimeError::Io { .. }
             | RuntimeError::Spec { .. }
             | RuntimeError::Runtime { .. }
-            | RuntimeError::RuntimeUnusable { .. } => false,
+            | RuntimeError::RuntimeUnusable { .. }
+            | RuntimeError::Shim { .. } => false,
         }
     }
 }
@@ -194,6 +205,10 @@ mod tests {
                 op: "create",
                 path: "/x".into(),
                 source: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+            },
+            RuntimeError::Shim {
+                container: "web".into(),
+                reason: "starting the shim: No such file or directory".into(),
             },
         ];
         for e in &host {

@@ -30,6 +30,8 @@ impl Manager {
         self.runtime.kill(&r.id, &sig)?;
         if sig == "KILL" {
             self.wait_exit(&r.id, Duration::from_secs(10));
+            // Without its shim nobody else records the exit.
+            self.settle_lost_shim(&r)?;
         }
         Ok(self.view(&r))
     }

@@ -8,7 +8,8 @@
 //! agent; on start the agent re-adopts them ([`recover`]).
 //!
 //! One lifecycle verb per file, each an `impl Manager` block: [`run`], [`stop`], [`kill`],
-//! [`remove`], [`update`], [`recover`]; reads in [`view`]; request validation in [`request`].
+//! [`remove`], [`update`], [`recover`]; exits handled after the fact (`--rm`, lost shims) in
+//! [`reap`]; reads in [`view`]; request validation in [`request`].
 
 pub mod bundle;
 mod error;
@@ -16,6 +17,7 @@ mod id;
 mod kill;
 mod mount;
 pub mod oci;
+mod reap;
 mod recover;
 mod remove;
 mod request;
@@ -32,7 +34,9 @@ use std::{
     sync::{Mutex, RwLock},
 };
 
-pub use self::{error::RuntimeError, request::RunRequest, view::ContainerView};
+pub use self::{
+    error::RuntimeError, reap::AUTO_REMOVE_GRACE, request::RunRequest, view::ContainerView,
+};
 use self::{
     oci::OciRuntime,
     store::{ContainerRecord, Store},
@@ -67,6 +71,11 @@ impl Manager {
         cgroup_root: &str,
         network: NetworkConfig,
     ) -> Result<Self, RuntimeError> {
+        // Before anything else: the binary shims are started from, as it is now.
+        run::pin_own_binary().map_err(|reason| RuntimeError::Shim {
+            container: "(any)".into(),
+            reason,
+        })?;
         let runtime = OciRuntime::detect(runtime, &hierarchy, run_dir)?;
         let store = Store::open(state_dir)?;
         let images = ImageStore::open(&state_dir.join("images"))?;

@@ -1,6 +1,8 @@
 //! Recovery at agent start: complete or undo what a crash interrupted (phases `Creating` and
 //! `Removing`), remove directories without a record, re-adopt containers whose shim still
-//! runs, restart those whose policy asks for it, and reconcile the network with what is left.
+//! runs (or, when the shim was lost and the container runs on, watch them with a new shim),
+//! remove `--rm` containers that exited while the agent was down, restart those whose policy
+//! asks for it, and reconcile the network with what is left.
 
 use tracing::{info, warn};
 
@@ -8,8 +10,9 @@ use super::{
     Manager,
     error::RuntimeError,
     mount::unmount,
+    run::spawn_shim,
     shim,
-    store::{self, Phase},
+    store::{self, ContainerRecord, Phase},
 };
 
 impl Manager {
@@ -29,40 +32,7 @@ impl Manager {
                     info!(container = %r.id, phase = ?r.spec.phase, "finishing an interrupted change: removing");
                     self.teardown(&r);
                 }
-                Phase::Created => {
-                    let d = self.store.dir(&r.id);
-                    let mut state = self.state_of(&r.id);
-                    let alive = shim::alive(state.shim_pid, &d.dir);
-                    if !alive && state.running {
-                        // The shim died with the container running (or the host rebooted).
-                        warn!(container = %r.id, "shim lost; the container is stopped");
-                        let _ = self.runtime.delete(&r.id);
-                        state.running = false;
-                        state.pid = None;
-                        state.finished_at = Some(store::now_secs());
-                        state.error =
-                            Some("the shim exited without recording the container's exit".into());
-                        store::write_json(&d.state(), &state)?;
-                    }
-                    self.containers
-                        .write()
-                        .expect("lock")
-                        .insert(r.id.clone(), r.clone());
-                    let code = state.exit_code.unwrap_or(255);
-                    if !alive
-                        && !r.spec.stop_requested
-                        && r.spec.restart.should_restart(code, state.restart_count)
-                    {
-                        info!(container = %r.id, policy = %r.spec.restart, "restarting per policy");
-                        state.restart_count += 1;
-                        store::write_json(&d.state(), &state)?;
-                        if let Err(e) = self.start_shim(&r, &d) {
-                            warn!(container = %r.id, error = %e, "restart failed");
-                        }
-                    } else if alive {
-                        info!(container = %r.id, name = %r.name, "re-adopted");
-                    }
-                }
+                Phase::Created => self.recover_created(&r)?,
             }
         }
         let known: std::collections::HashSet<String> = self
@@ -73,6 +43,59 @@ impl Manager {
             .cloned()
             .collect();
         self.net.reconcile(&known);
+        Ok(())
+    }
+
+    /// A container handed to a shim: re-adopt it (its shim runs, or a new watcher shim when
+    /// the shim was lost and the runtime says it still runs), record an exit nobody recorded,
+    /// remove it if it is `--rm` and has exited, or restart it per its policy.
+    fn recover_created(&self, r: &ContainerRecord) -> Result<(), RuntimeError> {
+        let d = self.store.dir(&r.id);
+        let mut state = self.state_of(&r.id);
+        let mut alive = shim::alive(state.shim_pid, &d.dir);
+        if !alive && state.running {
+            if self.running_per_runtime(&r.id).is_some() {
+                // The shim was killed; the container runs on: watch it with a new shim.
+                match spawn_shim(&d.dir, &r.id, true) {
+                    Ok(()) => {
+                        info!(container = %r.id, name = %r.name, "shim lost; re-adopted with a new shim");
+                        alive = true;
+                    }
+                    Err(e) => {
+                        warn!(container = %r.id, error = %e, "shim lost; re-adoption failed: status shows the container as the runtime reports it");
+                    }
+                }
+            } else {
+                // The shim died with the container (or the host rebooted).
+                warn!(container = %r.id, "shim lost; the container is stopped");
+                self.settle_lost_shim(r)?;
+            }
+            state = self.state_of(&r.id);
+        }
+        if r.spec.auto_remove && !alive && !state.running {
+            info!(container = %r.id, name = %r.name, "exited while the agent was down: removing (--rm)");
+            self.teardown(r);
+            return Ok(());
+        }
+        self.containers
+            .write()
+            .expect("lock")
+            .insert(r.id.clone(), r.clone());
+        let code = state.exit_code.unwrap_or(255);
+        if !alive
+            && !state.running
+            && !r.spec.stop_requested
+            && r.spec.restart.should_restart(code, state.restart_count)
+        {
+            info!(container = %r.id, policy = %r.spec.restart, "restarting per policy");
+            state.restart_count += 1;
+            store::write_json(&d.state(), &state)?;
+            if let Err(e) = self.start_shim(r, &d) {
+                warn!(container = %r.id, error = %e, "restart failed");
+            }
+        } else if alive {
+            info!(container = %r.id, name = %r.name, "re-adopted");
+        }
         Ok(())
     }
 }

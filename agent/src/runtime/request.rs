@@ -44,6 +44,9 @@ pub struct RunRequest {
     pub publish: Vec<String>,
     /// `nft-map` or `iptables`; the agent's default when absent.
     pub port_backend: Option<BackendKind>,
+    /// `--rm`: the agent removes the container once it has exited (not with a restart
+    /// policy).
+    pub auto_remove: bool,
 }
 
 impl Manager {
@@ -77,6 +80,11 @@ impl Manager {
             Some(r) => r.parse()?,
             None => RestartPolicy::No,
         };
+        if req.auto_remove && restart != RestartPolicy::No {
+            return Err(RuntimeError::RemoveWithRestart {
+                policy: restart.to_string(),
+            });
+        }
         for e in &req.env {
             if !e.contains('=') || e.starts_with('=') {
                 return Err(RuntimeError::InvalidEnv { entry: e.clone() });
@@ -158,6 +166,7 @@ impl Manager {
                 runtime: self.runtime.name.clone(),
                 phase: Phase::Creating,
                 stop_requested: false,
+                auto_remove: req.auto_remove,
             },
         })
     }

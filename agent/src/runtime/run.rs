@@ -5,8 +5,13 @@
 use std::{
     fs,
     io::Read as _,
-    path::Path,
+    os::{
+        fd::AsRawFd as _,
+        unix::{fs::OpenOptionsExt as _, process::CommandExt as _},
+    },
+    path::{Path, PathBuf},
     process::{Command, Stdio},
+    sync::OnceLock,
     time::Instant,
 };
 
@@ -72,10 +77,7 @@ impl Manager {
         bundle::write(&d.bundle(), &spec)?;
         store::write_json(&d.dir.join(shim::RUNTIME_FILE), &self.runtime)?;
         let t_bundle = t0.elapsed();
-        let r = spawn_shim(&d.dir).map_err(|reason| RuntimeError::StartFailed {
-            container: record.id.clone(),
-            reason,
-        });
+        let r = spawn_shim(&d.dir, &record.id, false);
         tracing::debug!(
             container = %record.id,
             overlay = ?t_overlay,
@@ -88,19 +90,65 @@ impl Manager {
     }
 }
 
-/// Starts `berth shim DIR` in a new session and reads its one-line report.
-fn spawn_shim(dir: &Path) -> Result<(), String> {
-    let exe = std::env::current_exe().map_err(|e| format!("finding berth's own binary: {e}"))?;
-    let shim_log = fs::File::create(dir.join("shim.log")).map_err(|e| e.to_string())?;
+/// berth's own binary as it was when the agent started, held open: an upgrade that replaces
+/// (renames over, or deletes and recreates) the file on disk leaves this inode intact, so
+/// shims keep being started from the version of the agent that talks to them.
+static OWN_BINARY: OnceLock<Result<fs::File, String>> = OnceLock::new();
+
+/// Opens (once) the agent's own executable; call at start-up, before anyone can replace it.
+pub(super) fn pin_own_binary() -> Result<(), String> {
+    OWN_BINARY
+        .get_or_init(|| {
+            fs::File::open("/proc/self/exe")
+                .map_err(|e| format!("opening berth's own binary (/proc/self/exe): {e}"))
+        })
+        .as_ref()
+        .map(|_| ())
+        .map_err(Clone::clone)
+}
+
+/// The path a child can exec the pinned binary by: `/proc/self/fd/N` resolves in the child,
+/// whose descriptor table is a copy of the agent's (the kernel opens the file before it
+/// closes the close-on-exec descriptors).
+fn own_binary_path() -> Result<PathBuf, String> {
+    pin_own_binary()?;
+    let f = OWN_BINARY
+        .get()
+        .and_then(|r| r.as_ref().ok())
+        .expect("pinned above");
+    Ok(PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd())))
+}
+
+/// Starts `berth shim [--adopt] DIR` in a new session and reads its one-line report. A shim
+/// that cannot be started is the host's failure ([`RuntimeError::Shim`]); a container the
+/// shim could not start is reported as [`RuntimeError::StartFailed`] with its reason.
+pub(super) fn spawn_shim(dir: &Path, id: &str, adopt: bool) -> Result<(), RuntimeError> {
+    let host = |reason: String| RuntimeError::Shim {
+        container: id.to_owned(),
+        reason,
+    };
+    let exe = own_binary_path().map_err(host)?;
+    let shim_log = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(dir.join("shim.log"))
+        .map_err(|e| host(format!("creating {}: {e}", dir.join("shim.log").display())))?;
     let mut cmd = Command::new(exe);
     // No pre_exec: std can then use posix_spawn (vfork), much cheaper than fork for an agent
     // with a large address space; the shim calls setsid itself after its own fork.
-    cmd.arg("shim")
-        .arg(dir)
+    cmd.arg0("berth").arg("shim");
+    if adopt {
+        cmd.arg("--adopt");
+    }
+    cmd.arg(dir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(shim_log);
-    let mut child = cmd.spawn().map_err(|e| format!("starting the shim: {e}"))?;
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| host(format!("starting the shim: {e}")))?;
     let mut out = String::new();
     let mut pipe = child.stdout.take().expect("piped");
     // The shim's first process exits at once; its fork writes the report and closes the pipe.
@@ -110,9 +158,15 @@ fn spawn_shim(dir: &Path) -> Result<(), String> {
     if line.starts_with("ok ") {
         Ok(())
     } else if let Some(e) = line.strip_prefix("err ") {
-        Err(e.to_owned())
+        Err(RuntimeError::StartFailed {
+            container: id.to_owned(),
+            reason: e.to_owned(),
+        })
     } else {
         let log = fs::read_to_string(dir.join("shim.log")).unwrap_or_default();
-        Err(format!("the shim exited without a report: {}", log.trim()))
+        Err(host(format!(
+            "the shim exited without a report: {}",
+            log.trim()
+        )))
     }
 }

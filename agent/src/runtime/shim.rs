@@ -7,14 +7,19 @@
 //! stdout and stderr on the log file, reports `ok <pid>` or `err <reason>` on its stdout pipe
 //! (which the agent reads), then waits; on exit it records the code (128 + signal when
 //! killed), the OOM kills of the cgroup, deletes the runtime state (and with it the cgroups),
-//! and applies the restart policy unless a stop was requested.
+//! and applies the restart policy unless a stop was requested. `berth shim --adopt DIR` watches
+//! a container that outlived its first shim (killed) instead of starting it ([`main`]).
+//!
+//! The agent starts shims from its own binary held open since start-up, so replacing the file
+//! on disk (an upgrade) changes nothing for them ([`super::run`]); a shim of an older version
+//! is recognised by its command line ([`alive`]) and adopted like any other.
 
 use std::{
     fs::{self, File, OpenOptions},
     io::Write as _,
     os::{
         fd::{AsRawFd as _, FromRawFd as _},
-        unix::ffi::OsStrExt as _,
+        unix::{ffi::OsStrExt as _, fs::OpenOptionsExt as _},
     },
     path::Path,
     time::Duration,
@@ -43,8 +48,13 @@ pub(super) fn alive(pid: u32, dir: &Path) -> bool {
     args.iter().any(|a| *a == b"shim") && args.iter().any(|a| *a == dir.as_os_str().as_bytes())
 }
 
-/// Entry point of `berth shim DIR`. Never returns to the caller's main logic.
-pub fn main(dir: &Path) -> i32 {
+/// Entry point of `berth shim [--adopt] DIR`. Never returns to the caller's main logic.
+///
+/// With `adopt`, the container already runs (its first shim was lost): the shim takes its
+/// init's pid from the runtime and waits for it through a pidfd instead of starting it. That
+/// init is not its child, so the exit status of that run is unknown (recorded as such); runs
+/// after it (restart policy) are ordinary.
+pub fn main(dir: &Path, adopt: bool) -> i32 {
     // SAFETY: called first thing in a single-threaded process.
     match unsafe { libc::fork() } {
         -1 => return 1,
@@ -96,31 +106,56 @@ pub fn main(dir: &Path) -> i32 {
         .unwrap_or_default();
     state.shim_pid = std::process::id();
     state.error = None;
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        if state.restart_count > 0 || state.started_at.is_some() {
-            // A previous run of this id (a restart, or a shim started again after a crash)
-            // may have left runtime state that would make create fail.
-            let _ = runtime.delete(&record.id);
-        }
-        let pid = match start(&runtime, &record, &d) {
-            Ok(pid) => pid,
-            Err(e) => {
-                state.running = false;
-                state.pid = None;
-                state.error = Some(e.to_string());
-                let _ = write_json(&d.state(), &state);
-                report(&mut status, &format!("err {e}"));
-                let _ = runtime.delete(&record.id);
+    let mut adopted = None;
+    if adopt {
+        let running = runtime
+            .state(&record.id)
+            .filter(|s| matches!(s.status.as_str(), "running" | "created" | "paused"))
+            .and_then(|s| u32::try_from(s.pid).ok())
+            .filter(|&p| p > 0);
+        match running {
+            Some(pid) => adopted = Some(pid),
+            None => {
+                report(
+                    &mut status,
+                    "err the container is not running: nothing to adopt",
+                );
                 return 1;
             }
+        }
+    }
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let pid = if let Some(pid) = adopted {
+            state.running = true;
+            state.pid = Some(pid);
+            pid
+        } else {
+            if state.restart_count > 0 || state.started_at.is_some() {
+                // A previous run of this id (a restart, or a shim started again after a
+                // crash) may have left runtime state that would make create fail.
+                let _ = runtime.delete(&record.id);
+            }
+            let pid = match start(&runtime, &record, &d) {
+                Ok(pid) => pid,
+                Err(e) => {
+                    state.running = false;
+                    state.pid = None;
+                    state.error = Some(e.to_string());
+                    let _ = write_json(&d.state(), &state);
+                    report(&mut status, &format!("err {e}"));
+                    let _ = runtime.delete(&record.id);
+                    return 1;
+                }
+            };
+            state.running = true;
+            state.pid = Some(pid);
+            state.started_at = Some(now_secs());
+            state.finished_at = None;
+            state.exit_code = None;
+            state.oom_killed = false;
+            pid
         };
-        state.running = true;
-        state.pid = Some(pid);
-        state.started_at = Some(now_secs());
-        state.finished_at = None;
-        state.exit_code = None;
-        state.oom_killed = false;
         let _ = write_json(&d.state(), &state);
         report(&mut status, &format!("ok {pid}"));
         if cgroup.is_none() {
@@ -129,7 +164,13 @@ pub fn main(dir: &Path) -> i32 {
                 .map(|h| ContainerCgroup::new(&h, &record.cgroup));
         }
 
-        let code = wait_for(pid as i32);
+        let code = match adopted.take() {
+            Some(pid) => {
+                wait_foreign(pid as i32);
+                None
+            }
+            None => Some(wait_for(pid as i32)),
+        };
         // Each run gets a fresh cgroup from the runtime: its OOM count is this run's.
         let oom = cgroup
             .as_ref()
@@ -139,10 +180,17 @@ pub fn main(dir: &Path) -> i32 {
         state.running = false;
         state.pid = None;
         state.finished_at = Some(now_secs());
-        state.exit_code = Some(code);
+        state.exit_code = code;
+        state.error = code.is_none().then(|| {
+            "exit status unknown: this shim adopted the container after its first shim was \
+             lost, so its init was not this shim's child"
+                .to_owned()
+        });
         state.oom_kills += oom;
         state.oom_killed = oom > 0;
         let _ = write_json(&d.state(), &state);
+        // An unknown status counts as a failure for the restart policy.
+        let code = code.unwrap_or(255);
 
         // The agent may have asked for a stop meanwhile: re-read the intent.
         let current: Option<ContainerRecord> = read_json(&d.record()).ok().flatten();
@@ -170,6 +218,7 @@ fn start(
     let log = OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
         .open(d.log())
         .map_err(|source| RuntimeError::Io {
             op: "open",
@@ -194,6 +243,36 @@ fn start(
         })?;
     runtime.start(&record.id)?;
     Ok(pid)
+}
+
+/// Waits until `pid`, which is not our child, has exited: a pidfd becomes readable then
+/// (pidfd_open(2), Linux 5.3); where pidfds are unavailable, /proc is polled.
+fn wait_foreign(pid: i32) {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
+    if fd >= 0 {
+        let mut p = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        loop {
+            // SAFETY: one valid pollfd.
+            let r = unsafe { libc::poll(&mut p, 1, -1) };
+            if r == 1 {
+                break;
+            }
+            if r == -1 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+                break;
+            }
+        }
+        // SAFETY: our own fd.
+        unsafe { libc::close(fd) };
+        return;
+    }
+    while Path::new(&format!("/proc/{pid}")).exists() {
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Reaps children until `pid` exits; returns its shell-style exit code.

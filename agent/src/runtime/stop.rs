@@ -9,7 +9,9 @@ use super::{ContainerView, Manager, error::RuntimeError, shim, store::ContainerR
 use crate::model::Status;
 
 impl Manager {
-    /// SIGTERM, then SIGKILL after `timeout`, as `docker stop -t`.
+    /// SIGTERM, then SIGKILL after `timeout`, as `docker stop -t`. A container whose shim
+    /// was lost is signalled through the runtime all the same; a container that outlives
+    /// SIGKILL is an error, not a silent success.
     pub fn stop(&self, reference: &str, timeout: Duration) -> Result<ContainerView, RuntimeError> {
         let _ops = self.ops.lock().expect("lock");
         let r = self.resolve(reference)?;
@@ -18,8 +20,15 @@ impl Manager {
             let _ = self.runtime.kill(&r.id, "TERM");
             if !self.wait_exit(&r.id, timeout) {
                 let _ = self.runtime.kill(&r.id, "KILL");
-                self.wait_exit(&r.id, Duration::from_secs(10));
+                if !self.wait_exit(&r.id, Duration::from_secs(10)) {
+                    return Err(RuntimeError::Shim {
+                        container: r.id.clone(),
+                        reason: "still running 10 s after SIGKILL".into(),
+                    });
+                }
             }
+            // Without its shim nobody else records the exit.
+            self.settle_lost_shim(&r)?;
         }
         info!(container = %r.id, "stopped");
         Ok(self.view(&r))
@@ -30,8 +39,13 @@ impl Manager {
         let deadline = Instant::now() + timeout;
         loop {
             let s = self.state_of(id);
-            if !s.running || !shim::alive(s.shim_pid, &d.dir) {
+            if !s.running {
                 return true;
+            }
+            if !shim::alive(s.shim_pid, &d.dir) {
+                // Shim lost: the runtime says when the container has stopped.
+                return self
+                    .wait_runtime_exit(id, deadline.saturating_duration_since(Instant::now()));
             }
             if Instant::now() >= deadline {
                 return false;

@@ -300,5 +300,12 @@ mod tests {
             k
         };
         assert_eq!(keys(&back), keys(&old));
+        assert!(!r.spec.auto_remove, "an old record is not --rm");
+
+        let mut rm = r.clone();
+        rm.spec.auto_remove = true;
+        let v = serde_json::to_value(&rm).unwrap();
+        assert_eq!(v["auto_remove"], true);
+        assert_eq!(serde_json::from_value::<ContainerRecord>(v).unwrap(), rm);
     }
 }

@@ -45,13 +45,34 @@ impl Manager {
 
     pub(super) fn view(&self, record: &ContainerRecord) -> ContainerView {
         let d = self.store.dir(&record.id);
-        let state = self.state_of(&record.id);
+        let mut state = self.state_of(&record.id);
         let alive = shim::alive(state.shim_pid, &d.dir);
         let status = match record.spec.phase {
             Phase::Creating => Status::Creating,
             Phase::Removing => Status::Removing,
             Phase::Created if state.running && alive => Status::Running,
             Phase::Created if alive => Status::Restarting,
+            // The shim is gone (killed) without recording an exit: the runtime knows whether
+            // the container still runs.
+            Phase::Created if state.running => match self.running_per_runtime(&record.id) {
+                Some(pid) => {
+                    state.pid = Some(pid);
+                    state.error = Some(format!(
+                        "shim lost: the shim (pid {}) is gone while {} reports the container                          running; stop, kill and rm act through {}, an agent restart                          re-adopts it with a new shim",
+                        state.shim_pid, self.runtime.name, self.runtime.name
+                    ));
+                    Status::Running
+                }
+                None => {
+                    state.running = false;
+                    state.pid = None;
+                    state.error = Some(format!(
+                        "shim lost: the shim (pid {}) exited without recording the                          container's exit",
+                        state.shim_pid
+                    ));
+                    Status::Exited
+                }
+            },
             Phase::Created => Status::Exited,
         };
         ContainerView {

@@ -91,6 +91,8 @@ pub struct Agent {
     /// [`Agent::spawn`].
     pub env: Vec<(String, String)>,
     log: PathBuf,
+    /// The binary the agent process is started from.
+    pub exe: PathBuf,
 }
 
 impl Agent {
@@ -100,13 +102,24 @@ impl Agent {
 
     /// Starts the agent with `extra` appended to a config that sets a unique root and port.
     pub fn start_with(extra: &str) -> Self {
-        let mut agent = Self::prepare(extra);
+        Self::start_from_with(Path::new(env!("CARGO_BIN_EXE_berth")), extra)
+    }
+
+    /// Starts the agent from the binary at `exe` (e.g. a copy a test replaces, as an upgrade
+    /// does) and `extra` appended to the config; the CLI stays the test build's binary.
+    pub fn start_from_with(exe: &Path, extra: &str) -> Self {
+        let mut agent = Self::prepare_from(exe, extra);
         agent.spawn();
         agent
     }
 
     /// Like [`Agent::start_with`] without starting the process: set `env`, then `spawn`.
     pub fn prepare(extra: &str) -> Self {
+        Self::prepare_from(Path::new(env!("CARGO_BIN_EXE_berth")), extra)
+    }
+
+    /// Like [`Agent::start_from_with`] without starting the process.
+    pub fn prepare_from(exe: &Path, extra: &str) -> Self {
         require_root();
         let dir = tempfile::tempdir().unwrap();
         let root_name = unique("root");
@@ -150,6 +163,7 @@ impl Agent {
             config,
             env: Vec::new(),
             log,
+            exe: exe.to_owned(),
         }
     }
 
@@ -171,7 +185,7 @@ impl Agent {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_berth"))
+        let child = Command::new(&self.exe)
             .args(["agent", "--config"])
             .arg(&self.config)
             .env("BERTH_LOG", "berth=debug")

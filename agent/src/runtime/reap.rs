@@ -1,0 +1,140 @@
+//! The reaper: a small thread of the agent that finishes what container exits leave to do.
+//! `--rm` containers are removed once they have exited ([`AUTO_REMOVE_GRACE`] after the exit,
+//! so an attached `berth run --rm` can remove the container itself and read its exit code in
+//! the same call); containers whose shim was lost (killed) and that have since stopped get
+//! their exit recorded and their runtime state deleted. Recovery at start-up does the same for
+//! what happened while the agent was down ([`super::recover`]).
+//!
+//! A lost shim is told apart from an exited container by asking the OCI runtime
+//! ([`Manager::running_per_runtime`]): `state.json` says running, the shim is gone, and
+//! `runc state` says whether the container's init still runs.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use tracing::{debug, info, warn};
+
+use super::{
+    Manager,
+    error::RuntimeError,
+    shim,
+    store::{self, ContainerRecord, Phase},
+};
+use crate::model::Status;
+
+/// How long an exited `--rm` container stays before the reaper removes it: time for an
+/// attached `berth run --rm`, whose log stream ends when a snapshot shows the exit, to remove
+/// it itself (and read the exit code in that call).
+pub const AUTO_REMOVE_GRACE: Duration = Duration::from_secs(2);
+
+/// How often the reaper looks.
+const REAP_INTERVAL: Duration = Duration::from_millis(250);
+
+impl Manager {
+    /// Starts the reaper thread; it stops once the manager is dropped.
+    pub fn start_reaper(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        let spawned = std::thread::Builder::new()
+            .name("berth-reaper".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(REAP_INTERVAL);
+                    let Some(m) = weak.upgrade() else { return };
+                    m.reap(AUTO_REMOVE_GRACE);
+                }
+            });
+        if let Err(e) = spawned {
+            warn!(error = %e, "cannot start the reaper: --rm containers stay after they exit");
+        }
+    }
+
+    /// One pass: records the exit of containers whose shim was lost and which have stopped
+    /// since, then removes `--rm` containers that exited at least `grace` ago.
+    pub fn reap(&self, grace: Duration) {
+        for r in self.records() {
+            if r.spec.phase != Phase::Created {
+                continue;
+            }
+            let state = self.state_of(&r.id);
+            let alive = shim::alive(state.shim_pid, &self.store.dir(&r.id).dir);
+            if state.running && !alive && self.running_per_runtime(&r.id).is_none() {
+                let _ops = self.ops.lock().expect("lock");
+                if let Err(e) = self.settle_lost_shim(&r) {
+                    warn!(container = %r.id, error = %e, "recording the exit failed");
+                }
+            }
+            if !r.spec.auto_remove {
+                continue;
+            }
+            let state = self.state_of(&r.id);
+            let since_exit = state
+                .finished_at
+                .map_or(f64::INFINITY, |t| store::now_secs() - t);
+            if self.view(&r).status == Status::Exited && since_exit >= grace.as_secs_f64() {
+                match self.remove(&r.id, false) {
+                    Ok(_) => info!(container = %r.id, name = %r.name, "removed (--rm)"),
+                    // Gone meanwhile (`rm`, or the client of `run --rm` was first).
+                    Err(RuntimeError::NotFound { .. }) => {}
+                    Err(e) => warn!(container = %r.id, error = %e, "--rm removal failed"),
+                }
+            }
+        }
+    }
+
+    /// The host pid of the container's init while the OCI runtime reports it running (or
+    /// created or paused); `None` when it has stopped or the runtime does not know it.
+    pub(super) fn running_per_runtime(&self, id: &str) -> Option<u32> {
+        self.runtime
+            .state(id)
+            .filter(|s| matches!(s.status.as_str(), "running" | "created" | "paused"))
+            .and_then(|s| u32::try_from(s.pid).ok())
+            .filter(|&pid| pid > 0)
+    }
+
+    /// Whether the container's shim is gone while its `state.json` still says running.
+    pub(super) fn shim_lost(&self, id: &str) -> bool {
+        let state = self.state_of(id);
+        state.running && !shim::alive(state.shim_pid, &self.store.dir(id).dir)
+    }
+
+    /// Waits until a container whose shim is lost has stopped per the runtime.
+    pub(super) fn wait_runtime_exit(&self, id: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while self.running_per_runtime(id).is_some() {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        true
+    }
+
+    /// Records the exit of a container whose shim was lost, once the runtime says it has
+    /// stopped: runtime state deleted (and with it the cgroups), `state.json` not running.
+    /// Its exit status is unknown: the init was no child of a berth shim when it exited.
+    /// Nothing happens while it still runs.
+    pub(super) fn settle_lost_shim(&self, record: &ContainerRecord) -> Result<(), RuntimeError> {
+        if !self.shim_lost(&record.id) || self.running_per_runtime(&record.id).is_some() {
+            return Ok(());
+        }
+        let d = self.store.dir(&record.id);
+        let mut state = self.state_of(&record.id);
+        if let Err(e) = self.runtime.delete(&record.id) {
+            debug!(container = %record.id, error = %e, "runtime delete after a lost shim");
+        }
+        state.running = false;
+        state.pid = None;
+        state.finished_at = Some(store::now_secs());
+        state.exit_code = None;
+        state.error = Some(format!(
+            "shim lost: the shim (pid {}) exited before the container; its exit status is \
+             unknown",
+            state.shim_pid
+        ));
+        store::write_json(&d.state(), &state)?;
+        info!(container = %record.id, "recorded the exit of a container whose shim was lost");
+        Ok(())
+    }
+}
