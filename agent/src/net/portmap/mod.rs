@@ -48,8 +48,6 @@ pub mod iptables;
 pub mod nft;
 mod publish;
 #[cfg(test)]
-mod testns;
-#[cfg(test)]
 mod tests;
 
 use std::{

@@ -1,5 +1,5 @@
 //! Behaviour tests of both backends against the real nft and iptables (root), each inside network
-//! namespaces the test creates ([`testns`](super::testns)): the host's own tables, chains,
+//! namespaces the test creates ([`berth_testkit::Netns`]): the host's own tables, chains,
 //! interfaces and sysctls are never touched, and everything vanishes with the test, also when it
 //! fails. Traffic goes only between those namespaces.
 //!
@@ -17,11 +17,11 @@ use std::{
     time::{Duration, Instant},
 };
 
+use berth_testkit::{Netns, sh, sh_in, veth};
 use serde_json::Value;
 
 use super::{
     BackendKind, PortmapConfig, PortmapError, backend, ensure_sysctls, nft, parse_publish,
-    testns::{Netns, sh, sh_in},
 };
 
 /// Unique per test run: names of tables, chains and interfaces start with it.
@@ -353,18 +353,12 @@ fn topology() -> Topology {
         sh(&format!("ip link add {br} type bridge"));
         sh(&format!("ip addr add {BRIDGE_IP}/24 dev {br}"));
         sh(&format!("ip link set {br} up"));
-        sh(&format!(
-            "ip link add {pre}c type veth peer name eth0 netns {}",
-            ctr.path()
-        ));
+        veth(&format!("{pre}c"), &ctr, "eth0");
         sh(&format!("ip link set {pre}c master {br}"));
         // Needed with br_netfilter (see the module header): the hairpin DNAT is bridged back.
         sh(&format!("ip link set {pre}c type bridge_slave hairpin on"));
         sh(&format!("ip link set {pre}c up"));
-        sh(&format!(
-            "ip link add {pre}x type veth peer name eth0 netns {}",
-            client.path()
-        ));
+        veth(&format!("{pre}x"), &client, "eth0");
         sh(&format!("ip addr add {HOST_IP}/24 dev {pre}x"));
         sh(&format!("ip link set {pre}x up"));
     });
