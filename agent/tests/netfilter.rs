@@ -3,18 +3,14 @@
 //! hold links in the host's): attach/EBUSY/detach, exact packet counts through a DNAT rule,
 //! per-port iptables rules ranked against an nft map, and the probe's own overhead.
 //!
-//! Names start with `bnf<pid>`; namespaces, veths and rules die with their RAII guards.
+//! Namespaces are anonymous ([`berth_testkit::Netns`]): veths, addresses and rules in them die
+//! with their guards, or with the test process. Veth names start with `bnf` and carry the pid.
 
 use std::{
     fs,
     net::{Ipv4Addr, SocketAddrV4, UdpSocket},
-    os::fd::AsRawFd as _,
     path::PathBuf,
-    process::{Command, Stdio},
-    sync::{
-        Mutex,
-        atomic::{AtomicU32, Ordering},
-    },
+    sync::Mutex,
     time::{Duration, Instant},
 };
 
@@ -29,115 +25,13 @@ use berth::{
     },
 };
 use berth_common::ProbeError;
+use berth_testkit::{Netns, unique};
 
-static SEQ: AtomicU32 = AtomicU32::new(0);
 /// Timing tests run one at a time, and not while another test floods a veth.
 static SERIAL: Mutex<()> = Mutex::new(());
 
 fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn name(tag: &str) -> String {
-    format!(
-        "bnf{}{tag}{}",
-        std::process::id(),
-        SEQ.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-fn run(cmd: &str, args: &[&str]) -> String {
-    let out = Command::new(cmd).args(args).output().expect("spawning");
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// A network namespace of our own (`ip netns add`), deleted on drop with everything in it.
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn new(tag: &str) -> Self {
-        let name = name(tag);
-        run("ip", &["netns", "add", &name]);
-        let ns = Self { name };
-        ns.ip(&["link", "set", "lo", "up"]);
-        ns
-    }
-
-    fn path(&self) -> PathBuf {
-        PathBuf::from("/run/netns").join(&self.name)
-    }
-
-    fn ip(&self, args: &[&str]) -> String {
-        let mut all = vec!["-n", &self.name];
-        all.extend_from_slice(args);
-        run("ip", &all)
-    }
-
-    /// Runs a command inside the namespace, `input` on its stdin.
-    fn exec(&self, cmd: &[&str], input: &str) {
-        use std::io::Write as _;
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &self.name])
-            .args(cmd)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "{cmd:?} in {}: {}",
-            self.name,
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    /// Moves the calling thread into this namespace: call it only on threads of our own.
-    fn enter(&self) {
-        let path = self.path();
-        let file = fs::File::open(&path).unwrap();
-        // SAFETY: setns affects the calling thread only.
-        assert_eq!(
-            unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) },
-            0,
-            "setns {}",
-            path.display()
-        );
-    }
-
-    /// Runs `f` on a new thread that entered this namespace.
-    fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        std::thread::scope(|s| {
-            s.spawn(move || {
-                self.enter();
-                f()
-            })
-            .join()
-            .unwrap()
-        })
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
-    }
 }
 
 /// Two namespaces joined by a veth pair: `client` (10.99.0.2) and `host` (10.99.0.1), the
@@ -152,30 +46,14 @@ const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 2);
 
 impl Pair {
     fn new() -> Self {
-        let client = Netns::new("c");
-        let host = Netns::new("h");
-        let (a, b) = (name("a"), name("b"));
-        run(
-            "ip",
-            &[
-                "link",
-                "add",
-                &a,
-                "netns",
-                &host.name,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &b,
-                "netns",
-                &client.name,
-            ],
-        );
-        host.ip(&["addr", "add", "10.99.0.1/24", "dev", &a]);
-        host.ip(&["link", "set", &a, "up"]);
-        client.ip(&["addr", "add", "10.99.0.2/24", "dev", &b]);
-        client.ip(&["link", "set", &b, "up"]);
+        let client = Netns::new();
+        let host = Netns::new();
+        let (a, b) = (unique("bnf"), unique("bnf"));
+        host.veth(&a, &client, &b);
+        host.sh(&format!("ip addr add 10.99.0.1/24 dev {a}"));
+        host.sh(&format!("ip link set {a} up"));
+        client.sh(&format!("ip addr add 10.99.0.2/24 dev {b}"));
+        client.sh(&format!("ip link set {b} up"));
         Self { client, host }
     }
 }
@@ -215,7 +93,7 @@ fn loaded_program_ids() -> Vec<u32> {
 
 #[test]
 fn both_programs_attach_on_every_hook_a_second_instance_moves_over_and_drop_detaches() {
-    let ns = Netns::new("n");
+    let ns = Netns::new();
     let (ebpf1, probe1) = start_probe(&ns);
     println!("status: {:?}", probe1.status);
     assert_eq!(probe1.status.paths["netfilter_pair"], "ok");
@@ -338,17 +216,19 @@ const PACKETS: u64 = 200;
 fn udp_packets_through_a_dnat_rule_are_counted_under_the_published_port_and_state() {
     let _serial = serial();
     let pair = Pair::new();
-    pair.host.exec(
-        &["nft", "-f", "-"],
-        &format!(
-            "table ip bnf {{
-               chain pre {{
-                 type nat hook prerouting priority dstnat; policy accept;
-                 udp dport {UDP_DPORT} dnat to {HOST_IP}:{TARGET_PORT}
-               }}
-             }}"
-        ),
-    );
+    pair.host
+        .sh_in(
+            "nft -f -",
+            &format!(
+                "table ip bnf {{
+                   chain pre {{
+                     type nat hook prerouting priority dstnat; policy accept;
+                     udp dport {UDP_DPORT} dnat to {HOST_IP}:{TARGET_PORT}
+                   }}
+                 }}"
+            ),
+        )
+        .unwrap();
     let (ebpf, probe) = start_probe(&pair.host);
     let server = pair
         .host
@@ -499,27 +379,29 @@ impl RankCase {
                 ));
             }
             rules.push_str("COMMIT\n");
-            pair.host.exec(&["iptables-nft-restore"], &rules);
+            pair.host.sh_in("iptables-nft-restore", &rules).unwrap();
         } else {
             let elements: Vec<String> = (FIRST_PORT..last)
                 .map(|p| format!("{p} : {HOST_IP} . {SINK_PORT}"))
                 .collect();
-            pair.host.exec(
-                &["nft", "-f", "-"],
-                &format!(
-                    "table ip bnf {{
-                       map ports {{
-                         type inet_service : ipv4_addr . inet_service
-                         elements = {{ {} }}
-                       }}
-                       chain pre {{
-                         type nat hook prerouting priority dstnat; policy accept;
-                         ip daddr {HOST_IP} dnat ip to udp dport map @ports
-                       }}
-                     }}",
-                    elements.join(", ")
-                ),
-            );
+            pair.host
+                .sh_in(
+                    "nft -f -",
+                    &format!(
+                        "table ip bnf {{
+                           map ports {{
+                             type inet_service : ipv4_addr . inet_service
+                             elements = {{ {} }}
+                           }}
+                           chain pre {{
+                             type nat hook prerouting priority dstnat; policy accept;
+                             ip daddr {HOST_IP} dnat ip to udp dport map @ports
+                           }}
+                         }}",
+                        elements.join(", ")
+                    ),
+                )
+                .unwrap();
         }
         let sink = pair
             .host
@@ -591,17 +473,19 @@ fn per_port_iptables_rules_cost_more_per_new_flow_than_one_nft_map() {
 fn probe_overhead_on_a_veth_path_is_printed() {
     let _serial = serial();
     let pair = Pair::new();
-    pair.host.exec(
-        &["nft", "-f", "-"],
-        &format!(
-            "table ip bnf {{
-               chain pre {{
-                 type nat hook prerouting priority dstnat; policy accept;
-                 udp dport {UDP_DPORT} dnat to {HOST_IP}:{SINK_PORT}
-               }}
-             }}"
-        ),
-    );
+    pair.host
+        .sh_in(
+            "nft -f -",
+            &format!(
+                "table ip bnf {{
+                   chain pre {{
+                     type nat hook prerouting priority dstnat; policy accept;
+                     udp dport {UDP_DPORT} dnat to {HOST_IP}:{SINK_PORT}
+                   }}
+                 }}"
+            ),
+        )
+        .unwrap();
     let _sink = pair
         .host
         .run(|| UdpSocket::bind(SocketAddrV4::new(HOST_IP, SINK_PORT)).unwrap());
@@ -654,7 +538,7 @@ fn untracked_packets_count_under_their_own_port_and_ipv6_is_measured_too() {
     let (host6, client6): (std::net::Ipv6Addr, std::net::Ipv6Addr) =
         ("fd99::1".parse().unwrap(), "fd99::2".parse().unwrap());
     for (ns, addr) in [(&pair.host, host6), (&pair.client, client6)] {
-        let dev = ns.ip(&["-o", "link", "show", "type", "veth"]);
+        let dev = ns.sh("ip -o link show type veth");
         let dev = dev
             .split(':')
             .nth(1)
@@ -664,27 +548,29 @@ fn untracked_packets_count_under_their_own_port_and_ipv6_is_measured_too() {
             .next()
             .unwrap()
             .to_owned();
-        ns.ip(&["addr", "add", &format!("{addr}/64"), "dev", &dev, "nodad"]);
+        ns.sh(&format!("ip addr add {addr}/64 dev {dev} nodad"));
     }
     const UNTRACKED_V4: u16 = 7000;
     const TRACKED_V6: u16 = 7001;
     const UNTRACKED_V6: u16 = 7002;
-    pair.host.exec(
-        &["nft", "-f", "-"],
-        &format!(
-            "table inet bnf {{
-               chain raw {{
-                 type filter hook prerouting priority raw; policy accept;
-                 udp dport {{ {UNTRACKED_V4}, {UNTRACKED_V6} }} notrack
-               }}
-               # A ct match turns conntrack on for both families in this netns.
-               chain input {{
-                 type filter hook input priority filter; policy accept;
-                 ct state new,established,untracked accept
-               }}
-             }}"
-        ),
-    );
+    pair.host
+        .sh_in(
+            "nft -f -",
+            &format!(
+                "table inet bnf {{
+                   chain raw {{
+                     type filter hook prerouting priority raw; policy accept;
+                     udp dport {{ {UNTRACKED_V4}, {UNTRACKED_V6} }} notrack
+                   }}
+                   # A ct match turns conntrack on for both families in this netns.
+                   chain input {{
+                     type filter hook input priority filter; policy accept;
+                     ct state new,established,untracked accept
+                   }}
+                 }}"
+            ),
+        )
+        .unwrap();
     let (ebpf, probe) = start_probe(&pair.host);
     let sinks = pair.host.run(|| {
         (
@@ -741,7 +627,7 @@ fn untracked_packets_count_under_their_own_port_and_ipv6_is_measured_too() {
 
 #[test]
 fn probes_start_the_netfilter_probe_next_to_syscalls_and_report_its_paths() {
-    let ns = Netns::new("p");
+    let ns = Netns::new();
     let probes = ns.run(|| {
         berth::probes::Probes::start(&berth::config::ProbesConfig::default(), &tracked_root())
     });
@@ -780,7 +666,7 @@ fn probes_start_the_netfilter_probe_next_to_syscalls_and_report_its_paths() {
 
 #[test]
 fn a_hook_whose_priorities_are_all_taken_is_reported_busy() {
-    let ns = Netns::new("b");
+    let ns = Netns::new();
     let (ebpf, probe) = start_probe(&ns);
     let err = ns.run(|| {
         let programs =
