@@ -266,16 +266,8 @@ fn metrics_and_api_keep_every_family_label_and_field_of_the_golden_files() {
 
     // New flows to both ranges, so per-port netfilter cost has rows.
     let client = ClientNs::create();
-    common::udp_new_flows(
-        &client.path(),
-        SocketAddr::from((client.host_ip, 46100)),
-        20,
-    );
-    common::udp_new_flows(
-        &client.path(),
-        SocketAddr::from((client.host_ip, 46200)),
-        20,
-    );
+    common::udp_new_flows(&client.ns, SocketAddr::from((client.host_ip, 46100)), 20);
+    common::udp_new_flows(&client.ns, SocketAddr::from((client.host_ip, 46200)), 20);
     wait_for(
         Duration::from_secs(15),
         "per-port cost in /api/v1/ports",

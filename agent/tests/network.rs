@@ -93,7 +93,7 @@ fn a_udp_server_with_2000_published_ports_answers_clients_in_a_netns_and_on_the_
     let client = ClientNs::create();
     for port in [31000u16, 32000, 32999] {
         let to = SocketAddr::from((client.host_ip, port));
-        let answer = udp_ask(Some(&client.path()), to, format!("ping {port}").as_bytes());
+        let answer = udp_ask(Some(&client.ns), to, format!("ping {port}").as_bytes());
         assert_eq!(
             answer.as_deref(),
             Some(format!("ping {port}").as_bytes()),
@@ -143,7 +143,7 @@ fn a_udp_server_with_2000_published_ports_answers_clients_in_a_netns_and_on_the_
     );
     assert!(
         udp_ask(
-            Some(&client.path()),
+            Some(&client.ns),
             SocketAddr::from((client.host_ip, 31000)),
             b"x"
         )
@@ -421,7 +421,7 @@ fn the_iptables_backend_answers_too_with_one_rule_set_per_port() {
     let client = ClientNs::create();
     let to = SocketAddr::from((client.host_ip, 34099));
     assert_eq!(
-        udp_ask(Some(&client.path()), to, b"ipt").as_deref(),
+        udp_ask(Some(&client.ns), to, b"ipt").as_deref(),
         Some(&b"ipt"[..])
     );
     let rules = |owner: &str| {
@@ -489,16 +489,8 @@ fn netfilter_cost_ranks_per_port_rules_above_the_map_and_names_the_container_and
     wait_running(&agent, &map);
     let client = ClientNs::create();
     // New flow per packet to the last port of each: the worst case for per-port rules.
-    common::udp_new_flows(
-        &client.path(),
-        SocketAddr::from((client.host_ip, 49999)),
-        500,
-    );
-    common::udp_new_flows(
-        &client.path(),
-        SocketAddr::from((client.host_ip, 54999)),
-        500,
-    );
+    common::udp_new_flows(&client.ns, SocketAddr::from((client.host_ip, 49999)), 500);
+    common::udp_new_flows(&client.ns, SocketAddr::from((client.host_ip, 54999)), 500);
     let cost = |name: &str, port: u64| -> Option<f64> {
         let (_, body) = agent.get("/api/v1/ports");
         let rows: serde_json::Value = serde_json::from_str(&body).ok()?;
@@ -636,11 +628,7 @@ fn conntrack_counts_agree_with_the_conntrack_tool() {
         .unwrap()
         .to_owned();
     let client = ClientNs::create();
-    common::udp_new_flows(
-        &client.path(),
-        SocketAddr::from((client.host_ip, 46009)),
-        200,
-    );
+    common::udp_new_flows(&client.ns, SocketAddr::from((client.host_ip, 46009)), 200);
     // The conntrack tool's own view: entries whose original destination port is ours, and
     // entries naming the container's address.
     let tool = |args: &[&str]| -> u64 {

@@ -2,6 +2,7 @@
 //! agent binary, and remove what they create (RAII guards) with names unique to the run.
 #![allow(dead_code)] // each test binary uses a different subset
 
+use berth_testkit::{Netns, sh};
 use std::{
     fs,
     io::Read as _,
@@ -518,120 +519,76 @@ pub fn echo_rootfs(dir: &Path) -> PathBuf {
 /// A client network namespace joined to the host by a veth pair the test owns:
 /// host side `host_ip/30`, client side `client_ip/30` with a default route to the host.
 pub struct ClientNs {
-    pub name: String,
+    pub ns: Netns,
     pub host_if: String,
     pub host_ip: std::net::Ipv4Addr,
     pub client_ip: std::net::Ipv4Addr,
 }
 
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("running ip");
-    assert!(
-        out.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 impl ClientNs {
     pub fn create() -> Self {
         let seq = SEQ.fetch_add(1, Ordering::Relaxed);
-        let pid = std::process::id() % 1_000_000;
-        let name = format!("bc{pid}x{seq}");
-        let host_if = format!("bh{pid}x{seq}");
-        let peer = format!("bp{pid}x{seq}");
+        let host_if = berth_testkit::unique("bh");
+        let peer = berth_testkit::unique("bp");
         let third = (std::process::id() % 200) as u8;
         let base = ((seq % 60) * 4) as u8;
         let host_ip = std::net::Ipv4Addr::new(172, 30, third, base + 1);
         let client_ip = std::net::Ipv4Addr::new(172, 30, third, base + 2);
-        let ns = ClientNs {
-            name: name.clone(),
-            host_if: host_if.clone(),
+        let ns = Netns::new();
+        // The guard from here on: Drop removes the host side even if a step below fails.
+        let client = ClientNs {
+            ns,
+            host_if,
             host_ip,
             client_ip,
         };
-        ip(&["netns", "add", &name]);
-        ip(&[
-            "link", "add", &host_if, "type", "veth", "peer", "name", &peer,
-        ]);
-        ip(&["link", "set", &peer, "netns", &name]);
-        ip(&["addr", "add", &format!("{host_ip}/30"), "dev", &host_if]);
-        ip(&["link", "set", &host_if, "up"]);
-        ip(&[
-            "-n",
-            &name,
-            "addr",
-            "add",
-            &format!("{client_ip}/30"),
-            "dev",
-            &peer,
-        ]);
-        ip(&["-n", &name, "link", "set", &peer, "up"]);
-        ip(&["-n", &name, "link", "set", "lo", "up"]);
-        ip(&[
-            "-n",
-            &name,
-            "route",
-            "add",
-            "default",
-            "via",
-            &host_ip.to_string(),
-        ]);
-        ns
-    }
-
-    pub fn path(&self) -> PathBuf {
-        PathBuf::from("/run/netns").join(&self.name)
+        berth_testkit::veth(&client.host_if, &client.ns, &peer);
+        sh(&format!("ip addr add {host_ip}/30 dev {}", client.host_if));
+        sh(&format!("ip link set {} up", client.host_if));
+        client
+            .ns
+            .sh(&format!("ip addr add {client_ip}/30 dev {peer}"));
+        client.ns.sh(&format!("ip link set {peer} up"));
+        client.ns.sh(&format!("ip route add default via {host_ip}"));
+        client
     }
 }
 
 impl Drop for ClientNs {
     fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
+        // The namespace (and with it the veth) goes when `ns` closes, asynchronously in the
+        // kernel: remove the host side now, so the name and the /30 are free at once.
         let _ = Command::new("ip")
             .args(["link", "del", &self.host_if])
             .output();
     }
 }
 
-/// Sends `payload` over UDP to `to` from the namespace file `netns` (the host's when `None`)
-/// and returns the answer, trying 3 times with a 1 s timeout.
-pub fn udp_ask(netns: Option<&Path>, to: std::net::SocketAddr, payload: &[u8]) -> Option<Vec<u8>> {
-    let netns = netns.map(Path::to_owned);
-    let payload = payload.to_vec();
-    std::thread::spawn(move || {
-        if let Some(ns) = netns {
-            let f = fs::File::open(&ns).unwrap();
-            use std::os::fd::AsRawFd as _;
-            // SAFETY: setns on this thread only.
-            assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
-        }
+/// Sends `payload` over UDP to `to` from the namespace `netns` (the host's when `None`) and
+/// returns the answer, trying 3 times with a 1 s timeout.
+pub fn udp_ask(netns: Option<&Netns>, to: std::net::SocketAddr, payload: &[u8]) -> Option<Vec<u8>> {
+    let ask = || {
         let sock = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
         sock.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
         let mut buf = [0u8; 2048];
         for _ in 0..3 {
-            let _ = sock.send_to(&payload, to);
+            let _ = sock.send_to(payload, to);
             if let Ok((n, _)) = sock.recv_from(&mut buf) {
                 return Some(buf[..n].to_vec());
             }
         }
         None
-    })
-    .join()
-    .unwrap()
+    };
+    match netns {
+        Some(ns) => ns.run(ask),
+        None => ask(),
+    }
 }
 
-/// From the namespace file `netns`, sends one UDP datagram from each of `flows` fresh sockets
-/// (so each is a new conntrack flow) to `to`. Bounded: `flows` packets, no waiting.
-pub fn udp_new_flows(netns: &Path, to: std::net::SocketAddr, flows: u32) {
-    let netns = netns.to_owned();
-    std::thread::spawn(move || {
-        let f = fs::File::open(&netns).unwrap();
-        use std::os::fd::AsRawFd as _;
-        // SAFETY: setns on this thread only.
-        assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+/// From the namespace `netns`, sends one UDP datagram from each of `flows` fresh sockets (so
+/// each is a new conntrack flow) to `to`. Bounded: `flows` packets, no waiting.
+pub fn udp_new_flows(netns: &Netns, to: std::net::SocketAddr, flows: u32) {
+    netns.run(|| {
         // Sockets stay open until all are sent, so each has its own source port.
         let mut open = Vec::with_capacity(flows as usize);
         for _ in 0..flows {
@@ -639,7 +596,5 @@ pub fn udp_new_flows(netns: &Path, to: std::net::SocketAddr, flows: u32) {
             let _ = s.send_to(&[0u8; 64], to);
             open.push(s);
         }
-    })
-    .join()
-    .unwrap();
+    });
 }
