@@ -22,6 +22,7 @@ mod recover;
 mod remove;
 mod request;
 mod run;
+pub mod seccomp;
 pub mod shim;
 mod stop;
 pub mod store;
