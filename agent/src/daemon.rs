@@ -119,6 +119,7 @@ pub async fn run(config: Config, notifier: Option<Notifier>) -> Result<(), Daemo
         tracked_root: tracked,
         runtime,
         runtime_error: manager_error.clone(),
+        seccomp: crate::runtime::seccomp::default_info(&crate::runtime::bundle::docker_cap_names()),
     };
     let manager_for_shutdown = manager.clone();
     // One snapshot every 5 s for 15 min: window queries up to 15 minutes.

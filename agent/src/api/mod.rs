@@ -30,7 +30,7 @@ use crate::{
     history::History,
     metrics::SnapshotRx,
     model::Snapshot,
-    runtime::{Manager, oci::OciRuntime},
+    runtime::{Manager, oci::OciRuntime, seccomp::SeccompInfo},
 };
 
 /// Facts fixed at start-up, shown by /api/v1/system.
@@ -44,6 +44,8 @@ pub struct SystemInfo {
     pub runtime: Option<OciRuntime>,
     /// Why containers are unavailable, when they are.
     pub runtime_error: Option<String>,
+    /// The seccomp profile containers get by default (moby's), as resolved on this host.
+    pub seccomp: SeccompInfo,
 }
 
 /// What the read routes see: snapshots, history and start-up facts. No manager.

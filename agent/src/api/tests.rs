@@ -46,6 +46,9 @@ fn read_state(snapshot: Option<Snapshot>) -> ReadState {
             },
             runtime: None,
             runtime_error: Some("test".into()),
+            seccomp: crate::runtime::seccomp::default_info(
+                &crate::runtime::bundle::docker_cap_names(),
+            ),
         }),
         history,
     }

@@ -7,6 +7,9 @@
 //!   same bytes (prints `udp-echo listening on A-B` once bound);
 //! - `berth-test-echo --ask IP:PORT`: sends `berth-ask`, prints the answer, exits 0 (1 s
 //!   timeout, 3 tries; exits 1 without an answer).
+//! - `berth-test-echo --try-syscalls`: calls `keyctl`, `add_key`, `perf_event_open`,
+//!   `io_uring_setup` and `unshare(CLONE_NEWUSER)` once each and prints `NAME ok` or
+//!   `NAME errno=N` per line (the seccomp tests read it), exits 0.
 
 use std::{
     net::{SocketAddr, UdpSocket},
@@ -15,13 +18,14 @@ use std::{
     time::Duration,
 };
 
-const USAGE: &str = "usage: berth-test-echo --ports A-B | --ask IP:PORT";
+const USAGE: &str = "usage: berth-test-echo --ports A-B | --ask IP:PORT | --try-syscalls";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let result = match args[..] {
         ["--ports", ports] => echo(ports),
+        ["--try-syscalls"] => Ok(try_syscalls()),
         ["--ask", to] => match to.parse::<SocketAddr>() {
             Ok(to) => ask(to),
             Err(e) => Err(format!("--ask {to}: {e}")),
@@ -103,4 +107,59 @@ fn ask(to: SocketAddr) -> Result<u8, String> {
     }
     eprintln!("no answer from {to}");
     Ok(1)
+}
+
+/// Calls each syscall the default seccomp profile refuses and prints what it returned.
+fn try_syscalls() -> u8 {
+    // A zeroed argument block, larger than the kernel's structs (perf_event_attr, 136 bytes
+    // in 6.x; io_uring_params, 120); a filter answers before the kernel reads it.
+    let mut block = [0u64; 64];
+    // perf_event_attr: type PERF_TYPE_SOFTWARE (u32 at 0), size 128 (u32 at 4).
+    block[0] = (128u64 << 32) | 1;
+    let ptr = block.as_mut_ptr();
+    // Prints the outcome of the call that just returned `ret` (errno read at once).
+    let report = |name: &str, ret: libc::c_long| {
+        if ret >= 0 {
+            println!("{name} ok");
+        } else {
+            let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+            println!("{name} errno={errno}");
+        }
+        ret
+    };
+    // SAFETY: every pointer is into `block` or a static C string; returned fds are closed.
+    unsafe {
+        report("keyctl", libc::syscall(libc::SYS_keyctl, 0, -3i32, 0));
+        report(
+            "add_key",
+            libc::syscall(
+                libc::SYS_add_key,
+                c"user".as_ptr(),
+                c"berth-probe".as_ptr(),
+                ptr,
+                1usize,
+                -3i32,
+            ),
+        );
+        let fd = report(
+            "perf_event_open",
+            libc::syscall(libc::SYS_perf_event_open, ptr, 0, -1, -1, 0),
+        );
+        if fd >= 0 {
+            libc::close(fd as libc::c_int);
+        }
+        block = [0u64; 64];
+        let fd = report(
+            "io_uring_setup",
+            libc::syscall(libc::SYS_io_uring_setup, 1u32, block.as_mut_ptr()),
+        );
+        if fd >= 0 {
+            libc::close(fd as libc::c_int);
+        }
+        report(
+            "unshare",
+            libc::syscall(libc::SYS_unshare, libc::CLONE_NEWUSER),
+        );
+    }
+    0
 }

@@ -232,6 +232,12 @@ pub struct RunArgs {
     /// Docker's way, to reproduce the problem).
     #[arg(long)]
     pub port_backend: Option<crate::net::portmap::BackendKind>,
+    /// Security options, as Docker's (repeatable): `seccomp=unconfined` (no filter),
+    /// `seccomp=builtin` (moby's default profile, the default) or `seccomp=PATH` (a profile
+    /// file in moby's format, read here and sent to the agent), e.g.
+    /// `--security-opt seccomp=./strict.json`.
+    #[arg(long = "security-opt")]
+    pub security_opt: Vec<String>,
     #[command(flatten)]
     pub limits: LimitArgs,
     #[arg(long, value_enum, default_value_t)]

@@ -32,6 +32,11 @@ pub fn execute_run(client: &Client, a: RunArgs) -> anyhow::Result<i32> {
         publish: a.publish.clone(),
         port_backend: a.port_backend,
         auto_remove: a.rm,
+        security_opt: a
+            .security_opt
+            .iter()
+            .map(|o| security_opt(o))
+            .collect::<anyhow::Result<_>>()?,
     };
     let body = serde_json::to_value(&req)?;
     if a.detach && a.format == Format::Json {
@@ -67,4 +72,53 @@ pub fn execute_run(client: &Client, a: RunArgs) -> anyhow::Result<i32> {
     }
     let view: ContainerSummary = client.call("GET", &format!("/api/v1/containers/{id}"), None)?;
     Ok(view.state.exit_code.unwrap_or(0))
+}
+
+/// `seccomp=PATH` becomes `seccomp=<the file's content>`: the agent never reads a path for a
+/// client. `seccomp=unconfined|builtin` pass as they are; anything else is refused here.
+fn security_opt(opt: &str) -> anyhow::Result<String> {
+    let Some(value) = opt
+        .strip_prefix("seccomp=")
+        .or_else(|| opt.strip_prefix("seccomp:"))
+    else {
+        anyhow::bail!(
+            "--security-opt {opt}: berth supports seccomp=unconfined, seccomp=builtin or \
+             seccomp=PROFILE.json"
+        );
+    };
+    if value == "unconfined" || value == "builtin" {
+        return Ok(format!("seccomp={value}"));
+    }
+    if value.is_empty() {
+        anyhow::bail!("--security-opt {opt}: give unconfined, builtin or a profile file");
+    }
+    let content = std::fs::read_to_string(value)
+        .map_err(|e| anyhow::anyhow!("--security-opt {opt}: reading the profile {value}: {e}"))?;
+    Ok(format!("seccomp={content}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seccomp_paths_are_sent_as_content_and_other_options_refused() {
+        assert_eq!(
+            security_opt("seccomp=unconfined").unwrap(),
+            "seccomp=unconfined"
+        );
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("p.json");
+        std::fs::write(&p, r#"{"defaultAction":"SCMP_ACT_ALLOW"}"#).unwrap();
+        assert_eq!(
+            security_opt(&format!("seccomp={}", p.display())).unwrap(),
+            r#"seccomp={"defaultAction":"SCMP_ACT_ALLOW"}"#
+        );
+        let e = security_opt("seccomp=/nonexistent/p.json")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("/nonexistent/p.json"), "{e}");
+        let e = security_opt("apparmor=unconfined").unwrap_err().to_string();
+        assert!(e.contains("apparmor=unconfined"), "{e}");
+    }
 }

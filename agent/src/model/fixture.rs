@@ -57,6 +57,7 @@ fn berth_spec(restart: RestartPolicy) -> Option<BerthSpec> {
         phase: Phase::Created,
         stop_requested: false,
         auto_remove: false,
+        seccomp: SeccompChoice::Default,
     })
 }
 

@@ -236,6 +236,23 @@ pub struct BerthSpec {
     /// their shape.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub auto_remove: bool,
+    /// The seccomp profile in the container's bundle (`--security-opt seccomp=`); records
+    /// written before berth had seccomp read as `default`, which their next start gets.
+    #[serde(default)]
+    pub seccomp: SeccompChoice,
+}
+
+/// Which seccomp profile a berth container runs under.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SeccompChoice {
+    /// moby's default profile (Docker's), resolved for the container's capabilities.
+    #[default]
+    Default,
+    /// No filter (`--security-opt seccomp=unconfined`).
+    Unconfined,
+    /// A profile the client sent (`--security-opt seccomp=PATH`, read on the client side).
+    Custom,
 }
 
 /// A tracked cgroup's probe data (one that belongs to no known container, in

@@ -2,8 +2,10 @@
 //! hardening defaults (its default capability set, no-new-privileges, masked and read-only
 //! /proc and /sys paths, a deny-all device cgroup that runc widens to the standard devices).
 //!
-//! The runtime does the isolation; berth only describes it. Seccomp is not set yet: runc runs
-//! without a filter, which is what `docker run --security-opt seccomp=unconfined` gives.
+//! Seccomp: moby's default profile resolved for that capability set and this host
+//! ([`super::seccomp`]), a client's profile, or none (`seccomp=unconfined`), as the record says.
+//!
+//! The runtime does the isolation; berth only describes it.
 
 use std::{fs, path::Path};
 
@@ -13,7 +15,11 @@ use oci_spec::runtime::{
     get_default_namespaces, get_default_readonly_paths,
 };
 
-use super::{error::RuntimeError, store::ContainerRecord};
+use super::{
+    error::RuntimeError,
+    seccomp::{Host, Profile},
+    store::{ContainerRecord, SeccompChoice},
+};
 
 /// Docker's default capability set (moby `oci/caps/defaults.go`).
 const DOCKER_CAPS: [Capability; 14] = [
@@ -32,6 +38,30 @@ const DOCKER_CAPS: [Capability; 14] = [
     Capability::Kill,
     Capability::AuditWrite,
 ];
+
+/// Docker's default capabilities by their kernel names (`CAP_CHOWN`, ...), as seccomp rule
+/// conditions name them.
+pub fn docker_cap_names() -> Vec<String> {
+    DOCKER_CAPS.iter().map(|c| format!("CAP_{c}")).collect()
+}
+
+/// The container's seccomp filter: `None` when unconfined.
+fn seccomp(
+    record: &ContainerRecord,
+) -> Result<Option<oci_spec::runtime::LinuxSeccomp>, RuntimeError> {
+    let custom;
+    let profile = match record.spec.seccomp {
+        SeccompChoice::Unconfined => return Ok(None),
+        SeccompChoice::Default => Profile::moby_default(),
+        SeccompChoice::Custom => {
+            let text = record.seccomp_profile.as_deref().unwrap_or_default();
+            custom = Profile::parse(text)?;
+            &custom
+        }
+    };
+    let caps = docker_cap_names();
+    Ok(Some(profile.resolve(&caps, &Host::detect())?))
+}
 
 /// Paths Docker masks on top of the runtime-spec defaults.
 const EXTRA_MASKED: [&str; 2] = ["/proc/sched_debug", "/sys/devices/virtual/powercap"];
@@ -103,7 +133,7 @@ pub fn spec(
             Some(n)
         })
         .collect();
-    let linux = LinuxBuilder::default()
+    let mut linux = LinuxBuilder::default()
         .namespaces(namespaces)
         .cgroups_path(record.cgroup.clone())
         .resources(resources)
@@ -111,6 +141,7 @@ pub fn spec(
         .readonly_paths(get_default_readonly_paths())
         .build()
         .map_err(bad("linux"))?;
+    linux.set_seccomp(seccomp(record)?);
 
     let mut spec = Spec::default();
     spec.set_hostname(Some(record.id[..12.min(record.id.len())].to_owned()));

@@ -38,6 +38,13 @@ pub enum RuntimeError {
     InvalidEnv { entry: String },
     #[error("-w {workdir}: the working directory must be absolute")]
     RelativeWorkdir { workdir: String },
+    #[error(
+        "--security-opt {value}: expected seccomp=unconfined, seccomp=builtin or \
+         seccomp=<a profile's JSON> (`berth run` reads a profile file and sends its content)"
+    )]
+    SecurityOpt { value: String },
+    #[error("--security-opt {0}")]
+    Seccomp(#[from] super::seccomp::SeccompError),
     #[error("--user {user}: no user `{name}` in the image's /etc/passwd")]
     UnknownUser { user: String, name: String },
     #[error("--user {user}: no group `{group}` in the image's /etc/group")]
@@ -125,6 +132,8 @@ impl RuntimeError {
             | RuntimeError::NoCommand { .. }
             | RuntimeError::InvalidEnv { .. }
             | RuntimeError::RelativeWorkdir { .. }
+            | RuntimeError::SecurityOpt { .. }
+            | RuntimeError::Seccomp(_)
             | RuntimeError::UnknownUser { .. }
             | RuntimeError::UnknownGroup { .. }
             | RuntimeError::RestartPolicy(_)
@@ -175,6 +184,9 @@ mod tests {
             },
             RuntimeError::UnknownSignal {
                 signal: "NOPE".into(),
+            },
+            RuntimeError::SecurityOpt {
+                value: "apparmor=x".into(),
             },
             RuntimeError::NotRunning {
                 container: "web".into(),

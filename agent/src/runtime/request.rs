@@ -11,7 +11,8 @@ use super::{
     Manager, bundle,
     error::{RuntimeError, io},
     id::{default_name, new_id, valid_name},
-    store::{self, BerthSpec, ContainerRecord, Phase, RestartPolicy},
+    seccomp,
+    store::{self, BerthSpec, ContainerRecord, Phase, RestartPolicy, SeccompChoice},
 };
 use crate::{
     cgroup::limits::Limits,
@@ -47,6 +48,46 @@ pub struct RunRequest {
     /// `--rm`: the agent removes the container once it has exited (not with a restart
     /// policy).
     pub auto_remove: bool,
+    /// Docker's `--security-opt`: `seccomp=unconfined`, `seccomp=builtin` (the default
+    /// profile) or `seccomp=<profile JSON>`; the client reads a profile file and sends its
+    /// content, the agent reads no path for a client. The last seccomp entry wins.
+    pub security_opt: Vec<String>,
+}
+
+/// The seccomp choice of `--security-opt` entries, and the custom profile's JSON.
+fn seccomp_choice(opts: &[String]) -> Result<(SeccompChoice, Option<String>), RuntimeError> {
+    let mut choice = (SeccompChoice::Default, None);
+    for opt in opts {
+        // Docker also accepts the older `key:value` spelling.
+        let value = opt
+            .strip_prefix("seccomp=")
+            .or_else(|| opt.strip_prefix("seccomp:"));
+        choice = match value {
+            Some("unconfined") => (SeccompChoice::Unconfined, None),
+            Some("builtin") => (SeccompChoice::Default, None),
+            Some(json) if json.trim_start().starts_with('{') => {
+                // Checked now (for the agent's own capability set and host), so a bad
+                // profile is refused before anything is created.
+                seccomp::Profile::parse(json)?
+                    .resolve(&bundle::docker_cap_names(), &seccomp::Host::detect())?;
+                (SeccompChoice::Custom, Some(json.to_owned()))
+            }
+            _ => {
+                return Err(RuntimeError::SecurityOpt {
+                    value: shorten(opt),
+                });
+            }
+        };
+    }
+    Ok(choice)
+}
+
+/// An option as an error shows it: long values (a profile's JSON) cut at 80 characters.
+fn shorten(s: &str) -> String {
+    match s.char_indices().nth(80) {
+        Some((i, _)) => format!("{}...", &s[..i]),
+        None => s.to_owned(),
+    }
 }
 
 impl Manager {
@@ -90,6 +131,7 @@ impl Manager {
                 return Err(RuntimeError::InvalidEnv { entry: e.clone() });
             }
         }
+        let (seccomp, seccomp_profile) = seccomp_choice(&req.security_opt)?;
 
         let (lower, image_id, config) = if req.image.starts_with('/') || req.image.starts_with('.')
         {
@@ -155,6 +197,7 @@ impl Manager {
             limits: req.limits,
             created_at: store::now_secs(),
             network,
+            seccomp_profile,
             spec: BerthSpec {
                 image_id,
                 lower,
@@ -167,6 +210,7 @@ impl Manager {
                 phase: Phase::Creating,
                 stop_requested: false,
                 auto_remove: req.auto_remove,
+                seccomp,
             },
         })
     }
@@ -251,6 +295,51 @@ mod tests {
             serde_json::to_value(&req).unwrap()["port_backend"],
             "nft-map"
         );
+    }
+
+    #[test]
+    fn security_opt_chooses_the_seccomp_profile() {
+        let opts = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(seccomp_choice(&[]).unwrap(), (SeccompChoice::Default, None));
+        assert_eq!(
+            seccomp_choice(&opts(&["seccomp=unconfined"])).unwrap(),
+            (SeccompChoice::Unconfined, None)
+        );
+        assert_eq!(
+            seccomp_choice(&opts(&["seccomp=unconfined", "seccomp:builtin"])).unwrap(),
+            (SeccompChoice::Default, None)
+        );
+        let json = r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["mkdir"],"action":"SCMP_ACT_ERRNO"}]}"#;
+        assert_eq!(
+            seccomp_choice(&opts(&[&format!("seccomp={json}")])).unwrap(),
+            (SeccompChoice::Custom, Some(json.to_owned()))
+        );
+        let req: RunRequest = serde_json::from_value(serde_json::json!({
+            "image": "x", "security_opt": ["seccomp=unconfined"]
+        }))
+        .unwrap();
+        assert_eq!(req.security_opt, ["seccomp=unconfined"]);
+    }
+
+    #[test]
+    fn a_bad_security_opt_is_refused_naming_it() {
+        for bad in [
+            "apparmor=unconfined",
+            "seccomp=/etc/profile.json",
+            "seccomp",
+            "label=disable",
+        ] {
+            let e = seccomp_choice(&[bad.to_owned()]).unwrap_err();
+            assert!(e.is_client_error());
+            assert!(e.to_string().contains(bad), "{e}");
+        }
+        let e = seccomp_choice(&[r#"seccomp={"defaultAction":"SCMP_ACT_NOPE"}"#.to_owned()])
+            .unwrap_err();
+        assert!(e.is_client_error());
+        assert!(e.to_string().contains("SCMP_ACT_NOPE"), "{e}");
+        let long = format!("seccomp=/{}", "x".repeat(500));
+        let e = seccomp_choice(&[long]).unwrap_err().to_string();
+        assert!(e.len() < 300, "{e}");
     }
 
     #[test]

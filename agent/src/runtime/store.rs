@@ -78,7 +78,7 @@ pub fn now_secs() -> f64 {
 }
 
 pub use crate::model::{
-    BerthSpec,
+    BerthSpec, SeccompChoice,
     container::{ContainerState as ShimState, Phase, RestartPolicy, RestartPolicyError},
 };
 
@@ -96,6 +96,10 @@ pub struct ContainerRecord {
     /// Network mode, address and published ports.
     #[serde(default)]
     pub network: crate::net::NetworkSpec,
+    /// The profile's JSON when `seccomp` is `custom`, as the client sent it (Docker keeps it
+    /// in the container's HostConfig the same way); resolved again at each start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seccomp_profile: Option<String>,
     /// The rest of what berth records (the same fields the snapshot shows), flattened so the
     /// file keeps one level.
     #[serde(flatten)]
@@ -277,7 +281,8 @@ mod tests {
     }
 
     /// A record written before the spec was its own type (one flat object) still loads, so
-    /// containers survive the upgrade; and it is written back in the same flat shape.
+    /// containers survive the upgrade; and it is written back in the same flat shape, with the
+    /// seccomp choice it gets from now on (`default`).
     #[test]
     fn a_flat_record_from_an_older_agent_loads_and_stays_flat() {
         let old = serde_json::json!({
@@ -293,13 +298,19 @@ mod tests {
         assert_eq!(r.spec.restart, RestartPolicy::Always);
         assert_eq!(r.spec.phase, Phase::Created);
         assert_eq!(r.limits.memory, Some(64 << 20));
+        assert_eq!(r.spec.seccomp, SeccompChoice::Default);
+        assert_eq!(r.seccomp_profile, None);
         let back = serde_json::to_value(&r).unwrap();
+        assert_eq!(back["seccomp"], "default");
         let keys = |v: &serde_json::Value| {
             let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
             k.sort();
             k
         };
-        assert_eq!(keys(&back), keys(&old));
+        let mut expected = keys(&old);
+        expected.push("seccomp".into());
+        expected.sort();
+        assert_eq!(keys(&back), expected);
         assert!(!r.spec.auto_remove, "an old record is not --rm");
 
         let mut rm = r.clone();
