@@ -72,6 +72,28 @@ pub struct HttpConfig {
     /// Unix socket for the client verbs (`berth run`, `ps`, ...): the only listener that
     /// accepts changes. Mode 0660, owned by root.
     pub socket: PathBuf,
+    /// A file holding the bearer token that unlocks env values and logs on the TCP listener
+    /// (`Authorization: Bearer TOKEN`). It must not be readable by group or others: the agent
+    /// refuses to start otherwise. Without it, the TCP listener never shows them.
+    pub token_file: Option<PathBuf>,
+    /// Host names (with or without `:port`) the TCP listener answers besides its own address,
+    /// `localhost`, `127.0.0.1` and `[::1]`; any other Host header is refused (DNS rebinding).
+    pub allowed_hosts: Vec<String>,
+    /// Open TCP connections at most; more are closed at once. Lowered at start to half the
+    /// agent's file descriptor limit so the Unix socket, the probes and the containers keep
+    /// theirs.
+    pub max_connections: usize,
+    /// Open TCP connections at most from one client address.
+    pub max_connections_per_ip: usize,
+    /// Unix socket connections at most (a separate budget: a TCP flood never takes these).
+    pub max_socket_connections: usize,
+    /// Time a client has to send a request's headers.
+    pub header_read_timeout: HumanDuration,
+    /// A connection that moves no byte either way for this long is closed; a stream that
+    /// carries data (`logs -f`) is not idle.
+    pub idle_timeout: HumanDuration,
+    /// Largest request body accepted, bytes.
+    pub body_limit: usize,
 }
 
 impl Default for HttpConfig {
@@ -80,6 +102,19 @@ impl Default for HttpConfig {
             // Loopback only: exposing it further is the operator's decision.
             listen: SocketAddr::from(([127, 0, 0, 1], 9847)),
             socket: PathBuf::from(DEFAULT_SOCKET),
+            // No token: env values and logs only over the Unix socket.
+            token_file: None,
+            allowed_hosts: Vec::new(),
+            // The agent raises its fd soft limit to the hard one and lowers this to half of
+            // it if needed, leaving room for everything else it opens.
+            max_connections: 4096,
+            // One client address cannot take the whole budget.
+            max_connections_per_ip: 64,
+            max_socket_connections: 256,
+            header_read_timeout: HumanDuration(Duration::from_secs(5)),
+            idle_timeout: HumanDuration(Duration::from_secs(30)),
+            // Request bodies are small JSON objects (run, update, import).
+            body_limit: 1024 * 1024,
         }
     }
 }
@@ -240,6 +275,38 @@ impl Config {
             return Err(invalid(
                 "probes.syscalls.top",
                 format!("is {}; use 1 to 500", self.probes.syscalls.top),
+            ));
+        }
+        for (key, n) in [
+            ("http.max_connections", self.http.max_connections),
+            (
+                "http.max_connections_per_ip",
+                self.http.max_connections_per_ip,
+            ),
+            (
+                "http.max_socket_connections",
+                self.http.max_socket_connections,
+            ),
+            ("http.body_limit", self.http.body_limit),
+        ] {
+            if n == 0 {
+                return Err(invalid(key, "is 0; it must be at least 1".into()));
+            }
+        }
+        for (key, d) in [
+            ("http.header_read_timeout", self.http.header_read_timeout),
+            ("http.idle_timeout", self.http.idle_timeout),
+        ] {
+            if d.0.is_zero() {
+                return Err(invalid(key, "is 0; it must be positive".into()));
+            }
+        }
+        if let Some(p) = &self.http.token_file
+            && !p.is_absolute()
+        {
+            return Err(invalid(
+                "http.token_file",
+                format!("is `{}`; it must be an absolute path", p.display()),
             ));
         }
         for (key, p) in [

@@ -44,12 +44,30 @@ pub enum DaemonError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
-    #[error("HTTP server failed: {0}")]
-    Serve(std::io::Error),
+    #[error(transparent)]
+    Token(#[from] api::access::TokenError),
 }
 
 /// Runs the agent until SIGINT/SIGTERM; `notifier` is systemd's `NOTIFY_SOCKET`, if any.
 pub async fn run(config: Config, notifier: Option<Notifier>) -> Result<(), DaemonError> {
+    // The token first: a token file others can read stops the agent before it changes
+    // anything on the host.
+    let token = config
+        .http
+        .token_file
+        .as_deref()
+        .map(api::access::Token::load)
+        .transpose()?;
+    info!(
+        token = token.is_some(),
+        "TCP listener: env values and logs {}",
+        if token.is_some() {
+            "only with the bearer token"
+        } else {
+            "never shown (no http.token_file)"
+        }
+    );
+
     let hierarchy = Hierarchy::detect()?;
     let root = TrackedRoot::open(&hierarchy.unified_mount, &config.cgroup.root)?;
     info!(
@@ -145,6 +163,17 @@ pub async fn run(config: Config, notifier: Option<Notifier>) -> Result<(), Daemo
         refresh,
     };
 
+    // Every connection holds an fd: take what the hard limit allows, and keep the TCP cap
+    // at half of it so a flood never takes the fds the rest of the agent needs.
+    let nofile = api::listen::raise_fd_limit();
+    let mut max_tcp = config.http.max_connections;
+    if max_tcp as u64 > nofile / 2 {
+        max_tcp = (nofile / 2).max(1) as usize;
+        warn!(
+            configured = config.http.max_connections,
+            nofile, max_tcp, "http.max_connections lowered to half the fd limit"
+        );
+    }
     let addr = config.http.listen;
     let listener = TcpListener::bind(addr)
         .await
@@ -223,18 +252,41 @@ pub async fn run(config: Config, notifier: Option<Notifier>) -> Result<(), Daemo
         }
         let _ = down_tx.send(true);
     };
-    let mut down_unix = down_rx.clone();
-    let unix_app = api::app(read.clone(), Some(write));
-    let unix_server = tokio::spawn(async move {
-        axum::serve(unix, unix_app)
-            .with_graceful_shutdown(async move {
-                let _ = down_unix.wait_for(|d| *d).await;
-            })
-            .await
-    });
-    let served = axum::serve(listener, api::app(read, None))
-        .with_graceful_shutdown(shutdown)
-        .await;
+    tokio::spawn(shutdown);
+    let body_limit = config.http.body_limit;
+    let unix_app = api::socket_app(read.clone(), write, body_limit);
+    let unix_limits = api::listen::ListenLimits {
+        max_connections: config.http.max_socket_connections,
+        max_per_ip: None,
+        header_read_timeout: config.http.header_read_timeout.0,
+        // The operator's own streams (`logs -f` of a quiet container) stay open.
+        idle_timeout: None,
+    };
+    // Separate tasks, budgets and accept loops: a TCP flood never reaches the socket.
+    let unix_server = tokio::spawn(api::listen::serve_unix(
+        unix,
+        unix_app,
+        unix_limits,
+        down_rx.clone(),
+    ));
+    let access = Arc::new(api::access::TcpAccess::new(
+        token,
+        bound,
+        &config.http.allowed_hosts,
+    ));
+    let tcp_limits = api::listen::ListenLimits {
+        max_connections: max_tcp,
+        max_per_ip: Some(config.http.max_connections_per_ip),
+        header_read_timeout: config.http.header_read_timeout.0,
+        idle_timeout: Some(config.http.idle_timeout.0),
+    };
+    api::listen::serve_tcp(
+        listener,
+        api::tcp_app(read, access, body_limit),
+        tcp_limits,
+        down_rx,
+    )
+    .await;
     // Open `logs -f` streams would hold the socket server: give it a moment, then leave.
     let _ = tokio::time::timeout(Duration::from_secs(2), unix_server).await;
     let _ = std::fs::remove_file(&config.http.socket);
@@ -258,7 +310,6 @@ pub async fn run(config: Config, notifier: Option<Notifier>) -> Result<(), Daemo
         // The counters were keyed by cgroups below this root: with it gone they are moot.
         crate::probes::remove_pins(&pins);
     }
-    served.map_err(DaemonError::Serve)?;
     info!("stopped");
     Ok(())
 }

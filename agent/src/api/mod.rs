@@ -8,7 +8,14 @@
 //! through the container manager, then has the collectors publish a fresh snapshot before it
 //! answers, so a client's next read sees its change. The TCP listener serves only the read
 //! router; the Unix socket (0660) serves both ([`app`]).
+//!
+//! Each listener is served by its own accept loop with its own limits ([`listen`]); the TCP
+//! side checks the Host header and the bearer token ([`access`]) and, without the token,
+//! shows no env value and no log. Every request body and query rejects unknown fields, named
+//! in a 400.
 
+pub mod access;
+pub mod listen;
 mod read;
 pub mod views;
 mod write;
@@ -111,6 +118,25 @@ pub fn app(read: ReadState, write: Option<WriteState>) -> Router {
     }
 }
 
+/// The TCP listener's router: reads only, behind the Host and token checks.
+pub fn tcp_app(read: ReadState, access: Arc<access::TcpAccess>, body_limit: usize) -> Router {
+    read_router(read)
+        .layer(axum::middleware::from_fn_with_state(
+            access,
+            access::tcp_guard,
+        ))
+        .layer(axum::extract::DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn(access::security_headers))
+}
+
+/// The Unix socket's router: reads and writes; its clients see everything.
+pub fn socket_app(read: ReadState, write: WriteState, body_limit: usize) -> Router {
+    app(read, Some(write))
+        .layer(axum::middleware::from_fn(access::socket_trusted))
+        .layer(axum::extract::DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn(access::security_headers))
+}
+
 pub fn read_router(state: ReadState) -> Router {
     read::routes().merge(crate::ui::routes()).with_state(state)
 }
@@ -127,6 +153,8 @@ pub enum ApiError {
     NotReady,
     #[error("{0}")]
     BadRequest(String),
+    #[error("{0}")]
+    Unauthorized(String),
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -151,6 +179,7 @@ impl IntoResponse for ApiError {
         let status = match &self {
             ApiError::NotReady | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Internal(cause) => {

@@ -4,7 +4,7 @@
 use std::{sync::Arc, time::Duration};
 
 use axum::{
-    Json, Router,
+    Extension, Json, Router,
     body::Body,
     extract::{Path, Query, State, rejection::QueryRejection},
     http::header,
@@ -16,6 +16,7 @@ use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
 
 use super::{
     ApiError, ReadState,
+    access::Secrets,
     views::{DiagnoseView, StatsView, SyscallRow, SyscallsView, SystemView},
 };
 use crate::{
@@ -111,23 +112,35 @@ struct ListQuery {
 }
 
 /// Running (and restarting) containers, newest first; every one with `all`.
+/// Env values only for requests that may see secrets (see `access`).
 async fn list(
     State(s): State<ReadState>,
+    secrets: Option<Extension<Secrets>>,
     q: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let q = query(q)?;
     let snap = s.latest()?;
-    let rows: Vec<&Container> = snap
-        .containers
-        .iter()
-        .filter(|c| q.all || c.status.is_up())
-        .collect();
-    Ok(Json(rows).into_response())
+    let rows = snap.containers.iter().filter(|c| q.all || c.status.is_up());
+    if Secrets::of(secrets) {
+        Ok(Json(rows.collect::<Vec<&Container>>()).into_response())
+    } else {
+        let rows: Vec<Container> = rows.map(Container::redacted).collect();
+        Ok(Json(rows).into_response())
+    }
 }
 
-async fn inspect(State(s): State<ReadState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn inspect(
+    State(s): State<ReadState>,
+    secrets: Option<Extension<Secrets>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     let snap = s.latest()?;
-    Ok(Json(snap.find(&id)?).into_response())
+    let c = snap.find(&id)?;
+    if Secrets::of(secrets) {
+        Ok(Json(c).into_response())
+    } else {
+        Ok(Json(c.redacted()).into_response())
+    }
 }
 
 async fn stats(State(s): State<ReadState>, Path(id): Path<String>) -> Result<Response, ApiError> {
@@ -142,9 +155,17 @@ async fn stats(State(s): State<ReadState>, Path(id): Path<String>) -> Result<Res
     .into_response())
 }
 
-async fn images(State(s): State<ReadState>) -> Result<Response, ApiError> {
+async fn images(
+    State(s): State<ReadState>,
+    secrets: Option<Extension<Secrets>>,
+) -> Result<Response, ApiError> {
     let snap = s.latest()?;
-    Ok(Json(&snap.images).into_response())
+    if Secrets::of(secrets) {
+        Ok(Json(&snap.images).into_response())
+    } else {
+        let images: Vec<_> = snap.images.iter().map(|i| i.redacted()).collect();
+        Ok(Json(images).into_response())
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -245,15 +266,24 @@ struct LogsQuery {
 }
 
 /// The container's log (stdout and stderr); with `follow`, the response stays open and
-/// streams new output until the snapshots show the container has exited.
+/// streams new output until the snapshots show the container has exited. Only for requests
+/// that may see secrets: a log is as private as the container's env.
 async fn logs(
     State(s): State<ReadState>,
+    secrets: Option<Extension<Secrets>>,
     Path(id): Path<String>,
     q: Result<Query<LogsQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let q = query(q)?;
     let snap = s.latest()?;
     let c = snap.find(&id)?;
+    if !Secrets::of(secrets) {
+        return Err(ApiError::Unauthorized(format!(
+            "the log of {} needs the bearer token (Authorization: Bearer, http.token_file) on \
+             this listener; the Unix socket serves it to root",
+            c.name
+        )));
+    }
     let path = c
         .log_path
         .clone()

@@ -21,6 +21,7 @@ pub mod net;
 pub mod netfilter;
 pub mod ports;
 pub mod probe;
+pub mod redact;
 pub mod stats;
 #[cfg(test)]
 mod tests;

@@ -106,6 +106,13 @@ impl Agent {
         Self::start_from_with(Path::new(env!("CARGO_BIN_EXE_berth")), extra)
     }
 
+    /// Like [`Agent::start_with`], with `http` added to the `[http]` section.
+    pub fn start_with_http(http: &str, extra: &str) -> Self {
+        let mut agent = Self::prepare_full(Path::new(env!("CARGO_BIN_EXE_berth")), http, extra);
+        agent.spawn();
+        agent
+    }
+
     /// Starts the agent from the binary at `exe` (e.g. a copy a test replaces, as an upgrade
     /// does) and `extra` appended to the config; the CLI stays the test build's binary.
     pub fn start_from_with(exe: &Path, extra: &str) -> Self {
@@ -121,6 +128,12 @@ impl Agent {
 
     /// Like [`Agent::start_from_with`] without starting the process.
     pub fn prepare_from(exe: &Path, extra: &str) -> Self {
+        Self::prepare_full(exe, "", extra)
+    }
+
+    /// The agent's config and state from `exe`, `http` added to `[http]` and `extra` appended;
+    /// not started.
+    pub fn prepare_full(exe: &Path, http: &str, extra: &str) -> Self {
         require_root();
         let dir = tempfile::tempdir().unwrap();
         let root_name = unique("root");
@@ -147,7 +160,7 @@ impl Agent {
             &config,
             format!(
                 "[agent]\ninterval = \"200ms\"\n\
-                 [http]\nlisten = \"127.0.0.1:{port}\"\nsocket = \"{d}/berth.sock\"\n\
+                 [http]\nlisten = \"127.0.0.1:{port}\"\nsocket = \"{d}/berth.sock\"\n{http}\n\
                  [cgroup]\nroot = \"{root_name}\"\n\
                  [runtime]\nstate_dir = \"{d}/state\"\nrun_dir = \"{d}/run\"\n{extra}"
             ),

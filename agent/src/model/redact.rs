@@ -1,0 +1,61 @@
+//! Env values hidden from readers that may not see secrets (the TCP listener without the
+//! bearer token). Works on the model types themselves, so every container the snapshot holds
+//! is covered, whatever launched it, and every image.
+
+use super::{Container, image::Image};
+
+/// What an env value is replaced with: the key stays, so a reader still sees what is set.
+pub const REDACTED: &str = "<redacted>";
+
+/// `KEY=VALUE` -> `KEY=<redacted>`; an entry without `=` is a key alone and stays as is.
+pub fn redact_env(env: &[String]) -> Vec<String> {
+    env.iter()
+        .map(|e| match e.split_once('=') {
+            Some((key, _)) => format!("{key}={REDACTED}"),
+            None => e.clone(),
+        })
+        .collect()
+}
+
+impl Container {
+    /// A copy without env values.
+    pub fn redacted(&self) -> Container {
+        let mut c = self.clone();
+        if let Some(b) = &mut c.berth {
+            b.env = redact_env(&b.env);
+        }
+        c
+    }
+}
+
+impl Image {
+    /// A copy without env values (an image's `ENV` can carry secrets as well).
+    pub fn redacted(&self) -> Image {
+        let mut i = self.clone();
+        i.config.env = redact_env(&i.config.env);
+        i
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_values_are_replaced_and_keys_kept() {
+        let env = vec!["PASSWORD=hunter2".into(), "EMPTY=".into(), "BARE".into()];
+        assert_eq!(
+            redact_env(&env),
+            vec!["PASSWORD=<redacted>", "EMPTY=<redacted>", "BARE"]
+        );
+    }
+
+    #[test]
+    fn a_redacted_container_shows_no_env_value() {
+        let snap = crate::model::fixture::snapshot();
+        for c in &snap.containers {
+            let json = serde_json::to_string(&c.redacted()).unwrap();
+            assert!(!json.contains("MODE=fixture"), "{json}");
+        }
+    }
+}
