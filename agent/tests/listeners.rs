@@ -279,3 +279,59 @@ fn twenty_thousand_idle_connections_leave_the_socket_and_healthz_answering() {
     eprintln!("after close: RSS {after} KiB (baseline {baseline} KiB)");
     assert_eq!(healthz_within_10s(&agent) < Duration::from_secs(10), true);
 }
+
+#[test]
+fn the_idle_timeout_closes_silent_connections_but_not_a_log_stream_that_carries_data() {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let token = dir.join("token");
+    std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let agent = Agent::start_with_http(
+        &format!(
+            "token_file = \"{}\"\nidle_timeout = \"1s\"\nheader_read_timeout = \"1s\"",
+            token.display()
+        ),
+        "",
+    );
+    let addr = agent.base.trim_start_matches("http://").to_owned();
+
+    // A connection that sends nothing is closed after about a second.
+    let mut silent = std::net::TcpStream::connect(&addr).unwrap();
+    silent
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let t = Instant::now();
+    let mut buf = [0u8; 64];
+    let _ = std::io::Read::read(&mut silent, &mut buf);
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "closed after {:?}",
+        t.elapsed()
+    );
+
+    // A followed log that prints every 300 ms for 4 s outlives the 1 s idle timeout.
+    let rootfs = busybox_rootfs(agent.dir.path()).display().to_string();
+    let name = unique("stream");
+    agent.ok(&[
+        "run",
+        "-d",
+        "--name",
+        &name,
+        &rootfs,
+        "sh",
+        "-c",
+        "i=0; while [ $i -lt 13 ]; do echo tick-$i; i=$((i+1)); sleep 0.3; done",
+    ]);
+    let t = Instant::now();
+    let res = ureq::get(&format!(
+        "{}/api/v1/containers/{name}/logs?follow=true",
+        agent.base
+    ))
+    .set("Authorization", &format!("Bearer {TOKEN}"))
+    .timeout(Duration::from_secs(30))
+    .call()
+    .unwrap();
+    let body = res.into_string().unwrap();
+    assert!(body.contains("tick-12"), "the stream was cut: {body}");
+    assert!(t.elapsed() > Duration::from_secs(2), "{:?}", t.elapsed());
+}

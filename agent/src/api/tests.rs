@@ -258,3 +258,51 @@ async fn unknown_paths_are_404() {
     let (status, _, _) = get(read_router(read_state(Some(now()))), "/api/v1/nope").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn a_request_not_marked_as_allowed_secrets_sees_no_env_value_and_no_log() {
+    let router = || read_router(read_state(Some(now())));
+    for uri in ["/api/v1/containers?all=true", "/api/v1/containers/media"] {
+        let (status, _, body) = get(router(), uri).await;
+        assert_eq!(status, StatusCode::OK, "{uri}: {body}");
+        assert!(!body.contains("MODE=fixture"), "{uri}: {body}");
+        assert!(body.contains("MODE=<redacted>"), "{uri}: {body}");
+    }
+    let (status, _, body) = get(router(), "/api/v1/containers/media/logs").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+}
+
+#[tokio::test]
+async fn the_socket_router_shows_env_values_and_sends_security_headers() {
+    let (tx, _rx) = Refresh::channel();
+    let write = WriteState {
+        snapshots: read_state(Some(now())).snapshots,
+        manager: None,
+        manager_error: None,
+        refresh: tx,
+    };
+    let router = socket_app(read_state(Some(now())), write, 1024);
+    let res = router
+        .oneshot(
+            axum::http::Request::builder()
+                .uri("/api/v1/containers/media")
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let h = res.headers();
+    assert_eq!(h["x-frame-options"], "DENY");
+    assert_eq!(h["x-content-type-options"], "nosniff");
+    assert!(
+        h["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .contains("frame-ancestors 'none'")
+    );
+    let body = axum::body::to_bytes(res.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    assert!(String::from_utf8_lossy(&body).contains("MODE=fixture"));
+}
