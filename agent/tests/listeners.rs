@@ -228,6 +228,9 @@ fn twenty_thousand_idle_connections_leave_the_socket_and_healthz_answering() {
     }
     std::thread::sleep(Duration::from_millis(500));
     let baseline = rss_kib(pid);
+    let fds_before = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
 
     // 2 x 10,000 connections as nobody, from 127.0.0.2..=127.0.0.21.
     let started = Instant::now();
@@ -277,7 +280,8 @@ fn twenty_thousand_idle_connections_leave_the_socket_and_healthz_answering() {
         },
     );
     eprintln!("after close: RSS {after} KiB (baseline {baseline} KiB)");
-    assert_eq!(healthz_within_10s(&agent) < Duration::from_secs(10), true);
+    healthz_within_10s(&agent);
+    ps_within_10s(&agent);
 }
 
 #[test]
@@ -288,14 +292,14 @@ fn the_idle_timeout_closes_silent_connections_but_not_a_log_stream_that_carries_
     std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
     let agent = Agent::start_with_http(
         &format!(
-            "token_file = \"{}\"\nidle_timeout = \"1s\"\nheader_read_timeout = \"1s\"",
+            "token_file = \"{}\"\nidle_timeout = \"2s\"\nheader_read_timeout = \"1s\"",
             token.display()
         ),
         "",
     );
     let addr = agent.base.trim_start_matches("http://").to_owned();
 
-    // A connection that sends nothing is closed after about a second.
+    // A connection that sends nothing is closed after about a second (header read timeout).
     let mut silent = std::net::TcpStream::connect(&addr).unwrap();
     silent
         .set_read_timeout(Some(Duration::from_secs(10)))
@@ -309,7 +313,7 @@ fn the_idle_timeout_closes_silent_connections_but_not_a_log_stream_that_carries_
         t.elapsed()
     );
 
-    // A followed log that prints every 300 ms for 4 s outlives the 1 s idle timeout.
+    // A followed log that prints every 200 ms for 5 s outlives the 2 s idle timeout.
     let rootfs = busybox_rootfs(agent.dir.path()).display().to_string();
     let name = unique("stream");
     agent.ok(&[
@@ -320,7 +324,7 @@ fn the_idle_timeout_closes_silent_connections_but_not_a_log_stream_that_carries_
         &rootfs,
         "sh",
         "-c",
-        "i=0; while [ $i -lt 13 ]; do echo tick-$i; i=$((i+1)); sleep 0.3; done",
+        "i=0; while [ $i -lt 25 ]; do echo tick-$i; i=$((i+1)); sleep 0.2; done",
     ]);
     let t = Instant::now();
     let res = ureq::get(&format!(
@@ -332,6 +336,6 @@ fn the_idle_timeout_closes_silent_connections_but_not_a_log_stream_that_carries_
     .call()
     .unwrap();
     let body = res.into_string().unwrap();
-    assert!(body.contains("tick-12"), "the stream was cut: {body}");
-    assert!(t.elapsed() > Duration::from_secs(2), "{:?}", t.elapsed());
+    assert!(body.contains("tick-24"), "the stream was cut: {body}");
+    assert!(t.elapsed() > Duration::from_secs(4), "{:?}", t.elapsed());
 }
