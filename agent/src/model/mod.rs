@@ -165,6 +165,8 @@ impl Engine {
 }
 
 /// One container, whatever launched it, with its cgroup's probe data at snapshot time.
+/// A field that holds env values (or other secrets) must be cleared in
+/// [`Container::redacted`] (`redact.rs`): readers without the token get that copy.
 #[derive(Debug, Clone, Serialize)]
 pub struct Container {
     pub engine: Engine,

@@ -50,6 +50,44 @@ mod tests {
         );
     }
 
+    /// Every `env` list anywhere in the JSON of `v`, however deep (a field a future engine adds
+    /// is found too).
+    fn env_lists(v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, v) in m {
+                    if k.to_ascii_lowercase().contains("env")
+                        && let Some(list) = v.as_array()
+                    {
+                        out.extend(list.iter().map(|e| e.to_string()));
+                    }
+                    env_lists(v, out);
+                }
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|v| env_lists(v, out)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn no_env_field_of_a_redacted_container_or_image_keeps_a_value() {
+        let snap = crate::model::fixture::snapshot();
+        let mut entries = Vec::new();
+        for c in &snap.containers {
+            env_lists(&serde_json::to_value(c.redacted()).unwrap(), &mut entries);
+        }
+        for i in &snap.images {
+            env_lists(&serde_json::to_value(i.redacted()).unwrap(), &mut entries);
+        }
+        assert!(!entries.is_empty(), "the fixture has env entries to check");
+        for e in entries {
+            assert!(
+                e.ends_with("=<redacted>\"") || !e.contains('='),
+                "an env value shows through redaction: {e}; clear the new field in Container::redacted"
+            );
+        }
+    }
+
     #[test]
     fn a_redacted_container_shows_no_env_value() {
         let snap = crate::model::fixture::snapshot();
