@@ -271,6 +271,17 @@ fn twenty_thousand_idle_connections_leave_the_socket_and_healthz_answering() {
         drop(c.stdin.take());
         let _ = c.wait();
     }
+    wait_for(
+        Duration::from_secs(40),
+        "the flood's connections to close",
+        || {
+            let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+                .unwrap()
+                .count();
+            (fds <= fds_before + 8).then_some(())
+        },
+    );
+    std::thread::sleep(Duration::from_millis(500));
     let after = wait_for(
         Duration::from_secs(40),
         "RSS within 2x of its baseline",
