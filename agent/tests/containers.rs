@@ -170,8 +170,20 @@ fn a_fork_loop_is_capped_by_the_pids_limit() {
                 .then_some(())
         },
     );
-    let out = agent.ok(&["stats", "--no-stream", "--format", "json", &name]);
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    // Stats come from the agent's snapshot, at most one collection interval old: wait for one
+    // taken after the loop filled the cgroup, then check it sits at the limit, not above.
+    let stats = || -> serde_json::Value {
+        let out = agent.ok(&["stats", "--no-stream", "--format", "json", &name]);
+        serde_json::from_str(&out).unwrap()
+    };
+    let v = wait_for(
+        Duration::from_secs(5),
+        "a snapshot near the pids limit",
+        || {
+            let v = stats();
+            (v[0]["stats"]["pids_current"].as_u64()? >= 18).then_some(v)
+        },
+    );
     let s = &v[0]["stats"];
     assert_eq!(v[0]["status"], "running", "{v}");
     assert_eq!(s["pids_limit"], 20, "{s}");
@@ -180,6 +192,10 @@ fn a_fork_loop_is_capped_by_the_pids_limit() {
         (18..=20).contains(&pids),
         "{pids} pids under --pids-limit 20: {s}"
     );
+    // And it stays capped.
+    std::thread::sleep(Duration::from_millis(500));
+    let later = stats()[0]["stats"]["pids_current"].as_u64().unwrap();
+    assert!(later <= 20, "{later} pids under --pids-limit 20");
 }
 
 #[test]
