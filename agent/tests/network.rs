@@ -500,7 +500,10 @@ fn netfilter_cost_ranks_per_port_rules_above_the_map_and_names_the_container_and
             .iter()
             .find(|p| p["port"] == port)?
             .clone();
-        (p["prerouting_packets"].as_u64()? >= 500)
+        // The probe leaves out a packet whose traversal another packet interrupted on its CPU
+        // (counted as NetfilterUnmatched, see probes/netfilter): on a loaded machine a few of
+        // the 500 are, so 90% measured is enough to rank.
+        (p["prerouting_packets"].as_u64()? >= 450)
             .then(|| p["prerouting_ns_per_packet"].as_f64())?
     };
     let ipt_ns = wait_for(
