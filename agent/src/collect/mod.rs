@@ -9,18 +9,21 @@
 //! [`Collected::NotPresent`], which is not a failure.
 //!
 //! Order matters and is fixed in [`Registry::new`]: the cgroup walk first (the probes keep only
-//! live cgroups), then the probes, then containers (joined to their cgroup's probe data when
-//! the snapshot is finished), then what reads the containers (conntrack per address).
+//! live cgroups), then the probes, then containers, berth's own and then the foreign ones found
+//! in the cgroup tree (joined to their cgroup's probe data when the snapshot is finished), then
+//! what reads the containers (conntrack per address).
 
 mod cgroups;
 mod conntrack;
 mod containers;
+mod foreign;
 mod images;
 mod probes;
 mod proxies;
 
 use std::{
     collections::BTreeMap,
+    path::Path,
     sync::Arc,
     time::{Instant, SystemTime},
 };
@@ -114,14 +117,22 @@ pub struct Registry {
 
 impl Registry {
     /// The collectors of this agent: the cgroup walk of `root`, one per probe, berth's own
-    /// containers and images (when a container manager runs), conntrack and userland proxies.
-    pub fn new(probes: Probes, root: TrackedRoot, manager: Option<Arc<Manager>>) -> Self {
+    /// containers and images (when a container manager runs), the other engines' containers
+    /// below `unified_mount` (the cgroup2 mount), conntrack and userland proxies.
+    pub fn new(
+        probes: Probes,
+        root: TrackedRoot,
+        unified_mount: &Path,
+        manager: Option<Arc<Manager>>,
+    ) -> Self {
+        let skip = root.path.clone();
         let mut collectors: Vec<Box<dyn Collector>> = vec![Box::new(cgroups::Cgroups::new(root))];
         for status in probes.status() {
             collectors.push(Box::new(probes::ProbeMaps::new(status.name)));
         }
         collectors.push(Box::new(probes::ProbeState));
         collectors.push(Box::new(containers::Containers::new(manager.clone())));
+        collectors.push(Box::new(foreign::Foreign::new(unified_mount, skip)));
         collectors.push(Box::new(images::Images::new(manager)));
         collectors.push(Box::new(conntrack::Conntrack::new("/proc")));
         collectors.push(Box::new(proxies::Proxies::new("/proc")));

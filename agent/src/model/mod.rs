@@ -154,13 +154,48 @@ pub enum FindError {
 pub enum Engine {
     /// Launched by this agent.
     Berth,
+    /// Docker (dockerd over containerd and runc).
+    Docker,
+    /// containerd used directly (`ctr`, nerdctl), outside Kubernetes.
+    Containerd,
+    /// A Kubernetes pod's container (containerd's CRI plugin or CRI-O).
+    Kubernetes,
+    Podman,
+    /// LXC or LXD.
+    Lxc,
 }
 
 impl Engine {
+    pub const ALL: [Engine; 6] = [
+        Engine::Berth,
+        Engine::Docker,
+        Engine::Containerd,
+        Engine::Kubernetes,
+        Engine::Podman,
+        Engine::Lxc,
+    ];
+
+    /// The lowercase name used in the API, the CLI and metrics (the serde name).
     pub fn name(self) -> &'static str {
         match self {
             Engine::Berth => "berth",
+            Engine::Docker => "docker",
+            Engine::Containerd => "containerd",
+            Engine::Kubernetes => "kubernetes",
+            Engine::Podman => "podman",
+            Engine::Lxc => "lxc",
         }
+    }
+
+    /// Whether berth manages its containers (only its own: the others are observed).
+    pub fn is_berth(self) -> bool {
+        self == Engine::Berth
+    }
+}
+
+impl std::fmt::Display for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }
 

@@ -103,3 +103,12 @@ fn cgroups_lists_containers_and_other_cgroups_by_path() {
     assert_eq!(paths, sorted);
     assert!(paths.contains(&"/berth/we\"ird\\name"));
 }
+
+#[test]
+fn engine_names_are_the_serde_names() {
+    for e in Engine::ALL {
+        assert_eq!(serde_json::to_value(e).unwrap(), e.name());
+        assert_eq!(e.to_string(), e.name());
+    }
+    assert!(Engine::Berth.is_berth() && !Engine::Docker.is_berth());
+}

@@ -1,0 +1,196 @@
+//! `foreign`: containers berth did not start (Docker, containerd, Kubernetes, podman, LXC),
+//! found each tick by a rescan of the cgroup2 tree (`discover::cgroups`; berth's tracked root
+//! is skipped). Each becomes one [`Container`] of its engine, observed, never managed
+//! (`berth: None`): named by its short id until metadata lands, running while its cgroup holds
+//! a process. Cost: one `readdir` per non-container cgroup down to the walk's depth bound, one
+//! `stat` and one small read (`cgroup.events`) per container.
+//!
+//! A container is its (id, cgroup id): a reused id in a new cgroup is a new container with
+//! fresh counters, and a removed cgroup is gone from the next snapshot. Monitors (conmon) are
+//! not containers; a pod's containers are listed whether workload or sandbox until metadata
+//! tells them apart.
+
+use std::{collections::BTreeMap, path::PathBuf};
+
+use super::{CollectError, Collected, Collector, Tick};
+use crate::{
+    discover::cgroups::{self, Found, Kind},
+    model::{Container, ContainerState, Status},
+};
+
+pub struct Foreign {
+    /// The cgroup2 mount point (the unified hierarchy in hybrid mode).
+    mount: PathBuf,
+    /// berth's tracked root below it, e.g. `/berth`: its containers are the `containers`
+    /// collector's.
+    skip: String,
+}
+
+impl Foreign {
+    pub fn new(mount: impl Into<PathBuf>, skip: impl Into<String>) -> Self {
+        Self {
+            mount: mount.into(),
+            skip: skip.into(),
+        }
+    }
+}
+
+impl Collector for Foreign {
+    fn name(&self) -> &'static str {
+        "foreign"
+    }
+
+    fn collect(&mut self, tick: &mut Tick<'_>) -> Result<Collected, CollectError> {
+        if !self.mount.is_dir() {
+            return Ok(Collected::NotPresent);
+        }
+        let found = cgroups::walk(&self.mount, &self.skip);
+        tick.builder.snapshot.containers.extend(
+            found
+                .into_iter()
+                .filter(|f| f.discovered.kind != Kind::Conmon)
+                .map(container),
+        );
+        Ok(Collected::Done)
+    }
+}
+
+/// The model's record of a container found from its cgroup alone.
+fn container(f: Found) -> Container {
+    let d = f.discovered;
+    let status = if f.populated {
+        Status::Running
+    } else {
+        Status::Exited
+    };
+    let name = d
+        .name
+        .unwrap_or_else(|| d.id.chars().take(12).collect::<String>());
+    Container {
+        engine: d.engine,
+        name,
+        id: d.id,
+        image: String::new(),
+        labels: d.labels.into_iter().collect::<BTreeMap<_, _>>(),
+        cgroup: f.path,
+        cgroup_id: Some(f.cgroup_id),
+        status,
+        state: ContainerState {
+            running: f.populated,
+            // The cgroup's birth is the best start time the kernel tells without metadata.
+            started_at: Some(f.created_at),
+            ..ContainerState::default()
+        },
+        created_at: f.created_at,
+        limits: Default::default(),
+        stats: None,
+        network: Default::default(),
+        conntrack_entries: None,
+        log_path: None,
+        syscalls: Vec::new(),
+        net: Vec::new(),
+        berth: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{fs, path::PathBuf};
+
+    use super::*;
+    use crate::{cgroup::TrackedRoot, collect::Registry, model::Engine, probes::Probes};
+
+    fn root() -> TrackedRoot {
+        TrackedRoot {
+            dir: PathBuf::from("/nonexistent/berth"),
+            path: "/berth".into(),
+            id: 1,
+            level: 1,
+        }
+    }
+
+    fn hex(n: usize) -> String {
+        format!("{n:064x}")
+    }
+
+    fn mkcg(mount: &std::path::Path, rel: &str, populated: bool) {
+        let dir = mount.join(rel);
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(
+            dir.join("cgroup.events"),
+            format!("populated {}\n", u8::from(populated)),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn foreign_containers_appear_with_their_engine_and_go_with_their_cgroup() {
+        let mount = tempfile::tempdir().unwrap();
+        let (a, b) = (hex(0xa), hex(0xb));
+        mkcg(mount.path(), &format!("docker/{a}"), true);
+        mkcg(
+            mount.path(),
+            &format!("machine.slice/libpod-{b}.scope"),
+            false,
+        );
+        mkcg(
+            mount.path(),
+            &format!("machine.slice/libpod-conmon-{b}.scope"),
+            true,
+        );
+        mkcg(mount.path(), &format!("berth/{}", hex(0xc)), true);
+        let mut r = Registry::with(
+            Probes::disabled(&root()),
+            vec![Box::new(Foreign::new(mount.path(), "/berth"))],
+        );
+        let snap = r.collect();
+        let mut got: Vec<(Engine, &str, &str, Status, bool)> = snap
+            .containers
+            .iter()
+            .map(|c| {
+                (
+                    c.engine,
+                    c.id.as_str(),
+                    c.name.as_str(),
+                    c.status,
+                    c.berth.is_none(),
+                )
+            })
+            .collect();
+        got.sort_by_key(|g| g.1.to_owned());
+        assert_eq!(
+            got,
+            [
+                (Engine::Docker, a.as_str(), &a[..12], Status::Running, true),
+                (Engine::Podman, b.as_str(), &b[..12], Status::Exited, true),
+            ]
+        );
+
+        // Removed: gone the next tick. Same id in a new cgroup: a new container (new cgroup id).
+        let old = snap.find(&a).unwrap().cgroup_id;
+        fs::remove_file(mount.path().join(format!("docker/{a}/cgroup.events"))).unwrap();
+        fs::remove_dir(mount.path().join(format!("docker/{a}"))).unwrap();
+        // Hold the old inode number so the filesystem cannot hand it straight back.
+        mkcg(mount.path(), "docker/placeholder", false);
+        let snap = r.collect();
+        assert!(snap.find(&a).is_err(), "removed cgroup still listed");
+        mkcg(mount.path(), &format!("docker/{a}"), true);
+        let snap = r.collect();
+        let again = snap.find(&a).unwrap();
+        assert_ne!(
+            again.cgroup_id, old,
+            "a reused id comes back as a new cgroup"
+        );
+        assert!(again.syscalls.is_empty() && again.net.is_empty());
+    }
+
+    #[test]
+    fn no_cgroup2_mount_is_not_present_rather_than_a_failure() {
+        let mut r = Registry::with(
+            Probes::disabled(&root()),
+            vec![Box::new(Foreign::new("/nonexistent/cgroup2", "/berth"))],
+        );
+        let snap = r.collect();
+        assert!(snap.collectors[0].success && snap.containers.is_empty());
+    }
+}
