@@ -306,3 +306,74 @@ async fn the_socket_router_shows_env_values_and_sends_security_headers() {
         .unwrap();
     assert!(String::from_utf8_lossy(&body).contains("MODE=fixture"));
 }
+
+/// The fixture plus a Docker container found from its cgroup (no berth record).
+fn with_docker(id: &str) -> Snapshot {
+    let mut snap = now();
+    let mut c = snap.containers[0].clone();
+    c.engine = crate::model::Engine::Docker;
+    c.id = id.to_owned();
+    c.name = id[..12].to_owned();
+    c.cgroup = format!("/docker/{id}");
+    c.berth = None;
+    snap.containers.push(c);
+    snap
+}
+
+#[tokio::test]
+async fn mutating_verbs_on_a_foreign_container_are_refused_with_its_engine_named() {
+    let id = "d0c4e7".repeat(10) + "d0c4";
+    let snap = with_docker(&id);
+    let (refresh, _rx) = Refresh::channel();
+    let (_tx, snapshots) = watch::channel(Some(Arc::new(snap.clone())));
+    let write = WriteState {
+        snapshots,
+        manager: None,
+        manager_error: Some("no runtime here".into()),
+        refresh,
+    };
+    let router = || app(read_state(Some(snap.clone())), Some(write.clone()));
+    let short = &id[..12];
+    for (method, uri) in [
+        ("POST", format!("/api/v1/containers/{short}/stop")),
+        ("POST", format!("/api/v1/containers/{id}/kill")),
+        ("DELETE", format!("/api/v1/containers/{id}?force=true")),
+        ("POST", format!("/api/v1/containers/{short}/update")),
+    ] {
+        let req = Request::builder()
+            .method(method)
+            .uri(&uri)
+            .header("content-type", "application/json")
+            .body(Body::from("{}"))
+            .unwrap();
+        let res = router().oneshot(req).await.unwrap();
+        assert_eq!(res.status(), StatusCode::CONFLICT, "{method} {uri}");
+        let body = to_bytes(res.into_body(), 1 << 20).await.unwrap();
+        let body = String::from_utf8_lossy(&body);
+        assert!(
+            body.contains(&format!(
+                "container {}",
+                uri.split('/').nth(4).unwrap().split('?').next().unwrap()
+            )) && body.contains(
+                "is managed by docker; berth does not change containers it did not start"
+            ),
+            "{body}"
+        );
+    }
+    // berth's own containers still reach the manager (here: none, so 503).
+    let req = Request::post("/api/v1/containers/media/stop")
+        .body(Body::empty())
+        .unwrap();
+    let res = router().oneshot(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    // The read side lists it with its engine.
+    let (status, _, body) = get(
+        read_router(read_state(Some(snap.clone()))),
+        &format!("/api/v1/containers/{short}"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["engine"], "docker");
+    assert!(v.get("runtime").is_none(), "no berth record: {v}");
+}

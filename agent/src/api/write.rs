@@ -2,6 +2,7 @@
 //! update) and images (import, rm). Each calls the container manager off the async workers,
 //! then waits for a fresh snapshot so the client's next read sees the change; a changed
 //! container is answered with its record from that snapshot (`rm`: as it was removed).
+//! Containers of other engines are refused with 409 before the manager is asked.
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
@@ -90,6 +91,29 @@ async fn blocking<T: Send + 'static>(
     Ok(result?)
 }
 
+/// Refuses a change to a container berth did not start (found in the snapshot from its
+/// cgroup: Docker, containerd, Kubernetes, podman, LXC), before the manager is asked: berth
+/// observes those and leaves them to their engine. A reference that names one of berth's own
+/// containers exactly (id or name) is berth's, whatever else it prefixes; one that names
+/// nothing in the snapshot is the manager's to answer.
+fn refuse_foreign(state: &WriteState, reference: &str) -> Result<(), ApiError> {
+    let Some(snap) = state.snapshots.borrow().clone() else {
+        return Ok(());
+    };
+    let exact_berth = snap
+        .containers
+        .iter()
+        .any(|c| c.engine.is_berth() && (c.id == reference || c.name == reference));
+    match snap.find(reference) {
+        Ok(c) if !exact_berth && !c.engine.is_berth() => Err(ApiError::Conflict(format!(
+            "container {reference} is managed by {}; berth does not change containers it did not \
+             start",
+            c.engine
+        ))),
+        _ => Ok(()),
+    }
+}
+
 fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
     b.map(|Json(v)| v)
         .map_err(|e| ApiError::BadRequest(e.body_text()))
@@ -120,6 +144,7 @@ async fn stop(
     Path(id): Path<String>,
     q: Result<Query<StopQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
+    refuse_foreign(&s, &id)?;
     let q = query(q)?;
     let t = Duration::from_secs(q.t.unwrap_or(10).min(3600));
     Ok(change_container(&s, move |m| m.stop(&id, t))
@@ -138,6 +163,7 @@ async fn kill(
     Path(id): Path<String>,
     q: Result<Query<KillQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
+    refuse_foreign(&s, &id)?;
     let q = query(q)?;
     let signal = q.signal.unwrap_or_else(|| "KILL".into());
     Ok(change_container(&s, move |m| m.kill(&id, &signal))
@@ -156,6 +182,7 @@ async fn remove(
     Path(id): Path<String>,
     q: Result<Query<RemoveQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
+    refuse_foreign(&s, &id)?;
     let q = query(q)?;
     Ok(change(&s, move |m| m.remove(&id, q.force))
         .await?
@@ -167,6 +194,7 @@ async fn update(
     Path(id): Path<String>,
     limits: Result<Json<Limits>, JsonRejection>,
 ) -> Result<Response, ApiError> {
+    refuse_foreign(&s, &id)?;
     let limits = body(limits)?;
     Ok(change_container(&s, move |m| m.update(&id, &limits))
         .await?
