@@ -9,10 +9,15 @@ use std::{
     fs,
     os::unix::fs::MetadataExt,
     process::{Child, Command},
+    sync::Mutex,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use common::{Agent, Cgroup, cgroup2_mount, wait_for};
+use common::{Agent, Cgroup, cgroup2_mount, sample, wait_for};
+
+/// The tests share `/docker` in the unified hierarchy: one at a time, so the one that made it
+/// removes it.
+static DOCKER_PARENT: Mutex<()> = Mutex::new(());
 
 /// A Docker-style id no other test or run uses: 64 lowercase hex characters.
 fn unique_id(n: u32) -> String {
@@ -54,6 +59,7 @@ fn find(agent: &Agent, id: &str) -> Option<serde_json::Value> {
 
 #[test]
 fn docker_cgroups_appear_as_docker_containers_and_are_never_changed() {
+    let _one = DOCKER_PARENT.lock().unwrap_or_else(|e| e.into_inner());
     let agent = Agent::start();
     let mount = cgroup2_mount();
     let parent = mount.join("docker");
@@ -128,6 +134,51 @@ fn docker_cgroups_appear_as_docker_containers_and_are_never_changed() {
             .then_some(())
         },
     );
+    if made_parent {
+        let _ = fs::remove_dir(&parent);
+    }
+}
+
+#[test]
+fn two_hundred_docker_cgroups_cost_the_foreign_collector_milliseconds() {
+    let _one = DOCKER_PARENT.lock().unwrap_or_else(|e| e.into_inner());
+    let agent = Agent::start();
+    let parent = cgroup2_mount().join("docker");
+    let made_parent = !parent.exists();
+    let cgroups: Vec<Cgroup> = (0..200)
+        .map(|n| Cgroup::create(&parent, &unique_id(1000 + n)))
+        .collect();
+    wait_for(
+        Duration::from_secs(10),
+        "200 docker cgroups to be listed",
+        || {
+            let n = containers(&agent)
+                .iter()
+                .filter(|c| c["engine"] == "docker")
+                .count();
+            (n >= 200).then_some(())
+        },
+    );
+    // Median of a few ticks of the collector's own duration (the agent is a debug build).
+    let mut ticks: Vec<f64> = (0..5)
+        .map(|_| {
+            std::thread::sleep(Duration::from_millis(250));
+            sample(
+                &agent.metrics(),
+                "berth_collector_duration_seconds",
+                &[("collector", "foreign")],
+            )
+            .expect("the foreign collector's duration")
+        })
+        .collect();
+    ticks.sort_by(f64::total_cmp);
+    eprintln!(
+        "foreign collector, 200 docker cgroups: median {:.3} ms (max {:.3} ms)",
+        ticks[2] * 1e3,
+        ticks[4] * 1e3
+    );
+    assert!(ticks[2] < 0.050, "{ticks:?}");
+    drop(cgroups);
     if made_parent {
         let _ = fs::remove_dir(&parent);
     }
