@@ -217,10 +217,12 @@ async fn syscalls(
                 .duration_since(b.taken_at)
                 .unwrap_or_default()
                 .as_secs_f64();
+            // The same container is the same id in the same cgroup: a reused id (a foreign
+            // engine's, or a restart in a new cgroup) starts from fresh counters.
             let calls = b
                 .containers
                 .iter()
-                .find(|x| x.id == c.id)
+                .find(|x| x.id == c.id && x.cgroup_id == c.cgroup_id)
                 .map(|x| x.syscalls.clone())
                 .unwrap_or_default();
             (calls, Some(secs))

@@ -377,3 +377,26 @@ async fn mutating_verbs_on_a_foreign_container_are_refused_with_its_engine_named
     assert_eq!(v["engine"], "docker");
     assert!(v.get("runtime").is_none(), "no berth record: {v}");
 }
+
+#[tokio::test]
+async fn a_reused_id_in_a_new_cgroup_starts_its_window_from_fresh_counters() {
+    // The base in the history has `media` in cgroup 101; now the same id sits in a new cgroup.
+    let mut snap = now();
+    let media = snap
+        .containers
+        .iter_mut()
+        .find(|c| c.name == "media")
+        .unwrap();
+    media.cgroup_id = Some(9001);
+    let (status, _, body) = get(
+        read_router(read_state(Some(snap))),
+        "/api/v1/containers/media/syscalls?window=60s&top=1",
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let w: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        w["syscalls"][0]["count"], 1200,
+        "not diffed against another cgroup: {w}"
+    );
+}
