@@ -3,14 +3,17 @@
 //! is skipped). Each becomes one [`Container`] of its engine, observed, never managed
 //! (`berth: None`): named by its short id until metadata lands, running while its cgroup holds
 //! a process. Cost: one `readdir` per non-container cgroup down to the walk's depth bound, one
-//! `stat` and one small read (`cgroup.events`) per container.
+//! small read (`cgroup.events`) per container, and one `stat` per new container.
 //!
 //! A container is its (id, cgroup id): a reused id in a new cgroup is a new container with
 //! fresh counters, and a removed cgroup is gone from the next snapshot. Monitors (conmon) are
 //! not containers; a pod's containers are listed whether workload or sandbox until metadata
 //! tells them apart.
 
-use std::{collections::BTreeMap, path::PathBuf};
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::PathBuf,
+};
 
 use super::{CollectError, Collected, Collector, Tick};
 use crate::{
@@ -24,6 +27,8 @@ pub struct Foreign {
     /// berth's tracked root below it, e.g. `/berth`: its containers are the `containers`
     /// collector's.
     skip: String,
+    /// The last walk's cgroups (id -> created_at): not stat'ed again.
+    known: HashMap<u64, f64>,
 }
 
 impl Foreign {
@@ -31,6 +36,7 @@ impl Foreign {
         Self {
             mount: mount.into(),
             skip: skip.into(),
+            known: HashMap::new(),
         }
     }
 }
@@ -44,7 +50,8 @@ impl Collector for Foreign {
         if !self.mount.is_dir() {
             return Ok(Collected::NotPresent);
         }
-        let found = cgroups::walk(&self.mount, &self.skip);
+        let found = cgroups::walk(&self.mount, &self.skip, &self.known);
+        self.known = found.iter().map(|f| (f.cgroup_id, f.created_at)).collect();
         tick.builder.snapshot.containers.extend(
             found
                 .into_iter()

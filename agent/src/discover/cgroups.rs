@@ -32,9 +32,10 @@
 //! appeared or went away since the last one is in the next snapshot.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     fs,
-    os::unix::fs::MetadataExt,
+    io::Read,
+    os::unix::fs::{DirEntryExt, MetadataExt},
     path::{Path, PathBuf},
 };
 
@@ -276,7 +277,13 @@ pub struct Found {
 /// Every container cgroup below `mount` (the cgroup2 mount point), at most [`MAX_DEPTH`] deep,
 /// skipping `skip` (berth's tracked root, relative like `/berth`). Directories that vanish
 /// during the walk are skipped: cgroups come and go all the time.
-pub fn walk(mount: &Path, skip: &str) -> Vec<Found> {
+///
+/// `known` maps the cgroup ids of the last walk to their `created_at`: a cgroup still there is
+/// not stat'ed again (its id is the `d_ino` of the directory entry, which on cgroupfs is the
+/// inode number and is never reused while the machine runs). What remains per container and
+/// tick is one small read of `cgroup.events`, the largest part of a walk's cost: kernfs opens
+/// are tens of microseconds on a loaded VM.
+pub fn walk(mount: &Path, skip: &str, known: &HashMap<u64, f64>) -> Vec<Found> {
     let skip = skip.trim_end_matches('/');
     let mut out = Vec::new();
     let mut stack: Vec<(PathBuf, String, usize)> = vec![(mount.to_owned(), String::new(), 0)];
@@ -300,12 +307,18 @@ pub fn walk(mount: &Path, skip: &str) -> Vec<Found> {
                 }
                 continue;
             };
-            let Ok(meta) = e.metadata() else { continue };
-            let created_at = meta.ctime() as f64 + meta.ctime_nsec() as f64 / 1e9;
+            let (cgroup_id, created_at) = match known.get(&e.ino()) {
+                Some(&at) => (e.ino(), at),
+                None => {
+                    let Ok(meta) = e.metadata() else { continue };
+                    let at = meta.ctime() as f64 + meta.ctime_nsec() as f64 / 1e9;
+                    (meta.ino(), at)
+                }
+            };
             out.push(Found {
                 populated: populated(&e.path()),
                 path: child,
-                cgroup_id: meta.ino(),
+                cgroup_id,
                 created_at,
                 discovered,
             });
@@ -317,11 +330,20 @@ pub fn walk(mount: &Path, skip: &str) -> Vec<Found> {
 
 /// `populated 1` in `cgroup.events` (v2: the cgroup or a descendant has a process), or a
 /// non-empty `cgroup.procs` where there is no `cgroup.events`.
+/// One `read` into a stack buffer each: `populated` is the first line of `cgroup.events`, and a
+/// first pid is enough to know `cgroup.procs` is not empty.
 fn populated(dir: &Path) -> bool {
-    match fs::read_to_string(dir.join("cgroup.events")) {
-        Ok(events) => events.lines().any(|l| l.trim() == "populated 1"),
-        Err(_) => fs::read(dir.join("cgroup.procs")).is_ok_and(|p| !p.trim_ascii().is_empty()),
+    let mut buf = [0u8; 64];
+    let mut head = |file: &str| -> Option<usize> {
+        let mut f = fs::File::open(dir.join(file)).ok()?;
+        f.read(&mut buf).ok()
+    };
+    if let Some(n) = head("cgroup.events") {
+        return buf[..n]
+            .split(|&b| b == b'\n')
+            .any(|l| l.trim_ascii() == b"populated 1");
     }
+    head("cgroup.procs").is_some_and(|n| !buf[..n].trim_ascii().is_empty())
 }
 
 #[cfg(test)]
