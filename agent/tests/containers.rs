@@ -11,18 +11,6 @@ fn rootfs(agent: &Agent) -> String {
     busybox_rootfs(agent.dir.path()).display().to_string()
 }
 
-/// Waits until the container's status is `status`; returns its inspect JSON.
-fn wait_status(agent: &Agent, c: &str, status: &str, secs: u64) -> serde_json::Value {
-    wait_for(
-        Duration::from_secs(secs),
-        &format!("{c} to be {status}"),
-        || {
-            let v = agent.inspect(c);
-            (v["status"] == status).then_some(v)
-        },
-    )
-}
-
 /// Every directory of the container's cgroup in every hierarchy that may hold one.
 fn cgroup_dirs(agent: &Agent, id: &str) -> Vec<PathBuf> {
     let mut out = Vec::new();
@@ -53,7 +41,7 @@ fn a_container_runs_stops_and_is_removed_without_a_trace() {
         .trim()
         .to_owned();
     assert_eq!(id.len(), 64, "run -d prints the id: {id}");
-    let v = wait_status(&agent, &name, "running", 10);
+    let v = agent.wait_status(&name, "running", 10);
     assert!(v["state"]["pid"].as_u64().unwrap() > 1);
 
     let ps = agent.ok(&["ps"]);
@@ -87,7 +75,7 @@ fn a_container_runs_stops_and_is_removed_without_a_trace() {
 
     // sleep as PID 1 ignores SIGTERM: stop escalates to SIGKILL after -t.
     agent.ok(&["stop", "-t", "1", &name]);
-    let v = wait_status(&agent, &name, "exited", 15);
+    let v = agent.wait_status(&name, "exited", 15);
     assert_eq!(v["state"]["exit_code"], 137, "{v}");
     assert!(!agent.ok(&["ps"]).contains(&name));
     assert!(agent.ok(&["ps", "-a"]).contains("Exited (137)"));
@@ -135,7 +123,7 @@ fn memory_past_the_limit_is_oom_killed_and_counted() {
         "-c",
         "head -c 300m /dev/zero | tail",
     ]);
-    let v = wait_status(&agent, &name, "exited", 30);
+    let v = agent.wait_status(&name, "exited", 30);
     assert_eq!(v["state"]["exit_code"], 137, "{v}");
     assert_eq!(v["state"]["oom_kills"], 1, "{v}");
     assert_eq!(agent.get("/healthz").0, 200, "the agent is unaffected");
@@ -215,7 +203,7 @@ fn a_busy_loop_is_held_to_its_cpu_quota() {
         "-c",
         "while :; do :; done",
     ]);
-    wait_status(&agent, &name, "running", 10);
+    agent.wait_status(&name, "running", 10);
     let usage = || -> f64 {
         let out = agent.ok(&["stats", "--no-stream", "--format", "json", &name]);
         let v: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -247,7 +235,7 @@ fn update_changes_the_memory_limit_of_a_running_container() {
         ])
         .trim()
         .to_owned();
-    wait_status(&agent, &name, "running", 10);
+    agent.wait_status(&name, "running", 10);
     let file = PathBuf::from("/sys/fs/cgroup/memory")
         .join(&agent.root_name)
         .join(&id)
@@ -297,7 +285,7 @@ fn containers_survive_an_agent_crash_and_are_readopted() {
         "sleep 2; exit 7",
     ]);
     for n in [&a, &b, &c] {
-        wait_status(&agent, n, "running", 10);
+        agent.wait_status(n, "running", 10);
     }
     agent.kill9();
     std::thread::sleep(Duration::from_secs(3));
@@ -444,7 +432,7 @@ fn images_built_by_other_tools_import_and_run() {
     // The image's default command runs too (Entrypoint busybox + Cmd sh reads no input).
     let name = unique("img");
     agent.ok(&["run", "-d", "--name", &name, "media:1", "sleep", "300"]);
-    wait_status(&agent, &name, "running", 10);
+    agent.wait_status(&name, "running", 10);
     // Writes go to the container's layer, never to the image.
     agent.ok(&[
         "run",
@@ -544,7 +532,7 @@ fn an_interrupted_create_or_remove_is_undone_on_the_next_start() {
             .ok(&["run", "-d", "--name", &name, &rootfs, "sleep", "300"])
             .trim()
             .to_owned();
-        wait_status(&agent, &name, "running", 10);
+        agent.wait_status(&name, "running", 10);
         ids.push((id, phase));
     }
     agent.kill9();

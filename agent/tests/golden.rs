@@ -14,7 +14,6 @@ use std::{
     collections::BTreeSet,
     net::SocketAddr,
     path::{Path, PathBuf},
-    process::Command,
     time::Duration,
 };
 
@@ -143,38 +142,15 @@ fn has_wider_sample(now: &BTreeSet<String>, line: &str) -> bool {
         .any(|(n, have)| n == name && have.is_superset(&want))
 }
 
-/// One request over the agent's Unix socket (curl): (status, JSON body).
+/// One request over the agent's Unix socket: (status, JSON body).
 fn socket_api(
     agent: &Agent,
     method: &str,
     path: &str,
     body: Option<&str>,
 ) -> (u16, serde_json::Value) {
-    let mut cmd = Command::new("curl");
-    cmd.args([
-        "-sS",
-        "-m",
-        "60",
-        "-o",
-        "-",
-        "-w",
-        "\n%{http_code}",
-        "-X",
-        method,
-    ])
-    .arg("--unix-socket")
-    .arg(&agent.socket);
-    if let Some(b) = body {
-        cmd.args(["-H", "content-type: application/json", "--data", b]);
-    }
-    let out = cmd
-        .arg(format!("http://berth{path}"))
-        .output()
-        .expect("curl (cargo xtask setup installs it)");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').expect("status line");
-    let status: u16 = code.trim().parse().unwrap_or(0);
-    let json = serde_json::from_str(body)
+    let (status, body) = agent.socket_request(method, path, body);
+    let json = serde_json::from_str(&body)
         .unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {body}"));
     (status, json)
 }
@@ -183,12 +159,6 @@ fn get_json(agent: &Agent, path: &str) -> serde_json::Value {
     let (status, body) = agent.get(path);
     assert_eq!(status, 200, "GET {path}: {body}");
     serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
-}
-
-fn wait_status(agent: &Agent, name: &str, want: &str) {
-    wait_for(Duration::from_secs(20), &format!("{name} {want}"), || {
-        (agent.inspect(name)["status"] == want).then_some(())
-    });
 }
 
 #[test]
@@ -249,9 +219,9 @@ fn metrics_and_api_keep_every_family_label_and_field_of_the_golden_files() {
     ]);
     agent.ok(&["run", "-d", "--name", &done, rootfs, "sh", "-c", "exit 3"]);
     for n in [&map, &ipt, &host] {
-        wait_status(&agent, n, "running");
+        agent.wait_status(n, "running", 20);
     }
-    wait_status(&agent, &done, "exited");
+    agent.wait_status(&done, "exited", 20);
 
     // Images: one imported from a `docker save` archive.
     let img_dir = agent.dir.path().join("images");

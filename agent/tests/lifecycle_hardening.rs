@@ -19,18 +19,6 @@ fn rootfs(agent: &Agent) -> String {
     busybox_rootfs(agent.dir.path()).display().to_string()
 }
 
-/// Waits until the container's status is `status`; returns its inspect JSON.
-fn wait_status(agent: &Agent, c: &str, status: &str, secs: u64) -> serde_json::Value {
-    wait_for(
-        Duration::from_secs(secs),
-        &format!("{c} to be {status}"),
-        || {
-            let v = agent.inspect(c);
-            (v["status"] == status).then_some(v)
-        },
-    )
-}
-
 fn store_dir(agent: &Agent) -> PathBuf {
     agent.dir.path().join("state/containers")
 }
@@ -107,7 +95,7 @@ fn run_rm_removes_the_container_when_it_exits_also_while_the_agent_is_down() {
         .ok(&["run", "-d", "--rm", "--name", &name, &rootfs, "sleep", "2"])
         .trim()
         .to_owned();
-    wait_status(&agent, &name, "running", 10);
+    agent.wait_status(&name, "running", 10);
     agent.kill9();
     std::thread::sleep(Duration::from_secs(4));
     agent.spawn();
@@ -132,7 +120,7 @@ fn a_replaced_binary_still_starts_containers_and_old_shims_stay_adopted() {
     let rootfs = rootfs(&agent);
     let old = unique("old-shim");
     agent.ok(&["run", "-d", "--name", &old, &rootfs, "sleep", "300"]);
-    let before = wait_status(&agent, &old, "running", 10);
+    let before = agent.wait_status(&old, "running", 10);
 
     // The upgrade: a new binary renamed over the old one, as package managers do (`cp` over
     // a running binary fails with ETXTBSY). The agent's /proc/self/exe is now "(deleted)".
@@ -148,21 +136,21 @@ fn a_replaced_binary_still_starts_containers_and_old_shims_stay_adopted() {
         "run after the binary was replaced: {err}{out}\n{}",
         agent.log()
     );
-    wait_status(&agent, &new, "running", 10);
+    agent.wait_status(&new, "running", 10);
 
     // The agent restarts from the new binary; both shims are adopted, unchanged.
     agent.stop();
     agent.spawn();
-    let after = wait_status(&agent, &old, "running", 10);
+    let after = agent.wait_status(&old, "running", 10);
     assert_eq!(
         after["state"]["shim_pid"], before["state"]["shim_pid"],
         "{after}"
     );
     assert!(after["state"]["error"].is_null(), "{after}");
-    wait_status(&agent, &new, "running", 10);
+    agent.wait_status(&new, "running", 10);
     agent.ok(&["stop", "-t", "1", &old]);
     assert_eq!(
-        wait_status(&agent, &old, "exited", 15)["state"]["exit_code"],
+        agent.wait_status(&old, "exited", 15)["state"]["exit_code"],
         137
     );
 }
@@ -173,7 +161,7 @@ fn a_killed_shim_is_reported_and_stop_acts_on_the_container() {
     let rootfs = rootfs(&agent);
     let name = unique("lost-shim");
     agent.ok(&["run", "-d", "--name", &name, &rootfs, "sleep", "300"]);
-    let v = wait_status(&agent, &name, "running", 10);
+    let v = agent.wait_status(&name, "running", 10);
     let init = v["state"]["pid"].as_u64().unwrap();
     kill9(v["state"]["shim_pid"].as_u64().unwrap());
 
@@ -200,7 +188,7 @@ fn a_killed_shim_is_reported_and_stop_acts_on_the_container() {
         !pid_alive(init),
         "stop returned but the container's init runs on"
     );
-    let v = wait_status(&agent, &name, "exited", 5);
+    let v = agent.wait_status(&name, "exited", 5);
     assert!(v["state"]["exit_code"].is_null(), "{v}");
     assert!(
         v["state"]["error"]
@@ -222,14 +210,14 @@ fn a_killed_shim_is_replaced_by_a_new_watcher_on_agent_restart() {
     let rootfs = rootfs(&agent);
     let name = unique("readopt");
     agent.ok(&["run", "-d", "--name", &name, &rootfs, "sleep", "300"]);
-    let v = wait_status(&agent, &name, "running", 10);
+    let v = agent.wait_status(&name, "running", 10);
     let init = v["state"]["pid"].as_u64().unwrap();
     let old_shim = v["state"]["shim_pid"].as_u64().unwrap();
     kill9(old_shim);
     agent.stop();
     agent.spawn();
 
-    let v = wait_status(&agent, &name, "running", 10);
+    let v = agent.wait_status(&name, "running", 10);
     let new_shim = v["state"]["shim_pid"].as_u64().unwrap();
     assert_ne!(new_shim, old_shim, "{v}");
     assert!(pid_alive(new_shim));
@@ -238,7 +226,7 @@ fn a_killed_shim_is_replaced_by_a_new_watcher_on_agent_restart() {
 
     // The new watcher sees the exit and records it, and leaves.
     agent.ok(&["kill", &name]);
-    let v = wait_status(&agent, &name, "exited", 10);
+    let v = agent.wait_status(&name, "exited", 10);
     assert!(!pid_alive(init));
     assert!(v["state"]["finished_at"].as_f64().is_some(), "{v}");
     wait_for(Duration::from_secs(5), "the watcher to leave", || {
@@ -266,7 +254,7 @@ fn nothing_under_the_state_dir_is_readable_by_another_user() {
         ])
         .trim()
         .to_owned();
-    wait_status(&agent, &name, "running", 10);
+    agent.wait_status(&name, "running", 10);
     let state = agent.dir.path().join("state");
     let c = state.join("containers").join(&id);
     for d in [

@@ -10,7 +10,6 @@ mod common;
 use std::{
     collections::BTreeMap,
     net::{Ipv4Addr, SocketAddr},
-    process::Command,
     time::Duration,
 };
 
@@ -66,28 +65,7 @@ fn try_syscalls(agent: &Agent, opts: &[&str], rootfs: &str) -> BTreeMap<String, 
 
 /// One request over the agent's Unix socket: (status, body).
 fn socket_post(agent: &Agent, path: &str, body: &serde_json::Value) -> (u16, String) {
-    let out = Command::new("curl")
-        .args([
-            "-sS",
-            "-m",
-            "60",
-            "-o",
-            "-",
-            "-w",
-            "\n%{http_code}",
-            "-X",
-            "POST",
-        ])
-        .arg("--unix-socket")
-        .arg(&agent.socket)
-        .args(["-H", "content-type: application/json", "--data"])
-        .arg(body.to_string())
-        .arg(format!("http://berth{path}"))
-        .output()
-        .expect("curl");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').expect("status line");
-    (code.trim().parse().unwrap_or(0), body.to_owned())
+    agent.socket_request("POST", path, Some(&body.to_string()))
 }
 
 #[test]

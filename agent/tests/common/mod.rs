@@ -262,6 +262,47 @@ impl Agent {
         out
     }
 
+    /// Waits until the container's status is `status`; returns its inspect JSON.
+    pub fn wait_status(&self, c: &str, status: &str, secs: u64) -> serde_json::Value {
+        wait_for(
+            Duration::from_secs(secs),
+            &format!("{c} to be {status}"),
+            || {
+                let v = self.inspect(c);
+                (v["status"] == status).then_some(v)
+            },
+        )
+    }
+
+    /// One request over the agent's Unix socket (curl, which `cargo xtask setup` installs),
+    /// with a JSON body when given: (status, body text).
+    pub fn socket_request(&self, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+        let mut cmd = Command::new("curl");
+        cmd.args([
+            "-sS",
+            "-m",
+            "60",
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_code}",
+            "-X",
+            method,
+        ])
+        .arg("--unix-socket")
+        .arg(&self.socket);
+        if let Some(b) = body {
+            cmd.args(["-H", "content-type: application/json", "--data", b]);
+        }
+        let out = cmd
+            .arg(format!("http://berth{path}"))
+            .output()
+            .expect("curl (cargo xtask setup installs it)");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').expect("status line");
+        (code.trim().parse().unwrap_or(0), body.to_owned())
+    }
+
     /// `inspect` of one container as JSON.
     pub fn inspect(&self, container: &str) -> serde_json::Value {
         let out = self.ok(&["inspect", container]);
