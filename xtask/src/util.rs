@@ -45,9 +45,9 @@ pub fn cargo(args: &[&str]) -> Result<()> {
     run(Command::new(env!("CARGO")).args(args))
 }
 
-/// `2 vCPU <model>, kernel <release>`, for bench sections.
-pub fn machine() -> Result<String> {
-    let kernel = output(Command::new("uname").arg("-r"))?;
+/// `2 vCPU <model>, kernel <release>`, for bench sections and reports.
+pub fn machine() -> String {
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     let model = fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -58,7 +58,7 @@ pub fn machine() -> Result<String> {
             })
         })
         .unwrap_or_else(|| "unknown CPU".into());
-    Ok(format!("{cpus} vCPU {model}, kernel {}", kernel.trim()))
+    format!("{cpus} vCPU {model}, kernel {}", kernel.trim())
 }
 
 /// Appends a section to docs/benchmarks.md (created with its preamble when absent).

@@ -145,6 +145,21 @@ pub fn write_router(state: WriteState) -> Router {
     write::routes().with_state(state)
 }
 
+/// A query string the route does not accept is the client's mistake: a 400 with the reason.
+fn query<T>(
+    q: Result<axum::extract::Query<T>, axum::extract::rejection::QueryRejection>,
+) -> Result<T, ApiError> {
+    q.map(|axum::extract::Query(v)| v)
+        .map_err(|e| ApiError::BadRequest(e.body_text()))
+}
+
+/// A JSON body the route does not accept (unknown key, wrong type) is the client's mistake:
+/// a 400 naming the field.
+fn body<T>(b: Result<Json<T>, axum::extract::rejection::JsonRejection>) -> Result<T, ApiError> {
+    b.map(|Json(v)| v)
+        .map_err(|e| ApiError::BadRequest(e.body_text()))
+}
+
 /// Errors shown to HTTP clients: a clear 4xx for their mistakes, a generic 5xx for ours (the
 /// cause goes to the log).
 #[derive(Debug, thiserror::Error)]

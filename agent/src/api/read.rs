@@ -17,6 +17,7 @@ use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
 use super::{
     ApiError, ReadState,
     access::Secrets,
+    query,
     views::{DiagnoseView, StatsView, SyscallRow, SyscallsView, SystemView},
 };
 use crate::{
@@ -40,12 +41,6 @@ pub fn routes() -> Router<ReadState> {
         .route("/api/v1/containers/{id}/syscalls", get(syscalls))
         .route("/api/v1/images", get(images))
         .route("/api/v1/ports", get(ports))
-}
-
-/// A query string the route does not accept is the client's mistake.
-fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
-    q.map(|Query(q)| q)
-        .map_err(|e| ApiError::BadRequest(e.body_text()))
 }
 
 /// `window=60s` as a duration (at most what the history keeps is meaningful).

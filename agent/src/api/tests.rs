@@ -38,12 +38,7 @@ fn read_state(snapshot: Option<Snapshot>) -> ReadState {
                 unified_mount: PathBuf::from("/sys/fs/cgroup/unified"),
                 v1: Vec::new(),
             },
-            tracked_root: TrackedRoot {
-                dir: PathBuf::from("/sys/fs/cgroup/unified/berth"),
-                path: "/berth".into(),
-                id: 42,
-                level: 1,
-            },
+            tracked_root: TrackedRoot::fixture(),
             runtime: None,
             runtime_error: Some("test".into()),
             seccomp: crate::runtime::seccomp::default_info(

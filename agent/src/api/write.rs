@@ -18,7 +18,7 @@ use axum::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::{ApiError, WriteState};
+use super::{ApiError, WriteState, body, query};
 use crate::{
     model::{Container, Limits},
     runtime::{ContainerView, Manager, RunRequest, RuntimeError},
@@ -112,16 +112,6 @@ fn refuse_foreign(state: &WriteState, reference: &str) -> Result<(), ApiError> {
         ))),
         _ => Ok(()),
     }
-}
-
-fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
-    b.map(|Json(v)| v)
-        .map_err(|e| ApiError::BadRequest(e.body_text()))
-}
-
-fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
-    q.map(|Query(v)| v)
-        .map_err(|e| ApiError::BadRequest(e.body_text()))
 }
 
 async fn run(

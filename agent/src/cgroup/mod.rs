@@ -346,6 +346,18 @@ pub struct TrackedRoot {
 }
 
 impl TrackedRoot {
+    /// A root that exists nowhere (`/berth`, id 42), for tests that need one and touch
+    /// nothing.
+    #[cfg(test)]
+    pub(crate) fn fixture() -> Self {
+        Self {
+            dir: std::path::PathBuf::from("/sys/fs/cgroup/unified/berth"),
+            path: "/berth".into(),
+            id: 42,
+            level: 1,
+        }
+    }
+
     /// Creates `mount/relative` when absent and reads its id.
     pub fn open(mount: &Path, relative: &str) -> Result<Self, CgroupError> {
         let dir = mount.join(relative);

@@ -102,18 +102,13 @@ fn container(f: Found) -> Container {
 
 #[cfg(test)]
 mod tests {
-    use std::{fs, path::PathBuf};
+    use std::fs;
 
     use super::*;
     use crate::{cgroup::TrackedRoot, collect::Registry, model::Engine, probes::Probes};
 
     fn root() -> TrackedRoot {
-        TrackedRoot {
-            dir: PathBuf::from("/nonexistent/berth"),
-            path: "/berth".into(),
-            id: 1,
-            level: 1,
-        }
+        TrackedRoot::fixture()
     }
 
     fn hex(n: usize) -> String {

@@ -192,18 +192,12 @@ impl Registry {
 
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
 
     use super::*;
     use crate::model::{Container, Engine, Status};
 
     fn root() -> TrackedRoot {
-        TrackedRoot {
-            dir: PathBuf::from("/nonexistent/berth"),
-            path: "/berth".into(),
-            id: 1,
-            level: 1,
-        }
+        TrackedRoot::fixture()
     }
 
     struct Failing;

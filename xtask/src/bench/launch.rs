@@ -175,7 +175,7 @@ pub fn bench_launch(runs: u32) -> Result<()> {
          32-40 s for 1,000 ports).  \n\
          Ratio (one run): **{ratio:.2}x** (goal <= 1.2x: {goal}).\n",
         date = utc_now()?,
-        machine = machine()?,
+        machine = machine(),
     );
     append_benchmark(&section)?;
     print!("{section}");

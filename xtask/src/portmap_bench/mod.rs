@@ -232,7 +232,7 @@ pub fn run_with(args: &Args, mut mechanisms: Vec<Mechanism>) -> Result<Report> {
         }
     }
     Ok(Report {
-        machine: machine(),
+        machine: crate::util::machine(),
         settings: serde_json::json!({
             "max_packets": args.max_packets,
             "max_secs": args.max_secs,
@@ -390,21 +390,6 @@ fn preflight(mechanisms: &[Mechanism]) -> Result<()> {
         );
     }
     Ok(())
-}
-
-fn machine() -> String {
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let model = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines().find_map(|l| {
-                l.strip_prefix("model name")
-                    .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
-            })
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    format!("{cpus} vCPU {model}, kernel {}", kernel.trim())
 }
 
 /// [`Args::selftest`], then checks that every case sent and delivered (for mapped mechanisms
