@@ -45,6 +45,7 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     pub network: crate::net::NetworkConfig,
     pub probes: ProbesConfig,
+    pub discovery: DiscoveryConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -131,6 +132,9 @@ pub struct RuntimeConfig {
     pub state_dir: PathBuf,
     /// Volatile state (tmpfs): the OCI runtime's own state root.
     pub run_dir: PathBuf,
+    /// Launch and manage containers. `false` is observe mode: no OCI runtime is looked for,
+    /// the mutating verbs are refused, and the agent only observes (as a DaemonSet does).
+    pub launch: bool,
 }
 
 impl Default for RuntimeConfig {
@@ -139,6 +143,49 @@ impl Default for RuntimeConfig {
             oci: "auto".into(),
             state_dir: PathBuf::from("/var/lib/berth"),
             run_dir: PathBuf::from("/run/berth"),
+            launch: true,
+        }
+    }
+}
+
+/// Where the other engines' containers and the host's own views are. Every path is the host's
+/// as the agent sees it: in a container, mount the host's directories and point these at them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DiscoveryConfig {
+    /// Observe containers berth did not launch (found from the cgroup tree).
+    pub enabled: bool,
+    /// The host's procfs (PIDs of the host: proxies, conntrack).
+    pub proc: PathBuf,
+    /// The host's cgroup2 (or hybrid `unified`) mount; empty: detected from mountinfo.
+    pub cgroup_mount: PathBuf,
+    /// Docker Engine API socket (metadata: names, images, labels, published ports).
+    pub docker_socket: PathBuf,
+    /// Docker's data root (`config.v2.json`, `hostconfig.json`: the fallback when the API
+    /// does not answer).
+    pub docker_data_root: PathBuf,
+    /// containerd's state dir (task bundles' `config.json`: labels, Kubernetes names).
+    pub containerd_state: PathBuf,
+    /// podman's (containers/storage) root and run root, for names and images.
+    pub podman_root: PathBuf,
+    pub podman_runroot: PathBuf,
+    /// How long one metadata request may take before the agent goes on without it.
+    pub metadata_timeout: HumanDuration,
+}
+
+impl Default for DiscoveryConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            proc: PathBuf::from("/proc"),
+            cgroup_mount: PathBuf::new(),
+            docker_socket: PathBuf::from("/var/run/docker.sock"),
+            docker_data_root: PathBuf::from("/var/lib/docker"),
+            containerd_state: PathBuf::from("/run/containerd"),
+            podman_root: PathBuf::from("/var/lib/containers/storage"),
+            podman_runroot: PathBuf::from("/run/containers/storage"),
+            // Metadata is never needed for the numbers: a slow engine must not hold a tick.
+            metadata_timeout: HumanDuration(Duration::from_millis(500)),
         }
     }
 }
@@ -313,6 +360,18 @@ impl Config {
             ("runtime.state_dir", &self.runtime.state_dir),
             ("runtime.run_dir", &self.runtime.run_dir),
             ("http.socket", &self.http.socket),
+            ("discovery.proc", &self.discovery.proc),
+            ("discovery.docker_socket", &self.discovery.docker_socket),
+            (
+                "discovery.docker_data_root",
+                &self.discovery.docker_data_root,
+            ),
+            (
+                "discovery.containerd_state",
+                &self.discovery.containerd_state,
+            ),
+            ("discovery.podman_root", &self.discovery.podman_root),
+            ("discovery.podman_runroot", &self.discovery.podman_runroot),
         ] {
             if !p.is_absolute() {
                 return Err(invalid(
@@ -320,6 +379,27 @@ impl Config {
                     format!("is `{}`; it must be an absolute path", p.display()),
                 ));
             }
+        }
+        if !self.discovery.cgroup_mount.as_os_str().is_empty()
+            && !self.discovery.cgroup_mount.is_absolute()
+        {
+            return Err(invalid(
+                "discovery.cgroup_mount",
+                format!(
+                    "is `{}`; it must be an absolute path, or empty to detect it",
+                    self.discovery.cgroup_mount.display()
+                ),
+            ));
+        }
+        let t = self.discovery.metadata_timeout.0;
+        if t < Duration::from_millis(10) || t > Duration::from_secs(10) {
+            return Err(invalid(
+                "discovery.metadata_timeout",
+                format!(
+                    "is {}; it must be between 10ms and 10s",
+                    self.discovery.metadata_timeout
+                ),
+            ));
         }
         Ok(())
     }

@@ -58,6 +58,7 @@ fn container(view: ContainerView, stats: Option<crate::model::ContainerStats>) -
         stats: stats.filter(|_| status == Status::Running),
         network: r.network,
         conntrack_entries: None,
+        port_mapping: Default::default(),
         log_path: Some(view.log_path),
         syscalls: Vec::new(),
         net: Vec::new(),

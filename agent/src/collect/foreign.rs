@@ -17,8 +17,11 @@ use std::{
 
 use super::{CollectError, Collected, Collector, Tick};
 use crate::{
-    discover::cgroups::{self, Found, Kind},
-    model::{Container, ContainerState, Status},
+    discover::{
+        cgroups::{self, Found, Kind},
+        meta::{Meta, MetaSource},
+    },
+    model::{Container, ContainerState, NetworkSpec, Status},
 };
 
 pub struct Foreign {
@@ -29,6 +32,8 @@ pub struct Foreign {
     skip: String,
     /// The last walk's cgroups (id -> created_at): not stat'ed again.
     known: HashMap<u64, f64>,
+    /// Metadata sources, asked in order; the first answer wins.
+    sources: Vec<Box<dyn MetaSource>>,
 }
 
 impl Foreign {
@@ -37,7 +42,14 @@ impl Foreign {
             mount: mount.into(),
             skip: skip.into(),
             known: HashMap::new(),
+            sources: Vec::new(),
         }
+    }
+
+    /// Adds a metadata source (asked after those already added).
+    pub fn with_source(mut self, source: Box<dyn MetaSource>) -> Self {
+        self.sources.push(source);
+        self
     }
 }
 
@@ -52,33 +64,46 @@ impl Collector for Foreign {
         }
         let found = cgroups::walk(&self.mount, &self.skip, &self.known);
         self.known = found.iter().map(|f| (f.cgroup_id, f.created_at)).collect();
-        tick.builder.snapshot.containers.extend(
-            found
-                .into_iter()
-                .filter(|f| f.discovered.kind != Kind::Conmon)
-                .map(container),
-        );
+        for f in found {
+            if f.discovered.kind == Kind::Conmon {
+                continue;
+            }
+            let d = &f.discovered;
+            let meta = self
+                .sources
+                .iter_mut()
+                .find_map(|s| s.lookup(d.engine, &d.id, &d.labels));
+            if meta.as_ref().is_some_and(|m| m.sandbox) {
+                // A pod's sandbox (pause) is infrastructure, not a workload.
+                continue;
+            }
+            tick.builder.snapshot.containers.push(container(f, meta));
+        }
         Ok(Collected::Done)
     }
 }
 
-/// The model's record of a container found from its cgroup alone.
-fn container(f: Found) -> Container {
+/// The model's record of a container found from its cgroup, with its engine's metadata.
+fn container(f: Found, meta: Option<Meta>) -> Container {
     let d = f.discovered;
+    let m = meta.unwrap_or_default();
     let status = if f.populated {
         Status::Running
     } else {
         Status::Exited
     };
-    let name = d
+    let name = m
         .name
+        .or(d.name)
         .unwrap_or_else(|| d.id.chars().take(12).collect::<String>());
+    let mut labels = d.labels;
+    labels.extend(m.labels);
     Container {
         engine: d.engine,
         name,
         id: d.id,
-        image: String::new(),
-        labels: d.labels.into_iter().collect::<BTreeMap<_, _>>(),
+        image: m.image.unwrap_or_default(),
+        labels: labels.into_iter().collect::<BTreeMap<_, _>>(),
         cgroup: f.path,
         cgroup_id: Some(f.cgroup_id),
         status,
@@ -88,12 +113,18 @@ fn container(f: Found) -> Container {
             started_at: Some(f.created_at),
             ..ContainerState::default()
         },
-        created_at: f.created_at,
+        created_at: m.created_at.unwrap_or(f.created_at),
         limits: Default::default(),
         stats: None,
-        network: Default::default(),
+        network: NetworkSpec {
+            mode: m.network_mode.unwrap_or_default(),
+            ip: m.ip,
+            publish: m.publish,
+            port_backend: None,
+        },
         conntrack_entries: None,
-        log_path: None,
+        port_mapping: Default::default(),
+        log_path: m.log_path,
         syscalls: Vec::new(),
         net: Vec::new(),
         berth: None,
@@ -184,6 +215,60 @@ mod tests {
             "a reused id comes back as a new cgroup"
         );
         assert!(again.syscalls.is_empty() && again.net.is_empty());
+    }
+
+    /// A source that knows one container by name and one sandbox.
+    struct Known {
+        name_of: String,
+        sandbox: String,
+    }
+
+    impl MetaSource for Known {
+        fn name(&self) -> &'static str {
+            "known"
+        }
+        fn lookup(&mut self, _: Engine, id: &str, _: &BTreeMap<String, String>) -> Option<Meta> {
+            (id == self.name_of)
+                .then(|| Meta {
+                    name: Some("media".into()),
+                    image: Some("bb:1".into()),
+                    labels: [("k".to_owned(), "v".to_owned())].into(),
+                    ..Meta::default()
+                })
+                .or_else(|| {
+                    (id == self.sandbox).then(|| Meta {
+                        sandbox: true,
+                        ..Meta::default()
+                    })
+                })
+        }
+    }
+
+    #[test]
+    fn metadata_names_a_container_and_a_sandbox_is_not_a_workload() {
+        let mount = tempfile::tempdir().unwrap();
+        let (a, pod, sb) = (hex(1), "pod0123-45", hex(2));
+        mkcg(mount.path(), &format!("docker/{a}"), true);
+        mkcg(
+            mount.path(),
+            &format!("kubepods/besteffort/{pod}/{sb}"),
+            true,
+        );
+        let source = Known {
+            name_of: a.clone(),
+            sandbox: sb.clone(),
+        };
+        let mut r = Registry::with(
+            Probes::disabled(&root()),
+            vec![Box::new(
+                Foreign::new(mount.path(), "/berth").with_source(Box::new(source)),
+            )],
+        );
+        let snap = r.collect();
+        assert_eq!(snap.containers.len(), 1, "the sandbox is not listed");
+        let c = &snap.containers[0];
+        assert_eq!((c.name.as_str(), c.image.as_str()), ("media", "bb:1"));
+        assert_eq!(c.labels.get("k").map(String::as_str), Some("v"));
     }
 
     #[test]

@@ -4,4 +4,5 @@
 //! APIs and state files comes here next; it is never needed for the numbers.
 
 pub mod cgroups;
+pub mod meta;
 pub mod proxies;

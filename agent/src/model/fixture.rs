@@ -101,6 +101,7 @@ fn container(
         },
         stats,
         conntrack_entries: network.ip.map(|_| 12),
+        port_mapping: Default::default(),
         network,
         log_path: Some(PathBuf::from(format!(
             "/var/lib/berth/containers/{id}/container.log"

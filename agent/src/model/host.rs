@@ -26,3 +26,23 @@ pub struct ProxyStats {
     /// CPU time used since each started (user + system), seconds.
     pub cpu_seconds: f64,
 }
+
+/// What a container's published ports cost the host outside berth's own backends: per-port
+/// firewall rules that point at its address, and the userland proxies that forward to it
+/// (Docker's way). Counted for other engines' containers; empty for berth's (its backend is
+/// in `network.port_backend`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct PortMapping {
+    /// iptables rules (nft and legacy, every table) that match on or NAT to its address;
+    /// `None` when the ruleset could not be read.
+    pub rules: Option<u64>,
+    /// The proxy processes forwarding to its address.
+    pub proxies: ProxyStats,
+}
+
+impl PortMapping {
+    /// Nothing counted: no rules, no proxies.
+    pub fn is_empty(&self) -> bool {
+        self.rules.unwrap_or(0) == 0 && self.proxies.processes == 0
+    }
+}

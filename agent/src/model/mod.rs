@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 
 pub use self::{
     container::{ContainerState, Phase, RestartPolicy, Status},
-    host::{ConntrackStats, ProxyStats},
+    host::{ConntrackStats, PortMapping, ProxyStats},
     image::{Image, ImageConfig},
     limits::Limits,
     net::{BackendKind, NetworkMode, NetworkSpec, PortRange, Proto, Publish},
@@ -226,6 +226,8 @@ pub struct Container {
     pub network: NetworkSpec,
     /// Conntrack entries with the container's address (bridge mode).
     pub conntrack_entries: Option<u64>,
+    /// Per-port rules and userland proxies its published ports cost (other engines).
+    pub port_mapping: PortMapping,
     /// Its stdout and stderr, where the engine keeps them.
     pub log_path: Option<PathBuf>,
     /// Cumulative syscalls of its cgroup, sorted by number.
