@@ -122,7 +122,13 @@ pub async fn run(config: Config, notifier: Option<Notifier>) -> Result<(), Daemo
 
     let (snap_tx, snap_rx) = watch::channel(None);
     let tracked = root.clone();
-    let mut registry = Registry::new(probes, root, &hierarchy.unified_mount, manager.clone());
+    let mut registry = Registry::new(
+        probes,
+        root,
+        &hierarchy.unified_mount,
+        manager.clone(),
+        crate::discover::meta::sources(&config.discovery),
+    );
     info!(collectors = ?registry.names(), "collectors");
     let first = tokio::task::block_in_place(|| registry.collect());
     snap_tx.send_replace(Some(Arc::new(first)));

@@ -46,9 +46,9 @@ impl Foreign {
         }
     }
 
-    /// Adds a metadata source (asked after those already added).
-    pub fn with_source(mut self, source: Box<dyn MetaSource>) -> Self {
-        self.sources.push(source);
+    /// Adds metadata sources (asked after those already added).
+    pub fn with_sources(mut self, sources: Vec<Box<dyn MetaSource>>) -> Self {
+        self.sources.extend(sources);
         self
     }
 }
@@ -261,7 +261,7 @@ mod tests {
         let mut r = Registry::with(
             Probes::disabled(&root()),
             vec![Box::new(
-                Foreign::new(mount.path(), "/berth").with_source(Box::new(source)),
+                Foreign::new(mount.path(), "/berth").with_sources(vec![Box::new(source)]),
             )],
         );
         let snap = r.collect();

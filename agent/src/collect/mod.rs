@@ -32,6 +32,7 @@ use tracing::{debug, warn};
 
 use crate::{
     cgroup::TrackedRoot,
+    discover::meta::MetaSource,
     model::{CgroupSample, CollectorRun, Snapshot},
     probes::{ProbeLoadError, Probes},
     runtime::{Manager, RuntimeError},
@@ -124,6 +125,7 @@ impl Registry {
         root: TrackedRoot,
         unified_mount: &Path,
         manager: Option<Arc<Manager>>,
+        sources: Vec<Box<dyn MetaSource>>,
     ) -> Self {
         let skip = root.path.clone();
         let mut collectors: Vec<Box<dyn Collector>> = vec![Box::new(cgroups::Cgroups::new(root))];
@@ -132,7 +134,9 @@ impl Registry {
         }
         collectors.push(Box::new(probes::ProbeState));
         collectors.push(Box::new(containers::Containers::new(manager.clone())));
-        collectors.push(Box::new(foreign::Foreign::new(unified_mount, skip)));
+        collectors.push(Box::new(
+            foreign::Foreign::new(unified_mount, skip).with_sources(sources),
+        ));
         collectors.push(Box::new(images::Images::new(manager)));
         collectors.push(Box::new(conntrack::Conntrack::new("/proc")));
         collectors.push(Box::new(proxies::Proxies::new("/proc")));
