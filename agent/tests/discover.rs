@@ -140,7 +140,7 @@ fn docker_cgroups_appear_as_docker_containers_and_are_never_changed() {
 }
 
 #[test]
-fn two_hundred_docker_cgroups_cost_the_foreign_collector_milliseconds() {
+fn two_hundred_docker_cgroups_are_listed_and_none_stays_after_removal() {
     let _one = DOCKER_PARENT.lock().unwrap_or_else(|e| e.into_inner());
     let agent = Agent::start();
     let parent = cgroup2_mount().join("docker");
@@ -159,26 +159,19 @@ fn two_hundred_docker_cgroups_cost_the_foreign_collector_milliseconds() {
             (n >= 200).then_some(())
         },
     );
-    // Median of a few ticks of the collector's own duration (the agent is a debug build).
-    let mut ticks: Vec<f64> = (0..5)
-        .map(|_| {
-            std::thread::sleep(Duration::from_millis(250));
-            sample(
-                &agent.metrics(),
-                "berth_collector_duration_seconds",
-                &[("collector", "foreign")],
-            )
-            .expect("the foreign collector's duration")
-        })
-        .collect();
-    ticks.sort_by(f64::total_cmp);
-    eprintln!(
-        "foreign collector, 200 docker cgroups: median {:.3} ms (max {:.3} ms)",
-        ticks[2] * 1e3,
-        ticks[4] * 1e3
-    );
-    assert!(ticks[2] < 0.050, "{ticks:?}");
+    // What a tick costs is measured by `cargo xtask bench agent`, not asserted here.
     drop(cgroups);
+    wait_for(
+        Duration::from_secs(10),
+        "the 200 docker cgroups to be gone",
+        || {
+            let n = containers(&agent)
+                .iter()
+                .filter(|c| c["engine"] == "docker")
+                .count();
+            (n == 0).then_some(())
+        },
+    );
     if made_parent {
         let _ = fs::remove_dir(&parent);
     }

@@ -10,10 +10,7 @@
 //! not containers; a pod's containers are listed whether workload or sandbox until metadata
 //! tells them apart.
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    path::PathBuf,
-};
+use std::{collections::BTreeMap, path::PathBuf};
 
 use super::{CollectError, Collected, Collector, Tick};
 use crate::{
@@ -30,8 +27,8 @@ pub struct Foreign {
     /// berth's tracked root below it, e.g. `/berth`: its containers are the `containers`
     /// collector's.
     skip: String,
-    /// The last walk's cgroups (id -> created_at): not stat'ed again.
-    known: HashMap<u64, f64>,
+    /// The last walk's cgroups: not stat'ed or opened again.
+    known: cgroups::Known,
     /// Metadata sources, asked in order; the first answer wins.
     sources: Vec<Box<dyn MetaSource>>,
 }
@@ -41,7 +38,7 @@ impl Foreign {
         Self {
             mount: mount.into(),
             skip: skip.into(),
-            known: HashMap::new(),
+            known: cgroups::Known::default(),
             sources: Vec::new(),
         }
     }
@@ -62,8 +59,7 @@ impl Collector for Foreign {
         if !self.mount.is_dir() {
             return Ok(Collected::NotPresent);
         }
-        let found = cgroups::walk(&self.mount, &self.skip, &self.known);
-        self.known = found.iter().map(|f| (f.cgroup_id, f.created_at)).collect();
+        let found = cgroups::walk(&self.mount, &self.skip, &mut self.known);
         for f in found {
             if f.discovered.kind == Kind::Conmon {
                 continue;
@@ -207,6 +203,9 @@ mod tests {
         mkcg(mount.path(), "docker/placeholder", false);
         let snap = r.collect();
         assert!(snap.find(&a).is_err(), "removed cgroup still listed");
+        // tmpfs hands freed inode numbers back (cgroupfs never does): the walk has just
+        // closed the old cgroup.events, so take that number too.
+        mkcg(mount.path(), "docker/placeholder2", false);
         mkcg(mount.path(), &format!("docker/{a}"), true);
         let snap = r.collect();
         let again = snap.find(&a).unwrap();

@@ -35,7 +35,7 @@ use std::{
     collections::{BTreeMap, HashMap},
     fs,
     io::Read,
-    os::unix::fs::{DirEntryExt, MetadataExt},
+    os::unix::fs::{DirEntryExt, FileExt, MetadataExt},
     path::{Path, PathBuf},
 };
 
@@ -274,18 +274,44 @@ pub struct Found {
     pub discovered: Discovered,
 }
 
+/// What a walk keeps of a container cgroup for the next one: when it was made, and its
+/// `cgroup.events` held open, so a later walk reads it with one `pread` instead of an open, a
+/// read and a close (kernfs opens are tens of microseconds on a loaded VM). A removed cgroup's
+/// entry is dropped (and its file closed) by the walk that no longer finds it.
+#[derive(Debug, Default)]
+pub struct Known {
+    seen: HashMap<u64, Seen>,
+}
+
+#[derive(Debug)]
+struct Seen {
+    created_at: f64,
+    events: Option<fs::File>,
+}
+
+impl Known {
+    /// Cgroups the last walk found.
+    pub fn len(&self) -> usize {
+        self.seen.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.seen.is_empty()
+    }
+}
+
 /// Every container cgroup below `mount` (the cgroup2 mount point), at most [`MAX_DEPTH`] deep,
 /// skipping `skip` (berth's tracked root, relative like `/berth`). Directories that vanish
 /// during the walk are skipped: cgroups come and go all the time.
 ///
-/// `known` maps the cgroup ids of the last walk to their `created_at`: a cgroup still there is
-/// not stat'ed again (its id is the `d_ino` of the directory entry, which on cgroupfs is the
-/// inode number and is never reused while the machine runs). What remains per container and
-/// tick is one small read of `cgroup.events`, the largest part of a walk's cost: kernfs opens
-/// are tens of microseconds on a loaded VM.
-pub fn walk(mount: &Path, skip: &str, known: &HashMap<u64, f64>) -> Vec<Found> {
+/// `known` is the last walk's: a cgroup still there is not stat'ed again (its id is the
+/// `d_ino` of the directory entry, which on cgroupfs is the inode number and is never reused
+/// while the machine runs) and its `cgroup.events` is read through the file kept open. What
+/// remains per container and tick is that one `pread`.
+pub fn walk(mount: &Path, skip: &str, known: &mut Known) -> Vec<Found> {
     let skip = skip.trim_end_matches('/');
     let mut out = Vec::new();
+    let mut seen = HashMap::with_capacity(known.seen.len());
     let mut stack: Vec<(PathBuf, String, usize)> = vec![(mount.to_owned(), String::new(), 0)];
     while let Some((dir, path, depth)) = stack.pop() {
         let Ok(entries) = fs::read_dir(&dir) else {
@@ -307,43 +333,55 @@ pub fn walk(mount: &Path, skip: &str, known: &HashMap<u64, f64>) -> Vec<Found> {
                 }
                 continue;
             };
-            let (cgroup_id, created_at) = match known.get(&e.ino()) {
-                Some(&at) => (e.ino(), at),
+            let entry = match known.seen.remove(&e.ino()) {
+                Some(s) => s,
                 None => {
                     let Ok(meta) = e.metadata() else { continue };
-                    let at = meta.ctime() as f64 + meta.ctime_nsec() as f64 / 1e9;
-                    (meta.ino(), at)
+                    Seen {
+                        created_at: meta.ctime() as f64 + meta.ctime_nsec() as f64 / 1e9,
+                        events: fs::File::open(e.path().join("cgroup.events")).ok(),
+                    }
                 }
             };
+            let populated = match &entry.events {
+                Some(f) => events_populated(f),
+                None => procs_populated(&e.path()),
+            };
             out.push(Found {
-                populated: populated(&e.path()),
+                populated,
                 path: child,
-                cgroup_id,
-                created_at,
+                cgroup_id: e.ino(),
+                created_at: entry.created_at,
                 discovered,
             });
+            seen.insert(e.ino(), entry);
         }
     }
+    // What is left in the old map was not found again: dropping it closes its files.
+    known.seen = seen;
     out.sort_by(|a, b| a.path.cmp(&b.path));
     out
 }
 
-/// `populated 1` in `cgroup.events` (v2: the cgroup or a descendant has a process), or a
-/// non-empty `cgroup.procs` where there is no `cgroup.events`.
-/// One `read` into a stack buffer each: `populated` is the first line of `cgroup.events`, and a
-/// first pid is enough to know `cgroup.procs` is not empty.
-fn populated(dir: &Path) -> bool {
+/// `populated 1` in `cgroup.events` (v2: the cgroup or a descendant has a process): one
+/// `pread` of the file from its start into a stack buffer (`populated` is its first line).
+/// A file that can no longer be read (its cgroup was removed) is not populated.
+fn events_populated(events: &fs::File) -> bool {
     let mut buf = [0u8; 64];
-    let mut head = |file: &str| -> Option<usize> {
-        let mut f = fs::File::open(dir.join(file)).ok()?;
-        f.read(&mut buf).ok()
+    let Ok(n) = events.read_at(&mut buf, 0) else {
+        return false;
     };
-    if let Some(n) = head("cgroup.events") {
-        return buf[..n]
-            .split(|&b| b == b'\n')
-            .any(|l| l.trim_ascii() == b"populated 1");
-    }
-    head("cgroup.procs").is_some_and(|n| !buf[..n].trim_ascii().is_empty())
+    buf[..n]
+        .split(|&b| b == b'\n')
+        .any(|l| l.trim_ascii() == b"populated 1")
+}
+
+/// Where there is no `cgroup.events`: a first pid in `cgroup.procs`.
+fn procs_populated(dir: &Path) -> bool {
+    let mut buf = [0u8; 64];
+    fs::File::open(dir.join("cgroup.procs"))
+        .and_then(|mut f| f.read(&mut buf))
+        .is_ok_and(|n| !buf[..n].trim_ascii().is_empty())
 }
 
 #[cfg(test)]

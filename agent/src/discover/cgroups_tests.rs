@@ -275,7 +275,7 @@ fn the_walk_finds_every_layout_skips_berths_root_and_does_not_enter_containers()
     )
     .unwrap();
 
-    let found = walk(mount.path(), "/custom", &HashMap::new());
+    let found = walk(mount.path(), "/custom", &mut Known::default());
     let got: Vec<(&str, Engine, bool)> = found
         .iter()
         .map(|f| (f.path.as_str(), f.discovered.engine, f.populated))
@@ -314,7 +314,7 @@ fn the_walk_stops_at_its_depth_bound() {
     let deep = format!("/a/b/c/d/e/f/g/docker-{}.scope", id(1));
     let shallow = format!("/a/b/c/d/e/docker-{}.scope", id(2));
     let mount = tree(&[(&deep, true), (&shallow, true)]);
-    let found = walk(mount.path(), "/berth", &HashMap::new());
+    let found = walk(mount.path(), "/berth", &mut Known::default());
     assert_eq!(found.len(), 1);
     assert_eq!(found[0].path, shallow);
 }
@@ -341,15 +341,18 @@ fn a_walk_over_two_hundred_containers_is_cheap() {
     let mount = tree(&refs);
     let started = Instant::now();
     // As the collector does: each walk knows the last one's cgroups.
-    let mut known = HashMap::new();
+    let mut known = Known::default();
     let rounds = 20;
     for _ in 0..rounds {
-        let found = walk(mount.path(), "/berth", &known);
+        let found = walk(mount.path(), "/berth", &mut known);
         assert_eq!(found.len(), 200);
-        known = found.iter().map(|f| (f.cgroup_id, f.created_at)).collect();
+        assert_eq!(
+            known.len(),
+            200,
+            "each found cgroup is kept for the next walk"
+        );
     }
     let per_walk = started.elapsed() / rounds;
+    // What a walk costs is `cargo xtask bench agent`'s to measure; this shows the numbers.
     eprintln!("walk of 200 container cgroups (+40 units, tmpfs): {per_walk:?}");
-    // Generous: a loaded 2-core CI machine; the point is milliseconds, not seconds.
-    assert!(per_walk.as_millis() < 200, "{per_walk:?}");
 }

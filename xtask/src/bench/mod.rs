@@ -4,12 +4,14 @@
 //! - [`syscalls`]: ns per getppid with nothing, an empty program and berth's syscall probe;
 //! - [`launch`]: create-to-running latency of `berth run -d` against the bare OCI runtime;
 //! - [`portmap`]: CPU per UDP packet through port mappings at 100 to 20,000 published ports;
-//! - [`probes`]: what the syscall and netfilter probes cost, in one run.
+//! - [`probes`]: what the syscall and netfilter probes cost, in one run;
+//! - [`agent`]: the collection tick's cost with many containers berth did not launch.
 //!
 //! The measurements that need berth's own code (its eBPF object, its port-mapping backends)
 //! run in `berth-bench`, a bin of the agent package behind the `bench` feature, built here by
 //! [`bench_binary`]: the release `berth` binary carries none of it.
 
+mod agent;
 mod launch;
 mod portmap;
 mod probes;
@@ -58,6 +60,14 @@ pub enum Bench {
         #[arg(long, default_value_t = 9)]
         rounds: u32,
     },
+    /// The collection tick's cost with many foreign (Docker) containers: discovery and
+    /// metadata (the `foreign` collector) and all collectors, from the agent's own timings.
+    Agent {
+        #[arg(long, default_value_t = 200)]
+        containers: usize,
+        #[arg(long, default_value_t = 40)]
+        ticks: usize,
+    },
     /// Create-to-running latency: `berth run -d` against the bare runtime (create + start)
     /// on the same bundle, interleaved, median of each.
     Launch {
@@ -72,6 +82,7 @@ pub fn execute(bench: Bench) -> Result<()> {
     match bench {
         Bench::Syscalls { calls, rounds } => syscalls::bench_syscalls(calls, rounds),
         Bench::Launch { runs } => launch::bench_launch(runs),
+        Bench::Agent { containers, ticks } => agent::bench_agent(containers, ticks),
         Bench::Probes { calls, rounds } => probes::bench_probes(calls, rounds),
         Bench::Portmap {
             args,
