@@ -13,7 +13,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use common::{Agent, Cgroup, cgroup2_mount, sample, wait_for};
+use common::{Agent, Cgroup, cgroup2_mount, wait_for};
 
 /// The tests share `/docker` in the unified hierarchy: one at a time, so the one that made it
 /// removes it.
