@@ -2,7 +2,14 @@
 //!
 //! Order: cgroup layout -> tracked root -> probes (a probe that cannot attach is reported down
 //! and the agent runs on) -> container store recovery -> collectors and the first snapshot ->
-//! HTTP. The collector loop publishes a snapshot every `agent.interval`, and at once when a
+//! HTTP.
+//!
+//! Observe mode: with `runtime.launch = false` no OCI runtime is looked for and no container
+//! manager (store, reaper, network) starts; when the manager cannot start (no usable runtime)
+//! the agent degrades to the same mode. Either way every mutating route is refused with the
+//! reason, which `/api/v1/system` shows too. The host paths the collectors read (`[discovery]`:
+//! procfs, the cgroup mount) come from the config, so the agent can run in a container with
+//! the host's directories mounted elsewhere (deploy/kubernetes/). The collector loop publishes a snapshot every `agent.interval`, and at once when a
 //! change through the API asks for one ([`Refresh`]). On SIGINT/SIGTERM the HTTP server drains,
 //! the collector loop stops and every BPF program is detached before the process exits.
 //! Under systemd (`Type=notify`, see [`crate::notify`]): `READY=1` once the first snapshot is
@@ -15,7 +22,7 @@ use tokio::{net::TcpListener, signal::unix::SignalKind, sync::watch};
 use tracing::{debug, info, warn};
 
 use crate::{
-    api::{self, ReadState, Refresh, SystemInfo, WriteState},
+    api::{self, Mode, ReadState, Refresh, SystemInfo, WriteState},
     cgroup::{CgroupError, Hierarchy, TrackedRoot},
     collect::Registry,
     config::Config,
@@ -68,7 +75,11 @@ pub async fn run(config: Config, notifier: Option<Notifier>) -> Result<(), Daemo
         }
     );
 
-    let hierarchy = Hierarchy::detect()?;
+    // The host's cgroup mount: configured (the agent in a container, the host's tree mounted
+    // elsewhere), else this mount namespace's own.
+    let cgroup_mount = &config.discovery.cgroup_mount;
+    let hierarchy =
+        Hierarchy::detect_at((!cgroup_mount.as_os_str().is_empty()).then_some(cgroup_mount))?;
     let root = TrackedRoot::open(&hierarchy.unified_mount, &config.cgroup.root)?;
     info!(
         mode = ?hierarchy.mode,
@@ -94,40 +105,39 @@ pub async fn run(config: Config, notifier: Option<Notifier>) -> Result<(), Daemo
 
     let probes = Probes::start(&config.probes, &root);
 
-    // Containers: store recovery re-adopts what the shims kept running.
-    let (manager, manager_error) = {
-        let rc = config.runtime.clone();
-        let h = hierarchy.clone();
-        let croot = config.cgroup.root.clone();
-        let netc = config.network.clone();
-        match tokio::task::spawn_blocking(move || {
-            Manager::open(&rc.state_dir, &rc.run_dir, &rc.oci, h, &croot, netc)
-        })
-        .await
-        {
-            Ok(Ok(m)) => {
-                info!(runtime = %m.runtime.name, version = %m.runtime.version, reason = %m.runtime.reason, "OCI runtime");
-                let m = Arc::new(m);
-                // Removes exited --rm containers, records exits of containers whose shim was lost.
-                m.start_reaper();
-                (Some(m), None)
-            }
-            Ok(Err(e)) => {
-                warn!(error = %e, "containers unavailable");
-                (None, Some(e.to_string()))
-            }
-            Err(e) => (None, Some(e.to_string())),
-        }
+    // Containers: store recovery re-adopts what the shims kept running. Not in observe mode.
+    let (manager, manager_error) = if config.runtime.launch {
+        start_manager(&config, &hierarchy).await
+    } else {
+        (None, None)
     };
+    let (mode, mode_reason) = match (&manager, &manager_error) {
+        (Some(m), _) => (
+            Mode::Manage,
+            format!(
+                "runtime.launch = true and the OCI runtime {} {} is usable",
+                m.runtime.name, m.runtime.version
+            ),
+        ),
+        (None, Some(e)) => (Mode::Observe, format!("containers are unavailable: {e}")),
+        (None, None) => (Mode::Observe, "runtime.launch = false".to_owned()),
+    };
+    info!(?mode, reason = %mode_reason, "agent mode");
 
     let (snap_tx, snap_rx) = watch::channel(None);
     let tracked = root.clone();
+    let sources = if config.discovery.enabled {
+        crate::discover::meta::sources(&config.discovery)
+    } else {
+        Vec::new()
+    };
     let mut registry = Registry::new(
         probes,
         root,
         &hierarchy.unified_mount,
         manager.clone(),
-        crate::discover::meta::sources(&config.discovery),
+        sources,
+        &config.discovery,
     );
     info!(collectors = ?registry.names(), "collectors");
     let first = tokio::task::block_in_place(|| registry.collect());
@@ -139,8 +149,11 @@ pub async fn run(config: Config, notifier: Option<Notifier>) -> Result<(), Daemo
     let system = SystemInfo {
         version: env!("CARGO_PKG_VERSION"),
         kernel: kernel_release(),
+        mode,
+        mode_reason: mode_reason.clone(),
         cgroup: hierarchy.clone(),
         tracked_root: tracked,
+        discovery: config.discovery.clone(),
         runtime,
         runtime_error: manager_error.clone(),
         seccomp: crate::runtime::seccomp::default_info(&crate::runtime::bundle::docker_cap_names()),
@@ -165,7 +178,7 @@ pub async fn run(config: Config, notifier: Option<Notifier>) -> Result<(), Daemo
     let write = WriteState {
         snapshots: snap_rx.clone(),
         manager,
-        manager_error,
+        observe_reason: (mode == Mode::Observe).then_some(mode_reason),
         refresh,
     };
 
@@ -318,6 +331,37 @@ pub async fn run(config: Config, notifier: Option<Notifier>) -> Result<(), Daemo
     }
     info!("stopped");
     Ok(())
+}
+
+/// Opens the container store (re-adopting what the shims kept running) with the configured OCI
+/// runtime, and starts the reaper. On failure: no manager and the reason; the agent then runs
+/// in observe mode.
+async fn start_manager(
+    config: &Config,
+    hierarchy: &Hierarchy,
+) -> (Option<Arc<Manager>>, Option<String>) {
+    let rc = config.runtime.clone();
+    let h = hierarchy.clone();
+    let croot = config.cgroup.root.clone();
+    let netc = config.network.clone();
+    match tokio::task::spawn_blocking(move || {
+        Manager::open(&rc.state_dir, &rc.run_dir, &rc.oci, h, &croot, netc)
+    })
+    .await
+    {
+        Ok(Ok(m)) => {
+            info!(runtime = %m.runtime.name, version = %m.runtime.version, reason = %m.runtime.reason, "OCI runtime");
+            let m = Arc::new(m);
+            // Removes exited --rm containers, records exits of containers whose shim was lost.
+            m.start_reaper();
+            (Some(m), None)
+        }
+        Ok(Err(e)) => {
+            warn!(error = %e, "containers unavailable: the agent runs in observe mode");
+            (None, Some(e.to_string()))
+        }
+        Err(e) => (None, Some(e.to_string())),
+    }
 }
 
 /// Creates the socket's directory, replaces a stale socket, binds, and sets mode 0660.

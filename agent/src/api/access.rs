@@ -88,6 +88,9 @@ pub struct TcpAccess {
     pub token: Option<Token>,
     /// Lower-case Host header values answered (`host:port`, or `host` for any port's default).
     hosts: Vec<String>,
+    /// The port, when the listener is bound to every address (`0.0.0.0`, `[::]`): then any IP
+    /// literal with that port is one of its names.
+    any_ip: Option<u16>,
 }
 
 impl TcpAccess {
@@ -119,12 +122,25 @@ impl TcpAccess {
                 }
             }
         }
-        Self { token, hosts }
+        let any_ip = listen.ip().is_unspecified().then_some(port);
+        Self {
+            token,
+            hosts,
+            any_ip,
+        }
     }
 
+    /// A listed name, or, on a listener bound to every address, any `IP:port` of its port:
+    /// the node's own address as Prometheus and the kubelet's probes use it (a DaemonSet
+    /// shares one config on every node). DNS rebinding always carries the attacker's host
+    /// name, never an IP literal, so this opens nothing to it.
     fn host_allowed(&self, host: &str) -> bool {
         let host = host.to_ascii_lowercase();
-        self.hosts.contains(&host)
+        if self.hosts.contains(&host) {
+            return true;
+        }
+        self.any_ip
+            .is_some_and(|port| host.parse::<SocketAddr>().is_ok_and(|a| a.port() == port))
     }
 }
 
@@ -277,6 +293,32 @@ mod tests {
             "berth.example:1",
         ] {
             assert!(!a.host_allowed(no), "{no}");
+        }
+        // Bound to one address, another IP is not a name of this listener.
+        assert!(!a.host_allowed("10.0.0.5:9847"));
+    }
+
+    #[test]
+    fn a_listener_on_every_address_answers_any_ip_of_its_port_and_no_other_name() {
+        for listen in ["0.0.0.0:9847", "[::]:9847"] {
+            let a = TcpAccess::new(None, listen.parse().unwrap(), &[]);
+            for ok in [
+                "10.0.0.5:9847",
+                "192.168.7.1:9847",
+                "[fd00::5]:9847",
+                "localhost:9847",
+            ] {
+                assert!(a.host_allowed(ok), "{listen}: {ok}");
+            }
+            for no in [
+                "10.0.0.5:80",
+                "10.0.0.5",
+                "evil.example:9847",
+                "10.0.0.5.nip.io:9847",
+                "[fd00::5]:1",
+            ] {
+                assert!(!a.host_allowed(no), "{listen}: {no}");
+            }
         }
     }
 }

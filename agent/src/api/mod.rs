@@ -34,19 +34,38 @@ use tracing::{error, warn};
 
 use crate::{
     cgroup::{Hierarchy, TrackedRoot},
+    config::DiscoveryConfig,
     history::History,
     metrics::SnapshotRx,
     model::Snapshot,
     runtime::{Manager, oci::OciRuntime, seccomp::SeccompInfo},
 };
 
+/// Whether this agent launches containers: fixed at start-up, shown by /api/v1/system, and
+/// what every mutating route checks first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Runs containers through an OCI runtime, and observes the host's other containers.
+    Manage,
+    /// Runs, changes and removes nothing (`runtime.launch = false`, or no OCI runtime is
+    /// usable); every container on the host is still listed and measured.
+    Observe,
+}
+
 /// Facts fixed at start-up, shown by /api/v1/system.
 #[derive(Debug, Clone, Serialize)]
 pub struct SystemInfo {
     pub version: &'static str,
     pub kernel: String,
+    /// `manage` or `observe`, and why.
+    pub mode: Mode,
+    pub mode_reason: String,
+    /// The cgroup layout in use; `unified_mount` is `discovery.cgroup_mount` when configured.
     pub cgroup: Hierarchy,
     pub tracked_root: TrackedRoot,
+    /// The host paths the collectors read (procfs, the engines' sockets and state).
+    pub discovery: DiscoveryConfig,
     /// The OCI runtime containers use; `None` when none could be used.
     pub runtime: Option<OciRuntime>,
     /// Why containers are unavailable, when they are.
@@ -98,14 +117,15 @@ impl Refresh {
     }
 }
 
-/// What the write routes use: the manager (`None` when no OCI runtime could be used) and the
-/// refresh handle.
+/// What the write routes use: the manager (`None` in observe mode) and the refresh handle.
 #[derive(Clone)]
 pub struct WriteState {
     /// The published snapshots, to answer a change with the container as it is now.
     pub snapshots: SnapshotRx,
     pub manager: Option<Arc<Manager>>,
-    pub manager_error: Option<String>,
+    /// Why this agent runs in observe mode, when it does (`manager` is then `None`): every
+    /// mutating route is refused with it.
+    pub observe_reason: Option<String>,
     pub refresh: Refresh,
 }
 
@@ -142,7 +162,7 @@ pub fn read_router(state: ReadState) -> Router {
 }
 
 pub fn write_router(state: WriteState) -> Router {
-    write::routes().with_state(state)
+    write::routes(state)
 }
 
 /// A query string the route does not accept is the client's mistake: a 400 with the reason.

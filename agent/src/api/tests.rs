@@ -38,7 +38,10 @@ fn read_state(snapshot: Option<Snapshot>) -> ReadState {
                 unified_mount: PathBuf::from("/sys/fs/cgroup/unified"),
                 v1: Vec::new(),
             },
+            mode: Mode::Observe,
+            mode_reason: "test".into(),
             tracked_root: TrackedRoot::fixture(),
+            discovery: crate::config::DiscoveryConfig::default(),
             runtime: None,
             runtime_error: Some("test".into()),
             seccomp: crate::runtime::seccomp::default_info(
@@ -103,6 +106,9 @@ async fn system_reports_the_tracked_root_probes_and_runtime_state() {
     assert_eq!(v["probes"][2]["name"], "netfilter");
     assert_eq!(v["probes"][2]["paths"]["fentry"], "unavailable (EPERM)");
     assert_eq!(v["runtime_error"], "test");
+    assert_eq!(v["mode"], "observe");
+    assert_eq!(v["mode_reason"], "test");
+    assert_eq!(v["discovery"]["proc"], "/proc");
 }
 
 #[tokio::test]
@@ -217,15 +223,59 @@ async fn the_read_router_has_no_mutating_routes_and_the_write_router_needs_a_run
     let write = WriteState {
         snapshots: read_state(Some(now())).snapshots,
         manager: None,
-        manager_error: Some("no runtime here".into()),
+        observe_reason: Some("no runtime here".into()),
         refresh,
     };
     let res = app(read_state(Some(now())), Some(write))
         .oneshot(post("/api/v1/containers"))
         .await
         .unwrap();
-    // Routed, but this agent has no runtime.
-    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    // Routed, but this agent has no runtime: observe mode.
+    assert_eq!(res.status(), StatusCode::CONFLICT);
+}
+
+#[tokio::test]
+async fn every_mutating_route_of_an_agent_in_observe_mode_is_refused_with_the_reason() {
+    let (refresh, _rx) = Refresh::channel();
+    let write = WriteState {
+        snapshots: read_state(Some(now())).snapshots,
+        manager: None,
+        observe_reason: Some("runtime.launch = false".into()),
+        refresh,
+    };
+    let router = || app(read_state(Some(now())), Some(write.clone()));
+    for (method, uri, body) in [
+        ("POST", "/api/v1/containers", r#"{"image":"busybox"}"#),
+        ("POST", "/api/v1/containers", "not even json"),
+        ("POST", "/api/v1/containers/media/stop", ""),
+        ("POST", "/api/v1/containers/media/kill?signal=TERM", ""),
+        ("DELETE", "/api/v1/containers/media?force=true", ""),
+        ("POST", "/api/v1/containers/media/update", "{}"),
+        ("POST", "/api/v1/images/import", r#"{"path":"/x.tar"}"#),
+        ("DELETE", "/api/v1/images/busybox:latest", ""),
+    ] {
+        let req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("content-type", "application/json")
+            .body(Body::from(body))
+            .unwrap();
+        let res = router().oneshot(req).await.unwrap();
+        assert_eq!(res.status(), StatusCode::CONFLICT, "{method} {uri}");
+        let text = to_bytes(res.into_body(), 1 << 20).await.unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&text).unwrap();
+        assert_eq!(
+            v["error"],
+            "this agent runs in observe mode (runtime.launch = false): it lists and measures the \
+             host's containers but runs, changes and removes none",
+            "{method} {uri}"
+        );
+    }
+    // Reads are served; an unknown path is still a 404, not a refusal.
+    let (status, _, _) = get(router(), "/api/v1/containers/media").await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _, _) = get(router(), "/api/v1/nope").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
 }
 
 #[tokio::test]
@@ -273,7 +323,7 @@ async fn the_socket_router_shows_env_values_and_sends_security_headers() {
     let write = WriteState {
         snapshots: read_state(Some(now())).snapshots,
         manager: None,
-        manager_error: None,
+        observe_reason: None,
         refresh: tx,
     };
     let router = socket_app(read_state(Some(now())), write, 1024);
@@ -324,7 +374,7 @@ async fn mutating_verbs_on_a_foreign_container_are_refused_with_its_engine_named
     let write = WriteState {
         snapshots,
         manager: None,
-        manager_error: Some("no runtime here".into()),
+        observe_reason: None,
         refresh,
     };
     let router = || app(read_state(Some(snap.clone())), Some(write.clone()));
@@ -355,12 +405,17 @@ async fn mutating_verbs_on_a_foreign_container_are_refused_with_its_engine_named
             "{body}"
         );
     }
-    // berth's own containers still reach the manager (here: none, so 503).
+    // berth's own containers still reach the manager (here: none, so the observe-mode 409).
     let req = Request::post("/api/v1/containers/media/stop")
         .body(Body::empty())
         .unwrap();
     let res = router().oneshot(req).await.unwrap();
-    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(res.status(), StatusCode::CONFLICT);
+    let body = to_bytes(res.into_body(), 1 << 20).await.unwrap();
+    assert!(
+        String::from_utf8_lossy(&body).contains("observe mode"),
+        "{body:?}"
+    );
     // The read side lists it with its engine.
     let (status, _, body) = get(
         read_router(read_state(Some(snap.clone()))),

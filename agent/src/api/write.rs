@@ -2,17 +2,21 @@
 //! update) and images (import, rm). Each calls the container manager off the async workers,
 //! then waits for a fresh snapshot so the client's next read sees the change; a changed
 //! container is answered with its record from that snapshot (`rm`: as it was removed).
-//! Containers of other engines are refused with 409 before the manager is asked.
+//! Containers of other engines are refused with 409 before the manager is asked, and so is
+//! every route of an agent in observe mode (`runtime.launch = false`, or no usable OCI
+//! runtime): the request conflicts with what this agent is, so retrying will not help (503
+//! would tell a client to retry).
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use axum::{
     Json, Router,
     extract::{
-        Path, Query, State,
+        Path, Query, Request, State,
         rejection::{JsonRejection, QueryRejection},
     },
     http::StatusCode,
+    middleware::{Next, from_fn_with_state},
     response::{IntoResponse, Response},
     routing::{delete, post},
 };
@@ -41,7 +45,7 @@ impl From<RuntimeError> for ApiError {
     }
 }
 
-pub fn routes() -> Router<WriteState> {
+pub fn routes(state: WriteState) -> Router {
     Router::new()
         .route("/api/v1/containers", post(run))
         .route("/api/v1/containers/{id}", delete(remove))
@@ -50,6 +54,30 @@ pub fn routes() -> Router<WriteState> {
         .route("/api/v1/containers/{id}/update", post(update))
         .route("/api/v1/images/import", post(import_image))
         .route("/api/v1/images/{reference}", delete(remove_image))
+        // Only on matched routes: an unknown path stays a 404.
+        .route_layer(from_fn_with_state(state.clone(), refuse_in_observe_mode))
+        .with_state(state)
+}
+
+/// Every mutating route of an agent in observe mode: 409 with the reason, before the request
+/// is read (its body, the container it names: none of it matters here).
+async fn refuse_in_observe_mode(State(s): State<WriteState>, req: Request, next: Next) -> Response {
+    if s.observe_reason.is_some() {
+        return observe_mode(&s).into_response();
+    }
+    next.run(req).await
+}
+
+/// The refusal of an agent that launches nothing, with the reason it does not.
+fn observe_mode(state: &WriteState) -> ApiError {
+    ApiError::Conflict(format!(
+        "this agent runs in observe mode ({}): it lists and measures the host's containers but \
+         runs, changes and removes none",
+        state
+            .observe_reason
+            .as_deref()
+            .unwrap_or("no OCI runtime is usable")
+    ))
 }
 
 /// Runs a blocking manager call off the async workers, then waits for a snapshot that shows
@@ -78,12 +106,7 @@ async fn blocking<T: Send + 'static>(
     state: &WriteState,
     f: impl FnOnce(&Manager) -> Result<T, RuntimeError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    let m: Arc<Manager> = state.manager.clone().ok_or_else(|| {
-        ApiError::Unavailable(format!(
-            "containers are unavailable on this agent: {}",
-            state.manager_error.as_deref().unwrap_or("no OCI runtime")
-        ))
-    })?;
+    let m: Arc<Manager> = state.manager.clone().ok_or_else(|| observe_mode(state))?;
     let result = tokio::task::spawn_blocking(move || f(&m))
         .await
         .map_err(|e| ApiError::Internal(format!("task failed: {e}")))?;

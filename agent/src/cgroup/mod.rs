@@ -32,6 +32,18 @@ pub enum CgroupError {
          cgroup v2 id: mount one, e.g. `mount -t cgroup2 none /sys/fs/cgroup/unified`"
     )]
     NoCgroup2,
+    #[error(
+        "discovery.cgroup_mount is {path}: no cgroup2 filesystem is mounted there or below it \
+         (looked in /proc/self/mountinfo); mount the host's /sys/fs/cgroup there (read-write: \
+         the agent creates its tracked root in it), or leave it empty to use this mount \
+         namespace's own"
+    )]
+    NoCgroup2At { path: PathBuf },
+    #[error("discovery.cgroup_mount is {path}: {source}")]
+    ConfiguredMount {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot create the tracked cgroup root {path}: {source}")]
     CreateRoot {
         path: PathBuf,
@@ -183,6 +195,45 @@ impl Hierarchy {
                 source,
             })?;
         Self::from_mounts(mounts)
+    }
+
+    /// The layout below `mount` when given (`discovery.cgroup_mount`: the host's cgroup
+    /// directory mounted elsewhere, as in a container), else [`Hierarchy::detect`]. `mount` is
+    /// the cgroup2 mount itself (pure v2) or a directory above it (a hybrid host's
+    /// /sys/fs/cgroup, with cgroup2 at `unified/`): only the mounts at or below it count, so
+    /// the agent's own cgroup mounts (a container's namespaced view) are ignored.
+    pub fn detect_at(mount: Option<&Path>) -> Result<Self, CgroupError> {
+        let Some(given) = mount else {
+            return Self::detect();
+        };
+        let path = fs::canonicalize(given).map_err(|source| CgroupError::ConfiguredMount {
+            path: given.to_owned(),
+            source,
+        })?;
+        let mounts = procfs::process::Process::myself()
+            .and_then(|p| p.mountinfo())
+            .map_err(|source| CgroupError::MountTable {
+                path: "/proc/self/mountinfo",
+                source,
+            })?;
+        Self::from_mounts_below(mounts, &path).map_err(|e| match e {
+            CgroupError::NoCgroup2 => CgroupError::NoCgroup2At {
+                path: given.to_owned(),
+            },
+            e => e,
+        })
+    }
+
+    /// [`Hierarchy::from_mounts`] of the mounts at or below `dir` only.
+    pub fn from_mounts_below(
+        mounts: impl IntoIterator<Item = procfs::process::MountInfo>,
+        dir: &Path,
+    ) -> Result<Self, CgroupError> {
+        Self::from_mounts(
+            mounts
+                .into_iter()
+                .filter(|m| m.mount_point.starts_with(dir)),
+        )
     }
 
     /// The layout described by a mount table (what [`Hierarchy::detect`] reads).
@@ -519,6 +570,57 @@ mod tests {
         assert_eq!(h.mode, CgroupMode::Unified);
         assert_eq!(h.unified_mount, Path::new("/sys/fs/cgroup"));
         assert!(h.v1.is_empty());
+    }
+
+    #[test]
+    fn a_configured_mount_takes_the_cgroup_mounts_below_it_and_ignores_the_agents_own() {
+        // A container's own (namespaced) cgroup2 at /sys/fs/cgroup, the host's hybrid tree
+        // bind-mounted below /host.
+        let text = "\
+30 23 0:26 / /sys/fs/cgroup ro,relatime - cgroup2 cgroup2 rw
+50 23 0:28 / /host/sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+51 50 0:32 / /host/sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+52 50 0:38 / /host/sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+";
+        let below = |dir: &str| Hierarchy::from_mounts_below(mounts(text), Path::new(dir));
+        let h = below("/host/sys/fs/cgroup").unwrap();
+        assert_eq!(h.mode, CgroupMode::Hybrid);
+        assert_eq!(h.unified_mount, Path::new("/host/sys/fs/cgroup/unified"));
+        assert_eq!(
+            h.v1_mount("memory"),
+            Some(Path::new("/host/sys/fs/cgroup/memory"))
+        );
+        let h = below("/host/sys/fs/cgroup/unified").unwrap();
+        assert_eq!(h.unified_mount, Path::new("/host/sys/fs/cgroup/unified"));
+        assert_eq!(h.mode, CgroupMode::Unified);
+        // A v1 hierarchy alone has no cgroup2 below it.
+        assert!(matches!(
+            below("/host/sys/fs/cgroup/memory"),
+            Err(CgroupError::NoCgroup2)
+        ));
+    }
+
+    #[test]
+    fn a_configured_mount_that_does_not_exist_is_named_in_the_error() {
+        let e = Hierarchy::detect_at(Some(Path::new("/nonexistent/berth-cgroup"))).unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains("discovery.cgroup_mount is /nonexistent/berth-cgroup"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn a_configured_directory_without_cgroup2_below_it_is_refused_with_the_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        let msg = Hierarchy::detect_at(Some(dir.path()))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("no cgroup2 filesystem is mounted there"),
+            "{msg}"
+        );
+        assert!(msg.contains(&dir.path().display().to_string()), "{msg}");
     }
 
     #[test]

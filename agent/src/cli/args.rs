@@ -42,6 +42,13 @@ pub enum Command {
         /// Print the configuration in force (defaults merged with --config) and exit.
         #[arg(long)]
         print_config: bool,
+        /// Check the configuration (parse and validate --config, as the agent does at start)
+        /// and exit: status 0 and one line when it is valid, else the error naming the key.
+        /// Touches nothing on the host.
+        ///
+        /// Example: `berth agent --check-config --config deploy/berth.toml`
+        #[arg(long, conflicts_with = "print_config")]
+        check_config: bool,
     },
     /// Create and start a container from an image or a rootfs directory.
     ///

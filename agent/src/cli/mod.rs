@@ -33,13 +33,21 @@ pub fn execute(cli: Cli) -> anyhow::Result<i32> {
     }
     match cli.command {
         Command::Agent {
-            config,
+            config: path,
             print_config,
+            check_config,
         } => {
-            let config = match &config {
+            let config = match &path {
                 Some(path) => Config::load(path)?,
                 None => Config::default(),
             };
+            if check_config {
+                match &path {
+                    Some(p) => println!("{}: valid", p.display()),
+                    None => println!("no --config: the built-in defaults are valid"),
+                }
+                return Ok(0);
+            }
             if print_config {
                 print!("{}", config.to_toml());
                 return Ok(0);

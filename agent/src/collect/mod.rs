@@ -32,6 +32,7 @@ use tracing::{debug, warn};
 
 use crate::{
     cgroup::TrackedRoot,
+    config::DiscoveryConfig,
     discover::meta::MetaSource,
     model::{CgroupSample, CollectorRun, Snapshot},
     probes::{ProbeLoadError, Probes},
@@ -119,13 +120,15 @@ pub struct Registry {
 impl Registry {
     /// The collectors of this agent: the cgroup walk of `root`, one per probe, berth's own
     /// containers and images (when a container manager runs), the other engines' containers
-    /// below `unified_mount` (the cgroup2 mount), conntrack and userland proxies.
+    /// below `unified_mount` (the cgroup2 mount; unless `discovery.enabled` is false),
+    /// conntrack and userland proxies from the host's procfs at `discovery.proc`.
     pub fn new(
         probes: Probes,
         root: TrackedRoot,
         unified_mount: &Path,
         manager: Option<Arc<Manager>>,
         sources: Vec<Box<dyn MetaSource>>,
+        discovery: &DiscoveryConfig,
     ) -> Self {
         let skip = root.path.clone();
         let mut collectors: Vec<Box<dyn Collector>> = vec![Box::new(cgroups::Cgroups::new(root))];
@@ -134,12 +137,14 @@ impl Registry {
         }
         collectors.push(Box::new(probes::ProbeState));
         collectors.push(Box::new(containers::Containers::new(manager.clone())));
-        collectors.push(Box::new(
-            foreign::Foreign::new(unified_mount, skip).with_sources(sources),
-        ));
+        if discovery.enabled {
+            collectors.push(Box::new(
+                foreign::Foreign::new(unified_mount, skip).with_sources(sources),
+            ));
+        }
         collectors.push(Box::new(images::Images::new(manager)));
-        collectors.push(Box::new(conntrack::Conntrack::new("/proc")));
-        collectors.push(Box::new(proxies::Proxies::new("/proc")));
+        collectors.push(Box::new(conntrack::Conntrack::new(&discovery.proc)));
+        collectors.push(Box::new(proxies::Proxies::new(&discovery.proc)));
         Self { probes, collectors }
     }
 
@@ -278,6 +283,39 @@ mod tests {
         // A disabled probe is "not present", not a failure.
         assert!(snap.collectors[1].error.is_none());
         assert_eq!(snap.containers.len(), 1);
+    }
+
+    #[test]
+    fn host_paths_come_from_the_discovery_config_and_discovery_can_be_turned_off() {
+        let proc = tempfile::tempdir().unwrap();
+        let nf = proc.path().join("sys/net/netfilter");
+        std::fs::create_dir_all(&nf).unwrap();
+        std::fs::write(nf.join("nf_conntrack_count"), "4242\n").unwrap();
+        std::fs::write(nf.join("nf_conntrack_max"), "65536\n").unwrap();
+        let mut discovery = DiscoveryConfig {
+            proc: proc.path().to_owned(),
+            enabled: false,
+            ..Default::default()
+        };
+        let registry = |d: &DiscoveryConfig| {
+            Registry::new(
+                Probes::disabled(&root()),
+                root(),
+                Path::new("/nonexistent"),
+                None,
+                Vec::new(),
+                d,
+            )
+        };
+        let mut r = registry(&discovery);
+        assert!(!r.names().contains(&"foreign"), "{:?}", r.names());
+        let snap = r.collect();
+        let ct = snap
+            .conntrack
+            .expect("conntrack read from the configured procfs");
+        assert_eq!((ct.entries, ct.max), (4242, 65536));
+        discovery.enabled = true;
+        assert!(registry(&discovery).names().contains(&"foreign"));
     }
 
     #[test]
