@@ -157,7 +157,8 @@ pub struct DiscoveryConfig {
     pub enabled: bool,
     /// The host's procfs (PIDs of the host: proxies, conntrack).
     pub proc: PathBuf,
-    /// The host's cgroup2 (or hybrid `unified`) mount; empty: detected from mountinfo.
+    /// The host's cgroup2 (or hybrid `unified`) mount, or a directory above it (the host's
+    /// /sys/fs/cgroup mounted elsewhere); empty: detected from mountinfo.
     pub cgroup_mount: PathBuf,
     /// Docker Engine API socket (metadata: names, images, labels, published ports).
     pub docker_socket: PathBuf,
