@@ -12,7 +12,7 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 use axum::{
     Json, Router,
     extract::{
-        Path, Query, Request, State,
+        FromRequest as _, Path, Query, Request, State,
         rejection::{JsonRejection, QueryRejection},
     },
     http::StatusCode,
@@ -59,10 +59,12 @@ pub fn routes(state: WriteState) -> Router {
         .with_state(state)
 }
 
-/// Every mutating route of an agent in observe mode: 409 with the reason, before the request
-/// is read (its body, the container it names: none of it matters here).
+/// Every mutating route of an agent in observe mode: 409 with the reason, whatever the request
+/// names. Its body is read first (up to the body limit, as an extractor would): a client still
+/// writing it when the answer comes would get a broken pipe instead of the reason.
 async fn refuse_in_observe_mode(State(s): State<WriteState>, req: Request, next: Next) -> Response {
     if s.observe_reason.is_some() {
+        let _ = axum::body::Bytes::from_request(req, &()).await;
         return observe_mode(&s).into_response();
     }
     next.run(req).await
