@@ -52,6 +52,9 @@ pub trait MetaSource: Send {
 
 /// The metadata sources `config` enables, in the order they are asked.
 pub fn sources(config: &DiscoveryConfig) -> Vec<Box<dyn MetaSource>> {
-    let _ = config;
-    Vec::new()
+    vec![
+        Box::new(super::containerd::Containerd::new(&config.containerd_state)),
+        Box::new(super::podman::CriO::new(&config.podman_runroot)),
+        Box::new(super::podman::Podman::new(&config.podman_root)),
+    ]
 }

@@ -199,6 +199,13 @@ impl std::fmt::Display for Engine {
     }
 }
 
+/// Labels berth puts on a Kubernetes pod's containers, whichever runtime told it (containerd's
+/// CRI annotations, CRI-O's, the pod labels kubelet sets): one spelling for the API, `ps` and
+/// `/metrics` (`k8s_namespace`, `k8s_pod`).
+pub const LABEL_K8S_NAMESPACE: &str = "berth.k8s.namespace";
+pub const LABEL_K8S_POD: &str = "berth.k8s.pod";
+pub const LABEL_K8S_CONTAINER: &str = "berth.k8s.container";
+
 /// One container, whatever launched it, with its cgroup's probe data at snapshot time.
 /// A field that holds env values (or other secrets) must be cleared in
 /// [`Container::redacted`] (`redact.rs`): readers without the token get that copy.
@@ -248,6 +255,24 @@ impl Container {
     /// The OCI runtime berth used, when berth launched it.
     pub fn runtime(&self) -> Option<&str> {
         self.berth.as_ref().map(|b| b.runtime.as_str())
+    }
+
+    /// The Kubernetes namespace of its pod ([`LABEL_K8S_NAMESPACE`]; a pod's containers only).
+    pub fn k8s_namespace(&self) -> Option<&str> {
+        self.k8s_label(LABEL_K8S_NAMESPACE)
+    }
+
+    /// The name of its Kubernetes pod ([`LABEL_K8S_POD`]; a pod's containers only).
+    pub fn k8s_pod(&self) -> Option<&str> {
+        self.k8s_label(LABEL_K8S_POD)
+    }
+
+    /// A berth `k8s` label, read only for a pod's container: another engine's container may
+    /// carry any label its creator chose.
+    fn k8s_label(&self, key: &str) -> Option<&str> {
+        (self.engine == Engine::Kubernetes)
+            .then(|| self.labels.get(key).map(String::as_str))
+            .flatten()
     }
 }
 
