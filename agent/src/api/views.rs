@@ -1,14 +1,15 @@
 //! The JSON bodies of `/api/v1` that are not a model type as it is: typed, so the server and
 //! the CLI agree on one definition instead of decoding `serde_json::Value` by key.
 
-use std::net::Ipv4Addr;
+use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use serde::{Deserialize, Serialize};
 
 use crate::{
     diagnose::Finding,
     model::{
-        BackendKind, ContainerState, ContainerStats, NetworkSpec, ProbeStatus, Publish, Status,
+        BackendKind, ContainerState, ContainerStats, Engine, LABEL_K8S_NAMESPACE, LABEL_K8S_POD,
+        NetworkSpec, ProbeStatus, Publish, Status,
     },
 };
 
@@ -77,6 +78,32 @@ pub struct ContainerSummary {
     pub args: Vec<String>,
     #[serde(default)]
     pub network: NetworkSpec,
+    /// What manages it: berth, docker, containerd, kubernetes, podman, lxc. A string, so a
+    /// newer agent's engine still reads; empty from an agent older than engines.
+    #[serde(default)]
+    pub engine: String,
+    /// Its engine's labels; a pod's container has its pod's under `berth.k8s.*`.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+impl ContainerSummary {
+    /// Whether berth launched it (and may change it).
+    pub fn is_berth(&self) -> bool {
+        self.engine.is_empty() || self.engine == Engine::Berth.name()
+    }
+
+    /// `<namespace>/<pod>` of a Kubernetes pod's container.
+    pub fn k8s_pod(&self) -> Option<String> {
+        if self.engine != Engine::Kubernetes.name() {
+            return None;
+        }
+        let pod = self.labels.get(LABEL_K8S_POD)?;
+        Some(match self.labels.get(LABEL_K8S_NAMESPACE) {
+            Some(ns) => format!("{ns}/{pod}"),
+            None => pod.clone(),
+        })
+    }
 }
 
 /// A row of `GET /api/v1/ports` as clients read it (the server sends a

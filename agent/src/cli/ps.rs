@@ -19,6 +19,10 @@ pub fn execute_ps(client: &Client, all: bool, format: Format, quiet: bool) -> an
         return Ok(0);
     }
     let now = now_secs();
+    // Docker's columns; ENGINE (and POD) only when another engine's container (a pod's) is
+    // listed, so a berth-only host reads as it always did.
+    let engines = list.iter().any(|c| !c.is_berth());
+    let pods = list.iter().any(|c| c.k8s_pod().is_some());
     let rows: Vec<Vec<String>> = list
         .iter()
         .map(|c| {
@@ -26,27 +30,36 @@ pub fn execute_ps(client: &Client, all: bool, format: Format, quiet: bool) -> an
             if command.chars().count() > 30 {
                 command = command.chars().take(29).collect::<String>() + "…";
             }
-            vec![
+            let mut row = vec![
                 short(&c.id).to_owned(),
                 c.image.clone(),
                 format!("\"{command}\""),
                 format!("{} ago", ago(now - c.created_at)),
                 status(c, now),
-                c.name.clone(),
-            ]
+            ];
+            if engines {
+                row.push(if c.engine.is_empty() {
+                    "berth".to_owned()
+                } else {
+                    c.engine.clone()
+                });
+            }
+            if pods {
+                row.push(c.k8s_pod().unwrap_or_default());
+            }
+            row.push(c.name.clone());
+            row
         })
         .collect();
-    table(
-        &[
-            "CONTAINER ID",
-            "IMAGE",
-            "COMMAND",
-            "CREATED",
-            "STATUS",
-            "NAMES",
-        ],
-        &rows,
-    );
+    let mut header = vec!["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS"];
+    if engines {
+        header.push("ENGINE");
+    }
+    if pods {
+        header.push("POD");
+    }
+    header.push("NAMES");
+    table(&header, &rows);
     Ok(0)
 }
 

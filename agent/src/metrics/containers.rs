@@ -1,4 +1,4 @@
-//! `berth_container_*`: one series per container (any engine), labelled by id and name: its
+//! `berth_container_*`: one series per container (any engine), labelled by [`ids`]: its
 //! identity (`berth_container_info`), state, restarts, OOM kills and cgroup usage.
 
 use prometheus_client::{
@@ -9,7 +9,28 @@ use prometheus_client::{
 use super::{Escaped, family};
 use crate::model::{Container, Snapshot, Status};
 
-/// `berth_container_*`: one series per container, labelled by id and name.
+/// The labels of every per-container series: `container` (the id), `name`, `engine`,
+/// `k8s_namespace` and `k8s_pod`, so one selector finds a container without a join
+/// (`{k8s_namespace="shop",k8s_pod="web-0"}`, `{engine="docker",name="media"}`). The same set
+/// in every series of a family: values are empty where they do not apply (outside Kubernetes;
+/// a cgroup of no container), which Prometheus treats as the label being absent.
+pub(super) fn ids(c: Option<&Container>) -> [(&'static str, Escaped<'_>); 5] {
+    [
+        ("container", Escaped(c.map_or("", |c| &c.id))),
+        ("name", Escaped(c.map_or("", |c| &c.name))),
+        ("engine", Escaped(c.map_or("", |c| c.engine.name()))),
+        (
+            "k8s_namespace",
+            Escaped(c.and_then(Container::k8s_namespace).unwrap_or("")),
+        ),
+        (
+            "k8s_pod",
+            Escaped(c.and_then(Container::k8s_pod).unwrap_or("")),
+        ),
+    ]
+}
+
+/// `berth_container_*`: one series per container, labelled by [`ids`].
 pub(super) fn encode<'a>(
     snap: &'a Snapshot,
     encoder: &mut DescriptorEncoder,
@@ -18,25 +39,25 @@ pub(super) fn encode<'a>(
 
     let mut fam = encoder.encode_descriptor(
         "berth_container",
-        "A container berth manages, with its image and OCI runtime",
+        "A container on the host, any engine, with its image, OCI runtime (berth's) and cgroup",
         None,
         prometheus_client::metrics::MetricType::Info,
     )?;
     for c in &snap.containers {
         // encode_family + encode_info would emit `{,` (prometheus-client 0.24): give the
         // labels to encode_info directly.
-        fam.encode_info(&[
-            ("container", Escaped(&c.id)),
-            ("name", Escaped(&c.name)),
-            ("image", Escaped(&c.image)),
-            ("runtime", Escaped(c.runtime().unwrap_or(""))),
-            // Joins the berth_cgroup_* series: `* on(cgroup) group_left(name) berth_container_info`.
-            ("cgroup", Escaped(&c.cgroup)),
-            ("engine", Escaped(c.engine.name())),
-        ])?;
+        fam.encode_info(&(
+            ids(Some(c)),
+            [
+                ("image", Escaped(&c.image)),
+                // The OCI runtime (runc, crun) of berth's own containers; the engine is `engine`.
+                ("runtime", Escaped(c.runtime().unwrap_or(""))),
+                ("cgroup", Escaped(&c.cgroup)),
+            ],
+        ))?;
     }
 
-    let labels = |c: &'a Container| [("container", Escaped(&c.id)), ("name", Escaped(&c.name))];
+    let labels = |c: &'a Container| ids(Some(c));
     family(
         encoder,
         "berth_container_running",

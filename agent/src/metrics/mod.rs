@@ -4,7 +4,7 @@
 //! each scrape, so /metrics, the JSON API and the UI always agree. Names follow
 //! `berth_<subsystem>_<quantity>_<unit>`; counters get `_total` from the encoder.
 
-use std::{fmt::Write as _, sync::Arc};
+use std::{collections::HashMap, fmt::Write as _, sync::Arc};
 
 use prometheus_client::{
     collector::Collector,
@@ -16,7 +16,7 @@ use prometheus_client::{
 };
 use tokio::sync::watch;
 
-use crate::model::{ContainerHookKey, Snapshot};
+use crate::model::{CgroupView, Container, ContainerHookKey, Snapshot};
 
 /// Content type of the exposition, as Prometheus negotiates it.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -212,12 +212,19 @@ impl Collector for SnapshotCollector {
             ConstCounter::new(0u64).metric_type(),
         )?;
         let cgroups = snap.cgroups();
+        // A container's cgroup carries its labels too, so no join is needed to select it.
+        let owners: HashMap<&str, &Container> = snap
+            .containers
+            .iter()
+            .filter(|c| c.cgroup_id.is_some())
+            .map(|c| (c.cgroup.as_str(), c))
+            .collect();
         for cg in &cgroups {
             for (name, count) in top_syscalls(cg.syscalls, self.syscall_top) {
-                ConstCounter::new(count).encode(fam.encode_family(&[
-                    ("cgroup", Escaped(cg.path)),
-                    ("syscall", Escaped(name)),
-                ])?)?;
+                ConstCounter::new(count).encode(fam.encode_family(&(
+                    cgroup_labels(cg, &owners),
+                    [("syscall", Escaped(name))],
+                ))?)?;
             }
         }
 
@@ -253,7 +260,7 @@ impl Collector for SnapshotCollector {
                 .enumerate()
                 .map(|(i, n)| (2f64.powi(i as i32 + 1) / 1e9, *n))
                 .collect();
-            fam.encode_family(&[("cgroup", Escaped(cg.path))])?
+            fam.encode_family(&cgroup_labels(cg, &owners))?
                 .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
                 sum_ns as f64 / 1e9,
                 count,
@@ -282,16 +289,35 @@ impl Collector for SnapshotCollector {
             )?;
             for cg in &cgroups {
                 for n in cg.net {
-                    ConstCounter::new(get(n)).encode(fam.encode_family(&[
-                        ("cgroup", Escaped(cg.path)),
-                        ("direction", Escaped(n.direction)),
-                        ("protocol", Escaped(n.protocol)),
-                    ])?)?;
+                    ConstCounter::new(get(n)).encode(fam.encode_family(&(
+                        cgroup_labels(cg, &owners),
+                        [
+                            ("direction", Escaped(n.direction)),
+                            ("protocol", Escaped(n.protocol)),
+                        ],
+                    ))?)?;
                 }
             }
         }
         Ok(())
     }
+}
+
+/// A cgroup's labels: its path, and its container's [`containers::ids`] (empty for a cgroup of
+/// no container).
+type CgroupLabels<'a> = (
+    [(&'static str, Escaped<'a>); 1],
+    [(&'static str, Escaped<'a>); 5],
+);
+
+fn cgroup_labels<'a>(
+    cg: &CgroupView<'a>,
+    owners: &HashMap<&str, &'a Container>,
+) -> CgroupLabels<'a> {
+    (
+        [("cgroup", Escaped(cg.path))],
+        containers::ids(owners.get(cg.path).copied()),
+    )
 }
 
 /// `berth_netfilter_*`: what rules, conntrack and NAT cost per hook (host-wide, every packet)
@@ -366,13 +392,13 @@ fn encode_netfilter(
             .map(|(k, (packets, _))| (state_labels(k), ConstCounter::new(*packets))),
     )?;
     let container_labels = |(i, hook, state): &ContainerHookKey| {
-        let c = &snap.containers[*i];
-        [
-            ("container", Escaped(&c.id)),
-            ("name", Escaped(&c.name)),
-            ("hook", Escaped(hook.name())),
-            ("ct_state", Escaped(state.name())),
-        ]
+        (
+            containers::ids(snap.containers.get(*i)),
+            [
+                ("hook", Escaped(hook.name())),
+                ("ct_state", Escaped(state.name())),
+            ],
+        )
     };
     family(
         encoder,
@@ -466,9 +492,7 @@ fn encode_conntrack(
     )?;
     for c in &snap.containers {
         if let Some(n) = c.conntrack_entries {
-            ConstGauge::new(n as i64).encode(
-                fam.encode_family(&[("container", Escaped(&c.id)), ("name", Escaped(&c.name))])?,
-            )?;
+            ConstGauge::new(n as i64).encode(fam.encode_family(&containers::ids(Some(c)))?)?;
         }
     }
     Ok(())

@@ -43,7 +43,7 @@ fn the_exposition_has_the_documented_shape() {
         "berth_probe_lost_events_total{probe=\"syscalls\",map=\"SYSCALLS\"} 0",
         "berth_collector_success{collector=\"containers\"} 1",
         "# TYPE berth_cgroup_syscalls counter",
-        "berth_cgroup_syscalls_total{cgroup=\"/berth/we\\\"ird\\\\name\",syscall=\"getppid\"} 100000",
+        "berth_cgroup_syscalls_total{cgroup=\"/berth/we\\\"ird\\\\name\",container=\"\",name=\"\",engine=\"\",k8s_namespace=\"\",k8s_pod=\"\",syscall=\"getppid\"} 100000",
     ];
     for line in expected {
         assert!(text.contains(line), "missing {line:?} in\n{text}");
@@ -101,5 +101,78 @@ fn the_fixture_renders_exactly_the_golden_exposition() {
             path.display(),
             diff.join("\n")
         );
+    }
+}
+
+/// A pod's container carries its pod and namespace on every series, its cgroup's included;
+/// other engines' containers carry their engine and empty `k8s_*` labels, so each family has
+/// one label set.
+#[test]
+fn every_per_container_series_carries_engine_and_kubernetes_labels() {
+    use crate::model::{Engine, LABEL_K8S_NAMESPACE, LABEL_K8S_POD};
+    let mut snap = snapshot();
+    let mut pod = snap.containers[0].clone();
+    pod.engine = Engine::Kubernetes;
+    pod.id = "d".repeat(64);
+    pod.name = "shop/web-0/nginx".into();
+    pod.cgroup = format!("/kubepods/burstable/pod0b6c/{}", pod.id);
+    pod.cgroup_id = Some(4242);
+    pod.berth = None;
+    pod.labels = [
+        (LABEL_K8S_NAMESPACE.to_owned(), "shop".to_owned()),
+        (LABEL_K8S_POD.to_owned(), "web-0".to_owned()),
+    ]
+    .into();
+    // The same labels on a Docker container mean nothing: only a pod's are read.
+    let mut docker = pod.clone();
+    docker.engine = Engine::Docker;
+    docker.id = "e".repeat(64);
+    docker.name = "media2".into();
+    docker.cgroup = format!("/docker/{}", docker.id);
+    docker.cgroup_id = Some(4343);
+    snap.containers.extend([pod, docker]);
+    let (_tx, rx) = watch::channel(Some(Arc::new(snap)));
+    let text = render(&registry(rx, 20)).unwrap();
+    let (d, e) = ("d".repeat(64), "e".repeat(64));
+    let pod_ids = format!(
+        "container=\"{d}\",name=\"shop/web-0/nginx\",engine=\"kubernetes\",k8s_namespace=\"shop\",k8s_pod=\"web-0\""
+    );
+    let docker_ids = format!(
+        "container=\"{e}\",name=\"media2\",engine=\"docker\",k8s_namespace=\"\",k8s_pod=\"\""
+    );
+    for line in [
+        format!("berth_container_running{{{pod_ids}}} 1"),
+        format!("berth_container_memory_usage_bytes{{{pod_ids}}} "),
+        format!("berth_container_info{{{pod_ids},image=\"/srv/rootfs\",runtime=\"\","),
+        format!(
+            "berth_cgroup_syscalls_total{{cgroup=\"/kubepods/burstable/pod0b6c/{d}\",{pod_ids},syscall="
+        ),
+        format!(
+            "berth_cgroup_network_bytes_total{{cgroup=\"/kubepods/burstable/pod0b6c/{d}\",{pod_ids},direction="
+        ),
+        format!("berth_container_running{{{docker_ids}}} 1"),
+        format!("berth_cgroup_syscalls_total{{cgroup=\"/docker/{e}\",{docker_ids},syscall="),
+    ] {
+        assert!(text.contains(&line), "missing {line:?} in\n{text}");
+    }
+    // One label set per family: every sample of a family has the same label names.
+    let mut sets: std::collections::BTreeMap<&str, std::collections::BTreeSet<Vec<&str>>> =
+        Default::default();
+    for l in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((name, rest)) = l.split_once('{') else {
+            continue;
+        };
+        let names: Vec<&str> = rest
+            .split("\",")
+            .filter_map(|kv| kv.split_once("=\"").map(|(k, _)| k))
+            .collect();
+        sets.entry(name.trim_end_matches("_bucket"))
+            .or_default()
+            .insert(names);
+    }
+    for (family, s) in &sets {
+        if family.starts_with("berth_container") || family.starts_with("berth_cgroup") {
+            assert_eq!(s.len(), 1, "{family} has label sets {s:?}");
+        }
     }
 }
