@@ -8,13 +8,21 @@
 //!   calling thread's namespace or in a guard's.
 //! - [`veth`], [`Netns::veth`]: a veth pair from one namespace into another.
 //! - [`unique`]: names unique to the test process (its pid) and the call.
+//! - [`Containerd`], [`Podman`]: Debian's containerd and podman run for one test, each in
+//!   mount and network namespaces of its own with its own state; everything they made (tasks,
+//!   containers, processes, cgroups, directories) is removed with the guard.
 
+mod containerd;
+mod engine;
 mod netns;
+mod podman;
 mod sh;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
+pub use containerd::Containerd;
 pub use netns::{Netns, veth};
+pub use podman::Podman;
 pub use sh::{ShError, sh, sh_in};
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
