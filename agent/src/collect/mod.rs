@@ -11,7 +11,8 @@
 //! Order matters and is fixed in [`Registry::new`]: the cgroup walk first (the probes keep only
 //! live cgroups), then the probes, then containers, berth's own and then the foreign ones found
 //! in the cgroup tree (joined to their cgroup's probe data when the snapshot is finished), then
-//! what reads the containers (conntrack per address).
+//! what reads the containers (conntrack per address, userland proxies and iptables rules per
+//! address).
 
 mod cgroups;
 mod conntrack;
@@ -20,6 +21,7 @@ mod foreign;
 mod images;
 mod probes;
 mod proxies;
+mod rules;
 
 use std::{
     collections::BTreeMap,
@@ -48,6 +50,8 @@ pub enum CollectError {
     Runtime(#[from] RuntimeError),
     #[error(transparent)]
     Image(#[from] crate::image::ImageError),
+    #[error("no iptables ruleset could be read: {errors}")]
+    Rules { errors: String },
 }
 
 /// What a collector did.
@@ -121,7 +125,8 @@ impl Registry {
     /// The collectors of this agent: the cgroup walk of `root`, one per probe, berth's own
     /// containers and images (when a container manager runs), the other engines' containers
     /// below `unified_mount` (the cgroup2 mount; unless `discovery.enabled` is false),
-    /// conntrack and userland proxies from the host's procfs at `discovery.proc`.
+    /// conntrack and userland proxies from the host's procfs at `discovery.proc`, and the
+    /// iptables rules of the other engines' containers.
     pub fn new(
         probes: Probes,
         root: TrackedRoot,
@@ -145,6 +150,7 @@ impl Registry {
         collectors.push(Box::new(images::Images::new(manager)));
         collectors.push(Box::new(conntrack::Conntrack::new(&discovery.proc)));
         collectors.push(Box::new(proxies::Proxies::new(&discovery.proc)));
+        collectors.push(Box::new(rules::Rules::new()));
         Self { probes, collectors }
     }
 

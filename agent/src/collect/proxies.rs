@@ -1,17 +1,25 @@
-//! `proxies`: userland port-mapping proxies (docker-proxy and kin) from a procfs scan: how many
-//! run, their resident memory and CPU time.
+//! `proxies`: userland port-mapping proxies (docker-proxy and kin) from a procfs scan
+//! (`discover::proxies`): how many run host-wide, their resident memory and CPU time, and
+//! each docker-proxy attributed to the container whose address it forwards to
+//! (`Container.port_mapping.proxies`, other engines' containers only: berth runs no proxy).
+//! A container whose engine gave no published ports gets them from its proxies' command lines.
+//! Runs after the containers are listed.
 
 use std::path::PathBuf;
 
 use super::{CollectError, Collected, Collector, Tick};
+use crate::discover::proxies::ProxyScanner;
 
 pub struct Proxies {
-    proc: PathBuf,
+    scanner: ProxyScanner,
 }
 
 impl Proxies {
+    /// Scans `proc`: the host's procfs (`discovery.proc`).
     pub fn new(proc: impl Into<PathBuf>) -> Self {
-        Self { proc: proc.into() }
+        Self {
+            scanner: ProxyScanner::new(proc),
+        }
     }
 }
 
@@ -21,7 +29,111 @@ impl Collector for Proxies {
     }
 
     fn collect(&mut self, tick: &mut Tick<'_>) -> Result<Collected, CollectError> {
-        tick.builder.snapshot.proxies = crate::discover::proxies::scan(&self.proc);
+        let scan = self.scanner.scan();
+        let snap = &mut tick.builder.snapshot;
+        for c in snap.containers.iter_mut().filter(|c| !c.engine.is_berth()) {
+            let Some(ip) = c.network.ip else {
+                continue;
+            };
+            if let Some(p) = scan.by_ip.get(&ip) {
+                c.port_mapping.proxies = p.clone();
+                if c.network.publish.is_empty() {
+                    c.network.publish = scan.publish_of(ip);
+                }
+            }
+        }
+        snap.proxies = scan.total;
         Ok(Collected::Done)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+
+    use super::*;
+    use crate::{
+        cgroup::TrackedRoot,
+        collect::Registry,
+        model::{Engine, fixture},
+        probes::Probes,
+    };
+
+    /// Puts the fixture's containers, one of them turned into a Docker container at
+    /// 172.17.0.2 without published ports, into the snapshot.
+    struct Listed;
+    impl Collector for Listed {
+        fn name(&self) -> &'static str {
+            "listed"
+        }
+        fn collect(&mut self, tick: &mut Tick<'_>) -> Result<Collected, CollectError> {
+            let mut s = fixture::snapshot();
+            s.containers[1].engine = Engine::Docker;
+            s.containers[1].network.ip = Some("172.17.0.2".parse().unwrap());
+            s.containers[1].network.publish.clear();
+            s.containers[0].network.ip = Some("172.17.0.9".parse().unwrap());
+            tick.builder.snapshot.containers = s.containers;
+            Ok(Collected::Done)
+        }
+    }
+
+    fn proxy(root: &std::path::Path, pid: u32, host_ip: &str, port: u16, ip: &str) {
+        let p = root.join(pid.to_string());
+        fs::create_dir_all(&p).unwrap();
+        fs::write(p.join("comm"), "docker-proxy\n").unwrap();
+        fs::write(
+            p.join("stat"),
+            format!(
+                "{pid} (docker-proxy) S 1 1 1 0 -1 0 0 0 0 0 3 4 0 0 20 0 7 0 99 700000 250 \
+                 1 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0 0 0 0 0 0 0 0 0\n"
+            ),
+        )
+        .unwrap();
+        fs::write(
+            p.join("cmdline"),
+            format!(
+                "docker-proxy\0-proto\0udp\0-host-ip\0{host_ip}\0-host-port\0{port}\0\
+                 -container-ip\0{ip}\0-container-port\0{port}\0"
+            ),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn proxies_go_to_the_foreign_container_at_their_address_and_the_host_keeps_the_total() {
+        let proc = tempfile::tempdir().unwrap();
+        let mut pid = 100;
+        for port in 40000..40003 {
+            for host_ip in ["0.0.0.0", "::"] {
+                proxy(proc.path(), pid, host_ip, port, "172.17.0.2");
+                pid += 1;
+            }
+        }
+        // Forwards to berth's container's address: berth runs no proxy, so it stays the host's.
+        proxy(proc.path(), pid, "0.0.0.0", 9, "172.17.0.9");
+        let mut r = Registry::with(
+            Probes::disabled(&TrackedRoot::fixture()),
+            vec![Box::new(Listed), Box::new(Proxies::new(proc.path()))],
+        );
+        let snap = r.collect();
+        assert_eq!(snap.proxies.processes, 7);
+        let page = procfs::page_size();
+        assert_eq!(snap.proxies.rss_bytes, 7 * 250 * page);
+        let docker = snap.find("legacy").unwrap();
+        assert_eq!(docker.port_mapping.proxies.processes, 6);
+        assert_eq!(docker.port_mapping.proxies.rss_bytes, 6 * 250 * page);
+        let published: Vec<String> = docker
+            .network
+            .publish
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
+        assert_eq!(
+            published,
+            ["40000-40002:40000-40002/udp"],
+            "from the command lines"
+        );
+        let own = snap.find("media").unwrap();
+        assert_eq!(own.port_mapping.proxies.processes, 0);
     }
 }

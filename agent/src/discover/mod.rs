@@ -1,8 +1,9 @@
 //! What runs on the host that berth did not start but must account for: containers of other
 //! engines (Docker, containerd, Kubernetes, podman, LXC) found from the cgroup tree
-//! ([`cgroups`]), and userland port-mapping proxies ([`proxies`]). Metadata from the runtimes'
-//! APIs and state files ([`meta`]: [`containerd`]'s task bundles, [`podman`]'s storage and
-//! CRI-O's bundles) names them; it is never needed for the numbers.
+//! ([`cgroups`]), and what their published ports cost the host: userland port-mapping proxies
+//! ([`proxies`]) and per-port iptables rules ([`rules`]). Metadata from the runtimes' APIs and
+//! state files ([`meta`]: [`containerd`]'s task bundles, [`podman`]'s storage and CRI-O's
+//! bundles) names them; it is never needed for the numbers.
 
 pub mod bundle;
 pub mod cgroups;
@@ -10,3 +11,4 @@ pub mod containerd;
 pub mod meta;
 pub mod podman;
 pub mod proxies;
+pub mod rules;

@@ -1,108 +1,495 @@
-//! Userland port-mapping proxies: Docker's `docker-proxy` (one process per published port
-//! and protocol when `userland-proxy` is on, the default) and its kin. Found by a procfs scan
-//! of process names; their CPU and memory are what the operator pays for published ports on
-//! top of the kernel's NAT. Readers take the procfs root so tests can use fixtures.
+//! Userland port-mapping proxies: Docker's `docker-proxy` (one process per published port,
+//! protocol and address family when `userland-proxy` is on, the default) and its kin. Their
+//! CPU and memory are what the operator pays for published ports on top of the kernel's NAT;
+//! each docker-proxy's command line names the container address it forwards to
+//! (`-proto udp -host-ip 0.0.0.0 -host-port 40000 -container-ip 172.17.0.2 -container-port
+//! 40000`), which attributes it to that container.
+//!
+//! Cost per scan: one `readdir` of procfs and one small read of `comm` per process; a proxy
+//! adds one read of `stat` (CPU, RSS, start time), and its `cmdline` is read once per process
+//! (cached by pid and start time, so a reused pid is read again). The scanner takes the procfs
+//! root (`discovery.proc`) so tests can use fixtures.
 
-use std::{fs, path::Path};
+use std::{
+    collections::HashMap,
+    fs,
+    io::Read as _,
+    net::{IpAddr, Ipv4Addr},
+    path::{Path, PathBuf},
+};
+
+use procfs::FromRead as _;
+
+pub use crate::model::host::ProxyStats;
+use crate::model::{PortRange, Proto, Publish};
 
 /// Process names of known userland proxies.
 pub const PROXY_NAMES: [&str; 3] = ["docker-proxy", "rootlessport", "slirp4netns"];
 
-pub use crate::model::host::ProxyStats;
-
-/// Scans `proc` (normally `/proc`) for userland proxy processes.
-pub fn scan(proc: &Path) -> ProxyStats {
-    let mut out = ProxyStats::default();
-    let Ok(entries) = fs::read_dir(proc) else {
-        return out;
-    };
-    // SAFETY: sysconf has no preconditions.
-    let (tick, page) = unsafe {
-        (
-            libc::sysconf(libc::_SC_CLK_TCK).max(1) as f64,
-            libc::sysconf(libc::_SC_PAGESIZE).max(1) as u64,
-        )
-    };
-    for e in entries.flatten() {
-        let name = e.file_name();
-        let Some(pid) = name
-            .to_str()
-            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
-        else {
-            continue;
-        };
-        let dir = proc.join(pid);
-        let Ok(comm) = fs::read_to_string(dir.join("comm")) else {
-            continue;
-        };
-        if !PROXY_NAMES.contains(&comm.trim()) {
-            continue;
-        }
-        out.processes += 1;
-        if let Ok(statm) = fs::read_to_string(dir.join("statm"))
-            && let Some(rss) = statm
-                .split_whitespace()
-                .nth(1)
-                .and_then(|v| v.parse::<u64>().ok())
-        {
-            out.rss_bytes += rss * page;
-        }
-        if let Ok(stat) = fs::read_to_string(dir.join("stat"))
-            && let Some(ticks) = cpu_ticks(&stat)
-        {
-            out.cpu_seconds += ticks as f64 / tick;
-        }
-    }
-    out
+/// Where one docker-proxy forwards, from its command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyTarget {
+    /// `None` for a protocol berth does not publish (sctp).
+    pub proto: Option<Proto>,
+    /// `None` when absent (docker-proxy then listens on every address).
+    pub host_ip: Option<IpAddr>,
+    pub host_port: u16,
+    pub container_ip: IpAddr,
+    pub container_port: u16,
 }
 
-/// utime + stime from /proc/PID/stat (fields 14 and 15, after the parenthesised name, which
-/// may itself contain spaces and parentheses).
-fn cpu_ticks(stat: &str) -> Option<u64> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // rest starts at field 3 (state): utime is field 14 -> index 11, stime index 12.
-    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+/// Parses docker-proxy's arguments (without argv\[0\]), as Go's `flag` package reads them:
+/// `-name value`, `-name=value`, with one or two dashes; flags it does not know are skipped.
+/// `None` without a container address and both ports.
+pub fn parse_args<'a>(args: impl IntoIterator<Item = &'a str>) -> Option<ProxyTarget> {
+    let (mut proto, mut host_ip, mut host_port) = (None, None, None);
+    let (mut container_ip, mut container_port) = (None, None);
+    let mut it = args.into_iter();
+    while let Some(arg) = it.next() {
+        let Some(flag) = arg.strip_prefix("--").or_else(|| arg.strip_prefix('-')) else {
+            continue;
+        };
+        let (name, inline) = match flag.split_once('=') {
+            Some((n, v)) => (n, Some(v)),
+            None => (flag, None),
+        };
+        let takes_value = matches!(
+            name,
+            "proto" | "host-ip" | "host-port" | "container-ip" | "container-port"
+        );
+        if !takes_value {
+            continue;
+        }
+        let Some(value) = inline.or_else(|| it.next()) else {
+            break;
+        };
+        match name {
+            "proto" => proto = Some(value),
+            "host-ip" => host_ip = value.parse::<IpAddr>().ok(),
+            "host-port" => host_port = value.parse::<u16>().ok(),
+            "container-ip" => container_ip = value.parse::<IpAddr>().ok(),
+            _ => container_port = value.parse::<u16>().ok(),
+        }
+    }
+    Some(ProxyTarget {
+        // docker-proxy's default protocol is tcp.
+        proto: proto.map_or(Some(Proto::Tcp), |p| p.parse::<Proto>().ok()),
+        host_ip,
+        host_port: host_port.filter(|p| *p != 0)?,
+        container_ip: container_ip?,
+        container_port: container_port.filter(|p| *p != 0)?,
+    })
+}
+
+/// What one scan found: every proxy summed, and the docker-proxies per IPv4 container address.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ProxyScan {
+    pub total: ProxyStats,
+    pub by_ip: HashMap<Ipv4Addr, ProxyStats>,
+    /// The mappings behind `by_ip`, in no particular order.
+    pub targets: HashMap<Ipv4Addr, Vec<ProxyTarget>>,
+}
+
+impl ProxyScan {
+    /// The ranges the proxies to `ip` publish, merged: consecutive host ports mapped to
+    /// consecutive container ports on the same protocol and IPv4 host address become one
+    /// range. IPv6 listeners (Docker's `-host-ip ::` twin of each mapping) are left out.
+    pub fn publish_of(&self, ip: Ipv4Addr) -> Vec<Publish> {
+        let mut pairs: Vec<(Proto, Option<Ipv4Addr>, u16, u16)> = self
+            .targets
+            .get(&ip)
+            .into_iter()
+            .flatten()
+            .filter_map(|t| {
+                let host_ip = match t.host_ip {
+                    None => None,
+                    Some(IpAddr::V4(a)) if a.is_unspecified() => None,
+                    Some(IpAddr::V4(a)) => Some(a),
+                    Some(IpAddr::V6(_)) => return None,
+                };
+                Some((t.proto?, host_ip, t.host_port, t.container_port))
+            })
+            .collect();
+        pairs.sort_unstable();
+        pairs.dedup();
+        let mut out: Vec<Publish> = Vec::new();
+        for (proto, host_ip, host, ctr) in pairs {
+            if let Some(last) = out.last_mut()
+                && last.proto == proto
+                && last.host_ip == host_ip
+                && u32::from(last.host.end) + 1 == u32::from(host)
+                && u32::from(last.container.end) + 1 == u32::from(ctr)
+            {
+                last.host.end = host;
+                last.container.end = ctr;
+                continue;
+            }
+            // Ports are non-zero (parse_args), so a single-port range is valid.
+            out.push(Publish {
+                host_ip,
+                host: PortRange {
+                    start: host,
+                    end: host,
+                },
+                container: PortRange {
+                    start: ctr,
+                    end: ctr,
+                },
+                proto,
+            });
+        }
+        out
+    }
+}
+
+/// A proxy process seen before: its start time (so a reused pid is told apart) and target.
+struct Known {
+    start: u64,
+    target: Option<ProxyTarget>,
+}
+
+/// Scans procfs for userland proxies, keeping what it learnt about each proxy process.
+pub struct ProxyScanner {
+    proc: PathBuf,
+    known: HashMap<u32, Known>,
+    ticks_per_second: f64,
+    page_size: u64,
+}
+
+impl ProxyScanner {
+    /// A scanner of `proc` (normally `/proc`, or the host's procfs mounted elsewhere).
+    pub fn new(proc: impl Into<PathBuf>) -> Self {
+        Self {
+            proc: proc.into(),
+            known: HashMap::new(),
+            ticks_per_second: procfs::ticks_per_second().max(1) as f64,
+            page_size: procfs::page_size().max(1),
+        }
+    }
+
+    /// Every proxy process now, with its CPU and memory, attributed to the container address
+    /// it forwards to. An unreadable procfs gives an empty scan.
+    pub fn scan(&mut self) -> ProxyScan {
+        let mut out = ProxyScan::default();
+        let Ok(entries) = fs::read_dir(&self.proc) else {
+            self.known.clear();
+            return out;
+        };
+        let mut seen: HashMap<u32, Known> = HashMap::with_capacity(self.known.len());
+        let mut path = self.proc.clone();
+        let mut buf = Vec::with_capacity(512);
+        for e in entries.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                continue;
+            };
+            path.push(e.file_name());
+            if let Some((stats, known)) = self.proxy(&mut path, pid, &mut buf) {
+                add(&mut out.total, &stats);
+                if let Some(t) = &known.target
+                    && let IpAddr::V4(ip) = t.container_ip
+                {
+                    add(out.by_ip.entry(ip).or_default(), &stats);
+                    out.targets.entry(ip).or_default().push(t.clone());
+                }
+                seen.insert(pid, known);
+            }
+            path.pop();
+        }
+        self.known = seen;
+        out
+    }
+
+    /// The proxy at `dir` (`<proc>/<pid>`), or `None` for any other process or one that is
+    /// gone.
+    fn proxy(
+        &mut self,
+        dir: &mut PathBuf,
+        pid: u32,
+        buf: &mut Vec<u8>,
+    ) -> Option<(ProxyStats, Known)> {
+        dir.push("comm");
+        let comm = read_into(dir, buf);
+        dir.pop();
+        let name = std::str::from_utf8(comm.ok()?).ok()?.trim_end();
+        if !PROXY_NAMES.contains(&name) {
+            return None;
+        }
+        dir.push("stat");
+        let stat = read_into(dir, buf)
+            .ok()
+            .and_then(|b| procfs::process::Stat::from_read(b).ok());
+        dir.pop();
+        let stat = stat?;
+        let stats = ProxyStats {
+            processes: 1,
+            rss_bytes: stat.rss * self.page_size,
+            cpu_seconds: (stat.utime + stat.stime) as f64 / self.ticks_per_second,
+        };
+        let target = match self.known.remove(&pid) {
+            Some(k) if k.start == stat.starttime => k.target,
+            _ => {
+                dir.push("cmdline");
+                let target = read_into(dir, buf).ok().and_then(|b| {
+                    let args: Vec<&str> = b
+                        .split(|c| *c == 0)
+                        .skip(1)
+                        .filter_map(|a| std::str::from_utf8(a).ok())
+                        .collect();
+                    parse_args(args)
+                });
+                dir.pop();
+                target
+            }
+        };
+        Some((
+            stats,
+            Known {
+                start: stat.starttime,
+                target,
+            },
+        ))
+    }
+}
+
+/// Reads the whole file at `path` into `buf` (reused across calls).
+fn read_into<'b>(path: &Path, buf: &'b mut Vec<u8>) -> std::io::Result<&'b [u8]> {
+    buf.clear();
+    fs::File::open(path)?.read_to_end(buf)?;
+    Ok(buf.as_slice())
+}
+
+fn add(to: &mut ProxyStats, s: &ProxyStats) {
+    to.processes += s.processes;
+    to.rss_bytes += s.rss_bytes;
+    to.cpu_seconds += s.cpu_seconds;
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn proxies_are_found_by_name_with_their_memory_and_cpu() {
-        let d = tempfile::tempdir().unwrap();
-        let mk = |pid: &str, comm: &str, rss_pages: u64, utime: u64, stime: u64| {
-            let p = d.path().join(pid);
-            fs::create_dir_all(&p).unwrap();
-            fs::write(p.join("comm"), format!("{comm}\n")).unwrap();
-            fs::write(p.join("statm"), format!("1000 {rss_pages} 10 1 0 5 0\n")).unwrap();
-            fs::write(
-                p.join("stat"),
-                format!("{pid} ({comm}) S 1 1 1 0 -1 0 0 0 0 0 {utime} {stime} 0 0 20 0 1 0 5\n"),
-            )
-            .unwrap();
-        };
-        mk("10", "docker-proxy", 100, 50, 50);
-        mk("11", "docker-proxy", 200, 0, 100);
-        mk("12", "sleep", 999, 999, 999);
-        fs::create_dir_all(d.path().join("self")).unwrap();
-        let s = scan(d.path());
-        assert_eq!(s.processes, 2);
-        // SAFETY: sysconf has no preconditions.
-        let (tick, page) = unsafe {
-            (
-                libc::sysconf(libc::_SC_CLK_TCK) as f64,
-                libc::sysconf(libc::_SC_PAGESIZE) as u64,
-            )
-        };
-        assert_eq!(s.rss_bytes, 300 * page);
-        assert!((s.cpu_seconds - 200.0 / tick).abs() < 1e-9);
+    fn args(s: &str) -> Option<ProxyTarget> {
+        parse_args(s.split_whitespace())
     }
 
     #[test]
-    fn stat_lines_with_odd_names_parse() {
-        let line = "7 (a (b) c) S 1 1 1 0 -1 0 0 0 0 0 3 4 0 0 20 0 1 0 5";
-        assert_eq!(cpu_ticks(line), Some(7));
+    fn docker_proxy_command_lines_parse_in_every_flag_form() {
+        let want = ProxyTarget {
+            proto: Some(Proto::Udp),
+            host_ip: Some("0.0.0.0".parse().unwrap()),
+            host_port: 40000,
+            container_ip: "172.17.0.2".parse().unwrap(),
+            container_port: 40000,
+        };
+        assert_eq!(
+            args(
+                "-proto udp -host-ip 0.0.0.0 -host-port 40000 -container-ip 172.17.0.2 \
+                 -container-port 40000"
+            ),
+            Some(want.clone())
+        );
+        assert_eq!(
+            args(
+                "--proto=udp -host-ip=0.0.0.0 --host-port 40000 -container-ip=172.17.0.2 \
+                 -container-port=40000 -use-listen-fd"
+            ),
+            Some(want)
+        );
+        // Docker's IPv6 twin, tcp by default, and an IPv6 container address.
+        let t =
+            args("-host-ip :: -host-port 80 -container-ip fd00::2 -container-port 8080").unwrap();
+        assert_eq!(t.proto, Some(Proto::Tcp));
+        assert_eq!(t.host_ip, Some("::".parse().unwrap()));
+        assert_eq!(t.container_ip, "fd00::2".parse::<IpAddr>().unwrap());
+        assert_eq!(t.container_port, 8080);
+        // sctp is kept as a proxy of that address, with no protocol berth publishes.
+        let t = args("-proto sctp -host-port 9 -container-ip 10.0.0.2 -container-port 9").unwrap();
+        assert_eq!(t.proto, None);
+    }
+
+    #[test]
+    fn incomplete_or_malformed_command_lines_are_not_targets() {
+        for bad in [
+            "",
+            "-proto udp -host-port 40000 -container-port 40000",
+            "-host-port 40000 -container-ip 172.17.0.2",
+            "-host-port 0 -container-ip 172.17.0.2 -container-port 1",
+            "-host-port 70000 -container-ip 172.17.0.2 -container-port 1",
+            "-host-port 1 -container-ip 172.17.0.999 -container-port 1",
+            "-host-port 1 -container-ip 172.17.0.2 -container-port",
+        ] {
+            assert_eq!(args(bad), None, "{bad:?}");
+        }
+    }
+
+    /// A fake procfs entry: comm, stat (rss pages, utime, stime, start time) and cmdline.
+    fn mk(root: &Path, pid: u32, comm: &str, rss: u64, cpu: (u64, u64), start: u64, cmd: &str) {
+        let p = root.join(pid.to_string());
+        fs::create_dir_all(&p).unwrap();
+        fs::write(p.join("comm"), format!("{comm}\n")).unwrap();
+        fs::write(
+            p.join("stat"),
+            format!(
+                "{pid} ({comm}) S 1 {pid} {pid} 0 -1 4194560 100 0 0 0 {} {} 0 0 20 0 7 0 \
+                 {start} 712000000 {rss} 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0 \
+                 0 0 0 0 0 0 0 0 0 0 0\n",
+                cpu.0, cpu.1
+            ),
+        )
+        .unwrap();
+        let cmdline: String = cmd.split_whitespace().map(|a| format!("{a}\0")).collect();
+        fs::write(p.join("cmdline"), cmdline).unwrap();
+    }
+
+    fn proxy_cmd(proto: &str, host_ip: &str, port: u16, ip: &str) -> String {
+        format!(
+            "/usr/sbin/docker-proxy -proto {proto} -host-ip {host_ip} -host-port {port} \
+             -container-ip {ip} -container-port {port}"
+        )
+    }
+
+    #[test]
+    fn proxies_are_attributed_to_the_address_they_forward_to_and_summed_for_the_host() {
+        let d = tempfile::tempdir().unwrap();
+        let page = procfs::page_size();
+        let tick = procfs::ticks_per_second() as f64;
+        let a = "172.17.0.2";
+        mk(
+            d.path(),
+            10,
+            "docker-proxy",
+            100,
+            (50, 50),
+            7,
+            &proxy_cmd("udp", "0.0.0.0", 40000, a),
+        );
+        mk(
+            d.path(),
+            11,
+            "docker-proxy",
+            200,
+            (0, 100),
+            7,
+            &proxy_cmd("udp", "::", 40000, a),
+        );
+        mk(
+            d.path(),
+            12,
+            "docker-proxy",
+            300,
+            (1, 1),
+            7,
+            &proxy_cmd("tcp", "0.0.0.0", 80, "172.17.0.3"),
+        );
+        mk(
+            d.path(),
+            13,
+            "slirp4netns",
+            400,
+            (0, 0),
+            7,
+            "slirp4netns --mtu 65520 4242 tap0",
+        );
+        mk(
+            d.path(),
+            14,
+            "sleep",
+            999,
+            (9, 9),
+            7,
+            &proxy_cmd("udp", "0.0.0.0", 1, a),
+        );
+        fs::create_dir_all(d.path().join("self")).unwrap();
+        let mut scanner = ProxyScanner::new(d.path());
+        let s = scanner.scan();
+        assert_eq!(s.total.processes, 4);
+        assert_eq!(s.total.rss_bytes, 1000 * page);
+        let ip: Ipv4Addr = a.parse().unwrap();
+        let one = &s.by_ip[&ip];
+        assert_eq!((one.processes, one.rss_bytes), (2, 300 * page));
+        assert!((one.cpu_seconds - 200.0 / tick).abs() < 1e-9);
+        assert_eq!(s.by_ip[&"172.17.0.3".parse().unwrap()].processes, 1);
+        assert_eq!(
+            s.by_ip.len(),
+            2,
+            "slirp4netns forwards to no container address"
+        );
+
+        // The cached command line is read again only when the pid is a new process.
+        mk(
+            d.path(),
+            11,
+            "docker-proxy",
+            200,
+            (0, 100),
+            7,
+            &proxy_cmd("udp", "::", 1, "10.9.9.9"),
+        );
+        let again = scanner.scan();
+        assert_eq!(
+            again.by_ip[&ip].processes, 2,
+            "same pid and start: same target"
+        );
+        mk(
+            d.path(),
+            11,
+            "docker-proxy",
+            200,
+            (0, 100),
+            8,
+            &proxy_cmd("udp", "::", 1, "10.9.9.9"),
+        );
+        let reused = scanner.scan();
+        assert_eq!(
+            reused.by_ip[&ip].processes, 1,
+            "a reused pid is a new process"
+        );
+        assert_eq!(reused.by_ip[&"10.9.9.9".parse().unwrap()].processes, 1);
+        fs::remove_dir_all(d.path().join("10")).unwrap();
+        assert!(
+            !scanner.scan().by_ip.contains_key(&ip),
+            "gone with its process"
+        );
+    }
+
+    #[test]
+    fn a_missing_procfs_is_an_empty_scan() {
+        let mut scanner = ProxyScanner::new("/nonexistent/proc");
+        assert_eq!(scanner.scan(), ProxyScan::default());
+    }
+
+    #[test]
+    fn published_ranges_are_rebuilt_from_the_proxies_of_an_address() {
+        let ip: Ipv4Addr = "172.17.0.2".parse().unwrap();
+        let t = |proto, host_ip: &str, host, ctr| ProxyTarget {
+            proto: Some(proto),
+            host_ip: Some(host_ip.parse().unwrap()),
+            host_port: host,
+            container_ip: IpAddr::V4(ip),
+            container_port: ctr,
+        };
+        let mut targets = Vec::new();
+        for p in (40000..=40099).rev() {
+            targets.push(t(Proto::Udp, "0.0.0.0", p, p));
+            targets.push(t(Proto::Udp, "::", p, p));
+        }
+        targets.push(t(Proto::Tcp, "0.0.0.0", 8080, 80));
+        targets.push(t(Proto::Tcp, "0.0.0.0", 8081, 90));
+        targets.push(t(Proto::Tcp, "127.0.0.1", 9000, 9000));
+        let scan = ProxyScan {
+            targets: [(ip, targets)].into(),
+            ..Default::default()
+        };
+        let got: Vec<String> = scan.publish_of(ip).iter().map(|p| p.to_string()).collect();
+        assert_eq!(
+            got,
+            [
+                "8080:80/tcp",
+                "8081:90/tcp",
+                "127.0.0.1:9000:9000/tcp",
+                "40000-40099:40000-40099/udp"
+            ]
+        );
+        assert!(scan.publish_of("10.0.0.1".parse().unwrap()).is_empty());
     }
 }
