@@ -2,8 +2,15 @@
 //! the fix. Readers only: nothing here touches the host.
 //!
 //! The rules, in the order of the mission: per-port iptables rules (Docker's way, whose cost
-//! grows with the number of published ports), userland proxies, the conntrack table, then
-//! container health (OOM kills, restart loops) and berth's own probes.
+//! grows with the number of published ports): berth's own containers on the iptables backend,
+//! then other engines' containers with everything their port mapping costs ([`portmap`]);
+//! userland proxies no container accounts for, the conntrack table, then container health
+//! (OOM kills, restart loops) and berth's own probes.
+//!
+//! Rates (new flows per second, the proxies' CPU) need an older snapshot from the history, the
+//! start of the window they are measured over; without one they are said to be not measured.
+
+mod portmap;
 
 use serde::{Deserialize, Serialize};
 
@@ -32,9 +39,9 @@ fn us(ns: u64, packets: u64) -> f64 {
     ns as f64 / packets.max(1) as f64 / 1e3
 }
 
-/// Every finding, most severe first.
-pub fn diagnose(snap: &Snapshot) -> Vec<Finding> {
-    let mut out = Vec::new();
+/// Every finding, most severe first; rates are measured since `base` (an older snapshot).
+pub fn diagnose(snap: &Snapshot, base: Option<&Snapshot>) -> Vec<Finding> {
+    let mut out = portmap::findings(snap, base);
 
     // The cost of nft-map containers here, as the yardstick.
     let (map_p, map_ns) = snap
@@ -94,7 +101,8 @@ pub fn diagnose(snap: &Snapshot) -> Vec<Finding> {
         });
     }
 
-    let p = &snap.proxies;
+    // Proxies a container finding already names are not counted twice.
+    let p = &portmap::unattributed_proxies(snap);
     if p.processes > 0 {
         out.push(Finding {
             severity: if p.processes >= 100 {
@@ -103,9 +111,11 @@ pub fn diagnose(snap: &Snapshot) -> Vec<Finding> {
                 Severity::Warning
             },
             subject: "host".into(),
-            cause: "userland port-mapping proxies (docker-proxy): Docker starts one process per \
-                    published port and protocol, and every proxied packet crosses user space"
-                .into(),
+            cause:
+                "userland port-mapping proxies (docker-proxy) that no listed container accounts \
+                    for: Docker starts one process per published port and protocol, and every \
+                    proxied packet crosses user space"
+                    .into(),
             evidence: vec![format!(
                 "{} proxy processes, {:.1} MB resident, {:.1} CPU-seconds used",
                 p.processes,
@@ -233,7 +243,7 @@ mod tests {
 
     #[test]
     fn a_quiet_host_has_no_findings() {
-        assert!(diagnose(&snapshot()).is_empty());
+        assert!(diagnose(&snapshot(), None).is_empty());
     }
 
     #[test]
@@ -250,7 +260,7 @@ mod tests {
             drop: 3,
             ..Default::default()
         });
-        let f = diagnose(&s);
+        let f = diagnose(&s, None);
         assert_eq!(f.len(), 2);
         assert!(f.iter().all(|f| f.severity == Severity::Critical));
         assert!(f.iter().any(|f| f.fix.contains("--userland-proxy=false")));
@@ -266,7 +276,7 @@ mod tests {
 
     #[test]
     fn the_fixture_names_the_iptables_container_its_restart_loop_and_oom_kills() {
-        let f = diagnose(&fixture::snapshot());
+        let f = diagnose(&fixture::snapshot(), None);
         let legacy = f
             .iter()
             .find(|f| f.subject == "container legacy")

@@ -81,16 +81,30 @@ async fn get_system(State(s): State<ReadState>) -> Result<Response, ApiError> {
     .into_response())
 }
 
+#[derive(Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+struct DiagnoseQuery {
+    /// Window for rates (new flows per second, proxies' CPU): default 60s, at most the 15
+    /// minutes of history.
+    window: Option<String>,
+}
+
 /// Findings: cause, evidence, fix; most severe first.
-async fn get_diagnose(State(s): State<ReadState>) -> Result<Response, ApiError> {
+async fn get_diagnose(
+    State(s): State<ReadState>,
+    q: Result<Query<DiagnoseQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let q = query(q)?;
+    let w = window("window", q.window.as_deref())?.unwrap_or(Duration::from_secs(60));
     let snap = s.latest()?;
+    let base = base(&s, &snap, w);
     Ok(Json(DiagnoseView {
         checked_at: snap
             .taken_at
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs_f64())
             .unwrap_or(0.0),
-        findings: crate::diagnose::diagnose(&snap),
+        findings: crate::diagnose::diagnose(&snap, base.as_deref()),
     })
     .into_response())
 }

@@ -450,3 +450,43 @@ async fn a_reused_id_in_a_new_cgroup_starts_its_window_from_fresh_counters() {
         "not diffed against another cgroup: {w}"
     );
 }
+
+#[tokio::test]
+async fn a_docker_host_s_ports_and_findings_name_the_engine_and_rates_use_the_window() {
+    let mut state = read_state(Some(fixture::docker_host_at(Duration::from_secs(10), 300)));
+    let history = Arc::new(History::new(
+        Duration::from_secs(5),
+        Duration::from_secs(900),
+    ));
+    history.push(Arc::new(fixture::docker_host_at(Duration::ZERO, 100)));
+    state.history = history;
+    let router = read_router(state);
+    let (status, _, body) = get(router.clone(), "/api/v1/ports").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let rows: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let sfu = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "sfu")
+        .expect("the docker container's range");
+    assert_eq!(sfu["engine"], "docker");
+    assert_eq!(sfu["netfilter"]["new_flows_per_second"], 200.0);
+    assert!(sfu["netfilter"]["new_flow_ns_per_packet"].as_f64().unwrap() > 20_000.0);
+
+    let (status, _, body) = get(router.clone(), "/api/v1/diagnose?window=60s").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let d: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(d["findings"][0]["subject"], "container sfu");
+    let evidence = d["findings"][0]["evidence"].as_array().unwrap();
+    assert!(
+        evidence.iter().any(|e| e
+            .as_str()
+            .unwrap()
+            .starts_with("200.0 new flows per second over the last 10 s")),
+        "{evidence:?}"
+    );
+    let (status, _, body) = get(router, "/api/v1/diagnose?window=soon").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body.contains("window=soon"), "{body}");
+}

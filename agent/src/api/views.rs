@@ -112,7 +112,19 @@ impl ContainerSummary {
 pub struct PortSummary {
     pub container: String,
     pub name: String,
+    /// The engine that manages the container (`berth`, `docker`, ...).
+    #[serde(default)]
+    pub engine: Option<String>,
     pub ip: Option<Ipv4Addr>,
     pub publish: Publish,
     pub backend: Option<BackendKind>,
+    #[serde(default)]
+    pub netfilter: Option<PortNetfilterSummary>,
+}
+
+/// The part of a `/api/v1/ports` row's netfilter cost the CLI shows.
+#[derive(Debug, Clone, Deserialize)]
+pub struct PortNetfilterSummary {
+    /// A new flow's whole path (every hook), nanoseconds per packet.
+    pub new_flow_ns_per_packet: Option<f64>,
 }

@@ -23,7 +23,13 @@ pub fn execute_diagnose(client: &Client, format: Format) -> anyhow::Result<i32> 
             for e in &f.evidence {
                 println!("  - {e}");
             }
-            println!("  fix: {}\n", f.fix);
+            // A fix in steps is one step per line, aligned under the first.
+            let mut steps = f.fix.lines();
+            println!("  fix: {}", steps.next().unwrap_or(""));
+            for step in steps {
+                println!("       {step}");
+            }
+            println!();
         }
     }
     Ok(i32::from(critical))

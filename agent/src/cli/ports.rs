@@ -1,4 +1,5 @@
-//! `berth ports [CONTAINER]`: every published mapping, with its backend.
+//! `berth ports [CONTAINER]`: every published mapping of every engine's containers, with its
+//! backend (berth's) and what a new flow to it costs in netfilter.
 
 use super::{args::Format, client::Client, short, table};
 use crate::{
@@ -51,9 +52,15 @@ pub fn execute_ports(
             let host_ip = m
                 .host_ip
                 .map_or_else(|| "0.0.0.0".to_owned(), |ip| ip.to_string());
+            let new_flow = p
+                .netfilter
+                .as_ref()
+                .and_then(|n| n.new_flow_ns_per_packet)
+                .map_or_else(|| "-".to_owned(), |ns| format!("{:.1}", ns / 1e3));
             vec![
                 short(&p.container).to_owned(),
                 p.name.clone(),
+                p.engine.clone().unwrap_or_default(),
                 format!("{host_ip}:{}", range(&m.host)),
                 format!(
                     "{}:{}",
@@ -62,6 +69,7 @@ pub fn execute_ports(
                 ),
                 m.proto.to_string(),
                 p.backend.map(|b| b.to_string()).unwrap_or_default(),
+                new_flow,
             ]
         })
         .collect();
@@ -69,10 +77,12 @@ pub fn execute_ports(
         &[
             "CONTAINER ID",
             "NAME",
+            "ENGINE",
             "HOST",
             "CONTAINER",
             "PROTO",
             "BACKEND",
+            "NEW FLOW µs",
         ],
         &rows,
     );

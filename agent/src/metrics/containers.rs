@@ -1,5 +1,6 @@
 //! `berth_container_*`: one series per container (any engine), labelled by [`ids`]: its
-//! identity (`berth_container_info`), state, restarts, OOM kills and cgroup usage.
+//! identity (`berth_container_info`), state, restarts, OOM kills, cgroup usage, and for other
+//! engines' containers the per-port rules and userland proxies their published ports cost.
 
 use prometheus_client::{
     encoding::DescriptorEncoder,
@@ -172,5 +173,53 @@ pub(super) fn encode<'a>(
             }),
         )?;
     }
+
+    // What other engines' published ports cost outside netfilter's time (which is
+    // berth_container_netfilter_*): per-port rules and userland proxies.
+    family(
+        encoder,
+        "berth_container_port_mapping_rules",
+        "iptables rules (iptables-nft and iptables-legacy, every table) that point at the container's address; other engines' containers",
+        MetricType::Gauge,
+        snap.containers.iter().filter_map(|c| {
+            let rules = c.port_mapping.rules?;
+            Some((labels(c), ConstGauge::new(rules as i64)))
+        }),
+    )?;
+    let proxied = || {
+        snap.containers
+            .iter()
+            .filter(|c| c.port_mapping.proxies.processes > 0)
+    };
+    family(
+        encoder,
+        "berth_container_userland_proxy_processes",
+        "Userland proxy processes (docker-proxy) forwarding to the container's address",
+        MetricType::Gauge,
+        proxied().map(|c| {
+            let n = c.port_mapping.proxies.processes as i64;
+            (labels(c), ConstGauge::new(n))
+        }),
+    )?;
+    family(
+        encoder,
+        "berth_container_userland_proxy_memory_bytes",
+        "Resident memory of the userland proxies forwarding to the container's address",
+        MetricType::Gauge,
+        proxied().map(|c| {
+            let n = c.port_mapping.proxies.rss_bytes as i64;
+            (labels(c), ConstGauge::new(n))
+        }),
+    )?;
+    family(
+        encoder,
+        "berth_container_userland_proxy_cpu_seconds",
+        "CPU time the running userland proxies forwarding to the container's address used since they started",
+        MetricType::Counter,
+        proxied().map(|c| {
+            let s = c.port_mapping.proxies.cpu_seconds;
+            (labels(c), ConstCounter::new(s))
+        }),
+    )?;
     Ok(())
 }

@@ -176,3 +176,41 @@ fn every_per_container_series_carries_engine_and_kubernetes_labels() {
         }
     }
 }
+
+#[test]
+fn a_docker_container_s_port_mapping_and_netfilter_cost_per_hook_are_exposed() {
+    let snap = fixture::docker_host_at(std::time::Duration::ZERO, 100);
+    let (_tx, rx) = watch::channel(Some(Arc::new(snap)));
+    let text = render(&registry(rx, 20)).unwrap();
+    let id = fixture::SFU_ID;
+    let sfu = format!(
+        "container=\"{id}\",name=\"sfu\",engine=\"docker\",k8s_namespace=\"\",k8s_pod=\"\""
+    );
+    for line in [
+        format!("berth_container_port_mapping_rules{{{sfu}}} 3001\n"),
+        format!("berth_container_userland_proxy_processes{{{sfu}}} 2000\n"),
+        format!("berth_container_userland_proxy_memory_bytes{{{sfu}}} 6900000000\n"),
+        format!("berth_container_userland_proxy_cpu_seconds_total{{{sfu}}} 13.0\n"),
+        format!(
+            "berth_container_netfilter_packets_total{{{sfu},hook=\"postrouting\",ct_state=\"new\"}} 1000\n"
+        ),
+        format!(
+            "berth_container_netfilter_seconds_total{{{sfu},hook=\"postrouting\",ct_state=\"new\"}} 0.0186\n"
+        ),
+        format!(
+            "berth_container_netfilter_packets_total{{{sfu},hook=\"forward\",ct_state=\"new\"}} 1000\n"
+        ),
+    ] {
+        assert!(text.contains(&line), "missing {line:?} in\n{text}");
+    }
+    // A host-networking container and berth's own have no port-mapping series; the portless
+    // bridge container's one raw rule is counted.
+    for id in [fixture::HOSTNET_ID, fixture::MAP_ID] {
+        let series = format!("berth_container_port_mapping_rules{{container=\"{id}\"");
+        assert!(!text.contains(&series), "{series}");
+    }
+    assert!(text.contains(&format!(
+        "berth_container_port_mapping_rules{{container=\"{}\",name=\"worker\",engine=\"docker\",k8s_namespace=\"\",k8s_pod=\"\"}} 1\n",
+        fixture::WORKER_ID
+    )));
+}

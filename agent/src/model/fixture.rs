@@ -296,3 +296,136 @@ pub fn snapshot_at(offset: Duration, new_flows: u64) -> Snapshot {
 pub fn snapshot() -> Snapshot {
     snapshot_at(Duration::ZERO, 200)
 }
+
+pub const SFU_ID: &str = "5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f";
+pub const WEB_ID: &str = "3e3e3e3e3e3e3e3e3e3e3e3e3e3e3e3e3e3e3e3e3e3e3e3e3e3e3e3e3e3e3e3e";
+pub const HOSTNET_ID: &str = "4a4a4a4a4a4a4a4a4a4a4a4a4a4a4a4a4a4a4a4a4a4a4a4a4a4a4a4a4a4a4a4a";
+pub const WORKER_ID: &str = "6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b";
+
+/// A Docker container as the foreign collector and the Docker source make it.
+fn docker(
+    (id, cgroup_id): (&str, u64),
+    name: &str,
+    image: &str,
+    network: NetworkSpec,
+    mapping: PortMapping,
+) -> Container {
+    let mut c = container(
+        id,
+        name,
+        Some(cgroup_id),
+        Status::Running,
+        network,
+        None,
+        vec![],
+        vec![],
+    );
+    c.engine = Engine::Docker;
+    c.image = image.into();
+    c.cgroup = format!("/docker/{id}");
+    c.berth = None;
+    c.limits = Limits::default();
+    c.conntrack_entries = None;
+    c.port_mapping = mapping;
+    c
+}
+
+/// The fixture plus a Docker host as the issue measured it: `sfu` publishing 50000-50999/udp
+/// (3,001 rules, 2,000 docker-proxies, 18.6 µs per new flow in POSTROUTING), `web` with one
+/// tcp port, a host-networking and a portless bridge container, new flows to an unpublished
+/// local port (the baseline) and 3 proxies of no listed container; `new_flows` scales every
+/// new-flow count (two snapshots make a window with a rate).
+pub fn docker_host_at(offset: Duration, new_flows: u64) -> Snapshot {
+    let mut s = snapshot_at(offset, new_flows);
+    let bridge = |ip: &str, publish: Vec<Publish>| NetworkSpec {
+        mode: NetworkMode::Bridge,
+        ip: Some(ip.parse().expect("address")),
+        publish,
+        port_backend: None,
+    };
+    let proxies = |processes: u64, mb: u64, cpu_seconds: f64| ProxyStats {
+        processes,
+        rss_bytes: mb * 1_000_000,
+        cpu_seconds,
+    };
+    let mut sfu = docker(
+        (SFU_ID, 201),
+        "sfu",
+        "mediasoup:3",
+        bridge("172.17.0.2", vec![publish(Proto::Udp, 50000, 50999)]),
+        PortMapping {
+            rules: Some(3001),
+            proxies: proxies(2000, 6900, 12.0 + new_flows as f64 / 100.0),
+        },
+    );
+    sfu.limits = Limits {
+        memory: Some(2 << 30),
+        cpus: Some(2.0),
+        pids: Some(500),
+        ..Default::default()
+    };
+    let mut web_publish = publish(Proto::Tcp, 8080, 8080);
+    web_publish.container = PortRange::new(80, 80).expect("valid range");
+    let web = docker(
+        (WEB_ID, 202),
+        "web",
+        "nginx:1.27",
+        bridge("172.17.0.3", vec![web_publish]),
+        PortMapping {
+            rules: Some(3),
+            proxies: proxies(2, 8, 0.1),
+        },
+    );
+    let hostnet = docker(
+        (HOSTNET_ID, 203),
+        "hostnet",
+        "coturn:4",
+        NetworkSpec {
+            mode: NetworkMode::Host,
+            ..Default::default()
+        },
+        PortMapping::default(),
+    );
+    let worker = docker(
+        (WORKER_ID, 204),
+        "worker",
+        "busybox:1",
+        bridge("172.17.0.4", vec![]),
+        PortMapping {
+            // Docker 28's raw-table DROP for its address.
+            rules: Some(1),
+            proxies: ProxyStats::default(),
+        },
+    );
+    s.containers.extend([sfu, web, hostnet, worker]);
+    let nf = s.netfilter.as_mut().expect("the fixture has netfilter");
+    let tcp = |port, hook, packets, ns| PortCost {
+        proto: 6,
+        ..cost(port, hook, CtState::New, packets, ns)
+    };
+    nf.by_port.extend([
+        cost(50999, Hook::Prerouting, CtState::New, new_flows * 10, 1_400),
+        cost(50999, Hook::Forward, CtState::New, new_flows * 10, 600),
+        cost(
+            50999,
+            Hook::Postrouting,
+            CtState::New,
+            new_flows * 10,
+            18_600,
+        ),
+        cost(50999, Hook::Prerouting, CtState::Established, 5_000, 700),
+        tcp(8080, Hook::Prerouting, new_flows, 1_000),
+        tcp(8080, Hook::Forward, new_flows, 500),
+        tcp(8080, Hook::Postrouting, new_flows, 1_500),
+        // The baseline: ssh to the host itself.
+        tcp(22, Hook::Prerouting, new_flows / 2, 1_100),
+        tcp(22, Hook::Input, new_flows / 2, 900),
+        // A container's outgoing flow, forwarded: not local, not the baseline.
+        tcp(443, Hook::Prerouting, 50, 300),
+        tcp(443, Hook::Forward, 50, 300),
+    ]);
+    nf.by_port
+        .sort_by_key(|c| (c.family, c.hook, c.proto, c.port, c.ct_state));
+    s.proxies = proxies(2005, 6920, 12.6 + new_flows as f64 / 100.0);
+    s
+}

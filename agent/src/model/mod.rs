@@ -37,7 +37,7 @@ pub use self::{
     limits::Limits,
     net::{BackendKind, NetworkMode, NetworkSpec, PortRange, Proto, Publish},
     netfilter::{CtState, Family, Hook, HookTotal, NetfilterSample, PortCost},
-    ports::{ContainerHookKey, Cost},
+    ports::{ContainerHookKey, Cost, FlowPath},
     probe::{CollectorRun, LostEvents, ProbeRun, ProbeStatus},
     stats::ContainerStats,
 };

@@ -1,15 +1,21 @@
 //! What published ports cost in netfilter, computed in one place for every reader: `/metrics`
 //! (per container, hook and conntrack state), `/api/v1/ports` (per published range and port),
-//! `diagnose` (new-flow cost per container) and the UI.
+//! `diagnose` (new-flow cost per container against the host's baseline) and the UI.
 //!
 //! The netfilter probe keys its costs by (protocol, original destination port); a port belongs
-//! to the container whose published range covers it ([`Snapshot::port_owner`]).
+//! to the container whose published range covers it ([`Snapshot::port_owner`]), whatever its
+//! engine: a running one before a stopped one that still lists the range.
+//!
+//! A new flow's cost is its path: the mean cost per packet of every hook its first packets
+//! cross (prerouting, forward and postrouting for a published port on a bridge), summed
+//! ([`FlowPath`]). The host's baseline is the same for new flows to local ports no container
+//! publishes (prerouting and input): what a host-networking service pays on this host.
 
 use std::{collections::BTreeMap, net::Ipv4Addr, time::Duration};
 
 use serde::Serialize;
 
-use super::{BackendKind, Container, CtState, Hook, Publish, Snapshot};
+use super::{BackendKind, Container, CtState, Engine, Hook, Publish, Snapshot, Status};
 
 /// Packets and the nanoseconds netfilter spent on them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -35,6 +41,40 @@ impl Cost {
     }
 }
 
+/// What a new flow costs in netfilter along its path: per hook, the new-state packets that
+/// crossed it and their nanoseconds.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct FlowPath {
+    pub hooks: BTreeMap<Hook, Cost>,
+}
+
+impl FlowPath {
+    fn add(&mut self, hook: Hook, packets: u64, nanoseconds: u64) {
+        self.hooks
+            .entry(hook)
+            .or_default()
+            .add(packets, nanoseconds);
+    }
+
+    /// The path's cost per packet: each hook's mean, summed; `None` when no packet was
+    /// measured.
+    pub fn ns_per_packet(&self) -> Option<f64> {
+        let means: Vec<f64> = self
+            .hooks
+            .values()
+            .filter_map(Cost::ns_per_packet)
+            .collect();
+        (!means.is_empty()).then(|| means.iter().sum())
+    }
+
+    /// New flows: packets at the first hook they cross (prerouting, or output for flows the
+    /// host itself opens).
+    pub fn flows(&self) -> u64 {
+        let at = |h| self.hooks.get(&h).map_or(0, |c: &Cost| c.packets);
+        at(Hook::Prerouting) + at(Hook::Output)
+    }
+}
+
 /// How many busiest ports a range lists in `/api/v1/ports`.
 pub const BUSIEST_PORTS: usize = 100;
 
@@ -44,6 +84,7 @@ pub struct RangeCost<'a> {
     /// The owning container's id.
     pub container: &'a str,
     pub name: &'a str,
+    pub engine: Engine,
     pub ip: Option<Ipv4Addr>,
     pub publish: &'a Publish,
     pub backend: Option<BackendKind>,
@@ -60,6 +101,9 @@ pub struct RangeNetfilter {
     pub new_flows: u64,
     /// New flows per second over the requested window; `None` without history that old.
     pub new_flows_per_second: Option<f64>,
+    /// A new flow's whole path: the per-packet cost of every hook its new-state packets
+    /// crossed, summed (see [`FlowPath`]); `None` before the first new flow.
+    pub new_flow_ns_per_packet: Option<f64>,
     pub hooks: Vec<HookCost>,
     /// The busiest ports by prerouting packets, at most [`BUSIEST_PORTS`].
     pub ports: Vec<PortRow>,
@@ -90,9 +134,11 @@ impl Snapshot {
     }
 
     fn owner_index(&self, proto: u8, port: u16) -> Option<usize> {
+        let covers = |c: &Container| c.network.publish.iter().any(|p| p.covers(proto, port));
         self.containers
             .iter()
-            .position(|c| c.network.publish.iter().any(|p| p.covers(proto, port)))
+            .position(|c| c.status == Status::Running && covers(c))
+            .or_else(|| self.containers.iter().position(covers))
     }
 
     /// Netfilter cost per container (index into `containers`), hook and conntrack state, of
@@ -148,6 +194,59 @@ impl Snapshot {
         cost
     }
 
+    /// What new flows to `container`'s published ports cost, hook by hook.
+    pub fn new_flow_path(&self, container: &Container) -> FlowPath {
+        let mut path = FlowPath::default();
+        if let Some(nf) = &self.netfilter {
+            for c in nf.by_port.iter().filter(|c| {
+                c.ct_state == CtState::New
+                    && container
+                        .network
+                        .publish
+                        .iter()
+                        .any(|p| p.covers(c.proto, c.port))
+            }) {
+                path.add(c.hook, c.packets, c.nanoseconds);
+            }
+        }
+        path
+    }
+
+    /// The host's baseline: what new flows to local ports that no container publishes cost,
+    /// at prerouting and input (only ports that saw local delivery, so containers' outgoing
+    /// flows, forwarded, are left out). Empty when there were none or the probe is down.
+    pub fn baseline_path(&self) -> FlowPath {
+        let mut path = FlowPath::default();
+        let Some(nf) = &self.netfilter else {
+            return path;
+        };
+        let published = |proto: u8, port: u16| {
+            self.containers
+                .iter()
+                .any(|c| c.network.publish.iter().any(|p| p.covers(proto, port)))
+        };
+        let local: std::collections::BTreeSet<_> = nf
+            .by_port
+            .iter()
+            .filter(|c| {
+                c.hook == Hook::Input
+                    && c.ct_state == CtState::New
+                    && c.port != 0
+                    && c.packets > 0
+                    && !published(c.proto, c.port)
+            })
+            .map(|c| (c.family, c.proto, c.port))
+            .collect();
+        for c in nf.by_port.iter().filter(|c| {
+            matches!(c.hook, Hook::Prerouting | Hook::Input)
+                && c.ct_state == CtState::New
+                && local.contains(&(c.family, c.proto, c.port))
+        }) {
+            path.add(c.hook, c.packets, c.nanoseconds);
+        }
+        path
+    }
+
     /// One row per published range of every container, with its netfilter cost; new flows per
     /// second are measured against `base`, an older snapshot (the start of the window).
     pub fn range_costs(&self, base: Option<&Snapshot>) -> Vec<RangeCost<'_>> {
@@ -186,11 +285,18 @@ impl Snapshot {
                     let mut busiest: Vec<(u16, Cost)> = per_port.into_iter().collect();
                     busiest.sort_by_key(|(port, cost)| (std::cmp::Reverse(cost.packets), *port));
                     busiest.truncate(BUSIEST_PORTS);
+                    let mut path = FlowPath::default();
+                    for ((hook, state), cost) in &hooks {
+                        if *state == CtState::New {
+                            path.add(*hook, cost.packets, cost.nanoseconds);
+                        }
+                    }
                     RangeNetfilter {
                         prerouting_packets: pre.packets,
                         prerouting_ns_per_packet: pre.ns_per_packet(),
                         new_flows: new_now,
                         new_flows_per_second,
+                        new_flow_ns_per_packet: path.ns_per_packet(),
                         hooks: hooks
                             .into_iter()
                             .map(|((hook, ct_state), cost)| HookCost {
@@ -213,6 +319,7 @@ impl Snapshot {
                 out.push(RangeCost {
                     container: &c.id,
                     name: &c.name,
+                    engine: c.engine,
                     ip: c.network.ip,
                     publish,
                     backend,
@@ -221,5 +328,105 @@ impl Snapshot {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::model::fixture;
+
+    fn us(path: &FlowPath) -> Option<f64> {
+        path.ns_per_packet().map(|ns| (ns / 100.0).round() / 10.0)
+    }
+
+    #[test]
+    fn a_foreign_container_s_new_flows_cost_every_hook_they_cross() {
+        let s = fixture::docker_host_at(Duration::ZERO, 100);
+        let sfu = s.find("sfu").unwrap();
+        let path = s.new_flow_path(sfu);
+        let hooks: Vec<(Hook, u64)> = path.hooks.iter().map(|(h, c)| (*h, c.packets)).collect();
+        assert_eq!(
+            hooks,
+            [
+                (Hook::Prerouting, 1000),
+                (Hook::Forward, 1000),
+                (Hook::Postrouting, 1000)
+            ],
+            "established packets are not new flows"
+        );
+        assert_eq!(us(&path), Some(20.6));
+        assert_eq!(path.flows(), 1000);
+        assert_eq!(
+            s.port_owner(17, 50999).map(|c| c.engine),
+            Some(Engine::Docker)
+        );
+        let hostnet = s.find("hostnet").unwrap();
+        assert_eq!(s.new_flow_path(hostnet), FlowPath::default());
+        assert_eq!(FlowPath::default().ns_per_packet(), None);
+    }
+
+    #[test]
+    fn the_baseline_is_local_delivery_to_ports_no_container_publishes() {
+        let s = fixture::docker_host_at(Duration::ZERO, 100);
+        let b = s.baseline_path();
+        // ssh (22/tcp) reached input; 443 was forwarded (a container's outgoing flow); 53 is
+        // output only; published ports are the containers'.
+        let hooks: Vec<(Hook, u64)> = b.hooks.iter().map(|(h, c)| (*h, c.packets)).collect();
+        assert_eq!(hooks, [(Hook::Prerouting, 50), (Hook::Input, 50)]);
+        assert_eq!(us(&b), Some(2.0));
+        let mut down = s.clone();
+        down.netfilter = None;
+        assert_eq!(down.baseline_path(), FlowPath::default());
+    }
+
+    #[test]
+    fn a_running_container_owns_a_port_before_a_stopped_one_listing_it() {
+        let mut s = fixture::docker_host_at(Duration::ZERO, 100);
+        let mut stopped = s.find("sfu").unwrap().clone();
+        stopped.id = "0".repeat(64);
+        stopped.name = "old-sfu".into();
+        stopped.status = Status::Exited;
+        s.containers.insert(0, stopped);
+        assert_eq!(
+            s.port_owner(17, 50000).map(|c| c.name.as_str()),
+            Some("sfu")
+        );
+        s.containers.retain(|c| c.name != "sfu");
+        assert_eq!(
+            s.port_owner(17, 50000).map(|c| c.name.as_str()),
+            Some("old-sfu")
+        );
+    }
+
+    #[test]
+    fn port_rows_carry_the_engine_and_the_whole_new_flow_path() {
+        let base = fixture::docker_host_at(Duration::ZERO, 100);
+        let now = fixture::docker_host_at(Duration::from_secs(10), 300);
+        let rows = now.range_costs(Some(&base));
+        let sfu = rows.iter().find(|r| r.name == "sfu").unwrap();
+        assert_eq!((sfu.engine, sfu.backend), (Engine::Docker, None));
+        let nf = sfu.netfilter.as_ref().unwrap();
+        assert_eq!(
+            nf.new_flow_ns_per_packet.map(|ns| ns.round()),
+            Some(20_600.0)
+        );
+        assert_eq!(nf.new_flows_per_second, Some(200.0));
+        let post = nf
+            .hooks
+            .iter()
+            .find(|h| h.hook == Hook::Postrouting && h.ct_state == CtState::New)
+            .unwrap();
+        assert_eq!(post.ns_per_packet, Some(18_600.0));
+        let media = rows.iter().find(|r| r.name == "media").unwrap();
+        assert_eq!(media.engine, Engine::Berth);
+        let json = serde_json::to_value(sfu).unwrap();
+        assert_eq!(json["engine"], "docker");
+        assert!(
+            rows.iter()
+                .all(|r| r.name != "hostnet" && r.name != "worker")
+        );
     }
 }
