@@ -11,9 +11,10 @@
 //! Order matters and is fixed in [`Registry::new`]: the cgroup walk first (the probes keep only
 //! live cgroups), then the probes, then containers, berth's own and then the foreign ones found
 //! in the cgroup tree (joined to their cgroup's probe data when the snapshot is finished), then
-//! what reads the containers (conntrack per address, userland proxies and iptables rules per
-//! address).
+//! what reads the containers: their addresses as the kernel shows them when their engine gave
+//! none, then conntrack, userland proxies and iptables rules per address.
 
+mod addresses;
 mod cgroups;
 mod conntrack;
 mod containers;
@@ -124,9 +125,9 @@ pub struct Registry {
 impl Registry {
     /// The collectors of this agent: the cgroup walk of `root`, one per probe, berth's own
     /// containers and images (when a container manager runs), the other engines' containers
-    /// below `unified_mount` (the cgroup2 mount; unless `discovery.enabled` is false),
-    /// conntrack and userland proxies from the host's procfs at `discovery.proc`, and the
-    /// iptables rules of the other engines' containers.
+    /// below `unified_mount` (the cgroup2 mount; unless `discovery.enabled` is false) with
+    /// their addresses, conntrack and userland proxies from the host's procfs at
+    /// `discovery.proc`, and the iptables rules of the other engines' containers.
     pub fn new(
         probes: Probes,
         root: TrackedRoot,
@@ -146,6 +147,10 @@ impl Registry {
             collectors.push(Box::new(
                 foreign::Foreign::new(unified_mount, skip).with_sources(sources),
             ));
+            collectors.push(Box::new(addresses::Addresses::new(
+                unified_mount,
+                &discovery.proc,
+            )));
         }
         collectors.push(Box::new(images::Images::new(manager)));
         collectors.push(Box::new(conntrack::Conntrack::new(&discovery.proc)));

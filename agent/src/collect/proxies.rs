@@ -5,10 +5,36 @@
 //! A container whose engine gave no published ports gets them from its proxies' command lines.
 //! Runs after the containers are listed.
 
-use std::path::PathBuf;
+use std::{collections::HashMap, net::Ipv4Addr, path::PathBuf};
 
 use super::{CollectError, Collected, Collector, Tick};
-use crate::discover::proxies::ProxyScanner;
+use crate::{
+    discover::proxies::ProxyScanner,
+    model::{Container, NetworkMode},
+};
+
+/// Which of the other engines' bridge containers owns each address: containers sharing a
+/// network namespace (a pod, Docker's `--network container:X`) share its address, and what
+/// points at it is counted once, for the one that publishes ports (else the first listed).
+pub(super) fn address_owners(containers: &[Container]) -> HashMap<Ipv4Addr, usize> {
+    let mut out: HashMap<Ipv4Addr, usize> = HashMap::new();
+    for (i, c) in containers.iter().enumerate() {
+        if c.engine.is_berth() || c.network.mode != NetworkMode::Bridge {
+            continue;
+        }
+        let Some(ip) = c.network.ip else {
+            continue;
+        };
+        out.entry(ip)
+            .and_modify(|o| {
+                if containers[*o].network.publish.is_empty() && !c.network.publish.is_empty() {
+                    *o = i;
+                }
+            })
+            .or_insert(i);
+    }
+    out
+}
 
 pub struct Proxies {
     scanner: ProxyScanner,
@@ -31,10 +57,8 @@ impl Collector for Proxies {
     fn collect(&mut self, tick: &mut Tick<'_>) -> Result<Collected, CollectError> {
         let scan = self.scanner.scan();
         let snap = &mut tick.builder.snapshot;
-        for c in snap.containers.iter_mut().filter(|c| !c.engine.is_berth()) {
-            let Some(ip) = c.network.ip else {
-                continue;
-            };
+        for (ip, i) in address_owners(&snap.containers) {
+            let c = &mut snap.containers[i];
             if let Some(p) = scan.by_ip.get(&ip) {
                 c.port_mapping.proxies = p.clone();
                 if c.network.publish.is_empty() {
