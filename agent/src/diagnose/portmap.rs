@@ -266,19 +266,42 @@ fn finding(
     let finding = Finding {
         severity,
         subject: format!("container {}", c.name),
-        cause: format!(
-            "{}'s published ports cost the host per port: netfilter walks one rule per port in \
-             order for every new flow (the POSTROUTING walk of hairpin MASQUERADE rules is \
-             the largest part), and a userland proxy process per port and address family holds \
-             memory",
-            c.engine
-        ),
+        cause: cause(c, &path),
         evidence,
         fix: fix(c),
     };
     // Costliest first: CPU share, then ports and proxies as tie-breaks.
     let weight = cpu_share * 1e6 + (ports + p.processes) as f64;
     (finding, weight)
+}
+
+/// What makes the cost, with the costliest hook when measured.
+fn cause(c: &Container, path: &FlowPath) -> String {
+    let mut s = format!(
+        "{} publishes its ports with per-port iptables rules: netfilter walks them in order for \
+         every new flow, so each new flow costs more the more ports are published",
+        c.engine
+    );
+    let costliest = path
+        .hooks
+        .iter()
+        .filter_map(|(h, cost)| Some((h, cost.ns_per_packet()?)))
+        .max_by(|a, b| a.1.total_cmp(&b.1));
+    if let Some((hook, ns)) = costliest {
+        let _ = write!(
+            s,
+            " (here {} is the largest part, {:.1} µs)",
+            hook.name(),
+            ns / 1e3
+        );
+    }
+    if c.port_mapping.proxies.processes > 0 {
+        s.push_str(
+            "; and a userland proxy process per port and address family holds memory and copies \
+             every packet it forwards through user space",
+        );
+    }
+    s
 }
 
 /// Human sizes for `--memory`, as berth parses them.

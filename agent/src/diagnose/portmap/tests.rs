@@ -26,6 +26,18 @@ fn a_docker_container_with_a_thousand_ports_is_named_with_every_number_and_criti
     assert_eq!(sfu.len(), 1, "{f:#?}");
     let sfu = sfu[0];
     assert_eq!(sfu.severity, Severity::Critical);
+    assert!(
+        sfu.cause
+            .starts_with("docker publishes its ports with per-port iptables rules"),
+        "{}",
+        sfu.cause
+    );
+    assert!(
+        sfu.cause
+            .contains("(here postrouting is the largest part, 18.6 µs); and a userland proxy"),
+        "{}",
+        sfu.cause
+    );
     let e = &sfu.evidence;
     assert_eq!(
         e[0],
