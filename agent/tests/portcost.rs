@@ -216,7 +216,20 @@ fn proxies_started_and_rules_written_are_counted_exactly() {
     );
 
     let truth = rss_of(&proxies.pids());
-    let scan = ProxyScanner::new("/proc").scan();
+    let mut scanner = ProxyScanner::new("/proc");
+    let started = std::time::Instant::now();
+    let scan = scanner.scan();
+    let first = started.elapsed();
+    // A tick's scan once the processes are known (the first read them all).
+    let started = std::time::Instant::now();
+    for _ in 0..10 {
+        scanner.scan();
+    }
+    eprintln!(
+        "proxy scan of {} procfs entries: first {first:?}, then {:?} per scan",
+        fs::read_dir("/proc").unwrap().count(),
+        started.elapsed() / 10
+    );
     let mine = scan
         .by_ip
         .get(&ip)

@@ -5,10 +5,11 @@
 //! (`-proto udp -host-ip 0.0.0.0 -host-port 40000 -container-ip 172.17.0.2 -container-port
 //! 40000`), which attributes it to that container.
 //!
-//! Cost per scan: one `readdir` of procfs and one small read of `comm` per process; a proxy
-//! adds one read of `stat` (CPU, RSS, start time), and its `cmdline` is read once per process
-//! (cached by pid and start time, so a reused pid is read again). The scanner takes the procfs
-//! root (`discovery.proc`) so tests can use fixtures.
+//! Cost per scan: one `readdir` of procfs; a process seen for the first time costs a read of
+//! `comm`, and for a proxy of `stat` (CPU, RSS, start time) and `cmdline` (its target, read
+//! once per process). What is known is read again on a slower cadence ([`ScanPeriods`]):
+//! procfs reads cost 15-30 µs each on a small VM, and a 1,000-port mapping brings 2,000
+//! proxies. The scanner takes the procfs root (`discovery.proc`) so tests can use fixtures.
 
 use std::{
     collections::HashMap,
@@ -16,6 +17,7 @@ use std::{
     io::Read as _,
     net::{IpAddr, Ipv4Addr},
     path::{Path, PathBuf},
+    time::{Duration, Instant},
 };
 
 use procfs::FromRead as _;
@@ -142,16 +144,61 @@ impl ProxyScan {
     }
 }
 
-/// A proxy process seen before: its start time (so a reused pid is told apart) and target.
-struct Known {
-    start: u64,
-    target: Option<ProxyTarget>,
+/// How often the scanner reads again what it already knows: the set of proxies is exact every
+/// scan (a pid that is gone is gone), but a proxy's CPU and memory, and whether a known
+/// non-proxy became one, are read on a slower, spread-out cadence: one `stat` per proxy per
+/// scan would cost tens of milliseconds per tick with the thousands of docker-proxies a
+/// large port range brings.
+#[derive(Debug, Clone, Copy)]
+pub struct ScanPeriods {
+    /// A proxy's CPU and RSS are read again after at least this long (up to twice, spread by
+    /// pid)...
+    pub stats: Duration,
+    /// ...at most this many per scan, the stalest first.
+    pub stats_budget: usize,
+    /// A process that is not a proxy has its name read again after at least this long (up to
+    /// twice, spread by pid): an `exec` into docker-proxy keeps the pid.
+    pub recheck: Duration,
 }
 
-/// Scans procfs for userland proxies, keeping what it learnt about each proxy process.
+impl Default for ScanPeriods {
+    fn default() -> Self {
+        Self {
+            stats: Duration::from_secs(5),
+            stats_budget: 100,
+            recheck: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What the scanner knows about one pid.
+enum Known {
+    /// Not a proxy as of `next` minus the recheck period.
+    Other {
+        next: Instant,
+    },
+    Proxy(Proxy),
+}
+
+struct Proxy {
+    /// Start time (clock ticks since boot): a reused pid is another process.
+    start: u64,
+    target: Option<ProxyTarget>,
+    stats: ProxyStats,
+    /// When its stats are read again.
+    next: Instant,
+}
+
+/// `base` stretched by up to 15/16 more, by pid, so reads spread over time.
+fn spread(now: Instant, base: Duration, pid: u32) -> Instant {
+    now + base + base * (pid % 16) / 16
+}
+
+/// Scans procfs for userland proxies, keeping what it learnt about each process.
 pub struct ProxyScanner {
     proc: PathBuf,
     known: HashMap<u32, Known>,
+    periods: ScanPeriods,
     ticks_per_second: f64,
     page_size: u64,
 }
@@ -159,9 +206,14 @@ pub struct ProxyScanner {
 impl ProxyScanner {
     /// A scanner of `proc` (normally `/proc`, or the host's procfs mounted elsewhere).
     pub fn new(proc: impl Into<PathBuf>) -> Self {
+        Self::with_periods(proc, ScanPeriods::default())
+    }
+
+    pub fn with_periods(proc: impl Into<PathBuf>, periods: ScanPeriods) -> Self {
         Self {
             proc: proc.into(),
             known: HashMap::new(),
+            periods,
             ticks_per_second: procfs::ticks_per_second().max(1) as f64,
             page_size: procfs::page_size().max(1),
         }
@@ -170,82 +222,131 @@ impl ProxyScanner {
     /// Every proxy process now, with its CPU and memory, attributed to the container address
     /// it forwards to. An unreadable procfs gives an empty scan.
     pub fn scan(&mut self) -> ProxyScan {
-        let mut out = ProxyScan::default();
+        let now = Instant::now();
         let Ok(entries) = fs::read_dir(&self.proc) else {
             self.known.clear();
-            return out;
+            return ProxyScan::default();
         };
-        let mut seen: HashMap<u32, Known> = HashMap::with_capacity(self.known.len());
+        let pids: Vec<u32> = entries
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .collect();
+        let mut known: HashMap<u32, Known> = HashMap::with_capacity(pids.len());
         let mut path = self.proc.clone();
         let mut buf = Vec::with_capacity(512);
-        for e in entries.flatten() {
-            let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
-                continue;
-            };
-            path.push(e.file_name());
-            if let Some((stats, known)) = self.proxy(&mut path, pid, &mut buf) {
-                add(&mut out.total, &stats);
-                if let Some(t) = &known.target
-                    && let IpAddr::V4(ip) = t.container_ip
-                {
-                    add(out.by_ip.entry(ip).or_default(), &stats);
-                    out.targets.entry(ip).or_default().push(t.clone());
+        // Proxies whose stats are due, read below within the budget, stalest first.
+        let mut due: Vec<(Instant, u32)> = Vec::new();
+        for pid in pids {
+            path.push(pid.to_string());
+            let entry = match self.known.remove(&pid) {
+                Some(Known::Other { next }) if next > now => Some(Known::Other { next }),
+                Some(Known::Proxy(p)) => {
+                    if p.next <= now {
+                        due.push((p.next, pid));
+                    }
+                    Some(Known::Proxy(p))
                 }
-                seen.insert(pid, known);
+                _ => self.identify(&mut path, pid, now, &mut buf),
+            };
+            path.pop();
+            if let Some(e) = entry {
+                known.insert(pid, e);
+            }
+        }
+        due.sort_unstable();
+        for (_, pid) in due.into_iter().take(self.periods.stats_budget) {
+            path.push(pid.to_string());
+            match self.read_stat(&mut path, &mut buf) {
+                Some((start, stats)) => {
+                    if let Some(Known::Proxy(p)) = known.get_mut(&pid) {
+                        if p.start == start {
+                            p.stats = stats;
+                            p.next = spread(now, self.periods.stats, pid);
+                        } else {
+                            // Another process under the same pid: find out anew.
+                            known.remove(&pid);
+                            if let Some(e) = self.identify(&mut path, pid, now, &mut buf) {
+                                known.insert(pid, e);
+                            }
+                        }
+                    }
+                }
+                None => {
+                    known.remove(&pid);
+                }
             }
             path.pop();
         }
-        self.known = seen;
+        self.known = known;
+        let mut out = ProxyScan::default();
+        for p in self.known.values().filter_map(|k| match k {
+            Known::Proxy(p) => Some(p),
+            Known::Other { .. } => None,
+        }) {
+            add(&mut out.total, &p.stats);
+            if let Some(t) = &p.target
+                && let IpAddr::V4(ip) = t.container_ip
+            {
+                add(out.by_ip.entry(ip).or_default(), &p.stats);
+                out.targets.entry(ip).or_default().push(t.clone());
+            }
+        }
         out
     }
 
-    /// The proxy at `dir` (`<proc>/<pid>`), or `None` for any other process or one that is
-    /// gone.
-    fn proxy(
-        &mut self,
+    /// What the process at `dir` (`<proc>/<pid>`) is: its name first, then for a proxy its
+    /// stats and command line; `None` when it is gone.
+    fn identify(
+        &self,
         dir: &mut PathBuf,
         pid: u32,
+        now: Instant,
         buf: &mut Vec<u8>,
-    ) -> Option<(ProxyStats, Known)> {
+    ) -> Option<Known> {
         dir.push("comm");
-        let comm = read_into(dir, buf);
+        let comm = read_into(dir, buf).ok().map(|b| {
+            let name = String::from_utf8_lossy(b);
+            PROXY_NAMES.contains(&name.trim_end())
+        });
         dir.pop();
-        let name = std::str::from_utf8(comm.ok()?).ok()?.trim_end();
-        if !PROXY_NAMES.contains(&name) {
-            return None;
+        if !comm? {
+            return Some(Known::Other {
+                next: spread(now, self.periods.recheck, pid),
+            });
         }
+        let (start, stats) = self.read_stat(dir, buf)?;
+        dir.push("cmdline");
+        let target = read_into(dir, buf).ok().and_then(|b| {
+            let args: Vec<&str> = b
+                .split(|c| *c == 0)
+                .skip(1)
+                .filter_map(|a| std::str::from_utf8(a).ok())
+                .collect();
+            parse_args(args)
+        });
+        dir.pop();
+        Some(Known::Proxy(Proxy {
+            start,
+            target,
+            stats,
+            next: spread(now, self.periods.stats, pid),
+        }))
+    }
+
+    /// Start time and stats from `<dir>/stat`, if it is still a proxy.
+    fn read_stat(&self, dir: &mut PathBuf, buf: &mut Vec<u8>) -> Option<(u64, ProxyStats)> {
         dir.push("stat");
         let stat = read_into(dir, buf)
             .ok()
             .and_then(|b| procfs::process::Stat::from_read(b).ok());
         dir.pop();
-        let stat = stat?;
-        let stats = ProxyStats {
-            processes: 1,
-            rss_bytes: stat.rss * self.page_size,
-            cpu_seconds: (stat.utime + stat.stime) as f64 / self.ticks_per_second,
-        };
-        let target = match self.known.remove(&pid) {
-            Some(k) if k.start == stat.starttime => k.target,
-            _ => {
-                dir.push("cmdline");
-                let target = read_into(dir, buf).ok().and_then(|b| {
-                    let args: Vec<&str> = b
-                        .split(|c| *c == 0)
-                        .skip(1)
-                        .filter_map(|a| std::str::from_utf8(a).ok())
-                        .collect();
-                    parse_args(args)
-                });
-                dir.pop();
-                target
-            }
-        };
+        let stat = stat.filter(|s| PROXY_NAMES.contains(&s.comm.as_str()))?;
         Some((
-            stats,
-            Known {
-                start: stat.starttime,
-                target,
+            stat.starttime,
+            ProxyStats {
+                processes: 1,
+                rss_bytes: stat.rss * self.page_size,
+                cpu_seconds: (stat.utime + stat.stime) as f64 / self.ticks_per_second,
             },
         ))
     }
@@ -341,6 +442,13 @@ mod tests {
         fs::write(p.join("cmdline"), cmdline).unwrap();
     }
 
+    /// Everything read again at every scan.
+    const EVERY_SCAN: ScanPeriods = ScanPeriods {
+        stats: Duration::ZERO,
+        stats_budget: usize::MAX,
+        recheck: Duration::ZERO,
+    };
+
     fn proxy_cmd(proto: &str, host_ip: &str, port: u16, ip: &str) -> String {
         format!(
             "/usr/sbin/docker-proxy -proto {proto} -host-ip {host_ip} -host-port {port} \
@@ -400,7 +508,7 @@ mod tests {
             &proxy_cmd("udp", "0.0.0.0", 1, a),
         );
         fs::create_dir_all(d.path().join("self")).unwrap();
-        let mut scanner = ProxyScanner::new(d.path());
+        let mut scanner = ProxyScanner::with_periods(d.path(), EVERY_SCAN);
         let s = scanner.scan();
         assert_eq!(s.total.processes, 4);
         assert_eq!(s.total.rss_bytes, 1000 * page);
@@ -450,6 +558,101 @@ mod tests {
             !scanner.scan().by_ip.contains_key(&ip),
             "gone with its process"
         );
+    }
+
+    #[test]
+    fn what_is_known_is_read_again_only_when_due_and_within_the_budget() {
+        let d = tempfile::tempdir().unwrap();
+        let page = procfs::page_size();
+        let a = "172.17.0.2";
+        mk(
+            d.path(),
+            10,
+            "docker-proxy",
+            100,
+            (0, 0),
+            7,
+            &proxy_cmd("udp", "0.0.0.0", 1, a),
+        );
+        mk(
+            d.path(),
+            11,
+            "docker-proxy",
+            100,
+            (0, 0),
+            7,
+            &proxy_cmd("udp", "0.0.0.0", 2, a),
+        );
+        mk(d.path(), 12, "dockerd", 100, (0, 0), 7, "dockerd");
+        let ip: Ipv4Addr = a.parse().unwrap();
+        let mut slow = ProxyScanner::new(d.path());
+        assert_eq!(slow.scan().by_ip[&ip].rss_bytes, 200 * page);
+        // Not due yet: the stats and the name are not read again...
+        mk(
+            d.path(),
+            10,
+            "docker-proxy",
+            900,
+            (0, 0),
+            7,
+            &proxy_cmd("udp", "0.0.0.0", 1, a),
+        );
+        mk(
+            d.path(),
+            12,
+            "docker-proxy",
+            100,
+            (0, 0),
+            7,
+            &proxy_cmd("udp", "0.0.0.0", 3, a),
+        );
+        let s = slow.scan();
+        assert_eq!(
+            (s.by_ip[&ip].processes, s.by_ip[&ip].rss_bytes),
+            (2, 200 * page)
+        );
+        // ...but a process that is gone is gone at once, and a new one is read at once.
+        fs::remove_dir_all(d.path().join("11")).unwrap();
+        mk(
+            d.path(),
+            13,
+            "docker-proxy",
+            100,
+            (0, 0),
+            7,
+            &proxy_cmd("udp", "0.0.0.0", 4, a),
+        );
+        let s = slow.scan();
+        assert_eq!(s.by_ip[&ip].processes, 2, "10 and 13");
+
+        // Due every scan but one stat per scan: the stalest first, each in turn.
+        let mut budget = ProxyScanner::with_periods(
+            d.path(),
+            ScanPeriods {
+                stats_budget: 1,
+                ..EVERY_SCAN
+            },
+        );
+        assert_eq!(
+            budget.scan().by_ip[&ip].processes,
+            3,
+            "10, 12 and 13, read when new"
+        );
+        for pid in [10, 12, 13] {
+            mk(
+                d.path(),
+                pid,
+                "docker-proxy",
+                1000,
+                (0, 0),
+                7,
+                &proxy_cmd("udp", "0.0.0.0", 1, a),
+            );
+        }
+        let rss = |s: &ProxyScan| s.by_ip[&ip].rss_bytes / page;
+        assert_eq!(rss(&budget.scan()), 1000 + 2 * 100);
+        assert_eq!(rss(&budget.scan()), 2000 + 100);
+        assert_eq!(rss(&budget.scan()), 3000);
     }
 
     #[test]
