@@ -374,8 +374,14 @@ fn fix(c: &Container) -> String {
         }
     ));
     let mut run = format!("berth run -d --name {}", c.name);
+    let mut flags: Vec<String> = Vec::new();
     for publish in &c.network.publish {
-        let _ = write!(run, " -p {publish}");
+        // An engine may list a mapping once per address family.
+        let flag = format!(" -p {publish}");
+        if !flags.contains(&flag) {
+            run.push_str(&flag);
+            flags.push(flag);
+        }
     }
     let l = &c.limits;
     if let Some(m) = l.memory {

@@ -256,6 +256,9 @@ fn limits_print_as_berth_reads_them() {
         ..Default::default()
     };
     c.engine = Engine::Podman;
+    // Listed once per address family by its engine: one -p.
+    let twin = c.network.publish[0].clone();
+    c.network.publish.push(twin);
     let fix = fix(&c);
     assert!(
         fix.contains(
