@@ -398,6 +398,9 @@ fn a_docker_style_container_is_counted_attributed_and_diagnosed_from_the_kernel_
             &[
                 ("container", &id),
                 ("name", &name),
+                ("engine", "docker"),
+                ("k8s_namespace", ""),
+                ("k8s_pod", ""),
                 ("hook", hook),
                 ("ct_state", "new"),
             ],
@@ -408,7 +411,13 @@ fn a_docker_style_container_is_counted_attributed_and_diagnosed_from_the_kernel_
         sample(
             &metrics,
             "berth_container_userland_proxy_processes",
-            &[("container", &id), ("name", &name)]
+            &[
+                ("container", &id),
+                ("name", &name),
+                ("engine", "docker"),
+                ("k8s_namespace", ""),
+                ("k8s_pod", "")
+            ]
         ),
         Some(200.0)
     );
