@@ -4,8 +4,15 @@
 //!
 //! It must compile on a fresh machine before bpf-linker exists, so the xtask never depends on
 //! the `berth` crate (whose build.rs builds the eBPF object).
+//!
+//! The other engines (Docker, containerd, podman) are installed as packages only: the tests
+//! start their own daemons in namespaces of their own, and no engine may run in the host's
+//! namespaces, where it would rewrite the host's firewall. These machines have no systemd, and
+//! Debian's maintainer scripts start services through `invoke-rc.d`, so the install runs under a
+//! `policy-rc.d` that refuses every start (exit 101, see invoke-rc.d(8)), and whatever daemon
+//! still appeared is stopped afterwards.
 
-use std::{fs, process::Command};
+use std::{fs, os::unix::fs::PermissionsExt as _, path::Path, process::Command, thread, time};
 
 use anyhow::{Context as _, Result, ensure};
 
@@ -26,6 +33,13 @@ const APT_PACKAGES: &[&str] = &[
     // PID 1).
     "systemd",
 ];
+/// Container engines the tests run as reference peers (Debian's docker.io brings dockerd and the
+/// `docker` CLI at /usr/bin/docker; containerd brings `ctr`). Installed without starting them.
+const ENGINE_PACKAGES: &[&str] = &["docker.io", "containerd", "podman"];
+/// Daemons the engine packages ship: none may be left running in the host's namespaces.
+const ENGINE_DAEMONS: &[&str] = &["dockerd", "containerd", "docker-proxy"];
+/// Where invoke-rc.d looks for the local policy (invoke-rc.d(8)).
+const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
 /// bpf-linker release that works with the nightly in this machine image (LLVM 22).
 const BPF_LINKER_VERSION: &str = "0.10.4";
 /// LLVM major version bpf-linker 0.10.4 loads from rustc's own libLLVM.
@@ -44,6 +58,7 @@ pub fn setup() -> Result<()> {
         "cargo xtask setup installs packages and mounts bpffs/tracefs: run it as root"
     );
     apt_packages()?;
+    engine_packages()?;
     nightly_toolchain()?;
     bpf_linker()?;
     python_tools()?;
@@ -53,27 +68,137 @@ pub fn setup() -> Result<()> {
     Ok(())
 }
 
-fn apt_packages() -> Result<()> {
-    let missing: Vec<&str> = APT_PACKAGES
-        .iter()
+/// The packages of `list` dpkg does not report installed.
+fn missing(list: &[&'static str]) -> Vec<&'static str> {
+    list.iter()
         .copied()
         .filter(|p| {
             output(Command::new("dpkg-query").args(["-W", "-f=${Status}", p]))
                 .map(|s| s.trim() != "install ok installed")
                 .unwrap_or(true)
         })
-        .collect();
+        .collect()
+}
+
+fn apt_packages() -> Result<()> {
+    let missing = missing(APT_PACKAGES);
     if missing.is_empty() {
         return Ok(());
     }
+    apt_install(&missing)
+}
+
+fn apt_install(missing: &[&str]) -> Result<()> {
     eprintln!("xtask: installing Debian packages: {}", missing.join(" "));
     run(Command::new("apt-get")
         .args(["update", "-qq"])
         .env("DEBIAN_FRONTEND", "noninteractive"))?;
     run(Command::new("apt-get")
         .args(["install", "-y", "-qq", "--no-install-recommends"])
-        .args(&missing)
+        .args(missing)
         .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+/// Installs the engine packages with every service start refused, then stops any engine daemon
+/// the install started in the host's namespaces anyway.
+fn engine_packages() -> Result<()> {
+    let missing = missing(ENGINE_PACKAGES);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let before = host_daemons()?;
+    let installed = {
+        let _policy = DenyServiceStarts::install()?;
+        apt_install(&missing)
+    };
+    let started: Vec<(u32, String)> = host_daemons()?
+        .into_iter()
+        .filter(|d| !before.contains(d))
+        .collect();
+    for (pid, name) in &started {
+        eprintln!("xtask: stopping {name} (pid {pid}), started by the package install");
+        // SAFETY: a plain kill(2) of a pid we just listed.
+        unsafe { libc::kill(*pid as i32, libc::SIGTERM) };
+    }
+    let deadline = time::Instant::now() + time::Duration::from_secs(10);
+    while started
+        .iter()
+        .any(|(pid, _)| Path::new(&format!("/proc/{pid}")).exists())
+    {
+        if time::Instant::now() > deadline {
+            for (pid, _) in &started {
+                // SAFETY: as above; SIGKILL for what ignored SIGTERM for 10 s.
+                unsafe { libc::kill(*pid as i32, libc::SIGKILL) };
+            }
+            break;
+        }
+        thread::sleep(time::Duration::from_millis(100));
+    }
+    installed?;
+    let left = host_daemons()?;
+    ensure!(
+        left.iter().all(|d| before.contains(d)),
+        "engine daemons still run in the host's namespaces after the install: {left:?}; stop \
+         them (tests start their own in namespaces of their own)"
+    );
+    if !left.is_empty() {
+        eprintln!(
+            "xtask: warning: engine daemons that were running before setup still run in the \
+             host's namespaces: {left:?}"
+        );
+    }
+    Ok(())
+}
+
+/// Engine daemons (pid, name) running in the host's network namespace (this process's; setup
+/// runs on the host): those started by tests live in namespaces of their own and are left alone.
+fn host_daemons() -> Result<Vec<(u32, String)>> {
+    let host = fs::read_link("/proc/self/ns/net").context("reading /proc/self/ns/net")?;
+    let mut found = Vec::new();
+    for name in ENGINE_DAEMONS {
+        // pgrep exits 1 when nothing matches.
+        let out = Command::new("pgrep")
+            .args(["-x", name])
+            .output()
+            .context("running pgrep (Debian's procps)")?;
+        for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+            let Ok(pid) = pid.parse::<u32>() else {
+                continue;
+            };
+            let ns = fs::read_link(format!("/proc/{pid}/ns/net"));
+            if ns.is_ok_and(|ns| ns == host) {
+                found.push((pid, (*name).to_owned()));
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// A `policy-rc.d` that refuses every service start, for the duration of an install; removed on
+/// drop only if this guard created it (one already there, e.g. a container image's, stays).
+struct DenyServiceStarts {
+    created: bool,
+}
+
+impl DenyServiceStarts {
+    fn install() -> Result<Self> {
+        if Path::new(POLICY_RC_D).exists() {
+            return Ok(Self { created: false });
+        }
+        fs::write(POLICY_RC_D, "#!/bin/sh\n# berth xtask setup: no service starts during the install.\nexit 101\n")
+            .with_context(|| format!("writing {POLICY_RC_D}"))?;
+        fs::set_permissions(POLICY_RC_D, fs::Permissions::from_mode(0o755))
+            .with_context(|| format!("making {POLICY_RC_D} executable"))?;
+        Ok(Self { created: true })
+    }
+}
+
+impl Drop for DenyServiceStarts {
+    fn drop(&mut self) {
+        if self.created {
+            let _ = fs::remove_file(POLICY_RC_D);
+        }
+    }
 }
 
 fn nightly_toolchain() -> Result<()> {
