@@ -11,18 +11,24 @@
 //! - [`Containerd`], [`Podman`]: Debian's containerd and podman run for one test, each in
 //!   mount and network namespaces of its own with its own state; everything they made (tasks,
 //!   containers, processes, cgroups, directories) is removed with the guard.
+//! - [`Dockerd`]: a real dockerd in namespaces of its own, with an offline busybox image.
+//! - [`busybox_rootfs`]: a root filesystem of Debian's busybox-static.
 
 mod containerd;
+mod dockerd;
 mod engine;
 mod netns;
 mod podman;
+mod rootfs;
 mod sh;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
 pub use containerd::Containerd;
+pub use dockerd::Dockerd;
 pub use netns::{Netns, veth};
 pub use podman::Podman;
+pub use rootfs::busybox_rootfs;
 pub use sh::{ShError, sh, sh_in};
 
 static SEQ: AtomicU32 = AtomicU32::new(0);

@@ -14,6 +14,11 @@
 //!   process starts in the namespace of the thread that spawns it, so `Command`s (or
 //!   [`sh`]/[`Netns::sh`]) run inside a thread that entered the namespace act there.
 //!
+//! [`Netns::named`] makes a named one (`ip netns add`) instead, for a long-lived daemon the test
+//! starts inside (dockerd, see [`crate::Dockerd`]) and for a person debugging a run with `ip
+//! netns exec`; its guard deletes the name on drop, and a test killed before that leaves it (`ip
+//! netns list` shows it, with the pid in its name).
+//!
 //! The namespace is made by a short-lived thread (`unshare(CLONE_NEWNET)` affects only the
 //! calling thread); every entry is on a thread of its own, so no test thread ever changes
 //! namespace.
@@ -26,6 +31,8 @@ use crate::sh::sh;
 /// and whatever was created inside (sockets, processes) are gone.
 pub struct Netns {
     file: File,
+    /// Its name under /run/netns, for a named one.
+    name: Option<String>,
 }
 
 impl Netns {
@@ -42,10 +49,34 @@ impl Netns {
             );
             let file = File::open("/proc/thread-self/ns/net").expect("opening the new netns");
             sh("ip link set lo up");
-            Netns { file }
+            Netns { file, name: None }
         })
         .join()
         .unwrap_or_else(|e| std::panic::resume_unwind(e))
+    }
+
+    /// A named network namespace (`ip netns add name`, so `/run/netns/<name>`) with `lo` up;
+    /// the name is deleted on drop. Needs root.
+    pub fn named(name: &str) -> Netns {
+        sh(&format!("ip netns add {name}"));
+        // The guard from here on: a failure below still deletes the name.
+        let file = File::open(format!("/run/netns/{name}"));
+        let ns = Netns {
+            file: file.unwrap_or_else(|e| {
+                let _ = std::process::Command::new("ip")
+                    .args(["netns", "del", name])
+                    .output();
+                panic!("opening /run/netns/{name}: {e}")
+            }),
+            name: Some(name.to_owned()),
+        };
+        ns.sh("ip link set lo up");
+        ns
+    }
+
+    /// The name under /run/netns of a [`Netns::named`] namespace.
+    pub fn name(&self) -> Option<&str> {
+        self.name.as_deref()
     }
 
     /// `/proc/<pid>/fd/<n>`: a path naming this namespace for `setns` or for `ip ... netns
@@ -91,6 +122,17 @@ impl Netns {
     }
 }
 
+impl Drop for Netns {
+    fn drop(&mut self) {
+        if let Some(name) = &self.name {
+            // The namespace itself lives on while a process inside holds it.
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", name])
+                .output();
+        }
+    }
+}
+
 impl Default for Netns {
     fn default() -> Self {
         Netns::new()
@@ -133,6 +175,20 @@ mod tests {
             a.send_to(b"x", a.local_addr().unwrap()).unwrap();
             assert_eq!(a.recv(&mut [0; 4]).unwrap(), 1);
         });
+    }
+
+    #[test]
+    fn a_named_namespace_has_its_name_while_the_guard_lives() {
+        let name = format!("berth-tk-{}", crate::unique("n"));
+        let ns = Netns::named(&name);
+        let run_netns = format!("/run/netns/{name}");
+        assert_eq!(ns.name(), Some(name.as_str()));
+        // /run/netns/<name> is a bind mount of the namespace file: the same inode.
+        let ino = |p: &str| std::os::unix::fs::MetadataExt::ino(&fs::metadata(p).unwrap());
+        assert_eq!(ino(&run_netns), ns.run(|| ino("/proc/thread-self/ns/net")));
+        assert!(ns.sh("ip -o link show lo").contains("UP"));
+        drop(ns);
+        assert!(!std::path::Path::new(&run_netns).exists(), "name left");
     }
 
     #[test]
