@@ -127,7 +127,7 @@ pub async fn run(config: Config, notifier: Option<Notifier>) -> Result<(), Daemo
     let (snap_tx, snap_rx) = watch::channel(None);
     let tracked = root.clone();
     let sources = if config.discovery.enabled {
-        crate::discover::meta::sources(&config.discovery)
+        crate::discover::meta::sources(&config.discovery, &tokio::runtime::Handle::current())
     } else {
         Vec::new()
     };

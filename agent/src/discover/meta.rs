@@ -10,6 +10,9 @@
 
 use std::{collections::BTreeMap, net::Ipv4Addr, path::PathBuf};
 
+use tokio::runtime::Handle;
+
+use super::docker::DockerSource;
 use crate::{
     config::DiscoveryConfig,
     model::{Engine, NetworkMode, Publish},
@@ -50,9 +53,12 @@ pub trait MetaSource: Send {
     ) -> Option<Meta>;
 }
 
-/// The metadata sources `config` enables, in the order they are asked.
-pub fn sources(config: &DiscoveryConfig) -> Vec<Box<dyn MetaSource>> {
+/// The metadata sources `config` enables, in the order they are asked. Sources that follow an
+/// engine in the background (the Docker API's events) spawn their task on `runtime`, the
+/// agent's, and stop it when dropped.
+pub fn sources(config: &DiscoveryConfig, runtime: &Handle) -> Vec<Box<dyn MetaSource>> {
     vec![
+        Box::new(DockerSource::start(config, runtime)),
         Box::new(super::containerd::Containerd::new(&config.containerd_state)),
         Box::new(super::podman::CriO::new(&config.podman_runroot)),
         Box::new(super::podman::Podman::new(&config.podman_root)),
