@@ -60,7 +60,7 @@ pub struct Dockerd {
     pub data_root: PathBuf,
     /// `--exec-root`.
     pub exec_root: PathBuf,
-    /// The bridge's address (`--bip`), the gateway of its containers, e.g. 10.240.7.1.
+    /// The bridge's address (`--bip`), the gateway of its containers, e.g. 10.250.7.1.
     pub gateway: std::net::Ipv4Addr,
     /// Its network namespace (named `name`); [`Netns::run`] runs code in it.
     pub netns: Netns,
@@ -100,8 +100,9 @@ impl Dockerd {
             parents.0 += 1;
         }
         let netns = Netns::named(&name);
-        // A private /24 per guard: pid and sequence. Inside its own namespace it meets only
-        // what the test adds there.
+        // A private /24 per guard from the pid and the sequence, in 10.250-255.x: inside its own
+        // namespace it meets only what the test adds there, such as an agent's bridge
+        // (tests/common gives those 10.200-249.x).
         let seq: u32 = name
             .rsplit('x')
             .next()
@@ -109,7 +110,7 @@ impl Dockerd {
             .unwrap_or(0);
         let gateway = std::net::Ipv4Addr::new(
             10,
-            (240 + seq % 10) as u8,
+            (250 + seq % 6) as u8,
             (std::process::id() % 256) as u8,
             1,
         );

@@ -185,8 +185,11 @@ impl DenyServiceStarts {
         if Path::new(POLICY_RC_D).exists() {
             return Ok(Self { created: false });
         }
-        fs::write(POLICY_RC_D, "#!/bin/sh\n# berth xtask setup: no service starts during the install.\nexit 101\n")
-            .with_context(|| format!("writing {POLICY_RC_D}"))?;
+        fs::write(
+            POLICY_RC_D,
+            "#!/bin/sh\n# berth xtask setup: no service starts during the install.\nexit 101\n",
+        )
+        .with_context(|| format!("writing {POLICY_RC_D}"))?;
         fs::set_permissions(POLICY_RC_D, fs::Permissions::from_mode(0o755))
             .with_context(|| format!("making {POLICY_RC_D} executable"))?;
         Ok(Self { created: true })

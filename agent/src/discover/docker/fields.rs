@@ -228,7 +228,7 @@ fn unix_seconds(s: &str) -> Option<f64> {
 
 /// One binding, ordered for grouping: (protocol, TCP first; host address, `None` for every
 /// address; host port; container port).
-type Binding = (u8, Option<Ipv4Addr>, u16, u16);
+type Binding = (Proto, Option<Ipv4Addr>, u16, u16);
 
 /// The bindings of `map` berth can represent: a fixed host port, TCP or UDP, every address or
 /// one IPv4 address. Both families' wildcards are `None`, so their twins collapse.
@@ -255,17 +255,10 @@ fn bindings(map: Option<&PortMap>) -> BTreeSet<Binding> {
                     _ => continue,
                 },
             };
-            out.insert((proto_order(proto), host_ip, host_port, port));
+            out.insert((proto, host_ip, host_port, port));
         }
     }
     out
-}
-
-fn proto_order(p: Proto) -> u8 {
-    match p {
-        Proto::Tcp => 0,
-        Proto::Udp => 1,
-    }
 }
 
 /// `"40000/udp"` (or `"80"`, TCP) to (port, proto); SCTP and garbage give `None`.
@@ -280,7 +273,6 @@ fn container_port(key: &str) -> Option<(u16, Proto)> {
 fn group(set: BTreeSet<Binding>) -> Vec<Publish> {
     let mut out: Vec<Publish> = Vec::new();
     for (proto, host_ip, host, container) in set {
-        let proto = if proto == 0 { Proto::Tcp } else { Proto::Udp };
         if let Some(last) = out.last_mut()
             && last.proto == proto
             && last.host_ip == host_ip
