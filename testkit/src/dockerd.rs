@@ -129,9 +129,9 @@ impl Dockerd {
         fs::write(d.dir.join("daemon.json"), "{}\n").unwrap();
         let script = format!(
             "mount -t tmpfs tmpfs /etc/docker && mount -t tmpfs tmpfs /run/docker && \
-             mount -t tmpfs tmpfs /run/containerd && exec {DOCKERD} --config-file {dir}/daemon.json \
-             --data-root {data} --exec-root {exec} --pidfile {dir}/dockerd.pid -H unix://{sock} \
-             --bip {gateway}/24",
+             mount -t tmpfs tmpfs /run/containerd && \
+             exec {DOCKERD} --config-file {dir}/daemon.json --data-root {data} \
+             --exec-root {exec} --pidfile {dir}/dockerd.pid -H unix://{sock} --bip {gateway}/24",
             dir = d.dir.display(),
             data = d.data_root.display(),
             exec = d.exec_root.display(),

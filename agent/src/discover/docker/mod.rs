@@ -36,7 +36,11 @@ use bollard::{
     query_parameters::{EventsOptions, ListContainersOptions},
 };
 use futures_util::StreamExt as _;
-use tokio::{runtime::Handle, task::AbortHandle, time::Instant};
+use tokio::{
+    runtime::Handle,
+    task::AbortHandle,
+    time::{Instant, MissedTickBehavior},
+};
 use tracing::{debug, info, warn};
 
 pub use fields::{DiskError, read_disk};
@@ -248,18 +252,25 @@ struct Task {
 impl Task {
     async fn run(self) {
         let mut said_down = false;
+        let (socket, data_root) = (self.socket.display(), self.containers.display());
         loop {
             match self.connect().await {
                 Ok(docker) => {
                     said_down = false;
-                    info!(socket = %self.socket.display(), "docker API answers; following its events");
+                    info!(socket = %socket, "docker API answers; following its events");
                     let e = self.follow(&docker).await;
                     lock(&self.cache).api_up = false;
-                    warn!(error = %e, data_root = %self.containers.display(), "docker API lost; reading dockerd's files");
+                    warn!(error = %e, data_root = %data_root, "docker API lost; reading files");
                 }
                 Err(e) if !said_down => {
                     said_down = true;
-                    info!(error = %e, data_root = %self.containers.display(), "docker API not answering; reading dockerd's files");
+                    if self.socket.exists() || self.containers.exists() {
+                        let msg = "docker API not answering; reading dockerd's files";
+                        info!(error = %e, data_root = %data_root, "{msg}");
+                    } else {
+                        let msg = "no Docker here (no socket, no data root)";
+                        info!(socket = %socket, data_root = %data_root, "{msg}");
+                    }
                 }
                 Err(e) => debug!(error = %e, "docker API still not answering"),
             }
@@ -275,8 +286,18 @@ impl Task {
     }
 
     async fn recheck_disk(&self) {
+        if lock(&self.cache).disk.is_empty() {
+            return;
+        }
         let (cache, containers) = (self.cache.clone(), self.containers.clone());
         let _ = tokio::task::spawn_blocking(move || recheck_disk(&cache, &containers)).await;
+    }
+
+    fn api_error(&self, source: ApiError) -> DockerError {
+        DockerError::Api {
+            socket: self.socket.clone(),
+            source,
+        }
     }
 
     /// `fut` within the metadata timeout.
@@ -285,10 +306,7 @@ impl Task {
         fut: impl Future<Output = Result<T, ApiError>>,
     ) -> Result<T, DockerError> {
         match tokio::time::timeout(self.timeout, fut).await {
-            Ok(r) => r.map_err(|source| DockerError::Api {
-                socket: self.socket.clone(),
-                source,
-            }),
+            Ok(r) => r.map_err(|source| self.api_error(source)),
             Err(_) => Err(DockerError::Timeout {
                 socket: self.socket.clone(),
                 timeout: self.timeout,
@@ -344,11 +362,14 @@ impl Task {
         lock(&self.cache).api_up = true;
         let mut resync = tokio::time::interval_at(Instant::now() + RESYNC, RESYNC);
         let mut retry = tokio::time::interval_at(Instant::now() + RETRY_PENDING, RETRY_PENDING);
+        // `retry` is not polled while nothing is pending: no burst of missed ticks after.
+        resync.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        retry.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             let step = tokio::select! {
                 ev = events.next() => match ev {
                     Some(Ok(ev)) => self.on_event(docker, &ev, &mut pending).await,
-                    Some(Err(source)) => Err(DockerError::Api { socket: self.socket.clone(), source }),
+                    Some(Err(source)) => Err(self.api_error(source)),
                     None => Err(DockerError::EventsEnded { socket: self.socket.clone() }),
                 },
                 _ = resync.tick() => {
