@@ -175,9 +175,12 @@ fn media_ports() -> Value {
     }])
 }
 
-/// `c` carries media's metadata: engine, name, image, bridge address and its 100 ports.
-fn has_media_metadata(c: &Value, ip: &str) -> bool {
-    c["engine"] == "docker"
+/// `c` carries media's metadata: engine, name, image, bridge address, its 100 ports and its
+/// log file.
+fn has_media_metadata(c: &Value, id: &str, ip: &str) -> bool {
+    let log = format!("/containers/{id}/{id}-json.log");
+    c["log_path"].as_str().is_some_and(|p| p.ends_with(&log))
+        && c["engine"] == "docker"
         && c["name"] == "media"
         && c["image"] == Dockerd::BUSYBOX
         && c["network"]["mode"] == "bridge"
@@ -190,8 +193,9 @@ fn a_docker_container_with_100_published_ports_is_listed_refused_and_forgotten()
     let host = DockerHost::start();
     let (id, run_took) = run_media(&host);
     let ip = inspect(&host, &id, "{{.NetworkSettings.IPAddress}}");
-    let (c, listed_after) =
-        host.wait_listed(&id, Duration::from_secs(5), |c| has_media_metadata(c, &ip));
+    let (c, listed_after) = host.wait_listed(&id, Duration::from_secs(5), |c| {
+        has_media_metadata(c, &id, &ip)
+    });
     eprintln!(
         "docker run with 100 UDP ports: {:.2} s; listed by berth with its metadata {:.2} s later",
         run_took.as_secs_f64(),
@@ -314,8 +318,9 @@ fn without_the_api_dockerds_files_give_the_same_listing() {
     let host = DockerHost::start_with(Some(&dead), "");
     let (id, _) = run_media(&host);
     let ip = inspect(&host, &id, "{{.NetworkSettings.IPAddress}}");
-    let (_, listed_after) =
-        host.wait_listed(&id, Duration::from_secs(5), |c| has_media_metadata(c, &ip));
+    let (_, listed_after) = host.wait_listed(&id, Duration::from_secs(5), |c| {
+        has_media_metadata(c, &id, &ip)
+    });
     eprintln!(
         "from dockerd's files (no API): listed {:.2} s after docker run returned",
         listed_after.as_secs_f64()

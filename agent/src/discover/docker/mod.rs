@@ -11,13 +11,16 @@
 //!   hundreds of published ports) is retried every [`RETRY_PENDING`] until it answers. Every
 //!   request is bounded by `discovery.metadata_timeout`; the event stream is opened from before
 //!   the listing, so no event falls between the two.
-//! - **dockerd's files** when the socket is absent or does not answer, or the API does not know
-//!   the id: `<docker_data_root>/containers/<id>/config.v2.json` and `hostconfig.json`, read when
-//!   an id is first asked about and re-read by the task when a file's mtime changes.
+//! - **dockerd's files** when the socket is absent or does not answer:
+//!   `<docker_data_root>/containers/<id>/config.v2.json` and `hostconfig.json`, read when an id is
+//!   first asked about and re-read by the task when a file's mtime changes. While the API
+//!   answers they are not read: dockerd rewrites them while it starts a container, and a read
+//!   then gives half of it (a name without its log file); a container the API has not described
+//!   yet is shown by its short id for the tick or two until the start event lands.
 //!
 //! The collector's tick asks [`MetaSource::lookup`], which takes a mutex only the task also
 //! takes (briefly, never across an await) and clones a cached [`Meta`]: in the steady state it
-//! makes no syscall. Only an id seen for the first time that the API has no answer for costs a
+//! makes no syscall. Only an id seen for the first time while the API does not answer costs a
 //! read of its two files, once.
 
 mod fields;
@@ -91,7 +94,7 @@ struct Cache {
     api_up: bool,
     /// id -> metadata, from the API.
     api: HashMap<String, Meta>,
-    /// id -> what the files said, for every id asked about while the API had no answer.
+    /// id -> what the files said, for every id asked about while the API did not answer.
     disk: HashMap<String, DiskEntry>,
 }
 
@@ -169,17 +172,16 @@ impl MetaSource for DockerSource {
         }
         {
             let mut cache = lock(&self.cache);
-            if cache.api_up
-                && let Some(m) = cache.api.get(id)
-            {
-                return Some(m.clone());
+            if cache.api_up {
+                return cache.api.get(id).cloned();
             }
             if let Some(e) = cache.disk.get_mut(id) {
                 e.asked = true;
                 return e.meta.clone();
             }
         }
-        // First sight of this id without an API answer: its files, once (outside the lock).
+        // First sight of this id while the API does not answer: its files, once (outside the
+        // lock).
         if !is_id(id) {
             return None;
         }

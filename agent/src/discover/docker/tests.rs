@@ -68,7 +68,7 @@ fn a_recheck_rereads_changed_files_and_forgets_ids_no_longer_asked_about() {
 }
 
 #[test]
-fn the_apis_answer_wins_while_the_api_is_up() {
+fn only_the_api_answers_while_it_is_up() {
     let root = data_root();
     let mut s = DockerSource::files_only(root.path());
     let api = Meta {
@@ -83,6 +83,10 @@ fn the_apis_answer_wins_while_the_api_is_up() {
     );
     lock(&s.cache).api_up = true;
     assert_eq!(ask(&mut s, Engine::Docker, ID), Some(api));
+    // An id the API has not described yet: nothing (its files may be half-written), and no read.
+    let other = "c".repeat(64);
+    assert_eq!(ask(&mut s, Engine::Docker, &other), None);
+    assert!(!lock(&s.cache).disk.contains_key(&other));
 }
 
 fn task(socket: PathBuf, timeout: Duration) -> Task {
