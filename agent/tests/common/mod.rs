@@ -483,17 +483,51 @@ pub fn syscalls_in(cgroup: &Cgroup, calls: u64, sleeps: u32, sleep_ms: i64) {
     }
 }
 
-/// Value of the sample `name{labels}` in an OpenMetrics exposition, labels given in order.
+/// Value of the first sample of `name` in an OpenMetrics exposition that carries every one of
+/// `labels` (a subset, in any order: families gain labels without breaking tests).
 pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    let l: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
-    let prefix = if labels.is_empty() {
-        format!("{name} ")
-    } else {
-        format!("{name}{{{}}} ", l.join(","))
-    };
-    text.lines()
-        .find_map(|line| line.strip_prefix(&prefix))
-        .map(|v| v.trim().parse().unwrap())
+    text.lines().find_map(|line| {
+        let rest = line.strip_prefix(name)?;
+        let (pairs, value) = match rest.strip_prefix('{') {
+            Some(r) => {
+                let (inner, value) = r.split_once("} ")?;
+                (label_pairs(inner), value)
+            }
+            None => (Vec::new(), rest.strip_prefix(' ')?),
+        };
+        labels
+            .iter()
+            .all(|(k, v)| pairs.iter().any(|(pk, pv)| pk == k && pv == v))
+            .then(|| value.trim().parse().unwrap())
+    })
+}
+
+/// `k="v",k2="v2"` of an exposition line, unescaped enough for tests (`\"` and `\\`).
+fn label_pairs(inner: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut rest = inner;
+    while let Some((k, after)) = rest.split_once("=\"") {
+        let mut value = String::new();
+        let mut chars = after.char_indices();
+        let mut end = after.len();
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '\\' => {
+                    if let Some((_, n)) = chars.next() {
+                        value.push(n);
+                    }
+                }
+                '"' => {
+                    end = i + 1;
+                    break;
+                }
+                _ => value.push(c),
+            }
+        }
+        out.push((k.trim_start_matches(',').to_owned(), value));
+        rest = &after[end..];
+    }
+    out
 }
 
 /// A busybox root filesystem in `dir/rootfs` (Debian's busybox-static; see the testkit).
