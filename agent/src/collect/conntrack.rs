@@ -70,9 +70,12 @@ impl Collector for Conntrack {
     }
 }
 
+/// Entries per address, as one read of the table counted them.
+type ByIp = Arc<HashMap<Ipv4Addr, u64>>;
+
 /// The thread that counts entries per address, and its latest count.
 struct Counter {
-    latest: Arc<Mutex<Option<Arc<HashMap<Ipv4Addr, u64>>>>>,
+    latest: Arc<Mutex<Option<ByIp>>>,
     wanted: Arc<AtomicBool>,
     /// Dropped with the collector: the thread sees it and ends.
     _alive: Arc<()>,
@@ -115,7 +118,7 @@ impl Counter {
         })
     }
 
-    fn latest(&self) -> Option<Arc<HashMap<Ipv4Addr, u64>>> {
+    fn latest(&self) -> Option<ByIp> {
         self.latest
             .lock()
             .unwrap_or_else(|e| e.into_inner())
