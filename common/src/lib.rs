@@ -98,6 +98,13 @@ pub struct NetValue {
 /// Capacity of the `NET` map: cgroups x 2 directions x a few protocols.
 pub const NET_MAX_ENTRIES: u32 = 16_384;
 
+/// Capacity of the `TRACKED` hash (cgroup v2 id -> `u8`): the cgroups whose tasks and sockets
+/// the syscall and network probes count, berth's whole subtree plus the containers of other
+/// engines (Docker, containerd, Kubernetes, podman, LXC). The agent syncs it each tick; a
+/// cgroup that finds it full is not counted, and is reported in
+/// `berth_probe_lost_events_total` (map `TRACKED`, [`ProbeError::TrackedFull`]).
+pub const TRACKED_MAX_ENTRIES: u32 = 16_384;
+
 /// Indexes of the `PROBE_ERRORS` per-CPU array (value `u64`): events a probe could not record.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -114,11 +121,15 @@ pub enum ProbeError {
     /// A packet seen by the `last` netfilter program whose `first` timestamp was gone (another
     /// packet took its scratch slot: nesting or a slot collision), so its time was not recorded.
     NetfilterUnmatched = 4,
+    /// A cgroup created below berth's root that the `cgroup_mkdir` hook could not put into the
+    /// full `TRACKED` map (the agent adds the containers it could not insert itself when it
+    /// reports this): its syscalls and packets are not counted.
+    TrackedFull = 5,
 }
 
 impl ProbeError {
     /// Number of slots in `PROBE_ERRORS`.
-    pub const COUNT: u32 = 5;
+    pub const COUNT: u32 = 6;
     /// Every variant, in index order.
     pub const ALL: [ProbeError; Self::COUNT as usize] = [
         ProbeError::SyscallsMapFull,
@@ -126,6 +137,7 @@ impl ProbeError {
         ProbeError::LatencyMapFull,
         ProbeError::NetfilterPortsFull,
         ProbeError::NetfilterUnmatched,
+        ProbeError::TrackedFull,
     ];
 
     /// `(probe, map)` labels for the metric that reports this error.
@@ -136,6 +148,8 @@ impl ProbeError {
             ProbeError::LatencyMapFull => ("syscalls", maps::SYSCALL_LATENCY_HIST),
             ProbeError::NetfilterPortsFull => ("netfilter", maps::NF_PORTS),
             ProbeError::NetfilterUnmatched => ("netfilter", maps::NF_SCRATCH),
+            // Lost to the network probe as well: the agent reports it for both.
+            ProbeError::TrackedFull => ("syscalls", maps::TRACKED),
         }
     }
 }
@@ -158,6 +172,8 @@ pub mod maps {
     pub const NF_HOOKS: &str = "NF_HOOKS";
     /// Per-CPU array of [`crate::netfilter::Scratch`] stamps between the two programs.
     pub const NF_SCRATCH: &str = "NF_SCRATCH";
+    /// Hash, cgroup v2 id -> `u8` (1): the cgroups the syscall and network probes count.
+    pub const TRACKED: &str = "TRACKED";
     /// Per-CPU array, [`crate::ProbeError`] -> u64 events lost.
     pub const PROBE_ERRORS: &str = "PROBE_ERRORS";
 
@@ -173,7 +189,8 @@ pub mod maps {
 }
 
 pub mod globals {
-    /// `u64`: v2 cgroup id of the tracked subtree's root. Tasks outside it exit early.
+    /// `u64`: v2 cgroup id of the tracked subtree's root: the `cgroup_mkdir` hook puts every
+    /// cgroup created below it into `TRACKED` at once.
     pub const TRACK_ROOT_ID: &str = "TRACK_ROOT_ID";
     /// `u32`: depth of that root below the cgroup2 mount (the mount itself is level 0).
     pub const TRACK_ROOT_LEVEL: &str = "TRACK_ROOT_LEVEL";
@@ -183,6 +200,21 @@ pub mod globals {
     // Kernel struct offsets for the netfilter probe, in bytes, read from the kernel's BTF
     // (/sys/kernel/btf/vmlinux) by the agent: Rust eBPF has no CO-RE. All `u32`;
     // [`crate::netfilter::OFFSET_NONE`] when the field does not exist on this kernel.
+    // Offsets the `cgroup_mkdir`/`cgroup_rmdir` hooks read, all `u32` from BTF like the
+    // netfilter ones below.
+    /// `struct cgroup`, `root` (`struct cgroup_root *`).
+    pub const CG_ROOT: &str = "CG_ROOT";
+    /// `struct cgroup`, `kn` (`struct kernfs_node *`).
+    pub const CG_KN: &str = "CG_KN";
+    /// `struct cgroup`, `level` (`int`).
+    pub const CG_LEVEL: &str = "CG_LEVEL";
+    /// `struct cgroup`, `ancestors` (`struct cgroup *[]`, indexed by level).
+    pub const CG_ANCESTORS: &str = "CG_ANCESTORS";
+    /// `struct cgroup_root`, `hierarchy_id` (`int`; 0 is the cgroup2 hierarchy).
+    pub const CGROOT_HIERARCHY_ID: &str = "CGROOT_HIERARCHY_ID";
+    /// `struct kernfs_node`, `id` (`u64`: the cgroup id).
+    pub const KN_ID: &str = "KN_ID";
+
     /// `struct sk_buff`, `head` (`unsigned char *`).
     pub const NF_SKB_HEAD: &str = "NF_SKB_HEAD";
     /// `struct sk_buff`, `network_header` (`__u16`, offset of the L3 header from `head`).

@@ -8,6 +8,8 @@ mod net;
 mod netfilter;
 #[cfg(target_arch = "bpf")]
 mod syscalls;
+#[cfg(target_arch = "bpf")]
+mod tracked;
 
 /// Events a probe could not record, per [`berth_common::ProbeError`]: shared by every probe.
 #[cfg(target_arch = "bpf")]

@@ -1,8 +1,9 @@
 //! Network traffic per cgroup.
 //!
 //! Hooks: cgroup_skb ingress (`berth_skb_ingress`) and egress (`berth_skb_egress`) on the
-//! tracked cgroup root; the kernel runs them for every packet of a socket in that subtree,
-//! in any network namespace (bridge- and host-mode containers alike).
+//! cgroup2 root; the kernel runs them for every packet of every socket on the host, in any
+//! network namespace (bridge- and host-mode containers alike), and they count those whose
+//! socket's cgroup is in `TRACKED` (see `tracked.rs`).
 //! Map: `NET` ([`NetKey`] -> per-CPU [`NetValue`]): packets and L3 bytes by the socket's v2
 //! cgroup id, direction and L4 protocol. Both programs always let the packet pass.
 use aya_ebpf::{
@@ -16,7 +17,7 @@ use berth_common::{
     DIRECTION_EGRESS, DIRECTION_INGRESS, NET_MAX_ENTRIES, NetKey, NetValue, ProbeError,
 };
 
-use crate::{EEXIST_NEG, count_error};
+use crate::{EEXIST_NEG, count_error, tracked::tracked};
 
 #[map]
 static NET: PerCpuHashMap<NetKey, NetValue> = PerCpuHashMap::with_max_entries(NET_MAX_ENTRIES, 0);
@@ -39,14 +40,17 @@ pub fn berth_skb_egress(ctx: SkBuffContext) -> i32 {
 
 #[inline(always)]
 fn count(ctx: &SkBuffContext, direction: u8) {
+    // SAFETY: the helper reads the cgroup of the skb's socket.
+    let cgroup_id = unsafe { bpf_skb_cgroup_id(ctx.skb.skb) };
+    if !tracked(cgroup_id) {
+        return;
+    }
     // Data starts at the network header for cgroup_skb programs.
     let protocol: u8 = match ctx.skb.protocol() {
         ETH_P_IP_BE => ctx.load::<u8>(9).unwrap_or(0),
         ETH_P_IPV6_BE => ctx.load::<u8>(6).unwrap_or(0),
         _ => 0,
     };
-    // SAFETY: the helper reads the cgroup of the skb's socket.
-    let cgroup_id = unsafe { bpf_skb_cgroup_id(ctx.skb.skb) };
     let key = NetKey {
         cgroup_id,
         direction,

@@ -7,13 +7,11 @@
 //! pid_tgid -> [`SyscallEnter`]), `SYSCALL_LATENCY` (per-CPU hash, [`SyscallKey`] ->
 //! [`LatencyHist`]), `PROBE_ERRORS` (per-CPU array,
 //! shared with the other probes, in `main.rs`).
-//! Tasks outside the tracked cgroup subtree leave after one helper call.
+//! Tasks outside the tracked cgroups (`TRACKED`, see `tracked.rs`) leave after one helper call
+//! and one hash lookup.
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST},
-    helpers::{
-        bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_current_pid_tgid,
-        bpf_ktime_get_ns,
-    },
+    helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::{map, raw_tracepoint},
     maps::{LruHashMap, PerCpuHashMap},
     programs::RawTracePointContext,
@@ -23,13 +21,9 @@ use berth_common::{
     SYSCALL_LATENCY_MAX_ENTRIES, SYSCALL_NR_OTHER, SYSCALLS_MAX_ENTRIES, SyscallEnter, SyscallKey,
 };
 
-use crate::{EEXIST_NEG, count_error};
+use crate::{EEXIST_NEG, count_error, tracked::tracked};
 
 /// Set by the agent at load time; see `berth_common::globals`.
-#[unsafe(no_mangle)]
-static TRACK_ROOT_ID: u64 = 0;
-#[unsafe(no_mangle)]
-static TRACK_ROOT_LEVEL: u32 = 0;
 #[unsafe(no_mangle)]
 static SYSCALL_LATENCY: u32 = 0;
 
@@ -53,15 +47,12 @@ pub fn berth_sys_enter(ctx: RawTracePointContext) -> i32 {
 
 #[inline(always)]
 fn try_sys_enter(ctx: &RawTracePointContext) {
-    // SAFETY: globals are plain integers written once before load.
-    let root = unsafe { core::ptr::read_volatile(&TRACK_ROOT_ID) };
-    let level = unsafe { core::ptr::read_volatile(&TRACK_ROOT_LEVEL) };
-    // Early exit: one helper call for every task outside the tracked subtree.
-    // SAFETY: helpers without pointer arguments.
-    if unsafe { bpf_get_current_ancestor_cgroup_id(level as i32) } != root {
+    // Early exit for every task outside the tracked cgroups: one helper, one lookup.
+    // SAFETY: helper without arguments.
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    if !tracked(cgroup_id) {
         return;
     }
-    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     // sys_enter(struct pt_regs *regs, long id)
     let id: i64 = ctx.arg(1);
     let nr = if id >= 0 && id < SYSCALL_NR_OTHER as i64 {

@@ -8,11 +8,13 @@
 //! whose source is not on this host (a probe that is down or disabled) says so with
 //! [`Collected::NotPresent`], which is not a failure.
 //!
-//! Order matters and is fixed in [`Registry::new`]: the cgroup walk first (the probes keep only
-//! live cgroups), then the probes, then containers, berth's own and then the foreign ones found
-//! in the cgroup tree (joined to their cgroup's probe data when the snapshot is finished), then
-//! what reads the containers: their addresses as the kernel shows them when their engine gave
-//! none, then conntrack, userland proxies and iptables rules per address.
+//! Order matters and is fixed in [`Registry::new`]: the cgroup walk of berth's subtree first,
+//! then containers, berth's own and then the foreign ones found in the cgroup tree with their
+//! addresses as the kernel shows them when their engine gave none, then `probe_tracking` (the
+//! foreign containers' cgroups join the tracked ones and the probes' `TRACKED` map), then the
+//! probes (they keep only live tracked cgroups; the samples are joined to their containers when
+//! the snapshot is finished), then what reads the containers: conntrack, userland proxies and
+//! iptables rules per address.
 
 mod addresses;
 mod cgroups;
@@ -123,10 +125,10 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// The collectors of this agent: the cgroup walk of `root`, one per probe, berth's own
-    /// containers and images (when a container manager runs), the other engines' containers
-    /// below `unified_mount` (the cgroup2 mount; unless `discovery.enabled` is false) with
-    /// their addresses, conntrack and userland proxies from the host's procfs at
+    /// The collectors of this agent: the cgroup walk of `root`, berth's own containers and
+    /// images (when a container manager runs), the other engines' containers below
+    /// `unified_mount` (the cgroup2 mount; unless `discovery.enabled` is false) with their
+    /// addresses, the probes' tracking and one collector per probe, conntrack and userland proxies from the host's procfs at
     /// `discovery.proc`, and the iptables rules of the other engines' containers.
     pub fn new(
         probes: Probes,
@@ -137,12 +139,10 @@ impl Registry {
         discovery: &DiscoveryConfig,
     ) -> Self {
         let skip = root.path.clone();
-        let mut collectors: Vec<Box<dyn Collector>> = vec![Box::new(cgroups::Cgroups::new(root))];
-        for status in probes.status() {
-            collectors.push(Box::new(probes::ProbeMaps::new(status.name)));
-        }
-        collectors.push(Box::new(probes::ProbeState));
-        collectors.push(Box::new(containers::Containers::new(manager.clone())));
+        let mut collectors: Vec<Box<dyn Collector>> = vec![
+            Box::new(cgroups::Cgroups::new(root)),
+            Box::new(containers::Containers::new(manager.clone())),
+        ];
         if discovery.enabled {
             collectors.push(Box::new(
                 foreign::Foreign::new(unified_mount, skip).with_sources(sources),
@@ -152,6 +152,11 @@ impl Registry {
                 &discovery.proc,
             )));
         }
+        collectors.push(Box::new(probes::ProbeTracking));
+        for status in probes.status() {
+            collectors.push(Box::new(probes::ProbeMaps::new(status.name)));
+        }
+        collectors.push(Box::new(probes::ProbeState));
         collectors.push(Box::new(images::Images::new(manager)));
         collectors.push(Box::new(conntrack::Conntrack::new(&discovery.proc)));
         collectors.push(Box::new(proxies::Proxies::new(&discovery.proc)));

@@ -1,10 +1,47 @@
-//! The probes' maps, one collector per probe (`syscalls`, `network`, `netfilter`: per-cgroup
-//! syscall counts and latency, per-cgroup packets and bytes, netfilter cost per hook and
-//! port), and `probe_state`: each probe's status, the events it lost to full maps
-//! (`PROBE_ERRORS`) and its programs' run time from the kernel's BPF statistics.
+//! The probes' maps: `probe_tracking`, which tells the syscall and network probes which
+//! containers outside berth's subtree to count (the `TRACKED` map), then one collector per
+//! probe (`syscalls`, `network`, `netfilter`: per-cgroup syscall counts and latency, per-cgroup
+//! packets and bytes, netfilter cost per hook and port), and `probe_state`: each probe's
+//! status, the events it lost to full maps (`PROBE_ERRORS`, `TRACKED`) and its programs' run
+//! time from the kernel's BPF statistics.
+
+use std::collections::BTreeSet;
 
 use super::{CollectError, Collected, Collector, Tick};
-use crate::probes::ProbeData;
+use crate::{model::CgroupSample, probes::ProbeData};
+
+/// Runs after the container collectors: every container whose cgroup is not in berth's walked
+/// subtree (another engine's) joins this tick's tracked cgroups, so the probe collectors keep
+/// and report its counters, and the `TRACKED` map gets exactly the tracked cgroups' ids (the
+/// difference to last tick). A container gone since, or back under the same id in a new
+/// cgroup, leaves its old cgroup id behind: that id leaves the map and its counters are deleted
+/// with the dead, so the new cgroup starts from zero.
+pub struct ProbeTracking;
+
+impl Collector for ProbeTracking {
+    fn name(&self) -> &'static str {
+        "probe_tracking"
+    }
+
+    fn collect(&mut self, tick: &mut Tick<'_>) -> Result<Collected, CollectError> {
+        let builder = &mut *tick.builder;
+        for c in &builder.snapshot.containers {
+            let Some(id) = c.cgroup_id else { continue };
+            builder.cgroups.entry(id).or_insert_with(|| CgroupSample {
+                id,
+                path: c.cgroup.clone(),
+                syscalls: Vec::new(),
+                net: Vec::new(),
+            });
+        }
+        let want: BTreeSet<u64> = builder.cgroups.keys().copied().collect();
+        Ok(if tick.probes.track(&want)? {
+            Collected::Done
+        } else {
+            Collected::NotPresent
+        })
+    }
+}
 
 /// Reads one probe's maps into the snapshot.
 pub struct ProbeMaps {

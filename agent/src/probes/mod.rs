@@ -8,6 +8,7 @@ pub mod btf;
 pub mod net;
 pub mod netfilter;
 pub mod syscalls;
+pub mod tracked;
 
 use std::{
     collections::HashMap,
@@ -47,6 +48,8 @@ pub enum ProbeLoadError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+    #[error("kernel layout: {0}")]
+    Layout(btf::BtfError),
     #[error("map {map}: {source}")]
     Map {
         map: &'static str,
@@ -111,6 +114,7 @@ pub fn load_object(
             .override_global(globals::TRACK_ROOT_LEVEL, &root.level, true)
             .override_global(globals::SYSCALL_LATENCY, &latency, true);
         netfilter::set_globals(&mut loader);
+        tracked::set_globals(&mut loader);
         if let Some(dir) = pins {
             for m in PINNED_MAPS {
                 loader.map_pin_path(m, dir.join(m));
@@ -217,6 +221,8 @@ pub struct Probes {
     pub netfilter: netfilter::NetfilterProbe,
     /// Where the counting maps are pinned (`None`: not pinned).
     pub pins: Option<PathBuf>,
+    /// Other engines' containers the syscall and network probes count (`TRACKED`).
+    pub tracked: tracked::Tracked,
     /// Holds the kernel's BPF run-time statistics on (`probes.run_stats`); closing it turns
     /// them off again.
     run_stats: Option<std::os::fd::OwnedFd>,
@@ -236,6 +242,7 @@ impl Probes {
             net: net::NetProbe::start(None, false, root),
             netfilter: netfilter::NetfilterProbe::start(None, false),
             pins: None,
+            tracked: Default::default(),
             run_stats: None,
         }
     }
@@ -253,8 +260,35 @@ impl Probes {
                 None
             }
         };
-        let syscalls = syscalls::SyscallsProbe::start(ebpf.as_mut(), &config.syscalls);
-        let net = net::NetProbe::start(ebpf.as_mut(), config.network.enabled, root);
+        let mut syscalls = syscalls::SyscallsProbe::start(ebpf.as_mut(), &config.syscalls);
+        let mut net = net::NetProbe::start(ebpf.as_mut(), config.network.enabled, root);
+        if let Some(ebpf) = ebpf
+            .as_mut()
+            .filter(|_| syscalls.status.attached || net.status.attached)
+        {
+            // berth's new cgroups enter TRACKED at mkdir, not only at the next tick.
+            let subtree = match tracked::attach_hooks(ebpf) {
+                Ok(ids) => format!(
+                    "{} and below: tracked from creation (cgroup_mkdir/rmdir hooks, programs {ids:?})",
+                    root.path
+                ),
+                Err(e) => {
+                    warn!(error = %e, "cgroup_mkdir hook down: berth's new cgroups are counted from the next tick");
+                    format!(
+                        "{} and below: tracked from the next tick (cgroup_mkdir hook down: {e})",
+                        root.path
+                    )
+                }
+            };
+            for status in [&mut syscalls.status, &mut net.status] {
+                if status.attached {
+                    status.paths.insert(tracked::PATH_SUBTREE, subtree.clone());
+                    status
+                        .paths
+                        .insert(tracked::PATH_MAP, tracked::map_state(0));
+                }
+            }
+        }
         let netfilter = netfilter::NetfilterProbe::start(ebpf.as_mut(), config.netfilter.enabled);
         if netfilter.status.attached {
             info!(
@@ -284,6 +318,7 @@ impl Probes {
             net,
             netfilter,
             pins,
+            tracked: Default::default(),
             run_stats,
         };
         for status in probes.status() {
@@ -340,6 +375,29 @@ impl Probes {
         }
     }
 
+    /// Makes the syscall and network probes count exactly these cgroups (and those the
+    /// `cgroup_mkdir` hook adds below berth's root until the next call): the `TRACKED` map gets
+    /// the difference. `Ok(false)` when neither probe is attached (nothing to track for).
+    pub fn track(
+        &mut self,
+        want: &std::collections::BTreeSet<u64>,
+    ) -> Result<bool, ProbeLoadError> {
+        let Some(ebpf) = self.ebpf.as_mut() else {
+            return Ok(false);
+        };
+        if !self.syscalls.status.attached && !self.net.status.attached {
+            return Ok(false);
+        }
+        self.tracked.sync(ebpf, want)?;
+        let state = tracked::map_state(self.tracked.len());
+        for status in [&mut self.syscalls.status, &mut self.net.status] {
+            if status.attached {
+                status.paths.insert(tracked::PATH_MAP, state.clone());
+            }
+        }
+        Ok(true)
+    }
+
     /// Run time and runs of each probe's programs (kernel BPF statistics; zero when off).
     pub fn runs(&self) -> Vec<crate::model::ProbeRun> {
         if self.run_stats.is_none() {
@@ -386,6 +444,7 @@ impl Probes {
                 source,
             })?;
         let mut out = Vec::new();
+        let mut untracked = self.tracked.lost();
         for e in ProbeError::ALL {
             let values = errors
                 .get(&(e as u32), 0)
@@ -393,12 +452,24 @@ impl Probes {
                     map: maps::PROBE_ERRORS,
                     source,
                 })?;
+            let count = values.iter().sum();
+            if e == ProbeError::TrackedFull {
+                untracked += count;
+                continue;
+            }
             let (probe, map) = e.labels();
-            out.push(LostEvents {
-                probe,
-                map,
-                count: values.iter().sum(),
-            });
+            out.push(LostEvents { probe, map, count });
+        }
+        // Cgroups the full TRACKED map left uncounted (refused to the hook or to the agent):
+        // lost to both probes that read it.
+        for status in [&self.syscalls.status, &self.net.status] {
+            if status.attached {
+                out.push(LostEvents {
+                    probe: status.name,
+                    map: maps::TRACKED,
+                    count: untracked,
+                });
+            }
         }
         Ok(out)
     }
@@ -428,6 +499,7 @@ mod tests {
             maps::NF_HOOKS,
             maps::NF_SCRATCH,
             maps::PROBE_ERRORS,
+            maps::TRACKED,
         ] {
             assert!(
                 obj.maps.contains_key(name),

@@ -6,15 +6,21 @@
 //! - `none`: no program on sys_enter (from this agent);
 //! - `noop`: an empty raw tracepoint program on the same hook ([`NoopProgram`], loaded here
 //!   with bpf(2), not part of berth's object): the floor any probe pays;
-//! - `probe_untracked`: `berth_sys_enter` with the caller outside the tracked subtree (the
-//!   early-exit path every other task on the host takes);
-//! - `probe_tracked`: `berth_sys_enter` with the caller in a tracked cgroup (counting path).
+//! - `probe_untracked`: `berth_sys_enter` with the caller in no tracked cgroup (the early exit
+//!   every other task on the host takes: one helper, one `TRACKED` lookup);
+//! - `probe_tracked`: the caller in a cgroup below the tracked root (a container of berth's);
+//! - `probe_tracked_foreign`: the caller in a cgroup outside the root, as another engine's
+//!   container is (`/docker/<id>`). Both tracked modes count through the same map entry kind:
+//!   they should cost the same.
+//!
+//! `TRACKED` holds [`FOREIGN_CONTAINERS`] ids besides the two tracked cgroups for the whole
+//! run, as on a host with that many other containers; the bench syncs it as the agent's tick
+//! does.
 
 use std::{
     fs,
     hint::black_box,
     path::{Path, PathBuf},
-    time::Instant,
 };
 
 use aya::{
@@ -58,10 +64,19 @@ pub struct SyscallBenchReport {
     pub tracked_overhead_vs_noop: f64,
     /// probe_untracked overhead / noop overhead.
     pub untracked_overhead_vs_noop: f64,
-    /// probe_tracked ns per call / noop ns per call (whole syscall).
+    /// probe_tracked ns per call / noop ns per call, the median of the rounds' ratios (whole
+    /// syscall; goal <= 1.5).
     pub tracked_call_vs_noop_call: f64,
+    /// probe_tracked_foreign ns per call / noop ns per call (goal <= 1.5).
+    pub foreign_call_vs_noop_call: f64,
+    /// probe_untracked ns per call / noop ns per call (goal <= 1.2).
+    pub untracked_call_vs_noop_call: f64,
+    /// Ids in `TRACKED` during the run.
+    pub tracked_map_entries: usize,
     /// getppid calls the probe counted for the bench cgroup (must be >= rounds * calls).
     pub counted_getppid: u64,
+    /// getppid calls it counted for the cgroup tracked by the map (must be >= rounds * calls).
+    pub counted_getppid_foreign: u64,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -70,6 +85,7 @@ pub struct ModeValues {
     pub noop: f64,
     pub probe_untracked: f64,
     pub probe_tracked: f64,
+    pub probe_tracked_foreign: f64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -99,11 +115,15 @@ pub enum BenchError {
     NotCounted { counted: u64, expected: u64 },
 }
 
+/// Other engines' containers the `TRACKED` map holds during the bench.
+pub const FOREIGN_CONTAINERS: u64 = 200;
+
 /// Removes the bench's cgroups and moves the process back, also on error.
 struct CgroupGuard {
     home: PathBuf,
     work: PathBuf,
     root: PathBuf,
+    foreign: PathBuf,
 }
 
 impl Drop for CgroupGuard {
@@ -111,7 +131,24 @@ impl Drop for CgroupGuard {
         let _ = move_self(&self.home);
         let _ = fs::remove_dir(&self.work);
         let _ = fs::remove_dir(&self.root);
+        let _ = fs::remove_dir(&self.foreign);
     }
+}
+
+fn mkdir_id(dir: &Path) -> Result<u64, BenchError> {
+    use std::os::unix::fs::MetadataExt as _;
+    fs::create_dir_all(dir).map_err(|source| BenchError::Io {
+        what: "creating",
+        path: dir.to_owned(),
+        source,
+    })?;
+    Ok(fs::metadata(dir)
+        .map_err(|source| BenchError::Io {
+            what: "stat",
+            path: dir.to_owned(),
+            source,
+        })?
+        .ino())
 }
 
 fn move_self(dir: &Path) -> Result<(), BenchError> {
@@ -152,13 +189,26 @@ fn pin(cpu: usize) -> Result<(), BenchError> {
     Ok(())
 }
 
+/// CPU time of the calling thread, user and system (BPF programs on sys_enter run in the
+/// syscall, so in its system time), in ns: unlike the wall clock it leaves out the time other
+/// processes run while this thread is preempted, so a busy machine does not inflate a mode.
+fn thread_cpu_ns() -> u128 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec it is given; this clock exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as u128 * 1_000_000_000 + ts.tv_nsec as u128
+}
+
 fn getppid_loop(calls: u64) -> f64 {
-    let start = Instant::now();
+    let start = thread_cpu_ns();
     for _ in 0..calls {
         // SAFETY: getppid takes no arguments and cannot fail.
         black_box(unsafe { libc::syscall(libc::SYS_getppid) });
     }
-    start.elapsed().as_nanos() as f64 / calls as f64
+    (thread_cpu_ns() - start) as f64 / calls as f64
 }
 
 fn program<'a>(
@@ -204,28 +254,28 @@ pub fn syscalls(args: &SyscallBenchArgs) -> Result<SyscallBenchReport, BenchErro
         &format!("berth-bench-{}", std::process::id()),
     )?;
     let work = root.dir.join("work");
-    fs::create_dir_all(&work).map_err(|source| BenchError::Io {
-        what: "creating",
-        path: work.clone(),
-        source,
-    })?;
+    // A sibling of the root, as another engine's container is.
+    let foreign = hierarchy
+        .unified_mount
+        .join(format!("berth-bench-{}-foreign", std::process::id()));
     let guard = CgroupGuard {
         home: home.clone(),
         work: work.clone(),
         root: root.dir.clone(),
+        foreign: foreign.clone(),
     };
-    let work_id = {
-        use std::os::unix::fs::MetadataExt as _;
-        fs::metadata(&work)
-            .map_err(|source| BenchError::Io {
-                what: "stat",
-                path: work.clone(),
-                source,
-            })?
-            .ino()
-    };
+    let work_id = mkdir_id(&work)?;
+    let foreign_id = mkdir_id(&foreign)?;
 
     let mut ebpf = probes::load_object(&root, false, None)?;
+    // The two tracked cgroups and ids standing for other containers (no cgroup has ids this
+    // high).
+    let want: std::collections::BTreeSet<u64> = (1..FOREIGN_CONTAINERS)
+        .map(|i| u64::MAX - i)
+        .chain([foreign_id, work_id])
+        .collect();
+    let mut tracked = probes::tracked::Tracked::default();
+    tracked.sync(&mut ebpf, &want)?;
     program(&mut ebpf, syscalls::PROGRAM)?
         .load()
         .map_err(probes::program_err(syscalls::PROGRAM))?;
@@ -236,33 +286,48 @@ pub fn syscalls(args: &SyscallBenchArgs) -> Result<SyscallBenchReport, BenchErro
     let hook = std::ffi::CString::new(syscalls::TRACEPOINT).expect("no NUL in a tracepoint name");
     pin(args.cpu)?;
 
-    let mut samples: [Vec<f64>; 4] = Default::default();
+    // Modes in index order: none, noop, untracked, tracked, tracked foreign. Odd rounds run them
+    // backwards, so a machine getting busier or quieter during a round does not favour one.
+    let mut samples: [Vec<f64>; 5] = Default::default();
     let warmup = (args.calls / 10).max(1000);
-    for _ in 0..args.rounds {
-        // none
+    let mut run = |samples: &mut [Vec<f64>; 5], mode: usize| {
         getppid_loop(warmup);
-        samples[0].push(getppid_loop(args.calls));
-        // noop
-        let link = noop.attach(&hook).map_err(|source| BenchError::Noop {
-            op: "attaching",
-            source,
-        })?;
-        getppid_loop(warmup);
-        samples[1].push(getppid_loop(args.calls));
-        drop(link);
-        // probe, caller outside the tracked subtree
+        samples[mode].push(getppid_loop(args.calls));
+    };
+    for round in 0..args.rounds {
+        let forward = round % 2 == 0;
+        let bare = |samples: &mut [Vec<f64>; 5], run: &mut dyn FnMut(&mut [Vec<f64>; 5], usize)| {
+            run(samples, 0);
+            let link = noop.attach(&hook).map_err(|source| BenchError::Noop {
+                op: "attaching",
+                source,
+            })?;
+            run(samples, 1);
+            drop(link);
+            Ok::<(), BenchError>(())
+        };
+        if forward {
+            bare(&mut samples, &mut run)?;
+        }
         let link = attach(&mut ebpf, syscalls::PROGRAM)?;
-        getppid_loop(warmup);
-        samples[2].push(getppid_loop(args.calls));
-        // probe, caller tracked
-        move_self(&work)?;
-        getppid_loop(warmup);
-        samples[3].push(getppid_loop(args.calls));
+        let homes = [(2, &home), (3, &work), (4, &foreign)];
+        let order: Vec<_> = if forward {
+            homes.to_vec()
+        } else {
+            homes.iter().rev().copied().collect()
+        };
+        for (mode, dir) in order {
+            move_self(dir)?;
+            run(&mut samples, mode);
+        }
         move_self(&home)?;
         detach(&mut ebpf, syscalls::PROGRAM, link)?;
+        if !forward {
+            bare(&mut samples, &mut run)?;
+        }
     }
 
-    let counted = {
+    let count_of = |cgroup_id: u64| -> Result<u64, BenchError> {
         let map = ebpf
             .map("SYSCALLS")
             .ok_or(probes::ProbeLoadError::MissingMap { map: "SYSCALLS" })?;
@@ -274,32 +339,49 @@ pub fn syscalls(args: &SyscallBenchArgs) -> Result<SyscallBenchReport, BenchErro
                 }
             })?;
         let key = SyscallKey {
-            cgroup_id: work_id,
+            cgroup_id,
             nr: libc::SYS_getppid as u32,
             _pad: 0,
         };
-        counts.get(&key, 0).map(|v| v.iter().sum()).unwrap_or(0)
+        Ok(counts.get(&key, 0).map(|v| v.iter().sum()).unwrap_or(0))
     };
+    let counted = count_of(work_id)?;
+    let counted_foreign = count_of(foreign_id)?;
     drop(noop);
     drop(ebpf);
     drop(guard);
 
     let expected = args.calls * u64::from(args.rounds);
-    if counted < expected {
-        return Err(BenchError::NotCounted { counted, expected });
+    for counted in [counted, counted_foreign] {
+        if counted < expected {
+            return Err(BenchError::NotCounted { counted, expected });
+        }
     }
-    let [none, noop, untracked, tracked] = samples.map(|mut s| median(&mut s));
+    // Ratios per round (both sides measured seconds apart), then their median: steadier than
+    // a ratio of medians on a machine whose load changes during the run.
+    let ratio = |mode: usize| {
+        let mut r: Vec<f64> = samples[mode]
+            .iter()
+            .zip(&samples[1])
+            .map(|(x, noop)| x / noop)
+            .collect();
+        median(&mut r)
+    };
+    let (untracked_ratio, tracked_ratio, foreign_ratio) = (ratio(2), ratio(3), ratio(4));
+    let [none, noop, untracked, tracked_ns, foreign_ns] = samples.map(|mut s| median(&mut s));
     let ns_per_call = ModeValues {
         none,
         noop,
         probe_untracked: untracked,
-        probe_tracked: tracked,
+        probe_tracked: tracked_ns,
+        probe_tracked_foreign: foreign_ns,
     };
     let overhead_ns = ModeValues {
         none: 0.0,
         noop: noop - none,
         probe_untracked: untracked - none,
-        probe_tracked: tracked - none,
+        probe_tracked: tracked_ns - none,
+        probe_tracked_foreign: foreign_ns - none,
     };
     Ok(SyscallBenchReport {
         calls_per_round: args.calls,
@@ -307,9 +389,13 @@ pub fn syscalls(args: &SyscallBenchArgs) -> Result<SyscallBenchReport, BenchErro
         cpu: args.cpu,
         tracked_overhead_vs_noop: overhead_ns.probe_tracked / overhead_ns.noop,
         untracked_overhead_vs_noop: overhead_ns.probe_untracked / overhead_ns.noop,
-        tracked_call_vs_noop_call: tracked / noop,
+        tracked_call_vs_noop_call: tracked_ratio,
+        foreign_call_vs_noop_call: foreign_ratio,
+        untracked_call_vs_noop_call: untracked_ratio,
+        tracked_map_entries: tracked.len(),
         ns_per_call,
         overhead_ns,
         counted_getppid: counted,
+        counted_getppid_foreign: counted_foreign,
     })
 }

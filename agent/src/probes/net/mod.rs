@@ -1,8 +1,10 @@
 //! Network traffic per cgroup.
 //!
 //! Hooks: cgroup_skb ingress and egress (`berth_skb_ingress`, `berth_skb_egress` in
-//! `ebpf/src/net.rs`), attached to the tracked cgroup root, so they see every packet of every
-//! socket below it, bridge- and host-mode containers alike.
+//! `ebpf/src/net.rs`), attached to the cgroup2 root, so they see every packet of every socket
+//! on the host, bridge- and host-mode containers alike, in any network namespace; they count
+//! those of berth's subtree and of the other engines' containers in `TRACKED` (see
+//! [`super::tracked`]) and let everything pass.
 //! Map: `NET` ([`NetKey`] -> per-CPU [`NetValue`]).
 //! Metrics: `berth_cgroup_network_packets_total{cgroup, direction, protocol}` and
 //! `berth_cgroup_network_bytes_total{...}` (bytes at layer 3: IP header included).
@@ -54,9 +56,10 @@ impl NetProbe {
         };
         if enabled {
             match ebpf.ok_or(None).and_then(|e| attach(e, root).map_err(Some)) {
-                Ok(ids) => {
+                Ok((ids, at)) => {
                     status.attached = true;
                     status.program_ids = ids;
+                    status.paths.insert(PATH_ATTACH, at);
                 }
                 Err(e) => {
                     status.error = Some(match e {
@@ -123,26 +126,69 @@ impl NetProbe {
     }
 }
 
-fn attach(ebpf: &mut Ebpf, root: &TrackedRoot) -> Result<Vec<u32>, ProbeLoadError> {
-    let cgroup = File::open(&root.dir).map_err(|e| ProbeLoadError::Io {
-        op: "opening the cgroup",
-        path: root.dir.clone(),
-        source: e,
-    })?;
+/// Where the programs attach, and how that went.
+pub const PATH_ATTACH: &str = "attach_point";
+
+/// Loads both programs and attaches them to the cgroup2 mount's root, so every socket on the
+/// host passes them and the programs keep berth's subtree and the `TRACKED` containers; shared
+/// with other programs there (`BPF_F_ALLOW_MULTI`: other agents, systemd). Where the root
+/// refuses (a program attached there without the multi flag), they attach to berth's own root
+/// as before and count only its subtree. Returns the program ids and the attach point's state.
+fn attach(ebpf: &mut Ebpf, root: &TrackedRoot) -> Result<(Vec<u32>, String), ProbeLoadError> {
     let mut ids = Vec::new();
-    for (name, attach_type) in PROGRAMS {
+    for (name, _) in PROGRAMS {
         let program: &mut CgroupSkb = super::program_mut(ebpf, name)?;
         let err = super::program_err(name);
         program.load().map_err(err)?;
-        program
-            .attach(&cgroup, attach_type, CgroupAttachMode::Single)
-            .map_err(|e| {
-                tracing::warn!(program = name, error = ?e, "cgroup_skb attach failed");
-                err(e)
-            })?;
         ids.push(program.info().map_err(err)?.id());
     }
-    Ok(ids)
+    let mount = root.dir.ancestors().nth(root.level as usize);
+    let host_wide = match mount {
+        Some(m) => attach_at(ebpf, m, CgroupAttachMode::AllowMultiple).map(|()| m),
+        None => Err(ProbeLoadError::Io {
+            op: "finding the cgroup2 mount above",
+            path: root.dir.clone(),
+            source: std::io::ErrorKind::NotFound.into(),
+        }),
+    };
+    let state = match host_wide {
+        Ok(m) => format!(
+            "{}: every socket, counted when below {} or in TRACKED",
+            m.display(),
+            root.path
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, "cgroup_skb at the cgroup2 root refused: counting only berth's subtree");
+            attach_at(ebpf, &root.dir, CgroupAttachMode::Single)?;
+            format!(
+                "{} only (the cgroup2 root refused: {e}): other engines' containers not counted",
+                root.dir.display()
+            )
+        }
+    };
+    Ok((ids, state))
+}
+
+fn attach_at(
+    ebpf: &mut Ebpf,
+    dir: &std::path::Path,
+    mode: CgroupAttachMode,
+) -> Result<(), ProbeLoadError> {
+    let cgroup = File::open(dir).map_err(|e| ProbeLoadError::Io {
+        op: "opening the cgroup",
+        path: dir.to_owned(),
+        source: e,
+    })?;
+    for (name, attach_type) in PROGRAMS {
+        let program: &mut CgroupSkb = super::program_mut(ebpf, name)?;
+        program
+            .attach(&cgroup, attach_type, mode)
+            .map_err(|e| {
+                tracing::warn!(program = name, cgroup = %dir.display(), error = ?e, "cgroup_skb attach failed");
+                super::program_err(name)(e)
+            })?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
