@@ -130,10 +130,11 @@ impl NetProbe {
 pub const PATH_ATTACH: &str = "attach_point";
 
 /// Loads both programs and attaches them to the cgroup2 mount's root, so every socket on the
-/// host passes them and the programs keep berth's subtree and the `TRACKED` containers; shared
-/// with other programs there (`BPF_F_ALLOW_MULTI`: other agents, systemd). Where the root
-/// refuses (a program attached there without the multi flag), they attach to berth's own root
-/// as before and count only its subtree. Returns the program ids and the attach point's state.
+/// host passes them and the programs keep the `TRACKED` cgroups. aya attaches through a BPF
+/// link (kernel 5.7+), which the kernel always adds as one of several programs (links take no
+/// flags: `BPF_F_ALLOW_MULTI` is implied), so other agents and systemd keep theirs. Where the
+/// root refuses (an exclusive program attached there the legacy way), they attach to berth's
+/// own root and count only its subtree. Returns the program ids and the attach point's state.
 fn attach(ebpf: &mut Ebpf, root: &TrackedRoot) -> Result<(Vec<u32>, String), ProbeLoadError> {
     let mut ids = Vec::new();
     for (name, _) in PROGRAMS {
@@ -144,7 +145,7 @@ fn attach(ebpf: &mut Ebpf, root: &TrackedRoot) -> Result<(Vec<u32>, String), Pro
     }
     let mount = root.dir.ancestors().nth(root.level as usize);
     let host_wide = match mount {
-        Some(m) => attach_at(ebpf, m, CgroupAttachMode::AllowMultiple).map(|()| m),
+        Some(m) => attach_at(ebpf, m).map(|()| m),
         None => Err(ProbeLoadError::Io {
             op: "finding the cgroup2 mount above",
             path: root.dir.clone(),
@@ -159,7 +160,7 @@ fn attach(ebpf: &mut Ebpf, root: &TrackedRoot) -> Result<(Vec<u32>, String), Pro
         ),
         Err(e) => {
             tracing::warn!(error = %e, "cgroup_skb at the cgroup2 root refused: counting only berth's subtree");
-            attach_at(ebpf, &root.dir, CgroupAttachMode::Single)?;
+            attach_at(ebpf, &root.dir)?;
             format!(
                 "{} only (the cgroup2 root refused: {e}): other engines' containers not counted",
                 root.dir.display()
@@ -169,11 +170,7 @@ fn attach(ebpf: &mut Ebpf, root: &TrackedRoot) -> Result<(Vec<u32>, String), Pro
     Ok((ids, state))
 }
 
-fn attach_at(
-    ebpf: &mut Ebpf,
-    dir: &std::path::Path,
-    mode: CgroupAttachMode,
-) -> Result<(), ProbeLoadError> {
+fn attach_at(ebpf: &mut Ebpf, dir: &std::path::Path) -> Result<(), ProbeLoadError> {
     let cgroup = File::open(dir).map_err(|e| ProbeLoadError::Io {
         op: "opening the cgroup",
         path: dir.to_owned(),
@@ -182,7 +179,7 @@ fn attach_at(
     for (name, attach_type) in PROGRAMS {
         let program: &mut CgroupSkb = super::program_mut(ebpf, name)?;
         program
-            .attach(&cgroup, attach_type, mode)
+            .attach(&cgroup, attach_type, CgroupAttachMode::Single)
             .map_err(|e| {
                 tracing::warn!(program = name, cgroup = %dir.display(), error = ?e, "cgroup_skb attach failed");
                 super::program_err(name)(e)
