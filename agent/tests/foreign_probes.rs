@@ -310,6 +310,13 @@ fn a_docker_containers_syscalls_and_packets_agree_with_the_truth() {
     );
     // The peer let nothing come back.
     assert_eq!(net_count(&agent, &id, "ingress", "udp"), (0, 0));
+    // Nothing was refused by the map: its lost count is served, and zero.
+    let lost = common::sample(
+        &agent.metrics(),
+        "berth_probe_lost_events_total",
+        &[("probe", "syscalls"), ("map", "TRACKED")],
+    );
+    assert_eq!(lost, Some(0.0), "lost events of the TRACKED map");
     drop(peer);
 }
 

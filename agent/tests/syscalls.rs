@@ -1,5 +1,8 @@
-//! The syscall probe on the real kernel: exact counts for a known workload, nothing counted
-//! outside the tracked subtree, and every program detached when the agent stops.
+//! The syscall probe on the real kernel: exact counts for a known workload in a cgroup made
+//! below the agent's root while it runs (the `cgroup_mkdir` hook tracks it from its first call,
+//! before any tick lists it), nothing counted for a cgroup outside the root that is no
+//! container, and every program detached when the agent stops. Other engines' containers:
+//! `foreign_probes.rs`.
 
 mod common;
 
