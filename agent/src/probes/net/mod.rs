@@ -154,15 +154,15 @@ fn attach(ebpf: &mut Ebpf, root: &TrackedRoot) -> Result<(Vec<u32>, String), Pro
     };
     let state = match host_wide {
         Ok(m) => format!(
-            "{}: every socket, counted when below {} or in TRACKED",
-            m.display(),
-            root.path
+            "{}: every socket on the host, counted when its cgroup is in TRACKED",
+            m.display()
         ),
         Err(e) => {
             tracing::warn!(error = %e, "cgroup_skb at the cgroup2 root refused: counting only berth's subtree");
             attach_at(ebpf, &root.dir)?;
             format!(
-                "{} only (the cgroup2 root refused: {e}): other engines' containers not counted",
+                "{} only (the cgroup2 root refused: {e}): other engines' containers are not \
+                 counted",
                 root.dir.display()
             )
         }
