@@ -135,7 +135,9 @@ pub struct SyncOutcome {
     pub refused: usize,
 }
 
-/// The agent's side of `TRACKED`: what it holds, since only the agent writes it.
+/// The agent's side of `TRACKED`: the ids it put there. (The hooks' inserts join this set when
+/// a tick lists their cgroup; their deletes make a later delete here find nothing, which is
+/// fine.)
 #[derive(Debug, Default)]
 pub struct Tracked {
     present: HashSet<u64>,
