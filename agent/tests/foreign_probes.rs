@@ -16,7 +16,10 @@ use std::{
     os::unix::fs::MetadataExt as _,
     path::PathBuf,
     process::{Child, Command},
-    sync::atomic::{AtomicU32, Ordering},
+    sync::{
+        OnceLock,
+        atomic::{AtomicU32, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -39,23 +42,29 @@ fn unique_hex() -> String {
     )
 }
 
+/// Whether `<cgroup2>/docker` was absent when this test process first needed it: then the last
+/// guard to go removes it.
+static MADE_PARENT: OnceLock<bool> = OnceLock::new();
+
+fn docker_parent() -> PathBuf {
+    cgroup2_mount().join("docker")
+}
+
 /// `<cgroup2>/docker/<id>` with a long-lived process in it, as runc leaves a running Docker
 /// container; the process is killed and the cgroup removed on drop (the `docker` parent too
-/// when this guard made it and it is empty).
+/// when this test process made it and it is empty).
 struct DockerCgroup {
     cgroup: Option<Cgroup>,
     init: Option<Child>,
-    made_parent: Option<PathBuf>,
 }
 
 impl DockerCgroup {
     fn start(id: &str) -> Self {
-        let parent = cgroup2_mount().join("docker");
-        let made_parent = (!parent.exists()).then(|| parent.clone());
+        let parent = docker_parent();
+        MADE_PARENT.get_or_init(|| !parent.exists());
         let mut guard = DockerCgroup {
             cgroup: Some(Cgroup::create(&parent, id)),
             init: None,
-            made_parent,
         };
         let init = Command::new("sleep").arg("600").spawn().expect("sleep");
         let pid = init.id();
@@ -92,8 +101,9 @@ impl DockerCgroup {
 impl Drop for DockerCgroup {
     fn drop(&mut self) {
         self.remove();
-        if let Some(p) = &self.made_parent {
-            let _ = fs::remove_dir(p);
+        if MADE_PARENT.get() == Some(&true) {
+            // Fails while another guard's cgroup is still in it; the last one succeeds.
+            let _ = fs::remove_dir(docker_parent());
         }
     }
 }
