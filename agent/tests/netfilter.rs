@@ -644,8 +644,15 @@ fn probes_start_the_netfilter_probe_next_to_syscalls_and_report_its_paths() {
     assert_eq!(nf["program_ids"].as_array().unwrap().len(), 2);
     assert_eq!(nf["paths"]["netfilter_pair"], "ok");
     assert!(nf["paths"]["fentry"].is_string());
-    // Nothing of the syscall probe carries paths.
-    assert!(status[0].get("paths").is_none());
+    // The syscall probe's paths say how it chooses what to count (the TRACKED map and the
+    // hooks that add berth's new cgroups), nothing about netfilter.
+    assert!(
+        status[0]["paths"]["tracked_map"].is_string(),
+        "{}",
+        status[0]
+    );
+    assert!(status[0]["paths"]["subtree"].is_string(), "{}", status[0]);
+    assert!(status[0]["paths"].get("netfilter_pair").is_none());
     let links = probes.netfilter.link_ids();
     drop(probes);
     let remaining = loader::netfilter_links().unwrap();
