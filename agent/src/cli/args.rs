@@ -66,6 +66,11 @@ pub enum Command {
         /// Only print ids.
         #[arg(short, long)]
         quiet: bool,
+        /// Only containers that match, as Docker's (repeatable; all must match):
+        /// `engine=docker`, `name=web` (a part of the name), `label=KEY` or `label=KEY=VALUE`,
+        /// `status=running|exited|created|restarting`.
+        #[arg(short, long = "filter", value_name = "KEY=VALUE", value_parser = super::ps::Filter::parse)]
+        filter: Vec<super::ps::Filter>,
     },
     /// Show everything berth knows about containers, as JSON.
     ///

@@ -63,7 +63,12 @@ pub fn execute(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Run(args) => run::execute_run(&client, *args),
-        Command::Ps { all, format, quiet } => ps::execute_ps(&client, all, format, quiet),
+        Command::Ps {
+            all,
+            format,
+            quiet,
+            filter,
+        } => ps::execute_ps(&client, all, format, quiet, &filter),
         Command::Inspect { containers } => inspect::execute_inspect(&client, &containers),
         Command::Stop { time, containers } => signal::execute_stop(&client, time, &containers),
         Command::Kill { signal, containers } => signal::execute_kill(&client, &signal, &containers),
