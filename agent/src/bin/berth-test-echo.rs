@@ -10,6 +10,11 @@
 //! - `berth-test-echo --try-syscalls`: calls `keyctl`, `add_key`, `perf_event_open`,
 //!   `io_uring_setup` and `unshare(CLONE_NEWUSER)` once each and prints `NAME ok` or
 //!   `NAME errno=N` per line (the seccomp tests read it), exits 0.
+//! - `berth-test-echo --getppid N`: makes exactly N getppid(2) calls, prints `getppid N`,
+//!   exits 0 (a known syscall count for the probe tests, inside any container).
+//! - `berth-test-echo --send IP:PORT COUNT SIZE`: sends COUNT datagrams of SIZE bytes from one
+//!   socket to IP:PORT (the first alone, then a 100 ms pause so the neighbour is resolved and
+//!   none of the rest waits in its queue), prints `sent COUNT`, exits 0 (a known byte count).
 
 use std::{
     net::{SocketAddr, UdpSocket},
@@ -18,7 +23,8 @@ use std::{
     time::Duration,
 };
 
-const USAGE: &str = "usage: berth-test-echo --ports A-B | --ask IP:PORT | --try-syscalls";
+const USAGE: &str = "usage: berth-test-echo --ports A-B | --ask IP:PORT | --try-syscalls | \
+                     --getppid N | --send IP:PORT COUNT SIZE";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -30,6 +36,11 @@ fn main() -> ExitCode {
             Ok(to) => ask(to),
             Err(e) => Err(format!("--ask {to}: {e}")),
         },
+        ["--getppid", n] => match n.parse::<u64>() {
+            Ok(n) => Ok(getppid(n)),
+            Err(e) => Err(format!("--getppid {n}: {e}")),
+        },
+        ["--send", to, count, size] => send(to, count, size),
         _ => Err(USAGE.to_owned()),
     };
     match result {
@@ -107,6 +118,38 @@ fn ask(to: SocketAddr) -> Result<u8, String> {
     }
     eprintln!("no answer from {to}");
     Ok(1)
+}
+
+/// Makes exactly `n` getppid(2) calls (through `syscall`, so no libc cache can skip one).
+fn getppid(n: u64) -> u8 {
+    for _ in 0..n {
+        // SAFETY: getppid takes no arguments and cannot fail.
+        unsafe { libc::syscall(libc::SYS_getppid) };
+    }
+    println!("getppid {n}");
+    0
+}
+
+/// Sends `count` datagrams of `size` bytes to `to` from one socket.
+fn send(to: &str, count: &str, size: &str) -> Result<u8, String> {
+    let usage = |what: &str, e: &dyn std::fmt::Display| format!("--send {what}: {e}");
+    let to: SocketAddr = to.parse().map_err(|e| usage(to, &e))?;
+    let count: u32 = count.parse().map_err(|e| usage(count, &e))?;
+    let size: usize = size.parse().map_err(|e| usage(size, &e))?;
+    let io = |e: std::io::Error| format!("--send {to}: {e}");
+    let sock = UdpSocket::bind("0.0.0.0:0").map_err(io)?;
+    let buf = vec![0x5au8; size];
+    for i in 0..count {
+        let sent = sock.send_to(&buf, to).map_err(io)?;
+        if sent != size {
+            return Err(format!("--send {to}: sent {sent} of {size} bytes"));
+        }
+        if i == 0 {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    println!("sent {count}");
+    Ok(0)
 }
 
 /// Calls each syscall the default seccomp profile refuses and prints what it returned.
