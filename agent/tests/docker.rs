@@ -1,192 +1,23 @@
-//! A real Docker host end to end: Debian's dockerd started by the test in namespaces of its own
-//! ([`berth_testkit::Dockerd`]: own network and mount namespace, data and exec roots, bridge
-//! subnet), an offline busybox image (`docker import`), and the agent running INSIDE dockerd's
-//! network namespace, as on a real host where both share the host's, seeing the host's cgroup
-//! tree. berth lists Docker's containers from their cgroups and names them from the Engine API
-//! (or, with no API, from dockerd's files), refuses to change them, and forgets them once gone.
+//! A real Docker host end to end ([`DockerHost`], tests/common/docker.rs: Debian's dockerd
+//! started by the test in namespaces of its own, an offline busybox image, and the agent running
+//! INSIDE dockerd's network namespace, as on a real host where both share the host's, seeing
+//! the host's cgroup tree). berth lists Docker's containers from their cgroups and names them
+//! from the Engine API (or, with no API, from dockerd's files), refuses to change them, and
+//! forgets them once gone: also after 100 start/remove cycles, with no memory kept for them.
 //!
-//! [`DockerHost`] starts dockerd and the agent once per test and hands both out: tests of the
-//! port-mapping cost and of traffic extend this file with it (a veth into `host.dockerd.netns`,
-//! `host.get("/api/v1/ports")`, `host.agent.cli(&["diagnose"])`).
+//! What a port mapping costs (traffic, diagnose) is in tests/docker_traffic.rs; the probes'
+//! counts of a Docker container against the truth in tests/docker_probes.rs.
 
 mod common;
 
-use std::{
-    sync::{Mutex, MutexGuard},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use berth_testkit::Dockerd;
-use common::{Agent, wait_for};
+use common::docker::{DockerHost, has_media_metadata, inspect, run, run_media, tail};
 use serde_json::{Value, json};
-
-/// One Docker host at a time: they share `/docker` in the cgroup tree, and the timings below
-/// are measured on a 2-core machine.
-static ONE_HOST: Mutex<()> = Mutex::new(());
 
 /// The message of a refused mutation of another engine's container (api/write.rs).
 const REFUSED: &str = "is managed by docker; berth does not change containers it did not start";
-
-/// dockerd and an agent in its network namespace. Drops the agent first, then dockerd (which
-/// removes every container), then lets the next test in.
-pub struct DockerHost {
-    pub agent: Agent,
-    pub dockerd: Dockerd,
-    _one: MutexGuard<'static, ()>,
-}
-
-impl DockerHost {
-    /// dockerd, and the agent pointed at its socket and data root.
-    pub fn start() -> Self {
-        Self::start_with(None, "")
-    }
-
-    /// Like [`DockerHost::start`]; `socket` replaces `discovery.docker_socket` (e.g. a path
-    /// where nothing listens) and `extra` is appended to the agent's config.
-    pub fn start_with(socket: Option<&std::path::Path>, extra: &str) -> Self {
-        let one = ONE_HOST.lock().unwrap_or_else(|e| e.into_inner());
-        let dockerd = Dockerd::start();
-        let socket = socket.unwrap_or(&dockerd.socket);
-        let mut agent = Agent::prepare(&format!(
-            "[discovery]\ndocker_socket = \"{}\"\ndocker_data_root = \"{}\"\n{extra}",
-            socket.display(),
-            dockerd.data_root.display()
-        ));
-        // Spawned from a thread inside the namespace: the agent's listeners, probes and
-        // netfilter links are there, with dockerd's bridge and rules.
-        dockerd.netns.run(|| agent.spawn());
-        DockerHost {
-            agent,
-            dockerd,
-            _one: one,
-        }
-    }
-
-    /// `docker args...` against this host's dockerd; stdout, trimmed.
-    pub fn docker(&self, args: &[&str]) -> String {
-        self.dockerd.docker(args).trim().to_owned()
-    }
-
-    /// GET on the agent's TCP listener (inside the namespace): (status, body).
-    pub fn get(&self, path: &str) -> (u16, String) {
-        self.dockerd.netns.run(|| self.agent.get(path))
-    }
-
-    /// Every container the agent lists (`?all=true`).
-    pub fn containers(&self) -> Vec<Value> {
-        let (status, body) = self.get("/api/v1/containers?all=true");
-        assert_eq!(status, 200, "{body}");
-        serde_json::from_str(&body).unwrap()
-    }
-
-    pub fn find(&self, id: &str) -> Option<Value> {
-        self.containers().into_iter().find(|c| c["id"] == id)
-    }
-
-    pub fn metrics(&self) -> String {
-        let (status, body) = self.get("/metrics");
-        assert_eq!(status, 200, "GET /metrics: {body}");
-        body
-    }
-
-    /// Waits until the agent lists `id` with `pred` true of it; returns it and how long it took.
-    /// (A container is listed from its cgroup at once; its metadata lands with the API's start
-    /// event, a tick or two later: `pred` says what to wait for.)
-    pub fn wait_listed(
-        &self,
-        id: &str,
-        timeout: Duration,
-        pred: impl Fn(&Value) -> bool,
-    ) -> (Value, Duration) {
-        let started = Instant::now();
-        let deadline = started + timeout;
-        loop {
-            let c = self.find(id);
-            if let Some(c) = c.as_ref().filter(|c| pred(c)) {
-                return (c.clone(), started.elapsed());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{id} not listed as expected within {timeout:?}; last seen: {c:?}\nagent log:\n{}",
-                tail(&self.agent.log())
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Waits until neither the API nor /metrics mention `id`; returns how long it took.
-    pub fn wait_gone(&self, id: &str, timeout: Duration) -> Duration {
-        let started = Instant::now();
-        wait_for(
-            timeout,
-            &format!("{id} to leave the API and /metrics"),
-            || {
-                let listed = self.containers().iter().any(|c| c["id"] == id);
-                (!listed && !self.metrics().contains(id)).then_some(())
-            },
-        );
-        started.elapsed()
-    }
-}
-
-/// The last 40 lines of a log.
-fn tail(log: &str) -> String {
-    let lines: Vec<&str> = log.lines().collect();
-    lines[lines.len().saturating_sub(40)..].join("\n")
-}
-
-/// `docker run -d` with `args` (options, then image and command); the new container's id.
-fn run(host: &DockerHost, args: &[&str]) -> (String, Duration) {
-    let started = Instant::now();
-    let mut all = vec!["run", "-d"];
-    all.extend_from_slice(args);
-    let id = host.docker(&all);
-    assert_eq!(id.len(), 64, "docker run printed {id:?}");
-    (id, started.elapsed())
-}
-
-fn inspect(host: &DockerHost, id: &str, format: &str) -> String {
-    host.docker(&["inspect", "-f", format, id])
-}
-
-/// `docker run -d --name media -p 40000-40099:40000-40099/udp bb:1 sleep 1d`.
-fn run_media(host: &DockerHost) -> (String, Duration) {
-    run(
-        host,
-        &[
-            "--name",
-            "media",
-            "-p",
-            "40000-40099:40000-40099/udp",
-            Dockerd::BUSYBOX,
-            "sleep",
-            "1d",
-        ],
-    )
-}
-
-/// The published ports of `media` as the API shows them: one range of 100 UDP ports.
-fn media_ports() -> Value {
-    json!([{
-        "host_ip": null,
-        "host": {"start": 40000, "end": 40099},
-        "container": {"start": 40000, "end": 40099},
-        "proto": "udp"
-    }])
-}
-
-/// `c` carries media's metadata: engine, name, image, bridge address, its 100 ports and its
-/// log file.
-fn has_media_metadata(c: &Value, id: &str, ip: &str) -> bool {
-    let log = format!("/containers/{id}/{id}-json.log");
-    c["log_path"].as_str().is_some_and(|p| p.ends_with(&log))
-        && c["engine"] == "docker"
-        && c["name"] == "media"
-        && c["image"] == Dockerd::BUSYBOX
-        && c["network"]["mode"] == "bridge"
-        && c["network"]["ip"] == ip
-        && c["network"]["publish"] == media_ports()
-}
 
 #[test]
 fn a_docker_container_with_100_published_ports_is_listed_refused_and_forgotten() {
@@ -341,4 +172,65 @@ fn without_the_api_dockerds_files_give_the_same_listing() {
 
     host.docker(&["rm", "-f", &id]);
     host.wait_gone(&id, Duration::from_secs(5));
+}
+
+/// Start/remove cycles of the churn test, and the one whose RSS is the reference.
+const CYCLES: usize = 100;
+const REFERENCE_CYCLE: usize = 10;
+
+#[test]
+fn a_hundred_start_remove_cycles_leave_nothing_stale_and_the_agent_does_not_grow() {
+    let host = DockerHost::start();
+    let started = Instant::now();
+    let (mut ids, mut reference) = (Vec::with_capacity(CYCLES), 0);
+    for cycle in 1..=CYCLES {
+        let name = format!("churn{cycle}");
+        let (id, _) = run(&host, &["--name", &name, Dockerd::BUSYBOX, "sleep", "1d"]);
+        // Listed with its name: the engine's metadata reached the agent and is cached.
+        host.wait_listed(&id, Duration::from_secs(5), |c| {
+            c["name"] == name.as_str() && c["status"] == "running"
+        });
+        host.docker(&["rm", "-f", &id]);
+        host.wait_gone(&id, Duration::from_secs(5));
+        ids.push(id);
+        if cycle == REFERENCE_CYCLE {
+            reference = host.agent_rss();
+        }
+    }
+    let took = started.elapsed();
+    let last = host.agent_rss();
+    let ratio = last as f64 / reference as f64;
+    eprintln!(
+        "{CYCLES} docker run/rm -f cycles in {:.1} s ({:.2} s each); agent RSS after cycle \
+         {REFERENCE_CYCLE}: {:.1} MiB, after cycle {CYCLES}: {:.1} MiB ({ratio:.3}x)",
+        took.as_secs_f64(),
+        took.as_secs_f64() / CYCLES as f64,
+        reference as f64 / f64::from(1 << 20),
+        last as f64 / f64::from(1 << 20),
+    );
+
+    // Nothing of any of them anywhere: containers, cgroups (other_cgroups included), ports,
+    // /metrics, `berth ps -a`.
+    let containers = host.get("/api/v1/containers?all=true").1;
+    let cgroups = host.get("/api/v1/cgroups").1;
+    let ports = host.get("/api/v1/ports").1;
+    let metrics = host.metrics();
+    let ps = host.agent.ok(&["ps", "-a"]);
+    for id in &ids {
+        for (what, text) in [
+            ("/api/v1/containers", &containers),
+            ("/api/v1/cgroups", &cgroups),
+            ("/api/v1/ports", &ports),
+            ("/metrics", &metrics),
+        ] {
+            assert!(!text.contains(id.as_str()), "{id} stale in {what}");
+        }
+        assert!(!ps.contains(&id[..12]), "{id} stale in berth ps -a:\n{ps}");
+    }
+    assert!(!metrics.contains("churn"), "a churned name in /metrics");
+    assert!(
+        ratio <= 1.2,
+        "the agent grew from {reference} B after cycle {REFERENCE_CYCLE} to {last} B after \
+         cycle {CYCLES} ({ratio:.3}x > 1.2x)"
+    );
 }

@@ -2,6 +2,8 @@
 //! agent binary, and remove what they create (RAII guards) with names unique to the run.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod docker;
+
 use berth_testkit::{Netns, sh};
 use std::{
     fs,
