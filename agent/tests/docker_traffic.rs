@@ -157,12 +157,13 @@ fn a_docker_port_mapping_is_counted_attributed_per_hook_diagnosed_and_forgotten(
             && c["port_mapping"]["rules"] == rules_total
             && c["port_mapping"]["proxies"]["processes"] == proxies
     });
+    let rss = c["port_mapping"]["proxies"]["rss_bytes"].as_u64().unwrap();
     eprintln!(
-        "listed with its metadata, {rules_total} rules and {proxies} proxies {:.2} s after \
-         docker run returned",
+        "listed with its metadata, {rules_total} rules and {proxies} proxies ({:.1} MB) {:.2} s \
+         after docker run returned",
+        rss as f64 / 1e6,
         listed_after.as_secs_f64()
     );
-    let rss = c["port_mapping"]["proxies"]["rss_bytes"].as_u64().unwrap();
     let apart = (rss as f64 - proxies_rss as f64).abs() / proxies_rss as f64;
     assert!(
         apart < 0.1,
@@ -194,6 +195,13 @@ fn a_docker_port_mapping_is_counted_attributed_per_hook_diagnosed_and_forgotten(
     // service of the host's own on a port nobody publishes (what a host-networking container
     // pays). One flow each first, so the neighbours are resolved before the burst (packets
     // waiting for ARP sit in a short queue that drops the overflow).
+    //
+    // Docker 20.10 puts each port's rules at the top of nat DOCKER and filter DOCKER: the last
+    // port's DNAT and ACCEPT come first (its prerouting and forward are the cheapest of the
+    // range; 40000's the dearest), while every flow to a local address walks all of nat
+    // DOCKER in prerouting (`-m addrtype --dst-type LOCAL -j DOCKER`), so here the host's
+    // baseline may cost more than media's last port. Postrouting walks every hairpin
+    // MASQUERADE rule for each new forwarded flow, whatever its port.
     let client = host.client();
     let service = host
         .dockerd
