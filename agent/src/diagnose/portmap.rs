@@ -225,6 +225,19 @@ fn finding(
                  host-networking container pays here): not measured yet"
             .into(),
     });
+    if let (Some(b), Some(ns), Some(rules)) = (base_ns, path_ns, c.port_mapping.rules)
+        && rules > 0
+        && b >= ns
+    {
+        // Docker jumps to its nat DOCKER chain for every local destination: flows to ports
+        // nobody publishes walk every per-port DNAT rule too, so the baseline is inflated by
+        // the very rules this finding is about.
+        evidence.push(format!(
+            "the baseline is not lower: new flows to any local port walk the per-port DNAT \
+             rules too (Docker's nat chain is entered for every local destination), so the \
+             {rules} rules raise what every service on this host pays, not only this container"
+        ));
+    }
 
     // New flows per second over the window, and the CPU they cost.
     let mut cpu_share = 0.0;
