@@ -24,7 +24,7 @@ use std::{
 use procfs::FromRead as _;
 
 pub use crate::model::host::ProxyStats;
-use crate::model::{PortRange, Proto, Publish};
+use crate::model::{Proto, Publish, group_bindings};
 
 /// Process names of known userland proxies.
 pub const PROXY_NAMES: [&str; 3] = ["docker-proxy", "rootlessport", "slirp4netns"];
@@ -98,50 +98,16 @@ impl ProxyScan {
     /// consecutive container ports on the same protocol and IPv4 host address become one
     /// range. IPv6 listeners (Docker's `-host-ip ::` twin of each mapping) are left out.
     pub fn publish_of(&self, ip: Ipv4Addr) -> Vec<Publish> {
-        let mut pairs: Vec<(Proto, Option<Ipv4Addr>, u16, u16)> = self
-            .targets
-            .get(&ip)
-            .into_iter()
-            .flatten()
-            .filter_map(|t| {
-                let host_ip = match t.host_ip {
-                    None => None,
-                    Some(IpAddr::V4(a)) if a.is_unspecified() => None,
-                    Some(IpAddr::V4(a)) => Some(a),
-                    Some(IpAddr::V6(_)) => return None,
-                };
-                Some((t.proto?, host_ip, t.host_port, t.container_port))
-            })
-            .collect();
-        pairs.sort_unstable();
-        pairs.dedup();
-        let mut out: Vec<Publish> = Vec::new();
-        for (proto, host_ip, host, ctr) in pairs {
-            if let Some(last) = out.last_mut()
-                && last.proto == proto
-                && last.host_ip == host_ip
-                && u32::from(last.host.end) + 1 == u32::from(host)
-                && u32::from(last.container.end) + 1 == u32::from(ctr)
-            {
-                last.host.end = host;
-                last.container.end = ctr;
-                continue;
-            }
-            // Ports are non-zero (parse_args), so a single-port range is valid.
-            out.push(Publish {
-                host_ip,
-                host: PortRange {
-                    start: host,
-                    end: host,
-                },
-                container: PortRange {
-                    start: ctr,
-                    end: ctr,
-                },
-                proto,
-            });
-        }
-        out
+        let bindings = self.targets.get(&ip).into_iter().flatten().filter_map(|t| {
+            let host_ip = match t.host_ip {
+                None => None,
+                Some(IpAddr::V4(a)) if a.is_unspecified() => None,
+                Some(IpAddr::V4(a)) => Some(a),
+                Some(IpAddr::V6(_)) => return None,
+            };
+            Some((t.proto?, host_ip, t.host_port, t.container_port))
+        });
+        group_bindings(bindings)
     }
 }
 

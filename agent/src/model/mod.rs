@@ -35,7 +35,10 @@ pub use self::{
     host::{ConntrackStats, PortMapping, ProxyStats},
     image::{Image, ImageConfig},
     limits::Limits,
-    net::{BackendKind, NetworkMode, NetworkSpec, PortRange, Proto, Publish},
+    net::{
+        BackendKind, NetworkMode, NetworkSpec, PortBinding, PortRange, Proto, Publish,
+        group_bindings,
+    },
     netfilter::{CtState, Family, Hook, HookTotal, NetfilterSample, PortCost},
     ports::{ContainerHookKey, Cost, FlowPath},
     probe::{CollectorRun, LostEvents, ProbeRun, ProbeStatus},

@@ -275,3 +275,45 @@ pub enum PublishError {
     #[error("host address {text:?} is IPv6; berth publishes on IPv4 addresses only")]
     Ipv6 { text: String },
 }
+
+/// One published port as engines list them: (protocol, host address, host port, container
+/// port); `None` is every address.
+pub type PortBinding = (Proto, Option<Ipv4Addr>, u16, u16);
+
+/// Single-port bindings as ranges: consecutive host ports mapped to consecutive container
+/// ports, with the same protocol and host address, become one [`Publish`]. Sorted, duplicates
+/// once; port 0 (not a published port) is left out.
+pub fn group_bindings(bindings: impl IntoIterator<Item = PortBinding>) -> Vec<Publish> {
+    let mut sorted: Vec<PortBinding> = bindings
+        .into_iter()
+        .filter(|&(_, _, host, container)| host != 0 && container != 0)
+        .collect();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut out: Vec<Publish> = Vec::new();
+    for (proto, host_ip, host, container) in sorted {
+        if let Some(last) = out.last_mut()
+            && last.proto == proto
+            && last.host_ip == host_ip
+            && u32::from(last.host.end) + 1 == u32::from(host)
+            && u32::from(last.container.end) + 1 == u32::from(container)
+        {
+            last.host.end = host;
+            last.container.end = container;
+            continue;
+        }
+        out.push(Publish {
+            host_ip,
+            host: PortRange {
+                start: host,
+                end: host,
+            },
+            container: PortRange {
+                start: container,
+                end: container,
+            },
+            proto,
+        });
+    }
+    out
+}

@@ -25,7 +25,7 @@ use serde::Deserialize;
 
 use crate::{
     discover::meta::Meta,
-    model::{NetworkMode, PortRange, Proto, Publish},
+    model::{NetworkMode, PortBinding, Proto, group_bindings},
 };
 
 /// The parts of one container's description berth uses, borrowed from either source.
@@ -103,11 +103,11 @@ impl<'a> Fields<'a> {
             .collect();
         // One answer whatever the map's order: the first network by name.
         ips.sort();
-        let mut publish = group(bindings(self.ports));
+        let mut publish = group_bindings(bindings(self.ports));
         if publish.is_empty() {
             // Stopped: what `-p` asked for, where it fixed the host port (an unset one is
             // picked by Docker at start, so unknown until then).
-            publish = group(bindings(self.port_bindings));
+            publish = group_bindings(bindings(self.port_bindings));
         }
         Meta {
             name: self
@@ -228,7 +228,7 @@ fn unix_seconds(s: &str) -> Option<f64> {
 
 /// One binding, ordered for grouping: (protocol, TCP first; host address, `None` for every
 /// address; host port; container port).
-type Binding = (Proto, Option<Ipv4Addr>, u16, u16);
+type Binding = PortBinding;
 
 /// The bindings of `map` berth can represent: a fixed host port, TCP or UDP, every address or
 /// one IPv4 address. Both families' wildcards are `None`, so their twins collapse.
@@ -266,37 +266,6 @@ fn container_port(key: &str) -> Option<(u16, Proto)> {
     let (port, proto) = key.split_once('/').unwrap_or((key, "tcp"));
     let proto = proto.parse::<Proto>().ok()?;
     Some((port.parse::<u16>().ok().filter(|p| *p != 0)?, proto))
-}
-
-/// Consecutive host ports mapped to consecutive container ports (same protocol and host
-/// address) become one range; the input is sorted and free of duplicates.
-fn group(set: BTreeSet<Binding>) -> Vec<Publish> {
-    let mut out: Vec<Publish> = Vec::new();
-    for (proto, host_ip, host, container) in set {
-        if let Some(last) = out.last_mut()
-            && last.proto == proto
-            && last.host_ip == host_ip
-            && u32::from(last.host.end) + 1 == u32::from(host)
-            && u32::from(last.container.end) + 1 == u32::from(container)
-        {
-            last.host.end = host;
-            last.container.end = container;
-            continue;
-        }
-        out.push(Publish {
-            host_ip,
-            host: PortRange {
-                start: host,
-                end: host,
-            },
-            container: PortRange {
-                start: container,
-                end: container,
-            },
-            proto,
-        });
-    }
-    out
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 use std::fs;
 
 use super::*;
+use crate::model::{PortRange, Publish};
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -170,7 +171,7 @@ fn consecutive_ports_group_into_ranges_and_both_wildcards_are_one() {
         owned.iter().map(|(k, v)| (*k, v.as_slice())).collect();
     let map = port_map(&borrowed);
     assert_eq!(
-        group(bindings(Some(&map))),
+        group_bindings(bindings(Some(&map))),
         [
             range(Proto::Udp, None, (40000, 40099), (40000, 40099)),
             range(Proto::Udp, None, (50000, 50001), (50000, 50001)),
@@ -191,7 +192,7 @@ fn protocols_and_host_addresses_split_ranges() {
         ("83", &[("0.0.0.0", "8083")]),
     ]);
     assert_eq!(
-        group(bindings(Some(&map))),
+        group_bindings(bindings(Some(&map))),
         [
             range(Proto::Tcp, None, (8080, 8080), (80, 80)),
             range(Proto::Tcp, None, (8082, 8083), (82, 83)),
@@ -214,11 +215,11 @@ fn bindings_berth_cannot_represent_are_left_out() {
         ("83/tcp", &[("not-an-ip", "9002")]),
         ("84/tcp", &[("0.0.0.0", "99999")]),
     ]);
-    assert!(group(bindings(Some(&map))).is_empty());
+    assert!(group_bindings(bindings(Some(&map))).is_empty());
     // An exposed port without a binding is `null`.
     let exposed: PortMap = HashMap::from([("80/tcp".to_owned(), None)]);
-    assert!(group(bindings(Some(&exposed))).is_empty());
-    assert!(group(bindings(None)).is_empty());
+    assert!(group_bindings(bindings(Some(&exposed))).is_empty());
+    assert!(group_bindings(bindings(None)).is_empty());
 }
 
 #[test]
