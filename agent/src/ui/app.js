@@ -55,6 +55,7 @@ function renderContainers(list, cgroups) {
     const net = c.network || {};
     return `<tr>
       <td>${esc(c.name)}<div class="muted">${esc(c.id.slice(0, 12))}</div></td>
+      <td>${esc(c.engine || "berth")}</td>
       <td class="${esc(c.status)}">${esc(c.status)}${c.state?.exit_code != null && c.status !== "running" ? ` (${c.state.exit_code})` : ""}</td>
       <td>${esc(c.image)}</td>
       <td>${esc(net.mode)}${net.ip ? ` ${esc(net.ip)}` : ""}</td>
@@ -62,7 +63,7 @@ function renderContainers(list, cgroups) {
       <td data-mem="${esc(c.id)}" class="muted">…</td>
       <td>${bytes(total)}</td>
       <td>${spark(rates)}</td></tr>`;
-  }).join("") || '<tr><td colspan="8" class="muted">no containers</td></tr>';
+  }).join("") || '<tr><td colspan="9" class="muted">no containers</td></tr>';
 }
 
 async function fillStats(list) {
@@ -85,13 +86,13 @@ function renderPorts(rows) {
   $("#ports tbody").innerHTML = rows.map((r) => {
     const nf = r.netfilter || {};
     const ns = nf.prerouting_ns_per_packet;
-    return `<tr><td>${esc(r.name)}</td>
+    return `<tr><td>${esc(r.name)}</td><td>${esc(r.engine || "berth")}</td>
       <td>${esc(r.publish.host_ip || "0.0.0.0")}:${range(r.publish.host)}</td>
       <td>${esc(r.ip)}:${range(r.publish.container)}</td>
-      <td>${esc(r.publish.proto)}</td><td>${esc(r.backend)}</td>
+      <td>${esc(r.publish.proto)}</td><td>${esc(r.backend || "(its engine's)")}</td>
       <td>${nf.new_flows_per_second == null ? "–" : nf.new_flows_per_second.toFixed(1)}</td>
       <td>${ns == null ? "–" : `${(ns / 1000).toFixed(1)} µs`}</td></tr>`;
-  }).join("") || '<tr><td colspan="7" class="muted">no published ports</td></tr>';
+  }).join("") || '<tr><td colspan="8" class="muted">no published ports</td></tr>';
 }
 
 function renderProbes(sys) {
