@@ -134,7 +134,7 @@ pub async fn run(config: Config, notifier: Option<Notifier>) -> Result<(), Daemo
     let mut registry = Registry::new(
         probes,
         root,
-        &hierarchy.unified_mount,
+        &hierarchy,
         manager.clone(),
         sources,
         &config.discovery,

@@ -57,6 +57,34 @@ fn a_docker_container_with_100_published_ports_is_listed_refused_and_forgotten()
         Some(inspect(&host, &id, "{{.LogPath}}").as_str())
     );
 
+    // Its cgroup's usage, as `docker stats` shows it: the tasks its pids controller counts
+    // (read here from the controller's own file: v1 in hybrid mode), and memory in use.
+    let pids_dir = ["/sys/fs/cgroup/pids".into(), common::cgroup2_mount()]
+        .into_iter()
+        .map(|m: std::path::PathBuf| m.join(format!("docker/{id}")))
+        .find(|d| d.join("pids.current").exists())
+        .expect("media's pids.current in the pids hierarchy or the cgroup2 tree");
+    let tasks = || -> u64 {
+        std::fs::read_to_string(pids_dir.join("pids.current"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    // Other engines' stats are read every few seconds (collect/foreign_stats.rs): the first
+    // may predate runc's exit from the cgroup.
+    let (stats, truth) = common::wait_for(Duration::from_secs(15), "media's cgroup stats", || {
+        let (status, body) = host.get(&format!("/api/v1/containers/{id}/stats"));
+        let v: Value = serde_json::from_str(&body).ok()?;
+        let s = v["stats"].clone();
+        let truth = tasks();
+        (status == 200
+            && s["pids_current"].as_u64()? == truth
+            && s["memory_usage_bytes"].as_u64()? > 0)
+            .then_some((s, truth))
+    });
+    eprintln!("media's stats as berth reads them ({truth} tasks in its pids cgroup): {stats}");
+
     // `berth ps` shows it with its engine.
     let ps = host.agent.ok(&["ps"]);
     let line = ps

@@ -21,6 +21,7 @@ mod cgroups;
 mod conntrack;
 mod containers;
 mod foreign;
+mod foreign_stats;
 mod images;
 mod probes;
 mod proxies;
@@ -28,7 +29,6 @@ mod rules;
 
 use std::{
     collections::BTreeMap,
-    path::Path,
     sync::Arc,
     time::{Instant, SystemTime},
 };
@@ -36,7 +36,7 @@ use std::{
 use tracing::{debug, warn};
 
 use crate::{
-    cgroup::TrackedRoot,
+    cgroup::{Hierarchy, TrackedRoot},
     config::DiscoveryConfig,
     discover::meta::MetaSource,
     model::{CgroupSample, CollectorRun, Snapshot},
@@ -133,11 +133,12 @@ impl Registry {
     pub fn new(
         probes: Probes,
         root: TrackedRoot,
-        unified_mount: &Path,
+        hierarchy: &Hierarchy,
         manager: Option<Arc<Manager>>,
         sources: Vec<Box<dyn MetaSource>>,
         discovery: &DiscoveryConfig,
     ) -> Self {
+        let unified_mount = hierarchy.unified_mount.as_path();
         let skip = root.path.clone();
         let mut collectors: Vec<Box<dyn Collector>> = vec![
             Box::new(cgroups::Cgroups::new(root)),
@@ -150,6 +151,9 @@ impl Registry {
             collectors.push(Box::new(addresses::Addresses::new(
                 unified_mount,
                 &discovery.proc,
+            )));
+            collectors.push(Box::new(foreign_stats::ForeignStats::new(
+                hierarchy.clone(),
             )));
         }
         collectors.push(Box::new(probes::ProbeTracking));
@@ -317,7 +321,11 @@ mod tests {
             Registry::new(
                 Probes::disabled(&root()),
                 root(),
-                Path::new("/nonexistent"),
+                &Hierarchy {
+                    mode: crate::cgroup::CgroupMode::Unified,
+                    unified_mount: "/nonexistent".into(),
+                    v1: Vec::new(),
+                },
                 None,
                 Vec::new(),
                 d,

@@ -1,0 +1,208 @@
+//! `foreign_stats`: CPU, memory, pids and IO of other engines' running containers, read from
+//! their cgroups with the readers berth uses for its own (`cgroup::stats`; v1 hierarchies in
+//! hybrid mode hold them at the same relative path as the unified one).
+//!
+//! A full read is a dozen small cgroupfs files per container: at one tick per second and
+//! hundreds of containers that would be most of the agent's work. So each container is read
+//! when it is first seen and then every [`STATS_EVERY`], at most [`PER_TICK`] per tick (the
+//! stalest first), and the snapshot carries the last reading in between, as cAdvisor's
+//! housekeeping interval does. Counters stay monotonic; gauges are at most that old.
+
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
+
+use super::{CollectError, Collected, Collector, Tick};
+use crate::{
+    cgroup::{Hierarchy, stats},
+    model::{ContainerStats, Status},
+};
+
+/// How old a foreign container's stats may get.
+pub const STATS_EVERY: Duration = Duration::from_secs(5);
+/// Containers read at most per tick.
+pub const PER_TICK: usize = 25;
+
+pub struct ForeignStats {
+    hierarchy: Hierarchy,
+    /// cgroup id -> when read, and what.
+    last: HashMap<u64, (Instant, ContainerStats)>,
+}
+
+impl ForeignStats {
+    pub fn new(hierarchy: Hierarchy) -> Self {
+        Self {
+            hierarchy,
+            last: HashMap::new(),
+        }
+    }
+}
+
+impl Collector for ForeignStats {
+    fn name(&self) -> &'static str {
+        "foreign_stats"
+    }
+
+    fn collect(&mut self, tick: &mut Tick<'_>) -> Result<Collected, CollectError> {
+        let now = Instant::now();
+        let containers = &mut tick.builder.snapshot.containers;
+        // Due: running foreign containers never read, or read longest ago.
+        let mut due: Vec<(Option<Instant>, usize)> = containers
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| !c.engine.is_berth() && c.status == Status::Running)
+            .filter_map(|(i, c)| {
+                let at = self.last.get(&c.cgroup_id?).map(|(at, _)| *at);
+                at.is_none_or(|at| now.duration_since(at) >= STATS_EVERY)
+                    .then_some((at, i))
+            })
+            .collect();
+        due.sort_by_key(|(at, _)| *at);
+        for &(_, i) in due.iter().take(PER_TICK) {
+            let c = &containers[i];
+            let Some(id) = c.cgroup_id else { continue };
+            let placement = self.hierarchy.placement(c.cgroup.trim_start_matches('/'));
+            match stats::read(&placement) {
+                Ok(s) => {
+                    self.last.insert(id, (now, s));
+                }
+                // Gone between the walk and now, or a controller it is not in: no numbers.
+                Err(_) => {
+                    self.last.remove(&id);
+                }
+            }
+        }
+        let mut live = HashMap::with_capacity(self.last.len());
+        for c in containers.iter_mut().filter(|c| !c.engine.is_berth()) {
+            let Some(id) = c.cgroup_id else { continue };
+            if let Some(entry) = self.last.remove(&id) {
+                if c.status == Status::Running {
+                    c.stats = Some(entry.1.clone());
+                }
+                live.insert(id, entry);
+            }
+        }
+        // What is left belongs to containers that are gone.
+        self.last = live;
+        Ok(Collected::Done)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{fs, path::Path};
+
+    use super::*;
+    use crate::{
+        cgroup::{CgroupMode, TrackedRoot},
+        collect::Registry,
+        model::{Container, Engine, fixture},
+        probes::Probes,
+    };
+
+    /// A Docker container at `/docker/<id>` (cgroup id 77) and one of berth's.
+    struct Listed;
+    impl Collector for Listed {
+        fn name(&self) -> &'static str {
+            "listed"
+        }
+        fn collect(&mut self, tick: &mut Tick<'_>) -> Result<Collected, CollectError> {
+            let mut c: Container = fixture::snapshot().containers.remove(0);
+            let berth = c.clone();
+            c.engine = Engine::Docker;
+            c.berth = None;
+            c.stats = None;
+            c.cgroup = format!("/docker/{}", "d".repeat(64));
+            c.cgroup_id = Some(77);
+            tick.builder.snapshot.containers.extend([c, berth]);
+            Ok(Collected::Done)
+        }
+    }
+
+    fn hierarchy(mount: &Path) -> Hierarchy {
+        Hierarchy {
+            mode: CgroupMode::Unified,
+            unified_mount: mount.to_owned(),
+            v1: Vec::new(),
+        }
+    }
+
+    fn v2_files(dir: &Path, memory: u64) {
+        fs::create_dir_all(dir).unwrap();
+        for (f, v) in [
+            ("cgroup.controllers", "cpu memory pids".to_owned()),
+            (
+                "cpu.stat",
+                "usage_usec 2000000\nuser_usec 1500000\nsystem_usec 500000\n".into(),
+            ),
+            ("cpu.max", "max 100000\n".into()),
+            ("memory.current", format!("{memory}\n")),
+            ("memory.max", "max\n".into()),
+            ("pids.current", "3\n".into()),
+            ("pids.max", "max\n".into()),
+        ] {
+            fs::write(dir.join(f), v).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_foreign_container_gets_its_cgroup_usage_and_is_not_read_again_within_the_interval() {
+        let mount = tempfile::tempdir().unwrap();
+        let dir = mount.path().join("docker").join("d".repeat(64));
+        v2_files(&dir, 1 << 20);
+        let mut r = Registry::with(
+            Probes::disabled(&TrackedRoot::fixture()),
+            vec![
+                Box::new(Listed),
+                Box::new(ForeignStats::new(hierarchy(mount.path()))),
+            ],
+        );
+        let snap = r.collect();
+        let docker = snap
+            .containers
+            .iter()
+            .find(|c| c.cgroup_id == Some(77))
+            .unwrap();
+        let s = docker
+            .stats
+            .as_ref()
+            .expect("stats of the docker container");
+        assert_eq!((s.memory_usage_bytes, s.pids_current), (1 << 20, 3));
+        assert!((s.cpu_usage_seconds - 2.0).abs() < 1e-9);
+        // berth's own container keeps what its own collector gave (here the fixture's).
+        let berth = snap
+            .containers
+            .iter()
+            .find(|c| c.engine.is_berth())
+            .unwrap();
+        assert_eq!(berth.stats, fixture::snapshot().containers[0].stats);
+
+        // Within STATS_EVERY the last reading is carried, not read again.
+        v2_files(&dir, 2 << 20);
+        let snap = r.collect();
+        let docker = snap
+            .containers
+            .iter()
+            .find(|c| c.cgroup_id == Some(77))
+            .unwrap();
+        assert_eq!(docker.stats.as_ref().unwrap().memory_usage_bytes, 1 << 20);
+
+        // Its cgroup gone: no numbers rather than stale ones, once it is read again.
+        fs::remove_dir_all(&dir).unwrap();
+        let mut r = Registry::with(
+            Probes::disabled(&TrackedRoot::fixture()),
+            vec![
+                Box::new(Listed),
+                Box::new(ForeignStats::new(hierarchy(mount.path()))),
+            ],
+        );
+        let snap = r.collect();
+        let docker = snap
+            .containers
+            .iter()
+            .find(|c| c.cgroup_id == Some(77))
+            .unwrap();
+        assert!(docker.stats.is_none());
+    }
+}
