@@ -144,6 +144,23 @@ fn prometheus_scrapes_the_agent_and_queries_the_syscall_count() {
         "Prometheus has {value} for {query}, the workload made {CALLS}"
     );
 
+    // One selector by the container's name alone finds its traffic: no join with
+    // berth_container_info.
+    let by_name = format!("sum(berth_cgroup_network_bytes_total{{name=\"{name}\"}})");
+    let bytes: f64 = wait_for(
+        Duration::from_secs(30),
+        "the container's traffic by name in Prometheus",
+        || {
+            let v = prom.api(&format!("/api/v1/query?query={}", urlencode(&by_name)))?;
+            let b: f64 = v["data"]["result"].as_array()?.first()?["value"][1]
+                .as_str()?
+                .parse()
+                .ok()?;
+            (b > 0.0).then_some(b)
+        },
+    );
+    eprintln!("{by_name} = {bytes}");
+
     // Every panel of every shipped Grafana dashboard returns data from this Prometheus.
     for (dashboard, title, expr) in dashboard_queries() {
         wait_for(
@@ -176,7 +193,9 @@ fn dashboard_queries() -> Vec<(String, String, String)> {
                     .unwrap()
                     .replace("$__rate_interval", "10s")
                     .replace("$__range", "1m")
-                    .replace("$instance", ".*");
+                    .replace("$instance", ".*")
+                    .replace("$engine", ".*")
+                    .replace("$container", ".*");
                 assert!(!expr.contains('$'), "unhandled variable in {expr}");
                 out.push((
                     path.file_name().unwrap().to_string_lossy().into_owned(),
