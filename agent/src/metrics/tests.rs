@@ -214,3 +214,98 @@ fn a_docker_container_s_port_mapping_and_netfilter_cost_per_hook_are_exposed() {
         fixture::WORKER_ID
     )));
 }
+
+/// docs/metrics.md: every family the agent exposes, with its type, labels and help, written
+/// from what the registry renders for the fixtures (berth's containers, and a Docker host's),
+/// so the reference cannot drift from the code. `BERTH_GOLDEN=update` rewrites it.
+#[test]
+fn docs_metrics_md_is_what_the_registry_renders() {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    // family -> (type, help, label names)
+    let mut families: BTreeMap<String, (String, String, BTreeSet<String>)> = BTreeMap::new();
+    // Latency histograms exist only with probes.syscalls.latency on: give one syscall some.
+    let mut with_latency = snapshot();
+    if let Some(call) = with_latency
+        .containers
+        .iter_mut()
+        .flat_map(|c| c.syscalls.iter_mut())
+        .next()
+    {
+        call.latency_buckets = vec![0, 3, 1];
+        call.latency_sum_ns = 12;
+    }
+    for snap in [
+        with_latency,
+        fixture::docker_host_at(std::time::Duration::ZERO, 100),
+    ] {
+        let (_tx, rx) = watch::channel(Some(Arc::new(snap)));
+        let text = render(&registry(rx, 20)).unwrap();
+        let mut help: BTreeMap<String, String> = BTreeMap::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# HELP ") {
+                let (name, h) = rest.split_once(' ').unwrap_or((rest, ""));
+                help.insert(name.to_owned(), h.to_owned());
+            } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').unwrap();
+                let e = families.entry(name.to_owned()).or_default();
+                e.0 = kind.to_owned();
+                e.1 = help.get(name).cloned().unwrap_or_default();
+            } else if !line.starts_with('#') {
+                let Some((series, rest)) = line.split_once('{') else {
+                    continue;
+                };
+                let family = families
+                    .keys()
+                    .filter(|f| series.starts_with(f.as_str()))
+                    .max_by_key(|f| f.len())
+                    .cloned();
+                let Some(family) = family else { continue };
+                let inner = rest.rsplit_once('}').map_or("", |(i, _)| i);
+                let labels = families.get_mut(&family).unwrap();
+                for kv in inner.split("\",") {
+                    if let Some((k, _)) = kv.split_once("=\"")
+                        && k != "le"
+                    {
+                        labels.2.insert(k.to_owned());
+                    }
+                }
+            }
+        }
+    }
+    let suffix = |kind: &str| match kind {
+        "counter" => "_total",
+        "info" => "_info",
+        _ => "",
+    };
+    let mut md = String::from(
+        "# berth metrics\n\n\
+         Every family `/metrics` serves (OpenMetrics), generated from the registry by \
+         `BERTH_GOLDEN=update cargo test -p berth --lib docs_metrics_md` and checked by that \
+         test. Per-container series carry `container` (the id), `name`, `engine`, \
+         `k8s_namespace` and `k8s_pod` (empty where they do not apply), so one selector finds \
+         a container without a join. Histograms add `le`.\n\n\
+         | metric | type | labels | help |\n|---|---|---|---|\n",
+    );
+    for (name, (kind, help, labels)) in &families {
+        let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+        md.push_str(&format!(
+            "| `{name}{}` | {kind} | {} | {} |\n",
+            suffix(kind),
+            labels.join(", "),
+            help.replace('|', "\\|")
+        ));
+    }
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/metrics.md");
+    if std::env::var("BERTH_GOLDEN").as_deref() == Ok("update") {
+        std::fs::write(&path, &md).unwrap();
+        return;
+    }
+    let have = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (BERTH_GOLDEN=update writes it)", path.display()));
+    assert!(
+        have == md,
+        "docs/metrics.md differs from what the registry renders; run \
+         BERTH_GOLDEN=update cargo test -p berth --lib docs_metrics_md\n{md}"
+    );
+}
