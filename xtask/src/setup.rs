@@ -1,5 +1,5 @@
 //! `cargo xtask setup`: the idempotent set-up of a fresh machine of this project's kind
-//! (Debian 12, root): Debian packages, the nightly toolchain with rust-src, bpf-linker, the
+//! (Debian 12, root): Debian packages (the registry tools of the pull tests among them), the nightly toolchain with rust-src, bpf-linker, the
 //! Python tools that check deploy/, and the bpffs/tracefs mounts. Seconds when everything is present; every other command runs it first.
 //!
 //! It must compile on a fresh machine before bpf-linker exists, so the xtask never depends on
@@ -38,6 +38,12 @@ const APT_PACKAGES: &[&str] = &[
 const ENGINE_PACKAGES: &[&str] = &["docker.io", "containerd", "podman"];
 /// Daemons the engine packages ship: none may be left running in the host's namespaces.
 const ENGINE_DAEMONS: &[&str] = &["dockerd", "containerd", "docker-proxy"];
+/// The registry tools of the pull tests: Debian's `docker-registry` (the CNCF distribution
+/// registry, started by each test on loopback with its own config) and `skopeo`, the tool that
+/// pushes test images to it (not berth). docker-registry's postinst would start its service.
+const REGISTRY_PACKAGES: &[&str] = &["docker-registry", "skopeo"];
+/// The daemon docker-registry's package would leave running.
+const REGISTRY_DAEMONS: &[&str] = &["docker-registry"];
 /// Where invoke-rc.d looks for the local policy (invoke-rc.d(8)).
 const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
 /// bpf-linker release that works with the nightly in this machine image (LLVM 22).
@@ -58,7 +64,8 @@ pub fn setup() -> Result<()> {
         "cargo xtask setup installs packages and mounts bpffs/tracefs: run it as root"
     );
     apt_packages()?;
-    engine_packages()?;
+    install_without_daemons(ENGINE_PACKAGES, ENGINE_DAEMONS)?;
+    install_without_daemons(REGISTRY_PACKAGES, REGISTRY_DAEMONS)?;
     nightly_toolchain()?;
     bpf_linker()?;
     python_tools()?;
@@ -99,19 +106,19 @@ fn apt_install(missing: &[&str]) -> Result<()> {
         .env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
-/// Installs the engine packages with every service start refused, then stops any engine daemon
-/// the install started in the host's namespaces anyway.
-fn engine_packages() -> Result<()> {
-    let missing = missing(ENGINE_PACKAGES);
+/// Installs `packages` with every service start refused, then stops any of `daemons` the
+/// install started in the host's namespaces anyway.
+fn install_without_daemons(packages: &[&'static str], daemons: &[&str]) -> Result<()> {
+    let missing = missing(packages);
     if missing.is_empty() {
         return Ok(());
     }
-    let before = host_daemons()?;
+    let before = host_daemons(daemons)?;
     let installed = {
         let _policy = DenyServiceStarts::install()?;
         apt_install(&missing)
     };
-    let started: Vec<(u32, String)> = host_daemons()?
+    let started: Vec<(u32, String)> = host_daemons(daemons)?
         .into_iter()
         .filter(|d| !before.contains(d))
         .collect();
@@ -135,27 +142,27 @@ fn engine_packages() -> Result<()> {
         thread::sleep(time::Duration::from_millis(100));
     }
     installed?;
-    let left = host_daemons()?;
+    let left = host_daemons(daemons)?;
     ensure!(
         left.iter().all(|d| before.contains(d)),
-        "engine daemons still run in the host's namespaces after the install: {left:?}; stop \
+        "daemons still run in the host's namespaces after the install: {left:?}; stop \
          them (tests start their own in namespaces of their own)"
     );
     if !left.is_empty() {
         eprintln!(
-            "xtask: warning: engine daemons that were running before setup still run in the \
+            "xtask: warning: daemons that were running before setup still run in the \
              host's namespaces: {left:?}"
         );
     }
     Ok(())
 }
 
-/// Engine daemons (pid, name) running in the host's network namespace (this process's; setup
+/// The `daemons` (pid, name) running in the host's network namespace (this process's; setup
 /// runs on the host): those started by tests live in namespaces of their own and are left alone.
-fn host_daemons() -> Result<Vec<(u32, String)>> {
+fn host_daemons(daemons: &[&str]) -> Result<Vec<(u32, String)>> {
     let host = fs::read_link("/proc/self/ns/net").context("reading /proc/self/ns/net")?;
     let mut found = Vec::new();
-    for name in ENGINE_DAEMONS {
+    for name in daemons {
         // pgrep exits 1 when nothing matches.
         let out = Command::new("pgrep")
             .args(["-x", name])
