@@ -46,6 +46,31 @@ pub struct Config {
     pub network: crate::net::NetworkConfig,
     pub probes: ProbesConfig,
     pub discovery: DiscoveryConfig,
+    pub images: ImagesConfig,
+}
+
+/// `[images]`: registries `berth pull` talks to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct ImagesConfig {
+    /// `host[:port]` of registries reached over plain HTTP (loopback ones always are).
+    pub insecure_registries: Vec<String>,
+    /// Docker's client config whose `auths` give registry credentials; empty:
+    /// `$DOCKER_CONFIG/config.json`, else `$HOME/.docker/config.json`.
+    pub docker_auth_config: PathBuf,
+}
+
+impl ImagesConfig {
+    /// The Docker client config to read credentials from, if one can be named.
+    pub fn docker_config(&self) -> Option<PathBuf> {
+        if !self.docker_auth_config.as_os_str().is_empty() {
+            return Some(self.docker_auth_config.clone());
+        }
+        if let Some(dir) = std::env::var_os("DOCKER_CONFIG") {
+            return Some(PathBuf::from(dir).join("config.json"));
+        }
+        std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker/config.json"))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

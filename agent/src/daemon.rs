@@ -180,6 +180,10 @@ pub async fn run(config: Config, notifier: Option<Notifier>) -> Result<(), Daemo
         manager,
         observe_reason: (mode == Mode::Observe).then_some(mode_reason),
         refresh,
+        pull: crate::image::registry::PullOptions {
+            insecure_registries: config.images.insecure_registries.clone(),
+            docker_config: config.images.docker_config(),
+        },
     };
 
     // Every connection holds an fd: take what the hard limit allows, and keep the TCP cap

@@ -127,6 +127,8 @@ pub struct WriteState {
     /// mutating route is refused with it.
     pub observe_reason: Option<String>,
     pub refresh: Refresh,
+    /// Which registries `POST /api/v1/images/pull` may reach over plain HTTP, and credentials.
+    pub pull: crate::image::registry::PullOptions,
 }
 
 /// The router of a listener: reads always, writes when `write` is given (the Unix socket).

@@ -225,6 +225,7 @@ async fn the_read_router_has_no_mutating_routes_and_the_write_router_needs_a_run
         manager: None,
         observe_reason: Some("no runtime here".into()),
         refresh,
+        pull: Default::default(),
     };
     let res = app(read_state(Some(now())), Some(write))
         .oneshot(post("/api/v1/containers"))
@@ -242,6 +243,7 @@ async fn every_mutating_route_of_an_agent_in_observe_mode_is_refused_with_the_re
         manager: None,
         observe_reason: Some("runtime.launch = false".into()),
         refresh,
+        pull: Default::default(),
     };
     let router = || app(read_state(Some(now())), Some(write.clone()));
     for (method, uri, body) in [
@@ -325,6 +327,7 @@ async fn the_socket_router_shows_env_values_and_sends_security_headers() {
         manager: None,
         observe_reason: None,
         refresh: tx,
+        pull: Default::default(),
     };
     let router = socket_app(read_state(Some(now())), write, 1024);
     let res = router
@@ -376,6 +379,7 @@ async fn mutating_verbs_on_a_foreign_container_are_refused_with_its_engine_named
         manager: None,
         observe_reason: None,
         refresh,
+        pull: Default::default(),
     };
     let router = || app(read_state(Some(snap.clone())), Some(write.clone()));
     let short = &id[..12];

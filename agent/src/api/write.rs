@@ -1,5 +1,5 @@
 //! The routes that change the host, only on the Unix socket: containers (run, stop, kill, rm,
-//! update) and images (import, rm). Each calls the container manager off the async workers,
+//! update) and images (import, pull, rm). Each calls the container manager off the async workers,
 //! then waits for a fresh snapshot so the client's next read sees the change; a changed
 //! container is answered with its record from that snapshot (`rm`: as it was removed).
 //! Containers of other engines are refused with 409 before the manager is asked, and so is
@@ -53,6 +53,7 @@ pub fn routes(state: WriteState) -> Router {
         .route("/api/v1/containers/{id}/kill", post(kill))
         .route("/api/v1/containers/{id}/update", post(update))
         .route("/api/v1/images/import", post(import_image))
+        .route("/api/v1/images/pull", post(pull_image))
         .route("/api/v1/images/{reference}", delete(remove_image))
         // Only on matched routes: an unknown path stays a 404.
         .route_layer(from_fn_with_state(state.clone(), refuse_in_observe_mode))
@@ -234,6 +235,49 @@ async fn import_image(
     })
     .await?;
     Ok((StatusCode::CREATED, v).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PullRequest {
+    reference: String,
+    /// `missing`: answer with the stored image when the reference already resolves locally
+    /// (`berth run --pull missing`); `always` (the default): ask the registry.
+    #[serde(default)]
+    policy: PullPolicy,
+}
+
+#[derive(Deserialize, Default, PartialEq)]
+#[serde(rename_all = "lowercase")]
+enum PullPolicy {
+    #[default]
+    Always,
+    Missing,
+}
+
+/// Pulls an image (the download runs on the async workers, unpacking off them), then waits
+/// for a fresh snapshot so `image ls` right after lists it.
+async fn pull_image(
+    State(s): State<WriteState>,
+    req: Result<Json<PullRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let req = body(req)?;
+    let m: Arc<Manager> = s.manager.clone().ok_or_else(|| observe_mode(&s))?;
+    let store = m.images.clone();
+    if req.policy == PullPolicy::Missing
+        && let Ok(image) = store.get(&req.reference)
+    {
+        return Ok(Json(image).into_response());
+    }
+    let result = crate::image::registry::pull(&store, &req.reference, &s.pull).await;
+    s.refresh.now().await;
+    match result {
+        Ok(image) => Ok((StatusCode::CREATED, Json(image)).into_response()),
+        Err(e) => {
+            tracing::warn!(reference = %req.reference, error = %e, "pull failed");
+            Err(RuntimeError::from(e).into())
+        }
+    }
 }
 
 /// `path` must be absolute: the agent's working directory means nothing to a client. What

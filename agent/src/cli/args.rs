@@ -146,7 +146,12 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t)]
         format: Format,
     },
-    /// Manage images (import archives; no registry pulls).
+    /// Pull an image from a registry (Docker's reference syntax: `name[:tag]`,
+    /// `host[:port]/path[:tag]`, `name@sha256:...`; `docker.io/library/` implied).
+    ///
+    /// Example: `berth pull 127.0.0.1:5000/media/app:v2`
+    Pull { reference: String },
+    /// Manage images (import archives, list, remove; `berth pull` fetches from registries).
     #[command(subcommand)]
     Image(ImageCommand),
     /// What costs this host CPU or breaks its containers, with the cause, the numbers and the
@@ -189,6 +194,15 @@ pub enum ImageCommand {
     },
     /// Remove an image no container uses.
     Rm { image: String },
+}
+
+/// `berth run --pull`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PullPolicy {
+    Always,
+    #[default]
+    Missing,
+    Never,
 }
 
 #[derive(Args, Default)]
@@ -258,7 +272,12 @@ pub struct RunArgs {
     /// when it exits while the agent is down). Not with --restart.
     #[arg(long)]
     pub rm: bool,
-    /// Image reference or rootfs directory (an absolute or ./relative path).
+    /// When to pull the image from its registry, as Docker's: `missing` (when no stored image
+    /// matches the reference), `always`, `never`.
+    #[arg(long, value_enum, default_value_t)]
+    pub pull: PullPolicy,
+    /// Rootfs directory (an existing directory wins), else an image reference (pulled per
+    /// --pull).
     pub image: String,
     /// Command and arguments (default: the image's).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]

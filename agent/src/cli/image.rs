@@ -1,4 +1,4 @@
-//! `berth image import|ls|rm`.
+//! `berth image import|ls|rm` and `berth pull`.
 
 use super::{
     args::{Format, ImageCommand},
@@ -50,4 +50,21 @@ pub fn execute_image(client: &Client, cmd: ImageCommand) -> anyhow::Result<i32> 
             Ok(0)
         }
     }
+}
+
+/// `berth pull REF`: the agent pulls (it owns the store); prints the image id, as
+/// `image import` does.
+pub fn execute_pull(client: &Client, reference: &str) -> anyhow::Result<i32> {
+    let image = pull(client, reference, "always")?;
+    eprintln!("{reference}: pulled {}", short(&image.id));
+    println!("{}", image.id);
+    Ok(0)
+}
+
+/// Asks the agent to pull `reference` (`policy`: `always` or `missing`).
+pub fn pull(client: &Client, reference: &str, policy: &str) -> anyhow::Result<Image> {
+    let body = serde_json::json!({ "reference": reference, "policy": policy });
+    client
+        .call("POST", "/api/v1/images/pull", Some(&body))
+        .map_err(|e| anyhow::anyhow!("pulling {reference}: {e}"))
 }

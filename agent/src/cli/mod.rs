@@ -86,6 +86,7 @@ pub fn execute(cli: Cli) -> anyhow::Result<i32> {
             ports::execute_ports(&client, container.as_deref(), format)
         }
         Command::Image(cmd) => image::execute_image(&client, cmd),
+        Command::Pull { reference } => image::execute_pull(&client, &reference),
         Command::Info => info::execute_info(&client),
         Command::Diagnose { format } => diagnose::execute_diagnose(&client, format),
         Command::Shim { dir, adopt } => Ok(crate::runtime::shim::main(&dir, adopt)),

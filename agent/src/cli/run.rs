@@ -2,7 +2,7 @@
 //! its exit code, as `docker run` does.
 
 use super::{
-    args::{Format, RunArgs},
+    args::{Format, PullPolicy, RunArgs},
     client::Client,
     parse_limits,
 };
@@ -10,15 +10,7 @@ use crate::{api::views::ContainerSummary, runtime::RunRequest};
 
 pub fn execute_run(client: &Client, a: RunArgs) -> anyhow::Result<i32> {
     let limits = parse_limits(&a.limits)?;
-    // A relative rootfs path means a directory on the client's side: make it absolute.
-    let image = if a.image.starts_with("./") || a.image.starts_with("../") || a.image == "." {
-        std::fs::canonicalize(&a.image)
-            .map_err(|e| anyhow::anyhow!("rootfs {}: {e}", a.image))?
-            .to_string_lossy()
-            .into_owned()
-    } else {
-        a.image.clone()
-    };
+    let image = resolve_image(client, &a.image, a.pull)?;
     let req = RunRequest {
         image,
         name: a.name.clone(),
@@ -72,6 +64,33 @@ pub fn execute_run(client: &Client, a: RunArgs) -> anyhow::Result<i32> {
     }
     let view: ContainerSummary = client.call("GET", &format!("/api/v1/containers/{id}"), None)?;
     Ok(view.state.exit_code.unwrap_or(0))
+}
+
+/// What `run X` starts from, in Docker's order: an existing directory (a rootfs, made absolute:
+/// the agent's working directory means nothing here), then a path-looking argument as it is
+/// (the agent names what is wrong with it), then an image reference, pulled per `policy`.
+fn resolve_image(client: &Client, image: &str, policy: PullPolicy) -> anyhow::Result<String> {
+    let path = std::path::Path::new(image);
+    if path.is_dir() {
+        return Ok(std::fs::canonicalize(path)
+            .map_err(|e| anyhow::anyhow!("rootfs {image}: {e}"))?
+            .to_string_lossy()
+            .into_owned());
+    }
+    if image.starts_with(['/', '.']) {
+        return Ok(image.to_string());
+    }
+    let pulled = match policy {
+        PullPolicy::Never => return Ok(image.to_string()),
+        PullPolicy::Missing => super::image::pull(client, image, "missing")?,
+        PullPolicy::Always => super::image::pull(client, image, "always")?,
+    };
+    // A digest reference leaves no name behind: run the image it pulled by its id.
+    Ok(if image.contains('@') {
+        pulled.id
+    } else {
+        image.to_string()
+    })
 }
 
 /// `seccomp=PATH` becomes `seccomp=<the file's content>`: the agent never reads a path for a

@@ -122,6 +122,30 @@ pub enum ImageError {
     },
     #[error("invalid image name {name:?}: {reason}")]
     InvalidName { name: String, reason: &'static str },
+    #[error("invalid image reference {reference:?}: {reason}")]
+    InvalidReference { reference: String, reason: String },
+    #[error("{reference}: the registry has no such tag or digest (manifest unknown)")]
+    ManifestUnknown { reference: String },
+    #[error("{reference}: registry {registry} refused the credentials: {message}")]
+    Unauthorized {
+        reference: String,
+        registry: String,
+        message: String,
+    },
+    #[error("{reference}: registry {registry} cannot be reached: {message}")]
+    Unreachable {
+        reference: String,
+        registry: String,
+        message: String,
+    },
+    #[error("{reference}: blob {digest} does not match its digest: {message}")]
+    BlobDigestMismatch {
+        reference: String,
+        digest: String,
+        message: String,
+    },
+    #[error("{reference}: {message}")]
+    Registry { reference: String, message: String },
 }
 
 /// What is wrong with an archive's metadata (manifest.json, index.json, a manifest or a config)
@@ -208,7 +232,13 @@ impl ImageError {
             | ImageError::InvalidLayer { .. }
             | ImageError::UnknownReference { .. }
             | ImageError::AmbiguousReference { .. }
-            | ImageError::InvalidName { .. } => true,
+            | ImageError::InvalidName { .. }
+            | ImageError::InvalidReference { .. }
+            | ImageError::ManifestUnknown { .. }
+            | ImageError::Unauthorized { .. }
+            | ImageError::Unreachable { .. }
+            | ImageError::BlobDigestMismatch { .. }
+            | ImageError::Registry { .. } => true,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Local image store: imports image archives (`docker save` output or an OCI image layout tar,
 //! either possibly gzip-compressed) and hands out unpacked root filesystems, used read-only as
-//! the overlayfs lower dir of containers. No registry pulls: offline hosts are normal.
+//! the overlayfs lower dir of containers, and pulls images from registries ([`registry`]),
+//! stored the same way.
 //!
 //! Layout under the store root (e.g. /var/lib/berth/images):
 //! ```text
@@ -24,6 +25,7 @@ mod digest;
 mod error;
 mod layer;
 mod reference;
+pub mod registry;
 mod store;
 #[cfg(test)]
 mod testutil;
@@ -32,7 +34,7 @@ use self::reference::{is_hex, resolve_reference};
 pub use self::{
     error::{ImageError, LayerProblem, ManifestProblem},
     reference::{MIN_PREFIX, normalize_name},
-    store::ImageStore,
+    store::{ImageStore, PullTx},
 };
 
 pub use crate::model::image::{Image, ImageConfig};

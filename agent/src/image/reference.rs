@@ -1,5 +1,6 @@
 //! Image names and references, with docker's rules: a name is `repo[:tag]` (`:latest`
-//! implied), stored in canonical form so `busybox` and `busybox:latest` are one name; a
+//! implied), stored in canonical form so `busybox`, `busybox:latest` and
+//! `docker.io/library/busybox` are one name (Docker's familiar form); a
 //! reference is a full id (optionally `sha256:`-prefixed), a name, or a unique id prefix.
 //! Pure functions over the store's ids and names, so they are tested without a store.
 
@@ -65,6 +66,13 @@ pub fn normalize_name(name: &str) -> Result<String, ImageError> {
     if repo.len() == 64 && is_hex(repo) {
         return Err(invalid("64 hex characters read as an image id, not a name"));
     }
+    // Docker's familiar form: `docker.io/library/busybox` is `busybox`.
+    let repo = repo
+        .strip_prefix("docker.io/library/")
+        .or_else(|| repo.strip_prefix("index.docker.io/library/"))
+        .or_else(|| repo.strip_prefix("docker.io/"))
+        .or_else(|| repo.strip_prefix("index.docker.io/"))
+        .unwrap_or(repo);
     Ok(format!("{repo}:{tag}"))
 }
 
@@ -161,6 +169,22 @@ mod tests {
         assert_eq!(
             normalize_name("registry.example.com:443/team/app:v2").unwrap(),
             "registry.example.com:443/team/app:v2"
+        );
+    }
+
+    #[test]
+    fn docker_hub_names_take_their_familiar_form() {
+        assert_eq!(
+            normalize_name("docker.io/library/busybox").unwrap(),
+            "busybox:latest"
+        );
+        assert_eq!(
+            normalize_name("docker.io/team/app:v1").unwrap(),
+            "team/app:v1"
+        );
+        assert_eq!(
+            normalize_name("index.docker.io/library/busybox:1").unwrap(),
+            "busybox:1"
         );
     }
 

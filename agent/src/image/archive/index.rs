@@ -163,7 +163,12 @@ impl Archive {
             })?;
         let file = match sniff(&head[..n]) {
             Compression::None => file,
-            Compression::Unsupported(format) => {
+            // A whole archive in zstd is not something docker or skopeo write; layers may be.
+            Compression::Zstd | Compression::Unsupported(_) => {
+                let format = match sniff(&head[..n]) {
+                    Compression::Unsupported(format) => format,
+                    _ => "zstd",
+                };
                 return Err(ImageError::UnsupportedCompression {
                     path: path.to_path_buf(),
                     format,

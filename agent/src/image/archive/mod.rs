@@ -13,10 +13,12 @@ mod docker;
 mod index;
 mod oci;
 
+use std::path::Path;
+
 use serde::Deserialize;
 use tracing::warn;
 
-pub(crate) use self::index::{Archive, Section};
+pub(crate) use self::index::Archive;
 use super::{ImageConfig, ImageError, ManifestProblem, is_hex, normalize_name};
 
 /// One layer to apply: where it is in the archive and what it must hash to.
@@ -112,32 +114,51 @@ impl Archive {
         member: &str,
         bytes: &[u8],
     ) -> Result<(ImageConfig, Vec<String>), ImageError> {
-        let raw: RawConfig = self.parse(member, bytes)?;
-        let run = raw.config.unwrap_or_default();
-        let config = ImageConfig {
-            env: run.env.unwrap_or_default(),
-            entrypoint: run.entrypoint.unwrap_or_default(),
-            cmd: run.cmd.unwrap_or_default(),
-            working_dir: run.working_dir.filter(|s| !s.is_empty()),
-            user: run.user.filter(|s| !s.is_empty()),
-        };
-        let mut diff_ids = Vec::new();
-        for diff_id in raw.rootfs.unwrap_or_default().diff_ids {
-            match diff_id.strip_prefix("sha256:") {
-                Some(hex) if hex.len() == 64 && is_hex(hex) => diff_ids.push(hex.to_string()),
-                Some(_) => {
-                    return Err(self.invalid(member, ManifestProblem::MalformedDiffId { diff_id }));
-                }
-                None => {
-                    return Err(ImageError::UnsupportedDigest {
-                        path: self.path().to_path_buf(),
-                        digest: diff_id,
-                    });
-                }
+        parse_config(self.path(), member, bytes)
+    }
+}
+
+/// The run configuration and the diff ids (hex) of an image config blob; `source` (an archive
+/// path or a registry reference) and `member` name it in errors.
+pub(crate) fn parse_config(
+    source: &Path,
+    member: &str,
+    bytes: &[u8],
+) -> Result<(ImageConfig, Vec<String>), ImageError> {
+    let invalid = |problem| ImageError::InvalidManifest {
+        path: source.to_path_buf(),
+        file: member.to_string(),
+        problem,
+    };
+    let raw: RawConfig = serde_json::from_slice(bytes).map_err(|e| ImageError::BadJson {
+        path: source.to_path_buf(),
+        file: member.to_string(),
+        source: e,
+    })?;
+    let run = raw.config.unwrap_or_default();
+    let config = ImageConfig {
+        env: run.env.unwrap_or_default(),
+        entrypoint: run.entrypoint.unwrap_or_default(),
+        cmd: run.cmd.unwrap_or_default(),
+        working_dir: run.working_dir.filter(|s| !s.is_empty()),
+        user: run.user.filter(|s| !s.is_empty()),
+    };
+    let mut diff_ids = Vec::new();
+    for diff_id in raw.rootfs.unwrap_or_default().diff_ids {
+        match diff_id.strip_prefix("sha256:") {
+            Some(hex) if hex.len() == 64 && is_hex(hex) => diff_ids.push(hex.to_string()),
+            Some(_) => {
+                return Err(invalid(ManifestProblem::MalformedDiffId { diff_id }));
+            }
+            None => {
+                return Err(ImageError::UnsupportedDigest {
+                    path: source.to_path_buf(),
+                    digest: diff_id,
+                });
             }
         }
-        Ok((config, diff_ids))
     }
+    Ok((config, diff_ids))
 }
 
 /// Valid canonical names from an archive; invalid ones are logged and skipped.

@@ -22,8 +22,8 @@ use super::{
 use crate::{
     fsutil,
     image::{
-        Image, ImageError,
-        archive::{Archive, ImportPlan, Section},
+        Image, ImageConfig, ImageError,
+        archive::{Archive, ImportPlan},
         compression::LayerStream,
         digest::{self, HashingReader},
         layer, normalize_name,
@@ -47,25 +47,7 @@ impl ImageStore {
             info!(id = %plan.id, "image already stored; reusing its rootfs");
         } else {
             self.unpack(&archive, &plan, &scratch.path)?;
-            if final_dir.exists() {
-                // Not an image (no record): nothing berth writes looks like this; clear it.
-                warn!(path = %final_dir.display(), "replacing an incomplete image directory");
-                remove_path(&final_dir)?;
-            }
-            match fs::rename(&scratch.path, &final_dir) {
-                Ok(()) => {}
-                // Another import of the same image won the race: use its result.
-                Err(e)
-                    if matches!(e.raw_os_error(), Some(libc::EEXIST) | Some(libc::ENOTEMPTY))
-                        && final_dir.join(RECORD_FILE).exists() => {}
-                Err(source) => {
-                    return Err(ImageError::Io {
-                        path: final_dir,
-                        source,
-                    });
-                }
-            }
-            sync_dir(&self.images_dir())?;
+            commit_dir(self, &scratch.path, &plan.id)?;
             info!(id = %plan.id, archive = %archive.path().display(), "image imported");
         }
         drop(scratch);
@@ -118,30 +100,69 @@ impl ImageStore {
         }
         // The archive copy, if any, is not part of the image.
         let _ = fs::remove_file(scratch.join("archive.tar"));
-        let record = ImageRecord {
-            id: plan.id.clone(),
-            config: plan.config.clone(),
-            size_bytes: layer::disk_usage(&rootfs)?,
-            imported_at: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
-            diff_ids: plan.layers.iter().map(|l| l.diff_id.clone()).collect(),
-        };
-        let json = serde_json::to_vec_pretty(&record).map_err(|source| ImageError::Metadata {
-            path: scratch.join(RECORD_FILE),
-            source,
-        })?;
-        fsutil::write_atomic(&scratch.join(RECORD_FILE), &json)?;
-        // One syncfs for the whole rootfs instead of an fsync per file: after the rename below
-        // the image is visible, so its content must be on disk first.
-        syncfs(scratch)?;
-        Ok(())
+        let diff_ids = plan.layers.iter().map(|l| l.diff_id.clone()).collect();
+        write_record(scratch, &plan.id, plan.config.clone(), diff_ids)
     }
 }
 
+/// Writes `<scratch>/image.json` for the unpacked `<scratch>/rootfs` and syncs both to disk.
+pub(super) fn write_record(
+    scratch: &Path,
+    id: &str,
+    config: ImageConfig,
+    diff_ids: Vec<String>,
+) -> Result<(), ImageError> {
+    let rootfs = scratch.join(ROOTFS_DIR);
+    let record = ImageRecord {
+        id: id.to_string(),
+        config,
+        size_bytes: layer::disk_usage(&rootfs)?,
+        imported_at: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        diff_ids,
+    };
+    let json = serde_json::to_vec_pretty(&record).map_err(|source| ImageError::Metadata {
+        path: scratch.join(RECORD_FILE),
+        source,
+    })?;
+    fsutil::write_atomic(&scratch.join(RECORD_FILE), &json)?;
+    // One syncfs for the whole rootfs instead of an fsync per file: after the rename into
+    // `images/` the image is visible, so its content must be on disk first.
+    syncfs(scratch)
+}
+
+/// Renames a complete scratch directory (record written, synced) into `images/<id>`.
+pub(super) fn commit_dir(store: &ImageStore, scratch: &Path, id: &str) -> Result<(), ImageError> {
+    let final_dir = store.image_dir(id);
+    if final_dir.exists() && !final_dir.join(RECORD_FILE).exists() {
+        // Not an image (no record): nothing berth writes looks like this; clear it.
+        warn!(path = %final_dir.display(), "replacing an incomplete image directory");
+        remove_path(&final_dir)?;
+    }
+    match fs::rename(scratch, &final_dir) {
+        Ok(()) => {}
+        // Another import of the same image won the race: use its result.
+        Err(e)
+            if matches!(e.raw_os_error(), Some(libc::EEXIST) | Some(libc::ENOTEMPTY))
+                && final_dir.join(RECORD_FILE).exists() => {}
+        Err(source) => {
+            return Err(ImageError::Io {
+                path: final_dir,
+                source,
+            });
+        }
+    }
+    sync_dir(&store.images_dir())
+}
+
 /// Applies one layer blob (compressed or not) and returns the sha256 of its uncompressed tar.
-fn apply_layer(rootfs: &Path, member: &str, section: Section<'_>) -> Result<String, ImageError> {
+pub(super) fn apply_layer(
+    rootfs: &Path,
+    member: &str,
+    section: impl io::Read,
+) -> Result<String, ImageError> {
     let read_err = |source| ImageError::LayerRead {
         layer: member.to_string(),
         source,

@@ -6,6 +6,7 @@
 //! of `image` for the layout.
 
 mod import;
+mod pull;
 mod remove;
 mod scratch;
 #[cfg(test)]
@@ -20,6 +21,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
+pub use self::pull::PullTx;
 use self::scratch::{Lock, set_mode};
 use super::{Image, ImageConfig, ImageError, is_hex, resolve_reference};
 use crate::fsutil;
