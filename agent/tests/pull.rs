@@ -297,3 +297,53 @@ fn a_zstd_layer_pulls_and_runs() {
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(out.trim(), "hello");
 }
+
+#[test]
+fn a_layer_that_does_not_match_its_digest_fails_naming_it_and_leaves_nothing() {
+    let registry = Registry::start();
+    let build = tempfile::tempdir().unwrap();
+    common::build_image_archives(build.path());
+    let layout = build.path().join("oci");
+    registry.push(&layout, "shell/bad:v1", &[]);
+    // The registry's own copy of the first layer, flipped in place (same size): it serves the
+    // bytes as they are on disk.
+    let index: serde_json::Value =
+        serde_json::from_slice(&fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let man_digest = index["manifests"][0]["digest"].as_str().unwrap();
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &fs::read(layout.join("blobs/sha256").join(&man_digest[7..])).unwrap(),
+    )
+    .unwrap();
+    let layer = manifest["layers"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let hex = &layer[7..];
+    let data = registry
+        ._dir
+        .path()
+        .join("storage/docker/registry/v2/blobs/sha256")
+        .join(&hex[..2])
+        .join(hex)
+        .join("data");
+    let mut bytes = fs::read(&data).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    fs::write(&data, &bytes).unwrap();
+
+    let agent = Agent::start();
+    let reference = format!("{}/shell/bad:v1", registry.addr);
+    let (code, out, err) = agent.cli(&["pull", &reference]);
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        err.contains(&layer) && err.contains("does not match its digest"),
+        "{err}"
+    );
+    assert_nothing_left(&agent, 0);
+    let (code, _, err) = agent.cli(&["run", "--rm", &reference, "true"]);
+    assert_ne!(code, 0);
+    assert!(err.contains(&layer), "{err}");
+    let ps = agent.ok(&["ps", "-a", "-q"]);
+    assert!(ps.trim().is_empty(), "a failed pull left a container: {ps}");
+    assert_nothing_left(&agent, 0);
+}

@@ -61,10 +61,9 @@ pub fn execute_pull(client: &Client, reference: &str) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-/// Asks the agent to pull `reference` (`policy`: `always` or `missing`).
+/// Asks the agent to pull `reference` (`policy`: `always` or `missing`); its errors name the
+/// reference (and the digest or registry at fault) already.
 pub fn pull(client: &Client, reference: &str, policy: &str) -> anyhow::Result<Image> {
     let body = serde_json::json!({ "reference": reference, "policy": policy });
-    client
-        .call("POST", "/api/v1/images/pull", Some(&body))
-        .map_err(|e| anyhow::anyhow!("pulling {reference}: {e}"))
+    Ok(client.call("POST", "/api/v1/images/pull", Some(&body))?)
 }
