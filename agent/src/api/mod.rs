@@ -16,6 +16,7 @@
 
 pub mod access;
 pub mod listen;
+pub mod openapi;
 mod read;
 pub mod views;
 mod write;
@@ -43,7 +44,7 @@ use crate::{
 
 /// Whether this agent launches containers: fixed at start-up, shown by /api/v1/system, and
 /// what every mutating route checks first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// Runs containers through an OCI runtime, and observes the host's other containers.
@@ -54,7 +55,7 @@ pub enum Mode {
 }
 
 /// Facts fixed at start-up, shown by /api/v1/system.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct SystemInfo {
     pub version: &'static str,
     pub kernel: String,
@@ -160,11 +161,12 @@ pub fn socket_app(read: ReadState, write: WriteState, body_limit: usize) -> Rout
 }
 
 pub fn read_router(state: ReadState) -> Router {
-    read::routes().merge(crate::ui::routes()).with_state(state)
+    let (routes, _) = read::routes().split_for_parts();
+    routes.merge(crate::ui::routes()).with_state(state)
 }
 
 pub fn write_router(state: WriteState) -> Router {
-    write::routes(state)
+    write::router(state)
 }
 
 /// A query string the route does not accept is the client's mistake: a 400 with the reason.
@@ -180,6 +182,13 @@ fn query<T>(
 fn body<T>(b: Result<Json<T>, axum::extract::rejection::JsonRejection>) -> Result<T, ApiError> {
     b.map(|Json(v)| v)
         .map_err(|e| ApiError::BadRequest(e.body_text()))
+}
+
+/// The body of every error response: what went wrong, for a person to read.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// The reason (for a 500, only a pointer to the agent's log).
+    pub error: String,
 }
 
 /// Errors shown to HTTP clients: a clear 4xx for their mistakes, a generic 5xx for ours (the
@@ -226,7 +235,9 @@ impl IntoResponse for ApiError {
         };
         (
             status,
-            Json(serde_json::json!({ "error": self.to_string() })),
+            Json(ErrorBody {
+                error: self.to_string(),
+            }),
         )
             .into_response()
     }

@@ -4,43 +4,47 @@
 use std::{sync::Arc, time::Duration};
 
 use axum::{
-    Extension, Json, Router,
+    Extension, Json,
     body::Body,
     extract::{Path, Query, State, rejection::QueryRejection},
     http::header,
     response::{IntoResponse, Response},
-    routing::get,
 };
 use serde::Deserialize;
 use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
+use utoipa::IntoParams;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::{
-    ApiError, ReadState,
+    ApiError, ErrorBody, ReadState,
     access::Secrets,
-    query,
+    openapi, query,
     views::{DiagnoseView, StatsView, SyscallRow, SyscallsView, SystemView},
 };
 use crate::{
     config::HumanDuration,
     metrics,
-    model::{Container, Snapshot},
+    model::{CgroupView, Container, Image, Snapshot, ports::RangeCost},
 };
 
-pub fn routes() -> Router<ReadState> {
-    Router::new()
-        .route("/metrics", get(get_metrics))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(get_readyz))
-        .route("/api/v1/system", get(get_system))
-        .route("/api/v1/cgroups", get(get_cgroups))
-        .route("/api/v1/diagnose", get(get_diagnose))
-        .route("/api/v1/containers", get(list))
-        .route("/api/v1/containers/{id}", get(inspect))
-        .route("/api/v1/containers/{id}/logs", get(logs))
-        .route("/api/v1/containers/{id}/stats", get(stats))
-        .route("/api/v1/containers/{id}/syscalls", get(syscalls))
-        .route("/api/v1/images", get(images))
-        .route("/api/v1/ports", get(ports))
+/// Each route is registered with its OpenAPI operation (`#[utoipa::path]` on its handler): a
+/// route cannot exist without its description.
+pub fn routes() -> OpenApiRouter<ReadState> {
+    OpenApiRouter::new()
+        .routes(routes!(get_metrics))
+        .routes(routes!(get_healthz))
+        .routes(routes!(get_readyz))
+        .routes(routes!(openapi::get_openapi))
+        .routes(routes!(get_system))
+        .routes(routes!(get_cgroups))
+        .routes(routes!(get_diagnose))
+        .routes(routes!(list))
+        .routes(routes!(inspect))
+        .routes(routes!(logs))
+        .routes(routes!(stats))
+        .routes(routes!(syscalls))
+        .routes(routes!(images))
+        .routes(routes!(ports))
 }
 
 /// `window=60s` as a duration (at most what the history keeps is meaningful).
@@ -62,16 +66,39 @@ fn base(s: &ReadState, latest: &Snapshot, window: Duration) -> Option<Arc<Snapsh
     s.history.since(from)
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "metrics",
+    description = "Every metric family in the OpenMetrics text format.",
+    responses(
+        (status = 200, description = "OpenMetrics exposition", body = String,
+         content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        (status = 500, description = "Encoding failed (see the agent's log)", body = ErrorBody),
+    ))]
 async fn get_metrics(State(s): State<ReadState>) -> Result<Response, ApiError> {
     let body = metrics::render(&s.registry)
         .map_err(|e| ApiError::Internal(format!("encoding metrics: {e}")))?;
     Ok(([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], body).into_response())
 }
 
+#[utoipa::path(get, path = "/healthz", tag = "health",
+    description = "The process answers.",
+    responses((status = 200, description = "`ok`", body = String, content_type = "text/plain")))]
+async fn get_healthz() -> &'static str {
+    "ok\n"
+}
+
+#[utoipa::path(get, path = "/readyz", tag = "health",
+    description = "Ready once the first snapshot is published.",
+    responses(
+        (status = 200, description = "`ready`", body = String, content_type = "text/plain"),
+        (status = 503, description = "No snapshot yet: the agent is starting", body = ErrorBody),
+    ))]
 async fn get_readyz(State(s): State<ReadState>) -> Result<&'static str, ApiError> {
     s.latest().map(|_| "ready\n")
 }
 
+#[utoipa::path(get, path = "/api/v1/system", tag = "system",
+    description = "Start-up facts (version, kernel, mode, cgroup layout, runtime, seccomp) and the probes' state.",
+    responses((status = 200, body = SystemView), (status = 503, description = "No snapshot yet: the agent is starting", body = ErrorBody)))]
 async fn get_system(State(s): State<ReadState>) -> Result<Response, ApiError> {
     let snap = s.latest()?;
     Ok(Json(SystemView {
@@ -81,8 +108,9 @@ async fn get_system(State(s): State<ReadState>) -> Result<Response, ApiError> {
     .into_response())
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, IntoParams)]
 #[serde(default, deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct DiagnoseQuery {
     /// Window for rates (new flows per second, proxies' CPU): default 60s, at most the 15
     /// minutes of history.
@@ -90,6 +118,10 @@ struct DiagnoseQuery {
 }
 
 /// Findings: cause, evidence, fix; most severe first.
+#[utoipa::path(get, path = "/api/v1/diagnose", tag = "system",
+    description = "Findings (cause, evidence, fix), most severe first.",
+    params(DiagnoseQuery),
+    responses((status = 200, body = DiagnoseView), (status = 400, description = "A query parameter the route does not accept, or a bad value", body = ErrorBody), (status = 503, description = "No snapshot yet: the agent is starting", body = ErrorBody)))]
 async fn get_diagnose(
     State(s): State<ReadState>,
     q: Result<Query<DiagnoseQuery>, QueryRejection>,
@@ -109,19 +141,28 @@ async fn get_diagnose(
     .into_response())
 }
 
+#[utoipa::path(get, path = "/api/v1/cgroups", tag = "system",
+    description = "Every cgroup the probes count, with the container it belongs to.",
+    responses((status = 200, body = Vec<CgroupView>), (status = 503, description = "No snapshot yet: the agent is starting", body = ErrorBody)))]
 async fn get_cgroups(State(s): State<ReadState>) -> Result<Response, ApiError> {
     let snap = s.latest()?;
     Ok(Json(snap.cgroups()).into_response())
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, IntoParams)]
 #[serde(default, deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// Every container, also exited ones.
     all: bool,
 }
 
 /// Running (and restarting) containers, newest first; every one with `all`.
 /// Env values only for requests that may see secrets (see `access`).
+#[utoipa::path(get, path = "/api/v1/containers", tag = "containers",
+    description = "Running (and restarting) containers of every engine, newest first; every one with `all=true`. On TCP without the bearer token, env values are redacted.",
+    params(ListQuery),
+    responses((status = 200, body = Vec<Container>), (status = 400, description = "A query parameter the route does not accept, or a bad value", body = ErrorBody), (status = 503, description = "No snapshot yet: the agent is starting", body = ErrorBody)))]
 async fn list(
     State(s): State<ReadState>,
     secrets: Option<Extension<Secrets>>,
@@ -138,6 +179,10 @@ async fn list(
     }
 }
 
+#[utoipa::path(get, path = "/api/v1/containers/{id}", tag = "containers",
+    description = "One container. On TCP without the bearer token, env values are redacted.",
+    params(("id" = String, Path, description = "Container id, unique id prefix or name")),
+    responses((status = 200, body = Container), (status = 400, description = "The reference is ambiguous, or a query parameter is wrong", body = ErrorBody), (status = 404, description = "No container matches the reference", body = ErrorBody), (status = 503, description = "No snapshot yet: the agent is starting", body = ErrorBody)))]
 async fn inspect(
     State(s): State<ReadState>,
     secrets: Option<Extension<Secrets>>,
@@ -152,6 +197,10 @@ async fn inspect(
     }
 }
 
+#[utoipa::path(get, path = "/api/v1/containers/{id}/stats", tag = "containers",
+    description = "The container's resource usage (zero while it does not run).",
+    params(("id" = String, Path, description = "Container id, unique id prefix or name")),
+    responses((status = 200, body = StatsView), (status = 400, description = "The reference is ambiguous, or a query parameter is wrong", body = ErrorBody), (status = 404, description = "No container matches the reference", body = ErrorBody), (status = 503, description = "No snapshot yet: the agent is starting", body = ErrorBody)))]
 async fn stats(State(s): State<ReadState>, Path(id): Path<String>) -> Result<Response, ApiError> {
     let snap = s.latest()?;
     let c = snap.find(&id)?;
@@ -164,6 +213,9 @@ async fn stats(State(s): State<ReadState>, Path(id): Path<String>) -> Result<Res
     .into_response())
 }
 
+#[utoipa::path(get, path = "/api/v1/images", tag = "images",
+    description = "The images berth's store holds. On TCP without the bearer token, env values are redacted.",
+    responses((status = 200, body = Vec<Image>), (status = 503, description = "No snapshot yet: the agent is starting", body = ErrorBody)))]
 async fn images(
     State(s): State<ReadState>,
     secrets: Option<Extension<Secrets>>,
@@ -177,8 +229,9 @@ async fn images(
     }
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, IntoParams)]
 #[serde(default, deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct PortsQuery {
     /// Window for `new_flows_per_second` (default 10s, at most the 15 minutes of history).
     window: Option<String>,
@@ -186,6 +239,10 @@ struct PortsQuery {
 
 /// One row per published range: container, address, mapping, backend, and what netfilter
 /// costs for it (see `model::ports`).
+#[utoipa::path(get, path = "/api/v1/ports", tag = "ports",
+    description = "One row per published port range: container, address, mapping, backend and what netfilter costs for it.",
+    params(PortsQuery),
+    responses((status = 200, body = Vec<RangeCost>), (status = 400, description = "A query parameter the route does not accept, or a bad value", body = ErrorBody), (status = 503, description = "No snapshot yet: the agent is starting", body = ErrorBody)))]
 async fn ports(
     State(s): State<ReadState>,
     q: Result<Query<PortsQuery>, QueryRejection>,
@@ -197,15 +254,24 @@ async fn ports(
     Ok(Json(snap.range_costs(base.as_deref())).into_response())
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, IntoParams)]
 #[serde(default, deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct SyscallsQuery {
+    /// How many syscalls, busiest first: 1 to 500 (default 10).
+    #[param(minimum = 1, maximum = 500)]
     top: Option<usize>,
+    /// Window for counts and rates (`60s`, `5m`, at most the 15 minutes of history);
+    /// without it, counts since the probe saw the cgroup.
     window: Option<String>,
 }
 
 /// The container's busiest syscalls: cumulative, or over `window` (e.g. `60s`, `5m`, up to
 /// the 15 minutes of history kept), with rates and mean latency when latency is on.
+#[utoipa::path(get, path = "/api/v1/containers/{id}/syscalls", tag = "containers",
+    description = "The container's busiest syscalls: cumulative, or over `window` with rates.",
+    params(("id" = String, Path, description = "Container id, unique id prefix or name"), SyscallsQuery),
+    responses((status = 200, body = SyscallsView), (status = 400, description = "The reference is ambiguous, or a query parameter is wrong", body = ErrorBody), (status = 404, description = "No container matches the reference", body = ErrorBody), (status = 503, description = "No snapshot yet: the agent is starting", body = ErrorBody)))]
 async fn syscalls(
     State(s): State<ReadState>,
     Path(id): Path<String>,
@@ -270,15 +336,27 @@ async fn syscalls(
     .into_response())
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, IntoParams)]
 #[serde(default, deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct LogsQuery {
+    /// Keep the response open and stream new output until the container exits.
     follow: bool,
 }
 
 /// The container's log (stdout and stderr); with `follow`, the response stays open and
 /// streams new output until the snapshots show the container has exited. Only for requests
 /// that may see secrets: a log is as private as the container's env.
+#[utoipa::path(get, path = "/api/v1/containers/{id}/logs", tag = "containers",
+    description = "The container's log (stdout and stderr), streamed with `follow=true` until it exits. On TCP only with the bearer token; the Unix socket serves it.",
+    params(("id" = String, Path, description = "Container id, unique id prefix or name"), LogsQuery),
+    responses(
+        (status = 200, description = "The log bytes", body = String, content_type = "application/octet-stream"),
+        (status = 400, description = "The reference is ambiguous, or a query parameter is wrong", body = ErrorBody),
+        (status = 401, description = "On TCP without the bearer token", body = ErrorBody),
+        (status = 404, description = "No container matches the reference, or it keeps no log", body = ErrorBody),
+        (status = 503, description = "No snapshot yet: the agent is starting", body = ErrorBody),
+    ))]
 async fn logs(
     State(s): State<ReadState>,
     secrets: Option<Extension<Secrets>>,

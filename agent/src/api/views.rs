@@ -14,7 +14,7 @@ use crate::{
 };
 
 /// `GET /api/v1/containers/{id}/stats`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StatsView {
     pub id: String,
     pub name: String,
@@ -24,7 +24,7 @@ pub struct StatsView {
 }
 
 /// `GET /api/v1/containers/{id}/syscalls`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SyscallsView {
     pub container: String,
     pub name: String,
@@ -35,7 +35,7 @@ pub struct SyscallsView {
     pub syscalls: Vec<SyscallRow>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SyscallRow {
     pub nr: u32,
     pub name: String,
@@ -47,7 +47,7 @@ pub struct SyscallRow {
 }
 
 /// `GET /api/v1/diagnose`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DiagnoseView {
     /// When the snapshot the findings come from was taken, unix seconds.
     pub checked_at: f64,
@@ -56,7 +56,7 @@ pub struct DiagnoseView {
 }
 
 /// `GET /api/v1/system`: start-up facts and the probes' state.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct SystemView<'a> {
     #[serde(flatten)]
     pub info: &'a super::SystemInfo,

@@ -18,13 +18,14 @@ use axum::{
     http::StatusCode,
     middleware::{Next, from_fn_with_state},
     response::{IntoResponse, Response},
-    routing::{delete, post},
 };
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
 
-use super::{ApiError, WriteState, body, query};
+use super::{ApiError, ErrorBody, WriteState, body, query};
 use crate::{
-    model::{Container, Limits},
+    model::{Container, Image, Limits},
     runtime::{ContainerView, Manager, RunRequest, RuntimeError},
 };
 
@@ -45,16 +46,25 @@ impl From<RuntimeError> for ApiError {
     }
 }
 
-pub fn routes(state: WriteState) -> Router {
-    Router::new()
-        .route("/api/v1/containers", post(run))
-        .route("/api/v1/containers/{id}", delete(remove))
-        .route("/api/v1/containers/{id}/stop", post(stop))
-        .route("/api/v1/containers/{id}/kill", post(kill))
-        .route("/api/v1/containers/{id}/update", post(update))
-        .route("/api/v1/images/import", post(import_image))
-        .route("/api/v1/images/pull", post(pull_image))
-        .route("/api/v1/images/{reference}", delete(remove_image))
+/// Each route is registered with its OpenAPI operation (`#[utoipa::path]` on its handler): a
+/// route cannot exist without its description. Without state: the document is built from it
+/// too, on listeners that serve no write.
+pub fn routes() -> OpenApiRouter<WriteState> {
+    OpenApiRouter::new()
+        .routes(routes!(run))
+        .routes(routes!(remove))
+        .routes(routes!(stop))
+        .routes(routes!(kill))
+        .routes(routes!(update))
+        .routes(routes!(import_image))
+        .routes(routes!(pull_image))
+        .routes(routes!(remove_image))
+}
+
+/// The routes with their state, refusing every change in observe mode.
+pub fn router(state: WriteState) -> Router {
+    let (router, _) = routes().split_for_parts();
+    router
         // Only on matched routes: an unknown path stays a 404.
         .route_layer(from_fn_with_state(state.clone(), refuse_in_observe_mode))
         .with_state(state)
@@ -140,6 +150,10 @@ fn refuse_foreign(state: &WriteState, reference: &str) -> Result<(), ApiError> {
     }
 }
 
+#[utoipa::path(post, path = "/api/v1/containers", tag = "containers",
+    description = "Runs a container from an imported image; answers with it as the next snapshot shows it. Only on the Unix socket (writes are never served on TCP).",
+    request_body = RunRequest,
+    responses((status = 201, body = Container), (status = 400, description = "A body or query the route does not accept, or a bad value", body = ErrorBody), (status = 404, description = "No such image", body = ErrorBody), (status = 409, description = "The container's state forbids it, it belongs to another engine, or the agent runs in observe mode", body = ErrorBody), (status = 500, description = "The host failed (the cause is in the agent's log)", body = ErrorBody), (status = 503, description = "No snapshot yet: the agent is starting", body = ErrorBody)))]
 async fn run(
     State(s): State<WriteState>,
     req: Result<Json<RunRequest>, JsonRejection>,
@@ -149,12 +163,18 @@ async fn run(
     Ok((StatusCode::CREATED, v).into_response())
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, IntoParams)]
 #[serde(default, deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct StopQuery {
+    /// Seconds between SIGTERM and SIGKILL (default 10, at most 3600).
     t: Option<u64>,
 }
 
+#[utoipa::path(post, path = "/api/v1/containers/{id}/stop", tag = "containers",
+    description = "SIGTERM, then SIGKILL after `t` seconds. Only on the Unix socket (writes are never served on TCP).",
+    params(("id" = String, Path, description = "Container id, unique id prefix or name"), StopQuery),
+    responses((status = 200, body = Container), (status = 400, description = "A body or query the route does not accept, or a bad value", body = ErrorBody), (status = 404, description = "No such container", body = ErrorBody), (status = 409, description = "The container's state forbids it, it belongs to another engine, or the agent runs in observe mode", body = ErrorBody), (status = 500, description = "The host failed (the cause is in the agent's log)", body = ErrorBody), (status = 503, description = "No snapshot yet: the agent is starting", body = ErrorBody)))]
 async fn stop(
     State(s): State<WriteState>,
     Path(id): Path<String>,
@@ -168,12 +188,18 @@ async fn stop(
         .into_response())
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, IntoParams)]
 #[serde(default, deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct KillQuery {
+    /// Signal name or number (default `KILL`).
     signal: Option<String>,
 }
 
+#[utoipa::path(post, path = "/api/v1/containers/{id}/kill", tag = "containers",
+    description = "Sends a signal to the container's process. Only on the Unix socket (writes are never served on TCP).",
+    params(("id" = String, Path, description = "Container id, unique id prefix or name"), KillQuery),
+    responses((status = 200, body = Container), (status = 400, description = "A body or query the route does not accept, or a bad value", body = ErrorBody), (status = 404, description = "No such container", body = ErrorBody), (status = 409, description = "The container's state forbids it, it belongs to another engine, or the agent runs in observe mode", body = ErrorBody), (status = 500, description = "The host failed (the cause is in the agent's log)", body = ErrorBody), (status = 503, description = "No snapshot yet: the agent is starting", body = ErrorBody)))]
 async fn kill(
     State(s): State<WriteState>,
     Path(id): Path<String>,
@@ -187,12 +213,18 @@ async fn kill(
         .into_response())
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, IntoParams)]
 #[serde(default, deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct RemoveQuery {
+    /// Kill a running container first.
     force: bool,
 }
 
+#[utoipa::path(delete, path = "/api/v1/containers/{id}", tag = "containers",
+    description = "Removes a stopped container (a running one with `force=true`); answers with its record as it was removed. Only on the Unix socket (writes are never served on TCP).",
+    params(("id" = String, Path, description = "Container id, unique id prefix or name"), RemoveQuery),
+    responses((status = 200, body = ContainerView), (status = 400, description = "A body or query the route does not accept, or a bad value", body = ErrorBody), (status = 404, description = "No such container", body = ErrorBody), (status = 409, description = "The container's state forbids it, it belongs to another engine, or the agent runs in observe mode", body = ErrorBody), (status = 500, description = "The host failed (the cause is in the agent's log)", body = ErrorBody), (status = 503, description = "No snapshot yet: the agent is starting", body = ErrorBody)))]
 async fn remove(
     State(s): State<WriteState>,
     Path(id): Path<String>,
@@ -205,6 +237,11 @@ async fn remove(
         .into_response())
 }
 
+#[utoipa::path(post, path = "/api/v1/containers/{id}/update", tag = "containers",
+    description = "Changes a container's resource limits. Only on the Unix socket (writes are never served on TCP).",
+    params(("id" = String, Path, description = "Container id, unique id prefix or name")),
+    request_body = Limits,
+    responses((status = 200, body = Container), (status = 400, description = "A body or query the route does not accept, or a bad value", body = ErrorBody), (status = 404, description = "No such container", body = ErrorBody), (status = 409, description = "The container's state forbids it, it belongs to another engine, or the agent runs in observe mode", body = ErrorBody), (status = 500, description = "The host failed (the cause is in the agent's log)", body = ErrorBody), (status = 503, description = "No snapshot yet: the agent is starting", body = ErrorBody)))]
 async fn update(
     State(s): State<WriteState>,
     Path(id): Path<String>,
@@ -217,13 +254,20 @@ async fn update(
         .into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ImportRequest {
+    /// Absolute path of the archive on the agent's host.
+    #[schema(value_type = String)]
     path: PathBuf,
+    /// A name for the image (`name:tag`), besides the archive's own.
     name: Option<String>,
 }
 
+#[utoipa::path(post, path = "/api/v1/images/import", tag = "images",
+    description = "Imports an image archive (`docker save` or OCI layout tar) the agent reads from its host. Only on the Unix socket (writes are never served on TCP).",
+    request_body = ImportRequest,
+    responses((status = 201, body = Image), (status = 400, description = "A body or query the route does not accept, or a bad value", body = ErrorBody), (status = 409, description = "The container's state forbids it, it belongs to another engine, or the agent runs in observe mode", body = ErrorBody), (status = 500, description = "The host failed (the cause is in the agent's log)", body = ErrorBody), (status = 503, description = "No snapshot yet: the agent is starting", body = ErrorBody)))]
 async fn import_image(
     State(s): State<WriteState>,
     req: Result<Json<ImportRequest>, JsonRejection>,
@@ -237,9 +281,10 @@ async fn import_image(
     Ok((StatusCode::CREATED, v).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PullRequest {
+    /// Image reference, e.g. `debian:bookworm` or `registry.example:5000/app@sha256:...`.
     reference: String,
     /// `missing`: answer with the stored image when the reference already resolves locally
     /// (`berth run --pull missing`); `always` (the default): ask the registry.
@@ -247,7 +292,7 @@ struct PullRequest {
     policy: PullPolicy,
 }
 
-#[derive(Deserialize, Default, PartialEq)]
+#[derive(Deserialize, Default, PartialEq, ToSchema)]
 #[serde(rename_all = "lowercase")]
 enum PullPolicy {
     #[default]
@@ -257,6 +302,17 @@ enum PullPolicy {
 
 /// Pulls an image (the download runs on the async workers, unpacking off them), then waits
 /// for a fresh snapshot so `image ls` right after lists it.
+#[utoipa::path(post, path = "/api/v1/images/pull", tag = "images",
+    description = "Pulls an image from a registry (Docker's reference syntax); with `policy: missing`, answers with the stored image when the reference already resolves locally. Only on the Unix socket (writes are never served on TCP).",
+    request_body = PullRequest,
+    responses(
+        (status = 200, description = "The stored image (`policy: missing`)", body = Image),
+        (status = 201, description = "The pulled image", body = Image),
+        (status = 400, description = "A body the route does not accept, a bad reference, or a registry refusal", body = ErrorBody),
+        (status = 404, description = "The registry has no such image", body = ErrorBody),
+        (status = 409, description = "The agent runs in observe mode", body = ErrorBody),
+        (status = 500, description = "The host or the download failed (the cause is in the agent's log)", body = ErrorBody),
+    ))]
 async fn pull_image(
     State(s): State<WriteState>,
     req: Result<Json<PullRequest>, JsonRejection>,
@@ -293,6 +349,10 @@ fn archive_path(path: &std::path::Path) -> Result<(), ApiError> {
     Ok(())
 }
 
+#[utoipa::path(delete, path = "/api/v1/images/{reference}", tag = "images",
+    description = "Removes an image no container uses. Only on the Unix socket (writes are never served on TCP).",
+    params(("reference" = String, Path, description = "Image id, id prefix or name")),
+    responses((status = 200, body = Image), (status = 400, description = "A body or query the route does not accept, or a bad value", body = ErrorBody), (status = 404, description = "No such image", body = ErrorBody), (status = 409, description = "The container's state forbids it, it belongs to another engine, or the agent runs in observe mode", body = ErrorBody), (status = 500, description = "The host failed (the cause is in the agent's log)", body = ErrorBody), (status = 503, description = "No snapshot yet: the agent is starting", body = ErrorBody)))]
 async fn remove_image(
     State(s): State<WriteState>,
     Path(reference): Path<String>,

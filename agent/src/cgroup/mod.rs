@@ -131,7 +131,7 @@ pub enum CgroupError {
 }
 
 /// How the host's cgroup hierarchies are arranged.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum CgroupMode {
     /// Only cgroup2, mounted at /sys/fs/cgroup (most current distributions).
@@ -141,10 +141,11 @@ pub enum CgroupMode {
 }
 
 /// The host's cgroup layout, found once at start.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Hierarchy {
     pub mode: CgroupMode,
     /// Mount point of the cgroup2 filesystem.
+    #[schema(value_type = String)]
     pub unified_mount: PathBuf,
     /// Mounted v1 hierarchies (empty on a pure v2 host), one entry per hierarchy even when the
     /// same one is mounted twice.
@@ -152,8 +153,9 @@ pub struct Hierarchy {
 }
 
 /// One mounted cgroup v1 hierarchy.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct V1Mount {
+    #[schema(value_type = String)]
     pub mount_point: PathBuf,
     /// Controllers bound to it (`cpu`, `memory`, ...), sorted, plus `name=<name>` for a named
     /// hierarchy such as `name=systemd`.
@@ -384,9 +386,10 @@ pub struct Placement {
 }
 
 /// berth's subtree of the v2 hierarchy.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct TrackedRoot {
     /// Absolute directory, e.g. /sys/fs/cgroup/unified/berth.
+    #[schema(value_type = String)]
     pub dir: PathBuf,
     /// Path relative to the cgroup2 mount with a leading `/`, as /proc/PID/cgroup shows it.
     pub path: String,

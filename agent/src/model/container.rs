@@ -4,7 +4,19 @@
 use serde::{Deserialize, Serialize};
 
 /// A container's status as `ps` shows it (Docker's words).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     /// Being prepared (bundle, overlay, cgroup, network); not started yet.
@@ -60,7 +72,7 @@ impl std::fmt::Display for Status {
 }
 
 /// Where a container is in its life, as the agent intends it. Written before acting.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Phase {
     /// Bundle, overlay and cgroup being prepared; a crash here is undone on the next start.
@@ -72,7 +84,7 @@ pub enum Phase {
 }
 
 /// Restart policy, Docker's names: `no`, `on-failure[:N]`, `always`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 #[serde(tag = "policy", rename_all = "kebab-case")]
 pub enum RestartPolicy {
     #[default]
@@ -145,7 +157,7 @@ impl std::fmt::Display for RestartPolicy {
 }
 
 /// What the shim last wrote about the container's process (`state.json`).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default, utoipa::ToSchema)]
 pub struct ContainerState {
     /// Pid of the shim (outlives the agent).
     pub shim_pid: u32,

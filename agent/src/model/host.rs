@@ -3,7 +3,7 @@
 use serde::Serialize;
 
 /// Host-wide conntrack state; counters are cumulative since the module loaded.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ConntrackStats {
     pub entries: u64,
     pub max: u64,
@@ -18,7 +18,7 @@ pub struct ConntrackStats {
 }
 
 /// What the proxies on this host use, summed.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ProxyStats {
     pub processes: u64,
     /// Resident memory, bytes.
@@ -31,7 +31,7 @@ pub struct ProxyStats {
 /// firewall rules that point at its address, and the userland proxies that forward to it
 /// (Docker's way). Counted for other engines' containers; empty for berth's (its backend is
 /// in `network.port_backend`).
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct PortMapping {
     /// iptables rules (nft and legacy, every table) that match on or NAT to its address;
     /// `None` when the ruleset could not be read.

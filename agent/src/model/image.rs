@@ -5,13 +5,14 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 /// An imported image.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct Image {
     /// Hex sha256 of the image config blob (docker's image id).
     pub id: String,
     /// Names pointing at this image, sorted, e.g. `["busybox:latest"]`.
     pub names: Vec<String>,
     /// The unpacked root filesystem, all layers applied. Treat it as read-only.
+    #[schema(value_type = String)]
     pub rootfs: PathBuf,
     pub config: ImageConfig,
     /// Bytes of regular files in the unpacked rootfs (hard links counted once).
@@ -21,7 +22,7 @@ pub struct Image {
 }
 
 /// What the image says about how to run it (the `config` object of the image config blob).
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct ImageConfig {
     pub env: Vec<String>,
     pub entrypoint: Vec<String>,

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 /// A container's resource limits, as the user gave them; `None` = not set (runtime default).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct Limits {
     /// `--memory`, bytes.

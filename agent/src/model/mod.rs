@@ -152,7 +152,7 @@ pub enum FindError {
 }
 
 /// What manages a container. `runtime` keeps meaning the OCI runtime (runc, crun).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Engine {
     /// Launched by this agent.
@@ -212,7 +212,7 @@ pub const LABEL_K8S_CONTAINER: &str = "berth.k8s.container";
 /// One container, whatever launched it, with its cgroup's probe data at snapshot time.
 /// A field that holds env values (or other secrets) must be cleared in
 /// [`Container::redacted`] (`redact.rs`): readers without the token get that copy.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Container {
     pub engine: Engine,
     /// The engine's id (64 hex characters for berth, Docker and containerd).
@@ -239,6 +239,7 @@ pub struct Container {
     /// Per-port rules and userland proxies its published ports cost (other engines).
     pub port_mapping: PortMapping,
     /// Its stdout and stderr, where the engine keeps them.
+    #[schema(value_type = Option<String>)]
     pub log_path: Option<PathBuf>,
     /// Cumulative syscalls of its cgroup, sorted by number.
     pub syscalls: Vec<SyscallCount>,
@@ -281,11 +282,12 @@ impl Container {
 
 /// What the user asked berth for, as recorded at create time (the store keeps it flattened in
 /// each container's record).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BerthSpec {
     /// Image id when run from an image.
     pub image_id: Option<String>,
     /// Read-only lower dir of the overlay (the image's rootfs or the user's directory).
+    #[schema(value_type = String)]
     pub lower: PathBuf,
     /// The process: entrypoint + cmd resolved at create.
     pub args: Vec<String>,
@@ -311,7 +313,7 @@ pub struct BerthSpec {
 }
 
 /// Which seccomp profile a berth container runs under.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum SeccompChoice {
     /// moby's default profile (Docker's), resolved for the container's capabilities.
@@ -325,7 +327,7 @@ pub enum SeccompChoice {
 
 /// A tracked cgroup's probe data (one that belongs to no known container, in
 /// [`Snapshot::other_cgroups`]).
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct CgroupSample {
     /// v2 cgroup id (directory inode).
     pub id: u64,
@@ -339,7 +341,7 @@ pub struct CgroupSample {
 }
 
 /// Any tracked cgroup's probe data, borrowed from the snapshot (`/api/v1/cgroups`, metrics).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct CgroupView<'a> {
     pub id: u64,
     pub path: &'a str,
@@ -347,7 +349,7 @@ pub struct CgroupView<'a> {
     pub net: &'a [NetCount],
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct NetCount {
     /// `ingress` or `egress`.
     pub direction: &'static str,
@@ -358,7 +360,7 @@ pub struct NetCount {
     pub bytes: u64,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct SyscallCount {
     pub nr: u32,
     pub name: String,

@@ -6,7 +6,7 @@ use std::{fmt, net::Ipv4Addr, str::FromStr};
 use serde::{Deserialize, Serialize};
 
 /// `--network`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum NetworkMode {
     #[default]
@@ -28,11 +28,12 @@ impl std::str::FromStr for NetworkMode {
 }
 
 /// A container's network, decided at create and kept in its record.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 #[serde(default)]
 pub struct NetworkSpec {
     pub mode: NetworkMode,
     /// Address on berth's bridge (bridge mode).
+    #[schema(value_type = Option<String>)]
     pub ip: Option<Ipv4Addr>,
     pub publish: Vec<Publish>,
     /// Backend of the published ports (bridge mode with ports).
@@ -40,7 +41,7 @@ pub struct NetworkSpec {
 }
 
 /// Which backend programs published ports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum BackendKind {
     /// One nftables map lookup per new flow, whatever the number of ports.
@@ -71,7 +72,19 @@ impl fmt::Display for BackendKind {
 }
 
 /// Transport protocol of a published port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Proto {
     Tcp,
@@ -109,7 +122,7 @@ impl FromStr for Proto {
 }
 
 /// An inclusive port range, `start <= end`, `start >= 1`. A single port has `start == end`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PortRange {
     pub start: u16,
     pub end: u16,
@@ -164,9 +177,10 @@ impl fmt::Display for PortRange {
 }
 
 /// One `-p` flag: host ports (optionally on one host address) mapped to container ports.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Publish {
     /// `None` = every host address (Docker's `0.0.0.0`).
+    #[schema(value_type = Option<String>)]
     pub host_ip: Option<Ipv4Addr>,
     pub host: PortRange,
     /// Same length as `host`.

@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Family {
     Ipv4,
@@ -23,7 +23,7 @@ impl Family {
 }
 
 /// `enum nf_inet_hooks`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Hook {
     Prerouting = 0,
@@ -54,7 +54,7 @@ impl Hook {
 }
 
 /// Conntrack state of a packet when it left the hook.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum CtState {
     /// First packet(s) of a connection, before the peer answered.
@@ -79,7 +79,7 @@ impl CtState {
 }
 
 /// Cost of one (family, hook, conntrack state, protocol, port), cumulative since load.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct PortCost {
     pub family: Family,
     /// IP protocol number: 6 TCP, 17 UDP, ...
@@ -94,7 +94,7 @@ pub struct PortCost {
 }
 
 /// Every packet of a hook, published port or not, cumulative since load.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct HookTotal {
     pub family: Family,
     pub hook: Hook,
@@ -102,7 +102,7 @@ pub struct HookTotal {
     pub nanoseconds: u64,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct NetfilterSample {
     /// Sorted by family, hook, protocol, port, conntrack state.
     pub by_port: Vec<PortCost>,

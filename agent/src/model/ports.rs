@@ -18,7 +18,7 @@ use serde::Serialize;
 use super::{BackendKind, Container, CtState, Engine, Hook, Publish, Snapshot, Status};
 
 /// Packets and the nanoseconds netfilter spent on them.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Cost {
     pub packets: u64,
     pub nanoseconds: u64,
@@ -43,7 +43,7 @@ impl Cost {
 
 /// What a new flow costs in netfilter along its path: per hook, the new-state packets that
 /// crossed it and their nanoseconds.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct FlowPath {
     pub hooks: BTreeMap<Hook, Cost>,
 }
@@ -79,12 +79,13 @@ impl FlowPath {
 pub const BUSIEST_PORTS: usize = 100;
 
 /// One published range with what netfilter costs for it (a row of `/api/v1/ports`).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct RangeCost<'a> {
     /// The owning container's id.
     pub container: &'a str,
     pub name: &'a str,
     pub engine: Engine,
+    #[schema(value_type = Option<String>)]
     pub ip: Option<Ipv4Addr>,
     pub publish: &'a Publish,
     pub backend: Option<BackendKind>,
@@ -93,7 +94,7 @@ pub struct RangeCost<'a> {
 }
 
 /// Netfilter cost of one published range, cumulative since the probe loaded.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct RangeNetfilter {
     pub prerouting_packets: u64,
     pub prerouting_ns_per_packet: Option<f64>,
@@ -109,7 +110,7 @@ pub struct RangeNetfilter {
     pub ports: Vec<PortRow>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct HookCost {
     pub hook: Hook,
     pub ct_state: CtState,
@@ -117,7 +118,7 @@ pub struct HookCost {
     pub ns_per_packet: Option<f64>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct PortRow {
     pub port: u16,
     pub prerouting_packets: u64,

@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 /// Whether a probe is attached, and why not when it is not.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct ProbeStatus {
     pub name: &'static str,
     /// Program type and hook, e.g. `raw_tracepoint/sys_enter`.
@@ -21,14 +21,14 @@ pub struct ProbeStatus {
     pub paths: std::collections::BTreeMap<&'static str, String>,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct ProbeRun {
     pub probe: &'static str,
     pub seconds: f64,
     pub runs: u64,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct LostEvents {
     pub probe: &'static str,
     pub map: &'static str,
@@ -36,7 +36,7 @@ pub struct LostEvents {
 }
 
 /// One collector's last run, for `berth_collector_*`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct CollectorRun {
     pub name: &'static str,
     pub duration_seconds: f64,

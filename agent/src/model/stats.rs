@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 /// One container's resource usage and limits at one moment.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ContainerStats {
     /// CPU time in user mode since the cgroup was created, seconds.
     pub cpu_user_seconds: f64,

@@ -19,13 +19,15 @@ use super::error::RuntimeError;
 use crate::cgroup::{CgroupMode, Hierarchy};
 
 /// The runtime in use, as `/api/v1/system` shows it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct OciRuntime {
     /// `runc` or `crun`.
     pub name: String,
+    #[schema(value_type = String)]
     pub path: PathBuf,
     pub version: String,
     /// `--root` state directory of the runtime (tmpfs: gone after a reboot, as the containers).
+    #[schema(value_type = String)]
     pub root: PathBuf,
     /// Why this runtime was chosen.
     pub reason: String,

@@ -23,7 +23,7 @@ use crate::{
 };
 
 /// What `berth run` / `POST /api/v1/containers` asks for.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct RunRequest {
     /// Image reference (name, id, id prefix) or an absolute path to a rootfs directory.

@@ -83,7 +83,7 @@ pub use crate::model::{
 };
 
 /// The agent's record of a container: what the user asked for, and the phase it is in.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct ContainerRecord {
     pub id: String,
     pub name: String,

@@ -18,13 +18,14 @@ use crate::{
 };
 
 /// A container as the API and CLI show it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ContainerView {
     #[serde(flatten)]
     pub record: ContainerRecord,
     /// `creating`, `running`, `restarting`, `exited`, `removing`.
     pub status: Status,
     pub state: ShimState,
+    #[schema(value_type = String)]
     pub log_path: PathBuf,
     /// v2 cgroup id, what the probes key on (while the cgroup exists).
     pub cgroup_id: Option<u64>,

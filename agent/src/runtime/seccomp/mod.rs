@@ -43,7 +43,7 @@ pub enum SeccompError {
 }
 
 /// Where a shipped profile comes from (berth's addition to moby's format).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Source {
     pub repository: String,
     pub path: String,
@@ -321,7 +321,7 @@ impl Arg {
 }
 
 /// The default profile in force, for `/api/v1/system` (`berth info`).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct SeccompInfo {
     /// `moby default`.
     pub profile: &'static str,
@@ -329,8 +329,10 @@ pub struct SeccompInfo {
     pub version: String,
     pub commit: String,
     /// What every syscall not allowed gets, e.g. `SCMP_ACT_ERRNO`.
+    #[schema(value_type = String)]
     pub default_action: LinuxSeccompAction,
-    /// The filter's architectures on this host.
+    /// The filter's architectures on this host, e.g. `SCMP_ARCH_X86_64`.
+    #[schema(value_type = Vec<String>)]
     pub architectures: Vec<Arch>,
     /// Syscalls with an allow rule for a container with `caps` (some only for given
     /// arguments).
