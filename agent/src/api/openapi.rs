@@ -177,6 +177,8 @@ mod tests {
                 "{method} {path}: no 2xx"
             );
             for (status, r) in responses {
+                let d = r["description"].as_str().unwrap_or_default();
+                assert!(!d.is_empty(), "{method} {path} {status}: no description");
                 if status.starts_with('4') || status.starts_with('5') {
                     assert_eq!(
                         r["content"]["application/json"]["schema"]["$ref"],

@@ -98,7 +98,7 @@ async fn get_readyz(State(s): State<ReadState>) -> Result<&'static str, ApiError
 
 #[utoipa::path(get, path = "/api/v1/system", tag = "system",
     description = "Start-up facts (version, kernel, mode, cgroup layout, runtime, seccomp) and the probes' state.",
-    responses((status = 200, body = SystemView), (status = 503, description = "No snapshot yet: the agent is starting", body = ErrorBody)))]
+    responses((status = 200, description = "The agent and the host", body = SystemView), (status = 503, description = "No snapshot yet: the agent is starting", body = ErrorBody)))]
 async fn get_system(State(s): State<ReadState>) -> Result<Response, ApiError> {
     let snap = s.latest()?;
     Ok(Json(SystemView {
@@ -121,7 +121,7 @@ struct DiagnoseQuery {
 #[utoipa::path(get, path = "/api/v1/diagnose", tag = "system",
     description = "Findings (cause, evidence, fix), most severe first.",
     params(DiagnoseQuery),
-    responses((status = 200, body = DiagnoseView), (status = 400, description = "A query parameter the route does not accept, or a bad value", body = ErrorBody), (status = 503, description = "No snapshot yet: the agent is starting", body = ErrorBody)))]
+    responses((status = 200, description = "The findings", body = DiagnoseView), (status = 400, description = "A query parameter the route does not accept, or a bad value", body = ErrorBody), (status = 503, description = "No snapshot yet: the agent is starting", body = ErrorBody)))]
 async fn get_diagnose(
     State(s): State<ReadState>,
     q: Result<Query<DiagnoseQuery>, QueryRejection>,
@@ -143,7 +143,7 @@ async fn get_diagnose(
 
 #[utoipa::path(get, path = "/api/v1/cgroups", tag = "system",
     description = "Every cgroup the probes count, with the container it belongs to.",
-    responses((status = 200, body = Vec<CgroupView>), (status = 503, description = "No snapshot yet: the agent is starting", body = ErrorBody)))]
+    responses((status = 200, description = "The tracked cgroups", body = Vec<CgroupView>), (status = 503, description = "No snapshot yet: the agent is starting", body = ErrorBody)))]
 async fn get_cgroups(State(s): State<ReadState>) -> Result<Response, ApiError> {
     let snap = s.latest()?;
     Ok(Json(snap.cgroups()).into_response())
@@ -162,7 +162,7 @@ struct ListQuery {
 #[utoipa::path(get, path = "/api/v1/containers", tag = "containers",
     description = "Running (and restarting) containers of every engine, newest first; every one with `all=true`. On TCP without the bearer token, env values are redacted.",
     params(ListQuery),
-    responses((status = 200, body = Vec<Container>), (status = 400, description = "A query parameter the route does not accept, or a bad value", body = ErrorBody), (status = 503, description = "No snapshot yet: the agent is starting", body = ErrorBody)))]
+    responses((status = 200, description = "The containers", body = Vec<Container>), (status = 400, description = "A query parameter the route does not accept, or a bad value", body = ErrorBody), (status = 503, description = "No snapshot yet: the agent is starting", body = ErrorBody)))]
 async fn list(
     State(s): State<ReadState>,
     secrets: Option<Extension<Secrets>>,
@@ -182,7 +182,7 @@ async fn list(
 #[utoipa::path(get, path = "/api/v1/containers/{id}", tag = "containers",
     description = "One container. On TCP without the bearer token, env values are redacted.",
     params(("id" = String, Path, description = "Container id, unique id prefix or name")),
-    responses((status = 200, body = Container), (status = 400, description = "The reference is ambiguous, or a query parameter is wrong", body = ErrorBody), (status = 404, description = "No container matches the reference", body = ErrorBody), (status = 503, description = "No snapshot yet: the agent is starting", body = ErrorBody)))]
+    responses((status = 200, description = "The container", body = Container), (status = 400, description = "The reference is ambiguous, or a query parameter is wrong", body = ErrorBody), (status = 404, description = "No container matches the reference", body = ErrorBody), (status = 503, description = "No snapshot yet: the agent is starting", body = ErrorBody)))]
 async fn inspect(
     State(s): State<ReadState>,
     secrets: Option<Extension<Secrets>>,
@@ -200,7 +200,7 @@ async fn inspect(
 #[utoipa::path(get, path = "/api/v1/containers/{id}/stats", tag = "containers",
     description = "The container's resource usage (zero while it does not run).",
     params(("id" = String, Path, description = "Container id, unique id prefix or name")),
-    responses((status = 200, body = StatsView), (status = 400, description = "The reference is ambiguous, or a query parameter is wrong", body = ErrorBody), (status = 404, description = "No container matches the reference", body = ErrorBody), (status = 503, description = "No snapshot yet: the agent is starting", body = ErrorBody)))]
+    responses((status = 200, description = "Its resource usage", body = StatsView), (status = 400, description = "The reference is ambiguous, or a query parameter is wrong", body = ErrorBody), (status = 404, description = "No container matches the reference", body = ErrorBody), (status = 503, description = "No snapshot yet: the agent is starting", body = ErrorBody)))]
 async fn stats(State(s): State<ReadState>, Path(id): Path<String>) -> Result<Response, ApiError> {
     let snap = s.latest()?;
     let c = snap.find(&id)?;
@@ -215,7 +215,7 @@ async fn stats(State(s): State<ReadState>, Path(id): Path<String>) -> Result<Res
 
 #[utoipa::path(get, path = "/api/v1/images", tag = "images",
     description = "The images berth's store holds. On TCP without the bearer token, env values are redacted.",
-    responses((status = 200, body = Vec<Image>), (status = 503, description = "No snapshot yet: the agent is starting", body = ErrorBody)))]
+    responses((status = 200, description = "The images", body = Vec<Image>), (status = 503, description = "No snapshot yet: the agent is starting", body = ErrorBody)))]
 async fn images(
     State(s): State<ReadState>,
     secrets: Option<Extension<Secrets>>,
@@ -242,7 +242,7 @@ struct PortsQuery {
 #[utoipa::path(get, path = "/api/v1/ports", tag = "ports",
     description = "One row per published port range: container, address, mapping, backend and what netfilter costs for it.",
     params(PortsQuery),
-    responses((status = 200, body = Vec<RangeCost>), (status = 400, description = "A query parameter the route does not accept, or a bad value", body = ErrorBody), (status = 503, description = "No snapshot yet: the agent is starting", body = ErrorBody)))]
+    responses((status = 200, description = "The published ranges and their cost", body = Vec<RangeCost>), (status = 400, description = "A query parameter the route does not accept, or a bad value", body = ErrorBody), (status = 503, description = "No snapshot yet: the agent is starting", body = ErrorBody)))]
 async fn ports(
     State(s): State<ReadState>,
     q: Result<Query<PortsQuery>, QueryRejection>,
@@ -271,7 +271,7 @@ struct SyscallsQuery {
 #[utoipa::path(get, path = "/api/v1/containers/{id}/syscalls", tag = "containers",
     description = "The container's busiest syscalls: cumulative, or over `window` with rates.",
     params(("id" = String, Path, description = "Container id, unique id prefix or name"), SyscallsQuery),
-    responses((status = 200, body = SyscallsView), (status = 400, description = "The reference is ambiguous, or a query parameter is wrong", body = ErrorBody), (status = 404, description = "No container matches the reference", body = ErrorBody), (status = 503, description = "No snapshot yet: the agent is starting", body = ErrorBody)))]
+    responses((status = 200, description = "Its syscalls", body = SyscallsView), (status = 400, description = "The reference is ambiguous, or a query parameter is wrong", body = ErrorBody), (status = 404, description = "No container matches the reference", body = ErrorBody), (status = 503, description = "No snapshot yet: the agent is starting", body = ErrorBody)))]
 async fn syscalls(
     State(s): State<ReadState>,
     Path(id): Path<String>,

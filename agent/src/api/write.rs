@@ -153,7 +153,7 @@ fn refuse_foreign(state: &WriteState, reference: &str) -> Result<(), ApiError> {
 #[utoipa::path(post, path = "/api/v1/containers", tag = "containers",
     description = "Runs a container from an imported image; answers with it as the next snapshot shows it. Only on the Unix socket (writes are never served on TCP).",
     request_body = RunRequest,
-    responses((status = 201, body = Container), (status = 400, description = "A body or query the route does not accept, or a bad value", body = ErrorBody), (status = 404, description = "No such image", body = ErrorBody), (status = 409, description = "The container's state forbids it, it belongs to another engine, or the agent runs in observe mode", body = ErrorBody), (status = 500, description = "The host failed (the cause is in the agent's log)", body = ErrorBody), (status = 503, description = "No snapshot yet: the agent is starting", body = ErrorBody)))]
+    responses((status = 201, description = "The container as the next snapshot shows it", body = Container), (status = 400, description = "A body or query the route does not accept, or a bad value", body = ErrorBody), (status = 404, description = "No such image", body = ErrorBody), (status = 409, description = "The container's state forbids it, it belongs to another engine, or the agent runs in observe mode", body = ErrorBody), (status = 500, description = "The host failed (the cause is in the agent's log)", body = ErrorBody), (status = 503, description = "No snapshot yet: the agent is starting", body = ErrorBody)))]
 async fn run(
     State(s): State<WriteState>,
     req: Result<Json<RunRequest>, JsonRejection>,
@@ -174,7 +174,7 @@ struct StopQuery {
 #[utoipa::path(post, path = "/api/v1/containers/{id}/stop", tag = "containers",
     description = "SIGTERM, then SIGKILL after `t` seconds. Only on the Unix socket (writes are never served on TCP).",
     params(("id" = String, Path, description = "Container id, unique id prefix or name"), StopQuery),
-    responses((status = 200, body = Container), (status = 400, description = "A body or query the route does not accept, or a bad value", body = ErrorBody), (status = 404, description = "No such container", body = ErrorBody), (status = 409, description = "The container's state forbids it, it belongs to another engine, or the agent runs in observe mode", body = ErrorBody), (status = 500, description = "The host failed (the cause is in the agent's log)", body = ErrorBody), (status = 503, description = "No snapshot yet: the agent is starting", body = ErrorBody)))]
+    responses((status = 200, description = "The container as the next snapshot shows it", body = Container), (status = 400, description = "A body or query the route does not accept, or a bad value", body = ErrorBody), (status = 404, description = "No such container", body = ErrorBody), (status = 409, description = "The container's state forbids it, it belongs to another engine, or the agent runs in observe mode", body = ErrorBody), (status = 500, description = "The host failed (the cause is in the agent's log)", body = ErrorBody), (status = 503, description = "No snapshot yet: the agent is starting", body = ErrorBody)))]
 async fn stop(
     State(s): State<WriteState>,
     Path(id): Path<String>,
@@ -199,7 +199,7 @@ struct KillQuery {
 #[utoipa::path(post, path = "/api/v1/containers/{id}/kill", tag = "containers",
     description = "Sends a signal to the container's process. Only on the Unix socket (writes are never served on TCP).",
     params(("id" = String, Path, description = "Container id, unique id prefix or name"), KillQuery),
-    responses((status = 200, body = Container), (status = 400, description = "A body or query the route does not accept, or a bad value", body = ErrorBody), (status = 404, description = "No such container", body = ErrorBody), (status = 409, description = "The container's state forbids it, it belongs to another engine, or the agent runs in observe mode", body = ErrorBody), (status = 500, description = "The host failed (the cause is in the agent's log)", body = ErrorBody), (status = 503, description = "No snapshot yet: the agent is starting", body = ErrorBody)))]
+    responses((status = 200, description = "The container as the next snapshot shows it", body = Container), (status = 400, description = "A body or query the route does not accept, or a bad value", body = ErrorBody), (status = 404, description = "No such container", body = ErrorBody), (status = 409, description = "The container's state forbids it, it belongs to another engine, or the agent runs in observe mode", body = ErrorBody), (status = 500, description = "The host failed (the cause is in the agent's log)", body = ErrorBody), (status = 503, description = "No snapshot yet: the agent is starting", body = ErrorBody)))]
 async fn kill(
     State(s): State<WriteState>,
     Path(id): Path<String>,
@@ -224,7 +224,7 @@ struct RemoveQuery {
 #[utoipa::path(delete, path = "/api/v1/containers/{id}", tag = "containers",
     description = "Removes a stopped container (a running one with `force=true`); answers with its record as it was removed. Only on the Unix socket (writes are never served on TCP).",
     params(("id" = String, Path, description = "Container id, unique id prefix or name"), RemoveQuery),
-    responses((status = 200, body = ContainerView), (status = 400, description = "A body or query the route does not accept, or a bad value", body = ErrorBody), (status = 404, description = "No such container", body = ErrorBody), (status = 409, description = "The container's state forbids it, it belongs to another engine, or the agent runs in observe mode", body = ErrorBody), (status = 500, description = "The host failed (the cause is in the agent's log)", body = ErrorBody), (status = 503, description = "No snapshot yet: the agent is starting", body = ErrorBody)))]
+    responses((status = 200, description = "The container as it was removed", body = ContainerView), (status = 400, description = "A body or query the route does not accept, or a bad value", body = ErrorBody), (status = 404, description = "No such container", body = ErrorBody), (status = 409, description = "The container's state forbids it, it belongs to another engine, or the agent runs in observe mode", body = ErrorBody), (status = 500, description = "The host failed (the cause is in the agent's log)", body = ErrorBody), (status = 503, description = "No snapshot yet: the agent is starting", body = ErrorBody)))]
 async fn remove(
     State(s): State<WriteState>,
     Path(id): Path<String>,
@@ -241,7 +241,7 @@ async fn remove(
     description = "Changes a container's resource limits. Only on the Unix socket (writes are never served on TCP).",
     params(("id" = String, Path, description = "Container id, unique id prefix or name")),
     request_body = Limits,
-    responses((status = 200, body = Container), (status = 400, description = "A body or query the route does not accept, or a bad value", body = ErrorBody), (status = 404, description = "No such container", body = ErrorBody), (status = 409, description = "The container's state forbids it, it belongs to another engine, or the agent runs in observe mode", body = ErrorBody), (status = 500, description = "The host failed (the cause is in the agent's log)", body = ErrorBody), (status = 503, description = "No snapshot yet: the agent is starting", body = ErrorBody)))]
+    responses((status = 200, description = "The container as the next snapshot shows it", body = Container), (status = 400, description = "A body or query the route does not accept, or a bad value", body = ErrorBody), (status = 404, description = "No such container", body = ErrorBody), (status = 409, description = "The container's state forbids it, it belongs to another engine, or the agent runs in observe mode", body = ErrorBody), (status = 500, description = "The host failed (the cause is in the agent's log)", body = ErrorBody), (status = 503, description = "No snapshot yet: the agent is starting", body = ErrorBody)))]
 async fn update(
     State(s): State<WriteState>,
     Path(id): Path<String>,
@@ -267,7 +267,7 @@ struct ImportRequest {
 #[utoipa::path(post, path = "/api/v1/images/import", tag = "images",
     description = "Imports an image archive (`docker save` or OCI layout tar) the agent reads from its host. Only on the Unix socket (writes are never served on TCP).",
     request_body = ImportRequest,
-    responses((status = 201, body = Image), (status = 400, description = "A body or query the route does not accept, or a bad value", body = ErrorBody), (status = 409, description = "The container's state forbids it, it belongs to another engine, or the agent runs in observe mode", body = ErrorBody), (status = 500, description = "The host failed (the cause is in the agent's log)", body = ErrorBody), (status = 503, description = "No snapshot yet: the agent is starting", body = ErrorBody)))]
+    responses((status = 201, description = "The image", body = Image), (status = 400, description = "A body or query the route does not accept, or a bad value", body = ErrorBody), (status = 409, description = "The container's state forbids it, it belongs to another engine, or the agent runs in observe mode", body = ErrorBody), (status = 500, description = "The host failed (the cause is in the agent's log)", body = ErrorBody), (status = 503, description = "No snapshot yet: the agent is starting", body = ErrorBody)))]
 async fn import_image(
     State(s): State<WriteState>,
     req: Result<Json<ImportRequest>, JsonRejection>,
@@ -352,7 +352,7 @@ fn archive_path(path: &std::path::Path) -> Result<(), ApiError> {
 #[utoipa::path(delete, path = "/api/v1/images/{reference}", tag = "images",
     description = "Removes an image no container uses. Only on the Unix socket (writes are never served on TCP).",
     params(("reference" = String, Path, description = "Image id, id prefix or name")),
-    responses((status = 200, body = Image), (status = 400, description = "A body or query the route does not accept, or a bad value", body = ErrorBody), (status = 404, description = "No such image", body = ErrorBody), (status = 409, description = "The container's state forbids it, it belongs to another engine, or the agent runs in observe mode", body = ErrorBody), (status = 500, description = "The host failed (the cause is in the agent's log)", body = ErrorBody), (status = 503, description = "No snapshot yet: the agent is starting", body = ErrorBody)))]
+    responses((status = 200, description = "The image as it was removed", body = Image), (status = 400, description = "A body or query the route does not accept, or a bad value", body = ErrorBody), (status = 404, description = "No such image", body = ErrorBody), (status = 409, description = "The container's state forbids it, it belongs to another engine, or the agent runs in observe mode", body = ErrorBody), (status = 500, description = "The host failed (the cause is in the agent's log)", body = ErrorBody), (status = 503, description = "No snapshot yet: the agent is starting", body = ErrorBody)))]
 async fn remove_image(
     State(s): State<WriteState>,
     Path(reference): Path<String>,
