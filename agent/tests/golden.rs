@@ -257,7 +257,10 @@ fn metrics_and_api_keep_every_family_label_and_field_of_the_golden_files() {
     std::thread::sleep(Duration::from_secs(6));
 
     let mut api = BTreeSet::new();
-    let mut record = |route: &str, v: &serde_json::Value| {
+    // (method, path template, status, body): checked against the OpenAPI document at the end.
+    let mut responses = Vec::new();
+    let mut record = |route: &str, status: u16, v: &serde_json::Value| {
+        responses.push(response_case(route, status, v));
         let mut paths = BTreeSet::new();
         json_paths(v, "", &mut paths);
         paths.insert(String::new());
@@ -275,7 +278,7 @@ fn metrics_and_api_keep_every_family_label_and_field_of_the_golden_files() {
         "/api/v1/containers",
         "/api/v1/containers?all=true",
     ] {
-        record(&format!("GET {route}"), &get_json(&agent, route));
+        record(&format!("GET {route}"), 200, &get_json(&agent, route));
     }
     for n in [&map, &ipt, &host, &done] {
         for (suffix, route) in [
@@ -288,15 +291,15 @@ fn metrics_and_api_keep_every_family_label_and_field_of_the_golden_files() {
             ),
         ] {
             let v = get_json(&agent, &format!("/api/v1/containers/{n}{suffix}"));
-            record(&format!("GET {route}"), &v);
+            record(&format!("GET {route}"), 200, &v);
         }
     }
     let (status, v) = socket_api(&agent, "GET", "/api/v1/containers/no-such-container", None);
     assert_eq!(status, 404, "{v}");
-    record("GET /api/v1/containers/{missing}", &v);
+    record("GET /api/v1/containers/{missing}", status, &v);
 
     // Changes, over the socket.
-    record("POST /api/v1/images/import", &imported);
+    record("POST /api/v1/images/import", 201, &imported);
     let cycle = unique("g-cycle");
     let run = format!(
         r#"{{"image":{},"name":"{cycle}","cmd":["sleep","300"],"limits":{{"memory":67108864}},"publish":["46300:46300/udp"]}}"#,
@@ -304,7 +307,7 @@ fn metrics_and_api_keep_every_family_label_and_field_of_the_golden_files() {
     );
     let (status, v) = socket_api(&agent, "POST", "/api/v1/containers", Some(&run));
     assert_eq!(status, 201, "{v}");
-    record("POST /api/v1/containers", &v);
+    record("POST /api/v1/containers", status, &v);
     let (status, v) = socket_api(
         &agent,
         "POST",
@@ -312,7 +315,7 @@ fn metrics_and_api_keep_every_family_label_and_field_of_the_golden_files() {
         Some(r#"{"memory":134217728,"pids":50}"#),
     );
     assert_eq!(status, 200, "{v}");
-    record("POST /api/v1/containers/{id}/update", &v);
+    record("POST /api/v1/containers/{id}/update", status, &v);
     let (status, v) = socket_api(
         &agent,
         "POST",
@@ -320,7 +323,7 @@ fn metrics_and_api_keep_every_family_label_and_field_of_the_golden_files() {
         None,
     );
     assert_eq!(status, 200, "{v}");
-    record("POST /api/v1/containers/{id}/kill", &v);
+    record("POST /api/v1/containers/{id}/kill", status, &v);
     let (status, v) = socket_api(
         &agent,
         "POST",
@@ -328,7 +331,7 @@ fn metrics_and_api_keep_every_family_label_and_field_of_the_golden_files() {
         None,
     );
     assert_eq!(status, 200, "{v}");
-    record("POST /api/v1/containers/{id}/stop", &v);
+    record("POST /api/v1/containers/{id}/stop", status, &v);
     let (status, v) = socket_api(
         &agent,
         "DELETE",
@@ -336,10 +339,10 @@ fn metrics_and_api_keep_every_family_label_and_field_of_the_golden_files() {
         None,
     );
     assert_eq!(status, 200, "{v}");
-    record("DELETE /api/v1/containers/{id}", &v);
+    record("DELETE /api/v1/containers/{id}", status, &v);
     let (status, v) = socket_api(&agent, "DELETE", "/api/v1/images/golden%2Fimg:v1", None);
     assert_eq!(status, 200, "{v}");
-    record("DELETE /api/v1/images/{reference}", &v);
+    record("DELETE /api/v1/images/{reference}", status, &v);
     let (status, v) = socket_api(
         &agent,
         "POST",
@@ -347,11 +350,56 @@ fn metrics_and_api_keep_every_family_label_and_field_of_the_golden_files() {
         Some("{\"image\":\"\"}"),
     );
     assert_eq!(status, 400, "{v}");
-    record("POST /api/v1/containers (bad input)", &v);
+    record("POST /api/v1/containers (bad input)", status, &v);
 
     let metrics = metric_shape(&agent.metrics());
     check_superset("metrics.txt", &metrics);
     check_superset("api.txt", &api);
+    let (status, doc) = socket_api(&agent, "GET", "/api/v1/openapi.json", None);
+    assert_eq!(status, 200, "{doc}");
+    check_against_document(doc, responses);
+}
+
+/// `GET /api/v1/containers/{id}/syscalls?top=5` (or `... (bad input)`) as the document names
+/// it: (`get`, `/api/v1/containers/{id}/syscalls`).
+fn response_case(route: &str, status: u16, v: &serde_json::Value) -> serde_json::Value {
+    let (method, rest) = route.split_once(' ').expect("METHOD /path");
+    let path = rest.split(['?', ' ']).next().unwrap_or(rest);
+    let path = path.replace("{missing}", "{id}");
+    serde_json::json!([method.to_lowercase(), path, status, v])
+}
+
+/// Every response the test received validates against the schema the OpenAPI document gives
+/// for its route and status (jsonschema, from the Python tools of `cargo xtask setup`).
+fn check_against_document(doc: serde_json::Value, cases: Vec<serde_json::Value>) {
+    use std::io::Write as _;
+    let python = Path::new("/opt/berth-tools/venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: `cargo xtask setup` creates it (with openapi-spec-validator)",
+        python.display()
+    );
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/common/validate_responses.py");
+    let mut child = std::process::Command::new(python)
+        .arg(&script)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("running validate_responses.py");
+    let input = serde_json::json!({ "doc": doc, "cases": cases }).to_string();
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .expect("writing the responses");
+    let out = child.wait_with_output().expect("validate_responses.py");
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "responses that violate the OpenAPI document:\n{report}"
+    );
+    eprintln!("{report}");
 }
 
 #[test]

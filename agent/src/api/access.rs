@@ -145,7 +145,7 @@ impl TcpAccess {
 }
 
 fn refuse(status: StatusCode, msg: String) -> Response {
-    (status, Json(serde_json::json!({ "error": msg }))).into_response()
+    (status, Json(super::ErrorBody { error: msg })).into_response()
 }
 
 /// TCP listener middleware: the Host header first (DNS rebinding), then the bearer token.
