@@ -85,23 +85,17 @@ mod tests {
         model::fixture::{self, HOSTNET_ID, SFU_ID},
         probes::Probes,
     };
+    use crate::{collect::Listed, model::Container};
 
     /// The Docker host fixture as the foreign collector lists it before any metadata: no
     /// address, bridge mode.
-    struct Listed;
-    impl Collector for Listed {
-        fn name(&self) -> &'static str {
-            "listed"
+    fn listed() -> Vec<Container> {
+        let mut s = fixture::docker_host_at(Duration::ZERO, 1);
+        for c in s.containers.iter_mut().filter(|c| !c.engine.is_berth()) {
+            c.network.ip = None;
+            c.network.mode = NetworkMode::Bridge;
         }
-        fn collect(&mut self, tick: &mut Tick<'_>) -> Result<Collected, CollectError> {
-            let mut s = fixture::docker_host_at(Duration::ZERO, 1);
-            for c in s.containers.iter_mut().filter(|c| !c.engine.is_berth()) {
-                c.network.ip = None;
-                c.network.mode = NetworkMode::Bridge;
-            }
-            tick.builder.snapshot.containers = s.containers;
-            Ok(Collected::Done)
-        }
+        s.containers
     }
 
     /// Root: one process in a namespace of the test's own, one in the test's.
@@ -123,7 +117,7 @@ mod tests {
         let mut r = Registry::with(
             Probes::disabled(&TrackedRoot::fixture()),
             vec![
-                Box::new(Listed),
+                Box::new(Listed(listed)),
                 Box::new(Addresses::new(mount.path(), Path::new("/proc"))),
             ],
         );

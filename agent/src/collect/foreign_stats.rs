@@ -94,6 +94,7 @@ mod tests {
     use std::{fs, path::Path};
 
     use super::*;
+    use crate::collect::Listed;
     use crate::{
         cgroup::{CgroupMode, TrackedRoot},
         collect::Registry,
@@ -102,30 +103,38 @@ mod tests {
     };
 
     /// A Docker container at `/docker/<id>` (cgroup id 77) and one of berth's.
-    struct Listed;
-    impl Collector for Listed {
-        fn name(&self) -> &'static str {
-            "listed"
-        }
-        fn collect(&mut self, tick: &mut Tick<'_>) -> Result<Collected, CollectError> {
-            let mut c: Container = fixture::snapshot().containers.remove(0);
-            let berth = c.clone();
-            c.engine = Engine::Docker;
-            c.berth = None;
-            c.stats = None;
-            c.cgroup = format!("/docker/{}", "d".repeat(64));
-            c.cgroup_id = Some(77);
-            tick.builder.snapshot.containers.extend([c, berth]);
-            Ok(Collected::Done)
-        }
+    fn listed() -> Vec<Container> {
+        let mut c: Container = fixture::snapshot().containers.remove(0);
+        let berth = c.clone();
+        c.engine = Engine::Docker;
+        c.berth = None;
+        c.stats = None;
+        c.cgroup = format!("/docker/{}", "d".repeat(64));
+        c.cgroup_id = Some(77);
+        vec![c, berth]
     }
 
-    fn hierarchy(mount: &Path) -> Hierarchy {
-        Hierarchy {
+    /// The listed containers, then a fresh `foreign_stats` over a cgroup2 tree at `mount`.
+    fn registry(mount: &Path) -> Registry {
+        let hierarchy = Hierarchy {
             mode: CgroupMode::Unified,
             unified_mount: mount.to_owned(),
             v1: Vec::new(),
-        }
+        };
+        Registry::with(
+            Probes::disabled(&TrackedRoot::fixture()),
+            vec![
+                Box::new(Listed(listed)),
+                Box::new(ForeignStats::new(hierarchy)),
+            ],
+        )
+    }
+
+    fn docker_of(snap: &crate::model::Snapshot) -> &Container {
+        snap.containers
+            .iter()
+            .find(|c| c.cgroup_id == Some(77))
+            .expect("the docker container listed")
     }
 
     fn v2_files(dir: &Path, memory: u64) {
@@ -151,19 +160,9 @@ mod tests {
         let mount = tempfile::tempdir().unwrap();
         let dir = mount.path().join("docker").join("d".repeat(64));
         v2_files(&dir, 1 << 20);
-        let mut r = Registry::with(
-            Probes::disabled(&TrackedRoot::fixture()),
-            vec![
-                Box::new(Listed),
-                Box::new(ForeignStats::new(hierarchy(mount.path()))),
-            ],
-        );
+        let mut r = registry(mount.path());
         let snap = r.collect();
-        let docker = snap
-            .containers
-            .iter()
-            .find(|c| c.cgroup_id == Some(77))
-            .unwrap();
+        let docker = docker_of(&snap);
         let s = docker
             .stats
             .as_ref()
@@ -181,28 +180,14 @@ mod tests {
         // Within STATS_EVERY the last reading is carried, not read again.
         v2_files(&dir, 2 << 20);
         let snap = r.collect();
-        let docker = snap
-            .containers
-            .iter()
-            .find(|c| c.cgroup_id == Some(77))
-            .unwrap();
+        let docker = docker_of(&snap);
         assert_eq!(docker.stats.as_ref().unwrap().memory_usage_bytes, 1 << 20);
 
         // Its cgroup gone: no numbers rather than stale ones, once it is read again.
         fs::remove_dir_all(&dir).unwrap();
-        let mut r = Registry::with(
-            Probes::disabled(&TrackedRoot::fixture()),
-            vec![
-                Box::new(Listed),
-                Box::new(ForeignStats::new(hierarchy(mount.path()))),
-            ],
-        );
+        let mut r = registry(mount.path());
         let snap = r.collect();
-        let docker = snap
-            .containers
-            .iter()
-            .find(|c| c.cgroup_id == Some(77))
-            .unwrap();
+        let docker = docker_of(&snap);
         assert!(docker.stats.is_none());
     }
 }

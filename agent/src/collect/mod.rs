@@ -110,6 +110,22 @@ pub struct Tick<'a> {
     pub probes: &'a mut Probes,
 }
 
+/// Tests of the collectors that read containers: a collector that lists the containers its
+/// function returns, each tick.
+#[cfg(test)]
+pub(crate) struct Listed(pub fn() -> Vec<crate::model::Container>);
+
+#[cfg(test)]
+impl Collector for Listed {
+    fn name(&self) -> &'static str {
+        "listed"
+    }
+    fn collect(&mut self, tick: &mut Tick<'_>) -> Result<Collected, CollectError> {
+        tick.builder.snapshot.containers.extend((self.0)());
+        Ok(Collected::Done)
+    }
+}
+
 /// One source of the snapshot.
 pub trait Collector: Send {
     /// Its name in `berth_collector_*{collector}` and in logs.

@@ -76,6 +76,7 @@ mod tests {
     use std::fs;
 
     use super::*;
+    use crate::collect::Listed;
     use crate::{
         cgroup::TrackedRoot,
         collect::Registry,
@@ -85,20 +86,13 @@ mod tests {
 
     /// Puts the fixture's containers, one of them turned into a Docker container at
     /// 172.17.0.2 without published ports, into the snapshot.
-    struct Listed;
-    impl Collector for Listed {
-        fn name(&self) -> &'static str {
-            "listed"
-        }
-        fn collect(&mut self, tick: &mut Tick<'_>) -> Result<Collected, CollectError> {
-            let mut s = fixture::snapshot();
-            s.containers[1].engine = Engine::Docker;
-            s.containers[1].network.ip = Some("172.17.0.2".parse().unwrap());
-            s.containers[1].network.publish.clear();
-            s.containers[0].network.ip = Some("172.17.0.9".parse().unwrap());
-            tick.builder.snapshot.containers = s.containers;
-            Ok(Collected::Done)
-        }
+    fn listed() -> Vec<Container> {
+        let mut s = fixture::snapshot();
+        s.containers[1].engine = Engine::Docker;
+        s.containers[1].network.ip = Some("172.17.0.2".parse().unwrap());
+        s.containers[1].network.publish.clear();
+        s.containers[0].network.ip = Some("172.17.0.9".parse().unwrap());
+        s.containers
     }
 
     fn proxy(root: &std::path::Path, pid: u32, host_ip: &str, port: u16, ip: &str) {
@@ -137,7 +131,10 @@ mod tests {
         proxy(proc.path(), pid, "0.0.0.0", 9, "172.17.0.9");
         let mut r = Registry::with(
             Probes::disabled(&TrackedRoot::fixture()),
-            vec![Box::new(Listed), Box::new(Proxies::new(proc.path()))],
+            vec![
+                Box::new(Listed(listed)),
+                Box::new(Proxies::new(proc.path())),
+            ],
         );
         let snap = r.collect();
         assert_eq!(snap.proxies.processes, 7);

@@ -84,28 +84,22 @@ mod tests {
         model::{Engine, NetworkMode, Snapshot, fixture},
         probes::Probes,
     };
+    use crate::{collect::Listed, model::Container};
 
     /// The fixture's containers plus two Docker containers sharing 10.231.10.2 (the second
     /// joined the first's namespace and publishes nothing) and a host-networking one; berth's
     /// `legacy` container sits at 10.231.10.3.
-    struct Listed;
-    impl Collector for Listed {
-        fn name(&self) -> &'static str {
-            "listed"
-        }
-        fn collect(&mut self, tick: &mut Tick<'_>) -> Result<Collected, CollectError> {
-            let mut s = fixture::docker_host_at(Duration::ZERO, 1);
-            for c in &mut s.containers {
-                c.port_mapping = Default::default();
-                match c.name.as_str() {
-                    "sfu" | "worker" => c.network.ip = Some("10.231.10.2".parse().unwrap()),
-                    "legacy" => c.network.ip = Some("10.231.10.3".parse().unwrap()),
-                    _ => {}
-                }
+    fn listed() -> Vec<Container> {
+        let mut s = fixture::docker_host_at(Duration::ZERO, 1);
+        for c in &mut s.containers {
+            c.port_mapping = Default::default();
+            match c.name.as_str() {
+                "sfu" | "worker" => c.network.ip = Some("10.231.10.2".parse().unwrap()),
+                "legacy" => c.network.ip = Some("10.231.10.3".parse().unwrap()),
+                _ => {}
             }
-            tick.builder.snapshot.containers = s.containers;
-            Ok(Collected::Done)
         }
+        s.containers
     }
 
     fn rules_of(s: &Snapshot, name: &str) -> Option<u64> {
@@ -135,7 +129,7 @@ mod tests {
         let mut r = Registry::with(
             Probes::disabled(&TrackedRoot::fixture()),
             vec![
-                Box::new(Listed),
+                Box::new(Listed(listed)),
                 Box::new(Rules::with(default_rulesets(), times)),
             ],
         );
@@ -179,7 +173,10 @@ mod tests {
         }];
         let mut r = Registry::with(
             Probes::disabled(&TrackedRoot::fixture()),
-            vec![Box::new(Listed), Box::new(Rules::with(missing, times))],
+            vec![
+                Box::new(Listed(listed)),
+                Box::new(Rules::with(missing, times)),
+            ],
         );
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
