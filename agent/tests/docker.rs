@@ -13,7 +13,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use berth_testkit::Dockerd;
-use common::docker::{DockerHost, has_media_metadata, inspect, run, run_media, tail};
+use common::docker::{DockerHost, has_media_metadata, inspect, run, run_media, run_portless, tail};
 use serde_json::{Value, json};
 
 /// The message of a refused mutation of another engine's container (api/write.rs).
@@ -133,19 +133,7 @@ fn a_docker_container_with_100_published_ports_is_listed_refused_and_forgotten()
 #[test]
 fn host_network_and_portless_bridge_containers_show_their_mode_and_no_ports() {
     let host = DockerHost::start();
-    let (hostnet, _) = run(
-        &host,
-        &[
-            "--name",
-            "hostnet",
-            "--network",
-            "host",
-            Dockerd::BUSYBOX,
-            "sleep",
-            "1d",
-        ],
-    );
-    let (plain, _) = run(&host, &["--name", "plain", Dockerd::BUSYBOX, "sleep", "1d"]);
+    let (hostnet, plain) = run_portless(&host);
     // Metadata lands within a tick or two of the cgroup (the start event): wait for it whole.
     let (h, _) = host.wait_listed(&hostnet, Duration::from_secs(5), |c| {
         c["name"] == "hostnet" && c["log_path"].is_string()

@@ -21,7 +21,7 @@ use std::{
 
 use berth_testkit::Dockerd;
 use common::{
-    docker::{DockerHost, has_media_metadata, inspect, run, run_media},
+    docker::{DockerHost, has_media_metadata, inspect, run_media, run_portless},
     sample, udp_new_flows, wait_for,
 };
 use serde_json::Value;
@@ -121,19 +121,7 @@ fn a_docker_port_mapping_is_counted_attributed_per_hook_diagnosed_and_forgotten(
         .parse()
         .expect("media's bridge address");
     // Beside it, the two kinds of container that publish nothing.
-    let (hostnet, _) = run(
-        &host,
-        &[
-            "--name",
-            "hostnet",
-            "--network",
-            "host",
-            Dockerd::BUSYBOX,
-            "sleep",
-            "1d",
-        ],
-    );
-    let (plain, _) = run(&host, &["--name", "plain", Dockerd::BUSYBOX, "sleep", "1d"]);
+    let (hostnet, plain) = run_portless(&host);
 
     // The truth, once `docker run` has returned: dockerd's rules in its namespace, its proxies.
     let rules = host.dockerd.netns.run(|| rules_naming(ip));

@@ -164,14 +164,7 @@ fn net_count(agent: &Agent, id: &str, direction: &str, protocol: &str) -> (u64, 
 /// it is created in) and sends `count` datagrams of `payload` bytes to `to`; waits for it.
 /// The child does only async-signal-safe work.
 fn udp_from(cgroup: &Cgroup, to: SocketAddrV4, count: u32, payload: usize) {
-    let procs = std::ffi::CString::new(
-        cgroup
-            .dir
-            .join("cgroup.procs")
-            .into_os_string()
-            .into_encoded_bytes(),
-    )
-    .unwrap();
+    let procs = cgroup.procs_cstring();
     let buf = vec![0x5au8; payload];
     let addr = libc::sockaddr_in {
         sin_family: libc::AF_INET as libc::sa_family_t,

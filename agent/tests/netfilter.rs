@@ -45,6 +45,23 @@ const HOST_IP: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 1);
 const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 2);
 
 impl Pair {
+    /// One nft rule in the host namespace: UDP to `UDP_DPORT` is DNATed to `HOST_IP:port`.
+    fn dnat_to(&self, port: u16) {
+        self.host
+            .sh_in(
+                "nft -f -",
+                &format!(
+                    "table ip bnf {{
+                       chain pre {{
+                         type nat hook prerouting priority dstnat; policy accept;
+                         udp dport {UDP_DPORT} dnat to {HOST_IP}:{port}
+                       }}
+                     }}"
+                ),
+            )
+            .unwrap();
+    }
+
     fn new() -> Self {
         let client = Netns::new();
         let host = Netns::new();
@@ -216,19 +233,7 @@ const PACKETS: u64 = 200;
 fn udp_packets_through_a_dnat_rule_are_counted_under_the_published_port_and_state() {
     let _serial = serial();
     let pair = Pair::new();
-    pair.host
-        .sh_in(
-            "nft -f -",
-            &format!(
-                "table ip bnf {{
-                   chain pre {{
-                     type nat hook prerouting priority dstnat; policy accept;
-                     udp dport {UDP_DPORT} dnat to {HOST_IP}:{TARGET_PORT}
-                   }}
-                 }}"
-            ),
-        )
-        .unwrap();
+    pair.dnat_to(TARGET_PORT);
     let (ebpf, probe) = start_probe(&pair.host);
     let server = pair
         .host
@@ -473,19 +478,7 @@ fn per_port_iptables_rules_cost_more_per_new_flow_than_one_nft_map() {
 fn probe_overhead_on_a_veth_path_is_printed() {
     let _serial = serial();
     let pair = Pair::new();
-    pair.host
-        .sh_in(
-            "nft -f -",
-            &format!(
-                "table ip bnf {{
-                   chain pre {{
-                     type nat hook prerouting priority dstnat; policy accept;
-                     udp dport {UDP_DPORT} dnat to {HOST_IP}:{SINK_PORT}
-                   }}
-                 }}"
-            ),
-        )
-        .unwrap();
+    pair.dnat_to(SINK_PORT);
     let _sink = pair
         .host
         .run(|| UdpSocket::bind(SocketAddrV4::new(HOST_IP, SINK_PORT)).unwrap());

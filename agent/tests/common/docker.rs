@@ -206,6 +206,25 @@ pub fn inspect(host: &DockerHost, id: &str, format: &str) -> String {
 }
 
 /// `docker run -d --name media -p 40000-40099:40000-40099/udp bb:1 sleep 1d`.
+/// Two containers that publish nothing: `hostnet` (host networking) and `plain` (a bridge
+/// container without ports); their ids.
+pub fn run_portless(host: &DockerHost) -> (String, String) {
+    let (hostnet, _) = run(
+        host,
+        &[
+            "--name",
+            "hostnet",
+            "--network",
+            "host",
+            Dockerd::BUSYBOX,
+            "sleep",
+            "1d",
+        ],
+    );
+    let (plain, _) = run(host, &["--name", "plain", Dockerd::BUSYBOX, "sleep", "1d"]);
+    (hostnet, plain)
+}
+
 pub fn run_media(host: &DockerHost) -> (String, Duration) {
     run(
         host,

@@ -397,6 +397,18 @@ impl Cgroup {
         Cgroup { dir }
     }
 
+    /// Its `cgroup.procs` as a C string, for a forked child to open before it does its work
+    /// (only async-signal-safe calls after fork).
+    pub fn procs_cstring(&self) -> std::ffi::CString {
+        std::ffi::CString::new(
+            self.dir
+                .join("cgroup.procs")
+                .into_os_string()
+                .into_encoded_bytes(),
+        )
+        .expect("a cgroup path has no NUL byte")
+    }
+
     /// Path below the cgroup2 mount, as the agent labels it.
     pub fn label(&self) -> String {
         let mount = cgroup2_mount();
@@ -438,14 +450,7 @@ pub fn getppid_in(cgroup: &Cgroup, calls: u64) {
 
 /// Like [`getppid_in`], then `sleeps` nanosleep(2) calls of `sleep_ms` each.
 pub fn syscalls_in(cgroup: &Cgroup, calls: u64, sleeps: u32, sleep_ms: i64) {
-    let procs = std::ffi::CString::new(
-        cgroup
-            .dir
-            .join("cgroup.procs")
-            .into_os_string()
-            .into_encoded_bytes(),
-    )
-    .unwrap();
+    let procs = cgroup.procs_cstring();
     // SAFETY: the child only calls open/write/close/syscall/_exit before exiting.
     unsafe {
         let pid = libc::fork();
