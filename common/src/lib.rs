@@ -157,6 +157,9 @@ impl ProbeError {
 /// Names of the maps in berth's eBPF object, defined once: the eBPF side declares its statics
 /// with these names (`ebpf/src/*.rs`; a test in `agent/src/probes/` checks the object holds
 /// every one), the agent looks them up, pins them and labels lost events with them.
+/// The `ebpf` port-mapping backend's maps.
+pub mod portmap;
+
 pub mod maps {
     /// Per-CPU hash, [`crate::SyscallKey`] -> u64 calls.
     pub const SYSCALLS: &str = "SYSCALLS";
@@ -330,4 +333,11 @@ mod user {
     unsafe impl aya::Pod for super::netfilter::PortKey {}
     unsafe impl aya::Pod for super::netfilter::Cost {}
     unsafe impl aya::Pod for super::netfilter::Scratch {}
+    // SAFETY: as above: `#[repr(C)]` integers with explicit padding.
+    unsafe impl aya::Pod for super::portmap::PortKey {}
+    unsafe impl aya::Pod for super::portmap::PortTarget {}
+    unsafe impl aya::Pod for super::portmap::RevKey {}
+    unsafe impl aya::Pod for super::portmap::RevTarget {}
+    unsafe impl aya::Pod for super::portmap::SockKey {}
+    unsafe impl aya::Pod for super::portmap::SockOrig {}
 }

@@ -49,6 +49,9 @@ pub enum BackendKind {
     NftMap,
     /// Docker's per-port iptables rules, for comparison and diagnosis.
     Iptables,
+    /// eBPF programs that rewrite and redirect past netfilter and conntrack (host-networking
+    /// cost); the nft-map rules of a table of its own take what they decline.
+    Ebpf,
 }
 
 impl FromStr for BackendKind {
@@ -57,7 +60,8 @@ impl FromStr for BackendKind {
         match s {
             "nft-map" => Ok(BackendKind::NftMap),
             "iptables" => Ok(BackendKind::Iptables),
-            _ => Err(format!("{s:?}: expected nft-map or iptables")),
+            "ebpf" => Ok(BackendKind::Ebpf),
+            _ => Err(format!("{s:?}: expected nft-map, iptables or ebpf")),
         }
     }
 }
@@ -67,6 +71,7 @@ impl fmt::Display for BackendKind {
         f.write_str(match self {
             BackendKind::NftMap => "nft-map",
             BackendKind::Iptables => "iptables",
+            BackendKind::Ebpf => "ebpf",
         })
     }
 }

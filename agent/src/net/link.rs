@@ -373,3 +373,22 @@ pub fn links_with_prefix(prefix: &str) -> Result<Vec<(String, Option<String>)>, 
             .collect())
     })
 }
+
+/// Every IPv4 address of the calling thread's network namespace: (interface index, address),
+/// in the kernel's order (an interface's primary address first).
+pub fn ipv4_addresses() -> Result<Vec<(u32, Ipv4Addr)>, NetError> {
+    run(None, move |h| async move {
+        let mut out = Vec::new();
+        let mut addrs = h.address().get().execute();
+        while let Some(a) = addrs.try_next().await.map_err(nl("list", "addresses"))? {
+            for attr in &a.attributes {
+                if let rtnetlink::packet_route::address::AddressAttribute::Local(IpAddr::V4(ip)) =
+                    attr
+                {
+                    out.push((a.header.index, *ip));
+                }
+            }
+        }
+        Ok(out)
+    })
+}

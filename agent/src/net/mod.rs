@@ -96,6 +96,9 @@ pub struct NetworkConfig {
     pub port_backend: BackendKind,
     /// nftables table owned by berth (also the prefix of its iptables chains, uppercased).
     pub table: String,
+    /// Interfaces where the `ebpf` backend maps packets arriving for published ports; empty:
+    /// those that carry an IPv4 default route when the backend starts.
+    pub uplinks: Vec<String>,
 }
 
 impl Default for NetworkConfig {
@@ -106,6 +109,7 @@ impl Default for NetworkConfig {
             subnet: "10.231.0.0/16".parse().expect("valid default subnet"),
             port_backend: BackendKind::NftMap,
             table: "berth".into(),
+            uplinks: Vec::new(),
         }
     }
 }
@@ -142,6 +146,14 @@ impl NetworkConfig {
                 "network.table",
                 format!("is `{t}`; use 1 to 24 letters, digits, - or _"),
             ));
+        }
+        for u in &self.uplinks {
+            if portmap::validate_ifname(u).is_err() {
+                return Err((
+                    "network.uplinks",
+                    format!("has `{u}`; use interface names of 1 to 15 characters [a-zA-Z0-9_.-]"),
+                ));
+            }
         }
         Ok(())
     }
@@ -180,16 +192,27 @@ fn backend_key(kind: BackendKind) -> &'static str {
     match kind {
         BackendKind::NftMap => "nft-map",
         BackendKind::Iptables => "iptables",
+        BackendKind::Ebpf => "ebpf",
     }
 }
 
 impl Network {
-    pub fn new(config: NetworkConfig, run_dir: &Path) -> Self {
+    /// `cgroup2`: where the `ebpf` backend attaches its socket hooks for host-local clients.
+    pub fn new(config: NetworkConfig, run_dir: &Path, cgroup2: Option<&Path>) -> Self {
         let pm = config.portmap();
-        let backends = [BackendKind::NftMap, BackendKind::Iptables]
-            .into_iter()
-            .map(|k| (backend_key(k), portmap::backend(k, &pm)))
-            .collect();
+        let ebpf = portmap::ebpf::EbpfOptions {
+            uplinks: config.uplinks.clone(),
+            cgroup2: cgroup2.map(Path::to_owned),
+            ..Default::default()
+        };
+        let backends = [
+            BackendKind::NftMap,
+            BackendKind::Iptables,
+            BackendKind::Ebpf,
+        ]
+        .into_iter()
+        .map(|k| (backend_key(k), portmap::backend_with(k, &pm, &ebpf)))
+        .collect();
         Self {
             config,
             netns_dir: run_dir.join("netns"),
@@ -389,7 +412,7 @@ mod tests {
             subnet: "10.9.0.0/29".parse().unwrap(),
             ..Default::default()
         };
-        let n = Network::new(c, Path::new("/nonexistent"));
+        let n = Network::new(c, Path::new("/nonexistent"), None);
         let mut used = HashSet::new();
         let a = n.allocate(&used).unwrap();
         assert_eq!(a, Ipv4Addr::new(10, 9, 0, 2));

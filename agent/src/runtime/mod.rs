@@ -80,6 +80,7 @@ impl Manager {
         let runtime = OciRuntime::detect(runtime, &hierarchy, run_dir)?;
         let store = Store::open(state_dir)?;
         let images = ImageStore::open(&state_dir.join("images"))?;
+        let net = Network::new(network, run_dir, Some(&hierarchy.unified_mount));
         let m = Self {
             store,
             images,
@@ -88,7 +89,7 @@ impl Manager {
             cgroup_root: cgroup_root.trim_matches('/').to_owned(),
             host: HostCapacity::detect()?,
             containers: RwLock::new(BTreeMap::new()),
-            net: Network::new(network, run_dir),
+            net,
             ops: Mutex::new(()),
         };
         m.recover()?;

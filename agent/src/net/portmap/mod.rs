@@ -43,6 +43,7 @@
 //! Changes are serialised inside each backend; callers check the whole set of publishes with
 //! [`check_conflicts`] against their store, and `add` re-checks against what the kernel holds.
 
+pub mod ebpf;
 mod exec;
 pub mod iptables;
 pub mod nft;
@@ -144,6 +145,8 @@ pub enum PortmapError {
         backend: BackendKind,
         missing: String,
     },
+    #[error("eBPF port mapping: {op}: {reason}")]
+    Bpf { op: String, reason: String },
     #[error("cannot set sysctl {path}: {source}")]
     Sysctl {
         path: PathBuf,
@@ -227,7 +230,7 @@ impl PortmapConfig {
     }
 }
 
-fn validate_ifname(name: &str) -> Result<(), &'static str> {
+pub(crate) fn validate_ifname(name: &str) -> Result<(), &'static str> {
     let ok = !name.is_empty()
         && name.len() < 16
         && name != "."
@@ -282,12 +285,23 @@ pub trait Backend: Send + Sync {
     fn teardown(&self) -> Result<(), PortmapError>;
 }
 
-/// The backend of `kind` for `config`. Nothing is checked or created until a method is called.
-pub fn backend(kind: BackendKind, config: &PortmapConfig) -> Box<dyn Backend> {
+/// The backend of `kind` for `config` (the `ebpf` one with `ebpf`'s options). Nothing is
+/// checked or created until a method is called.
+pub fn backend_with(
+    kind: BackendKind,
+    config: &PortmapConfig,
+    ebpf: &ebpf::EbpfOptions,
+) -> Box<dyn Backend> {
     match kind {
         BackendKind::NftMap => Box::new(nft::NftMap::new(config.clone())),
         BackendKind::Iptables => Box::new(iptables::Iptables::new(config.clone())),
+        BackendKind::Ebpf => Box::new(ebpf::Ebpf::new(config.clone(), ebpf.clone())),
     }
+}
+
+/// [`backend_with`] the default `ebpf` options.
+pub fn backend(kind: BackendKind, config: &PortmapConfig) -> Box<dyn Backend> {
+    backend_with(kind, config, &ebpf::EbpfOptions::default())
 }
 
 /// Turns on what published ports need, in the calling thread's network namespace:
@@ -399,11 +413,15 @@ mod unit_tests {
 
     #[test]
     fn backend_names_parse_as_they_display_and_others_are_refused() {
-        for kind in [BackendKind::NftMap, BackendKind::Iptables] {
+        for kind in [
+            BackendKind::NftMap,
+            BackendKind::Iptables,
+            BackendKind::Ebpf,
+        ] {
             assert_eq!(kind.to_string().parse::<BackendKind>(), Ok(kind));
         }
-        let e = "ebpf".parse::<BackendKind>().unwrap_err();
-        assert!(e.contains("nft-map or iptables"), "{e}");
+        let e = "xdp".parse::<BackendKind>().unwrap_err();
+        assert!(e.contains("nft-map, iptables or ebpf"), "{e}");
     }
 
     #[test]

@@ -75,13 +75,37 @@ const HINT: &str = "berth's nft-map backend needs nftables (`apt install nftable
 /// The `nft-map` backend. Changes are serialised by an internal lock.
 pub struct NftMap {
     config: PortmapConfig,
+    flavor: Flavor,
     lock: Mutex<()>,
+}
+
+/// How a table differs when it is the `ebpf` backend's slow path.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Flavor {
+    /// `counter` on the DNAT rules (packets that took the slow path).
+    pub counters: bool,
+    /// Source ports of the subnet's masquerade, and its chain one before `srcnat` so that it
+    /// runs before berth's other tables.
+    pub masquerade_ports: Option<(u16, u16)>,
 }
 
 impl NftMap {
     pub fn new(config: PortmapConfig) -> Self {
         NftMap {
             config,
+            flavor: Flavor::default(),
+            lock: Mutex::new(()),
+        }
+    }
+
+    /// The slow path of the `ebpf` backend: counted DNAT rules, masquerade to `ports` first.
+    pub fn slow_path(config: PortmapConfig, ports: (u16, u16)) -> Self {
+        NftMap {
+            config,
+            flavor: Flavor {
+                counters: true,
+                masquerade_ports: Some(ports),
+            },
             lock: Mutex::new(()),
         }
     }
@@ -125,7 +149,7 @@ impl Backend for NftMap {
     fn setup(&self) -> Result<(), PortmapError> {
         self.config.validate()?;
         let _g = self.guard();
-        self.apply(&setup_script(&self.config))
+        self.apply(&setup_script_with(&self.config, self.flavor))
     }
 
     fn add(
@@ -188,16 +212,40 @@ impl Backend for NftMap {
 /// refilled in the same transaction, so re-running it with another bridge or subnet rewrites the
 /// base rules without a moment where they are missing, and keeps every element.
 pub fn setup_script(config: &PortmapConfig) -> String {
+    setup_script_with(config, Flavor::default())
+}
+
+/// [`setup_script`] of a table of `flavor`.
+pub fn setup_script_with(config: &PortmapConfig, flavor: Flavor) -> String {
     let t = &config.table;
     let br = &config.bridge;
     let net = config.subnet.trunc();
+    let counter = if flavor.counters { "counter " } else { "" };
+    let leaving = format!("ip saddr {net} oifname != \"{br}\"");
+    let (mut postrouting_rules, postrouting) = match flavor.masquerade_ports {
+        Some((lo, hi)) => (
+            vec![
+                format!("{leaving} meta l4proto {{ tcp, udp }} masquerade to :{lo}-{hi}"),
+                format!("{leaving} masquerade"),
+            ],
+            "type nat hook postrouting priority 99; policy accept;",
+        ),
+        None => (
+            vec![format!("{leaving} masquerade")],
+            "type nat hook postrouting priority srcnat; policy accept;",
+        ),
+    };
+    postrouting_rules.extend([
+        format!("ct status dnat ip saddr {net} ip daddr {net} masquerade"),
+        format!("ct status dnat ip saddr 127.0.0.0/8 oifname \"{br}\" masquerade"),
+    ]);
     let chains: [(&str, Option<&str>, &[String]); 6] = [
         (
             "published",
             None,
             &[
-                "dnat ip to ip daddr . meta l4proto . th dport map @hostports".into(),
-                "dnat ip to meta l4proto . th dport map @ports".into(),
+                format!("{counter}dnat ip to ip daddr . meta l4proto . th dport map @hostports"),
+                format!("{counter}dnat ip to meta l4proto . th dport map @ports"),
             ],
         ),
         (
@@ -211,15 +259,7 @@ pub fn setup_script(config: &PortmapConfig) -> String {
             Some("type nat hook output priority -100; policy accept;"),
             &["fib daddr type local jump published".into()],
         ),
-        (
-            "postrouting",
-            Some("type nat hook postrouting priority srcnat; policy accept;"),
-            &[
-                format!("ip saddr {net} oifname != \"{br}\" masquerade"),
-                format!("ct status dnat ip saddr {net} ip daddr {net} masquerade"),
-                format!("ct status dnat ip saddr 127.0.0.0/8 oifname \"{br}\" masquerade"),
-            ],
-        ),
+        ("postrouting", Some(postrouting), &postrouting_rules),
         (
             "forward",
             Some("type filter hook forward priority filter; policy accept;"),

@@ -25,16 +25,16 @@ use super::{
 };
 
 /// Unique per test run: names of tables, chains and interfaces start with it.
-fn run_prefix() -> String {
+pub(super) fn run_prefix() -> String {
     format!("bpm{}", std::process::id())
 }
 
-const BRIDGE_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
-const CTR_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
-const HOST_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 1);
-const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 2);
+pub(super) const BRIDGE_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
+pub(super) const CTR_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
+pub(super) const HOST_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 1);
+pub(super) const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 2);
 
-fn config() -> PortmapConfig {
+pub(super) fn config() -> PortmapConfig {
     PortmapConfig {
         table: run_prefix(),
         bridge: format!("{}br", run_prefix()),
@@ -42,11 +42,11 @@ fn config() -> PortmapConfig {
     }
 }
 
-fn pubs(flags: &[&str]) -> Vec<super::Publish> {
+pub(super) fn pubs(flags: &[&str]) -> Vec<super::Publish> {
     flags.iter().map(|f| parse_publish(f).unwrap()).collect()
 }
 
-fn nft_json(args: &str) -> Value {
+pub(super) fn nft_json(args: &str) -> Value {
     serde_json::from_str(&sh(&format!("nft -j {args}"))).unwrap()
 }
 
@@ -337,14 +337,20 @@ fn ensure_sysctls_turns_on_forwarding_and_route_localnet_of_the_bridge() {
 
 /// Three namespaces: "host" (rules, bridge, veth to the client), "ctr" (container on the
 /// bridge) and "client" (another machine on the host's veth).
-struct Topology {
-    host: Netns,
-    ctr: Netns,
-    client: Netns,
-    cfg: PortmapConfig,
+pub(super) struct Topology {
+    pub(super) host: Netns,
+    pub(super) ctr: Netns,
+    pub(super) client: Netns,
+    pub(super) cfg: PortmapConfig,
 }
 
 fn topology() -> Topology {
+    topology_with(&format!("{}c", run_prefix()))
+}
+
+/// Host, container and client namespaces: the container on a bridge of the host through the
+/// veth `ctr_veth`, the client on a veth `<prefix>x` (the host's uplink, [`HOST_IP`]).
+pub(super) fn topology_with(ctr_veth: &str) -> Topology {
     let (host, ctr, client) = (Netns::new(), Netns::new(), Netns::new());
     let cfg = config();
     let pre = run_prefix();
@@ -353,11 +359,13 @@ fn topology() -> Topology {
         sh(&format!("ip link add {br} type bridge"));
         sh(&format!("ip addr add {BRIDGE_IP}/24 dev {br}"));
         sh(&format!("ip link set {br} up"));
-        veth(&format!("{pre}c"), &ctr, "eth0");
-        sh(&format!("ip link set {pre}c master {br}"));
+        veth(ctr_veth, &ctr, "eth0");
+        sh(&format!("ip link set {ctr_veth} master {br}"));
         // Needed with br_netfilter (see the module header): the hairpin DNAT is bridged back.
-        sh(&format!("ip link set {pre}c type bridge_slave hairpin on"));
-        sh(&format!("ip link set {pre}c up"));
+        sh(&format!(
+            "ip link set {ctr_veth} type bridge_slave hairpin on"
+        ));
+        sh(&format!("ip link set {ctr_veth} up"));
         veth(&format!("{pre}x"), &client, "eth0");
         sh(&format!("ip addr add {HOST_IP}/24 dev {pre}x"));
         sh(&format!("ip link set {pre}x up"));
@@ -382,13 +390,13 @@ fn topology() -> Topology {
 }
 
 /// Echo servers in a namespace (UDP and TCP); stopped and joined on drop.
-struct Echo {
+pub(super) struct Echo {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
 }
 
 impl Echo {
-    fn start(ns: &Netns, udp: &[u16], tcp: &[u16]) -> Echo {
+    pub(super) fn start(ns: &Netns, udp: &[u16], tcp: &[u16]) -> Echo {
         let stop = Arc::new(AtomicBool::new(false));
         let (udp_socks, tcp_socks) = ns.run(|| {
             let u: Vec<UdpSocket> = udp
@@ -455,7 +463,7 @@ impl Drop for Echo {
 
 /// Sends one UDP datagram from `ns` to `to` (a few tries) and returns the echo text and where it
 /// came from; `None` if nothing came back.
-fn udp_ask(ns: &Netns, to: SocketAddrV4, tries: u32) -> Option<(String, SocketAddr)> {
+pub(super) fn udp_ask(ns: &Netns, to: SocketAddrV4, tries: u32) -> Option<(String, SocketAddr)> {
     let sock = ns.run(|| UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).unwrap());
     sock.set_read_timeout(Some(Duration::from_millis(400)))
         .unwrap();
@@ -471,7 +479,7 @@ fn udp_ask(ns: &Netns, to: SocketAddrV4, tries: u32) -> Option<(String, SocketAd
     None
 }
 
-fn udp_echo(ns: &Netns, to: SocketAddrV4) -> String {
+pub(super) fn udp_echo(ns: &Netns, to: SocketAddrV4) -> String {
     let (text, from) = udp_ask(ns, to, 5).unwrap_or_else(|| panic!("no UDP echo from {to}"));
     assert_eq!(
         from,
@@ -482,7 +490,7 @@ fn udp_echo(ns: &Netns, to: SocketAddrV4) -> String {
     text
 }
 
-fn tcp_echo(ns: &Netns, to: SocketAddrV4) -> String {
+pub(super) fn tcp_echo(ns: &Netns, to: SocketAddrV4) -> String {
     let mut conn = ns
         .run(|| TcpStream::connect_timeout(&to.into(), Duration::from_secs(3)))
         .unwrap_or_else(|e| panic!("TCP connect to {to}: {e}"));
