@@ -52,6 +52,13 @@ pub fn diagnose(snap: &Snapshot, base: Option<&Snapshot>) -> Vec<Finding> {
         .filter(|c| c.network.port_backend == Some(BackendKind::NftMap))
         .map(|c| snap.new_flow_cost(c))
         .fold((0, 0), |(p, n), c| (p + c.packets, n + c.nanoseconds));
+    // The ebpf backend's own cost, when some container here uses it.
+    let ebpf_ns = snap
+        .containers
+        .iter()
+        .any(|c| c.network.port_backend == Some(BackendKind::Ebpf))
+        .then(|| snap.portmap_ebpf.as_ref()?.forward_ns_per_packet())
+        .flatten();
     for r in &snap.containers {
         if r.network.port_backend != Some(BackendKind::Iptables) {
             continue;
@@ -80,6 +87,13 @@ pub fn diagnose(snap: &Snapshot, base: Option<&Snapshot>) -> Vec<Finding> {
                 us(map_ns, map_p)
             ));
         }
+        if let Some(ns) = ebpf_ns {
+            evidence.push(format!(
+                "containers here with --port-backend ebpf: {:.2} µs per packet in its eBPF \
+                 program, no netfilter time",
+                ns / 1e3
+            ));
+        }
         let slow = packets > 0 && us(ns, packets) > 20.0;
         out.push(Finding {
             severity: if ports >= 1000 || slow {
@@ -96,8 +110,9 @@ pub fn diagnose(snap: &Snapshot, base: Option<&Snapshot>) -> Vec<Finding> {
             fix: format!(
                 "recreate it with --port-backend nft-map (berth's default): one map lookup per \
                  packet whatever the number of ports, e.g. `berth rm -f {name} && berth run \
-                 --port-backend nft-map ...`; host networking (--network host) avoids NAT \
-                 altogether",
+                 --port-backend nft-map ...`; --port-backend ebpf maps ports past netfilter and \
+                 conntrack at host-networking cost; host networking (--network host) avoids \
+                 NAT altogether",
                 name = r.name
             ),
         });

@@ -246,7 +246,7 @@ fn two_containers_cannot_publish_the_same_host_port_and_the_loser_leaves_no_trac
         "run",
         "-d",
         "--port-backend",
-        "ebpf",
+        "xdp",
         "-p",
         "1:1",
         rootfs,

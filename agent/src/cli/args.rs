@@ -254,8 +254,9 @@ pub struct RunArgs {
     /// `-p 40000-59999:40000-59999/udp`.
     #[arg(short, long = "publish")]
     pub publish: Vec<String>,
-    /// Port-mapping backend: nft-map (one map, flat cost) or iptables (one rule per port,
-    /// Docker's way, to reproduce the problem).
+    /// Port-mapping backend: nft-map (one map, flat cost), ebpf (eBPF programs past netfilter
+    /// and conntrack: host-networking cost) or iptables (one rule per port, Docker's way, to
+    /// reproduce the problem).
     #[arg(long)]
     pub port_backend: Option<crate::net::portmap::BackendKind>,
     /// Security options, as Docker's (repeatable): `seccomp=unconfined` (no filter),

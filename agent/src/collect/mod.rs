@@ -23,6 +23,7 @@ mod containers;
 mod foreign;
 mod foreign_stats;
 mod images;
+mod portmap_ebpf;
 mod probes;
 mod proxies;
 mod rules;
@@ -55,6 +56,8 @@ pub enum CollectError {
     Image(#[from] crate::image::ImageError),
     #[error("no iptables ruleset could be read: {errors}")]
     Rules { errors: String },
+    #[error(transparent)]
+    Portmap(#[from] crate::net::portmap::PortmapError),
 }
 
 /// What a collector did.
@@ -156,6 +159,7 @@ impl Registry {
     ) -> Self {
         let unified_mount = hierarchy.unified_mount.as_path();
         let skip = root.path.clone();
+        let manager_for_ebpf = manager.clone();
         let mut collectors: Vec<Box<dyn Collector>> = vec![
             Box::new(cgroups::Cgroups::new(root)),
             Box::new(containers::Containers::new(manager.clone())),
@@ -181,6 +185,11 @@ impl Registry {
         collectors.push(Box::new(conntrack::Conntrack::new(&discovery.proc)));
         collectors.push(Box::new(proxies::Proxies::new(&discovery.proc)));
         collectors.push(Box::new(rules::Rules::new()));
+        if let Some(m) = &manager_for_ebpf {
+            collectors.push(Box::new(portmap_ebpf::PortmapEbpf::new(
+                m.net.ebpf_pin_dir(),
+            )));
+        }
         Self { probes, collectors }
     }
 

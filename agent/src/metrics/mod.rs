@@ -178,6 +178,7 @@ impl Collector for SnapshotCollector {
         containers::encode(&snap, &mut encoder)?;
         encode_conntrack(&snap, &mut encoder)?;
         encode_netfilter(&snap, &mut encoder)?;
+        encode_portmap_ebpf(&snap, &mut encoder)?;
         let p = &snap.proxies;
         for (name, help, v) in [
             (
@@ -422,6 +423,51 @@ fn encode_netfilter(
             .map(|(k, c)| (container_labels(k), ConstCounter::new(c.packets))),
     )?;
     Ok(())
+}
+
+/// `berth_portmap_ebpf_*`: what the `ebpf` port-mapping data plane did, host-wide.
+fn encode_portmap_ebpf(
+    snap: &Snapshot,
+    encoder: &mut DescriptorEncoder,
+) -> Result<(), std::fmt::Error> {
+    let Some(e) = &snap.portmap_ebpf else {
+        return Ok(());
+    };
+    family(
+        encoder,
+        "berth_portmap_ebpf_packets",
+        "Packets for published ports the ebpf backend's programs handled: path fast (rewritten and \
+         redirected past netfilter and conntrack) or slow (declined, left to its nft rules), by reason",
+        MetricType::Counter,
+        e.packets.iter().map(|p| {
+            (
+                [("path", Escaped(p.path)), ("reason", Escaped(p.reason))],
+                ConstCounter::new(p.packets),
+            )
+        }),
+    )?;
+    family(
+        encoder,
+        "berth_portmap_ebpf_program_seconds",
+        "CPU time the ebpf backend's programs ran (kernel BPF statistics): its cost, in place of \
+         netfilter's",
+        MetricType::Counter,
+        e.programs.iter().map(|p| {
+            (
+                [("program", Escaped(p.program))],
+                ConstCounter::new(p.seconds),
+            )
+        }),
+    )?;
+    family(
+        encoder,
+        "berth_portmap_ebpf_program_runs",
+        "Runs of the ebpf backend's programs (one per packet or socket call)",
+        MetricType::Counter,
+        e.programs
+            .iter()
+            .map(|p| ([("program", Escaped(p.program))], ConstCounter::new(p.runs))),
+    )
 }
 
 /// `berth_conntrack_*`: host-wide connection tracking (the agent's network namespace).

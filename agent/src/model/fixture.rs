@@ -258,6 +258,25 @@ pub fn snapshot_at(offset: Duration, new_flows: u64) -> Snapshot {
             new: 900,
             ..Default::default()
         }),
+        portmap_ebpf: Some(super::net::EbpfPortmap {
+            packets: vec![
+                super::net::EbpfPackets {
+                    path: "fast",
+                    reason: "forward",
+                    packets: 5_000,
+                },
+                super::net::EbpfPackets {
+                    path: "slow",
+                    reason: "fragment",
+                    packets: 2,
+                },
+            ],
+            programs: vec![super::net::EbpfProgramRun {
+                program: "forward",
+                seconds: 0.0015,
+                runs: 5_000,
+            }],
+        }),
         netfilter: Some(NetfilterSample {
             by_port: vec![
                 cost(40000, Hook::Prerouting, CtState::New, new_flows, 2_500),

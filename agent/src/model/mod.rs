@@ -69,6 +69,8 @@ pub struct Snapshot {
     pub proxies: ProxyStats,
     /// Images in berth's store.
     pub images: Vec<Image>,
+    /// The `ebpf` port-mapping backend's counters (`None`: not set up on this host).
+    pub portmap_ebpf: Option<net::EbpfPortmap>,
 }
 
 impl Snapshot {
@@ -87,6 +89,7 @@ impl Snapshot {
             netfilter: None,
             proxies: Default::default(),
             images: vec![],
+            portmap_ebpf: None,
         }
     }
 

@@ -336,3 +336,40 @@ pub fn group_bindings(bindings: impl IntoIterator<Item = PortBinding>) -> Vec<Pu
     }
     out
 }
+
+/// What the `ebpf` port-mapping data plane did, cumulative since it was loaded (its counters
+/// are pinned, so they outlive agent restarts).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct EbpfPortmap {
+    /// Packets by path (`fast`: rewritten and redirected past netfilter; `slow`: declined and
+    /// left to the nft slow path) and reason.
+    pub packets: Vec<EbpfPackets>,
+    /// Run time of each of its programs, from the kernel's BPF statistics (empty when they are
+    /// off: `probes.run_stats`).
+    pub programs: Vec<EbpfProgramRun>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct EbpfPackets {
+    pub path: &'static str,
+    pub reason: &'static str,
+    pub packets: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct EbpfProgramRun {
+    /// `forward`, `reply`, `connect4`, `sendmsg4`, `recvmsg4` or `getpeername4`.
+    pub program: &'static str,
+    pub seconds: f64,
+    pub runs: u64,
+}
+
+impl EbpfPortmap {
+    /// Mean run time of the forward program per packet (its cost per mapped packet), ns.
+    pub fn forward_ns_per_packet(&self) -> Option<f64> {
+        self.programs
+            .iter()
+            .find(|p| p.program == "forward" && p.runs > 0)
+            .map(|p| p.seconds * 1e9 / p.runs as f64)
+    }
+}

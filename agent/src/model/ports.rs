@@ -91,6 +91,10 @@ pub struct RangeCost<'a> {
     pub backend: Option<BackendKind>,
     /// `None` when the netfilter probe is down.
     pub netfilter: Option<RangeNetfilter>,
+    /// For an `ebpf`-backend range: the forward program's mean run time per packet (host-wide,
+    /// kernel BPF statistics), its cost in place of netfilter's (its packets cost no netfilter
+    /// time); `None` for other backends or before a packet.
+    pub ebpf_ns_per_packet: Option<f64>,
 }
 
 /// Netfilter cost of one published range, cumulative since the probe loaded.
@@ -325,6 +329,13 @@ impl Snapshot {
                     publish,
                     backend,
                     netfilter,
+                    ebpf_ns_per_packet: (backend == Some(BackendKind::Ebpf))
+                        .then(|| {
+                            self.portmap_ebpf
+                                .as_ref()
+                                .and_then(|e| e.forward_ns_per_packet())
+                        })
+                        .flatten(),
                 });
             }
         }

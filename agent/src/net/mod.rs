@@ -220,6 +220,14 @@ impl Network {
         }
     }
 
+    /// Where the `ebpf` backend pins its data plane (present once it was set up).
+    pub fn ebpf_pin_dir(&self) -> PathBuf {
+        portmap::ebpf::pin_dir(
+            &portmap::ebpf::EbpfOptions::default().pin_root,
+            &self.config.table,
+        )
+    }
+
     fn backend(&self, kind: BackendKind) -> &dyn Backend {
         self.backends[backend_key(kind)].as_ref()
     }

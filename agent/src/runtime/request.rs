@@ -357,7 +357,7 @@ mod tests {
             "{e}"
         );
         let e = serde_json::from_value::<RunRequest>(serde_json::json!({
-            "image": "x", "port_backend": "ebpf"
+            "image": "x", "port_backend": "xdp"
         }))
         .unwrap_err()
         .to_string();

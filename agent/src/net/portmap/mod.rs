@@ -69,6 +69,9 @@ pub const MAX_OWNER_LEN: usize = 64;
 /// Longest accepted table name: the iptables chains `<TABLE>-D-<12 hex>` must fit in 28 bytes.
 pub const MAX_TABLE_LEN: usize = 12;
 
+/// Longest name of a table that only nft uses (the `ebpf` backend's slow path).
+pub const MAX_NFT_TABLE_LEN: usize = 32;
+
 #[derive(Debug, thiserror::Error)]
 pub enum PortmapError {
     #[error("-p {value}: {source}")]
@@ -205,8 +208,18 @@ impl PortmapConfig {
     /// Refuses names that nft or iptables would reject or that could break out of the generated
     /// text (quotes, spaces, newlines).
     pub fn validate(&self) -> Result<(), PortmapError> {
+        self.validate_up_to(MAX_TABLE_LEN)
+    }
+
+    /// [`PortmapConfig::validate`] for a table that has no iptables chains (nft only): names up
+    /// to [`MAX_NFT_TABLE_LEN`].
+    pub fn validate_nft(&self) -> Result<(), PortmapError> {
+        self.validate_up_to(MAX_NFT_TABLE_LEN)
+    }
+
+    fn validate_up_to(&self, max: usize) -> Result<(), PortmapError> {
         let t = &self.table;
-        let table_ok = t.len() <= MAX_TABLE_LEN
+        let table_ok = t.len() <= max
             && t.starts_with(|c: char| c.is_ascii_lowercase())
             && t.bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
@@ -214,7 +227,8 @@ impl PortmapConfig {
             return Err(PortmapError::InvalidConfig {
                 field: "table",
                 value: t.clone(),
-                expected: "1 to 12 characters [a-z0-9_-] starting with a letter",
+                expected: "1 to 12 characters (32 for an nft-only table) [a-z0-9_-] starting \
+                           with a letter",
             });
         }
         validate_ifname(&self.bridge).map_err(|expected| PortmapError::InvalidConfig {

@@ -131,7 +131,7 @@ impl NftMap {
 
     /// The elements of both maps; `None` if the table does not exist.
     fn list(&self) -> Result<Option<Vec<Mapping>>, PortmapError> {
-        self.config.validate()?;
+        self.config.validate_nft()?;
         if !self.table_exists()? {
             return Ok(None);
         }
@@ -147,7 +147,7 @@ impl Backend for NftMap {
     }
 
     fn setup(&self) -> Result<(), PortmapError> {
-        self.config.validate()?;
+        self.config.validate_nft()?;
         let _g = self.guard();
         self.apply(&setup_script_with(&self.config, self.flavor))
     }
@@ -158,7 +158,7 @@ impl Backend for NftMap {
         container_ip: Ipv4Addr,
         publish: &[Publish],
     ) -> Result<(), PortmapError> {
-        self.config.validate()?;
+        self.config.validate_nft()?;
         let _g = self.guard();
         let Some(current) = self.list()? else {
             return Err(PortmapError::NotSetUp {
@@ -200,7 +200,7 @@ impl Backend for NftMap {
     }
 
     fn teardown(&self) -> Result<(), PortmapError> {
-        self.config.validate()?;
+        self.config.validate_nft()?;
         let _g = self.guard();
         // `add` first makes `delete` succeed when the table is absent, in the same transaction.
         let t = &self.config.table;

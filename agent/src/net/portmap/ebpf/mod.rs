@@ -106,9 +106,7 @@ impl Ebpf {
 
     /// Where this backend's data plane is pinned.
     pub fn pin_dir(&self) -> PathBuf {
-        self.options
-            .pin_root
-            .join(format!("portmap-{}", self.config.table))
+        pin_dir(&self.options.pin_root, &self.config.table)
     }
 
     /// The slow-path nft table's name.
@@ -221,6 +219,11 @@ impl Ebpf {
     }
 }
 
+/// The pin directory of the data plane of nft table `table` under `root`.
+pub fn pin_dir(root: &Path, table: &str) -> PathBuf {
+    root.join(format!("portmap-{table}"))
+}
+
 fn slow_table(table: &str) -> String {
     format!("{table}-bpf")
 }
@@ -331,7 +334,7 @@ impl Backend for Ebpf {
     }
 
     fn setup(&self) -> Result<(), PortmapError> {
-        self.config.validate()?;
+        self.config.validate_nft()?;
         self.slow.setup()?;
         let mut slot = self.lock();
         let loaded = self.plane(&mut slot)?;
