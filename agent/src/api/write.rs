@@ -29,13 +29,16 @@ use crate::{
     runtime::{ContainerView, Manager, RunRequest, RuntimeError},
 };
 
-/// 404 and 409 for lookups and state conflicts (as Docker's API answers them), 400 for the
-/// caller's other mistakes, and 500 for every host failure ([`RuntimeError::is_client_error`]
-/// decides; the cause is logged).
+/// 404 (also for an image reference nothing matches) and 409 for lookups and state conflicts
+/// (as Docker's API answers them), 400 for the caller's other mistakes, and 500 for every host
+/// failure ([`RuntimeError::is_client_error`] decides; the cause is logged).
 impl From<RuntimeError> for ApiError {
     fn from(e: RuntimeError) -> Self {
         match &e {
-            RuntimeError::NotFound { .. } => ApiError::NotFound(e.to_string()),
+            RuntimeError::NotFound { .. }
+            | RuntimeError::Image(crate::image::ImageError::UnknownReference { .. }) => {
+                ApiError::NotFound(e.to_string())
+            }
             RuntimeError::NameInUse { .. }
             | RuntimeError::Running { .. }
             | RuntimeError::NotRunning { .. }
