@@ -114,6 +114,7 @@ async fn get_system(State(s): State<ReadState>) -> Result<Response, ApiError> {
 struct DiagnoseQuery {
     /// Window for rates (new flows per second, proxies' CPU): default 60s, at most the 15
     /// minutes of history.
+    #[param(pattern = "^[0-9]{1,19}(ms|s|m)$")]
     window: Option<String>,
 }
 
@@ -234,6 +235,7 @@ async fn images(
 #[into_params(parameter_in = Query)]
 struct PortsQuery {
     /// Window for `new_flows_per_second` (default 10s, at most the 15 minutes of history).
+    #[param(pattern = "^[0-9]{1,19}(ms|s|m)$")]
     window: Option<String>,
 }
 
@@ -263,6 +265,7 @@ struct SyscallsQuery {
     top: Option<usize>,
     /// Window for counts and rates (`60s`, `5m`, at most the 15 minutes of history);
     /// without it, counts since the probe saw the cgroup.
+    #[param(pattern = "^[0-9]{1,19}(ms|s|m)$")]
     window: Option<String>,
 }
 
