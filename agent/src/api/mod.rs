@@ -177,11 +177,37 @@ fn query<T>(
         .map_err(|e| ApiError::BadRequest(e.body_text()))
 }
 
-/// A JSON body the route does not accept (unknown key, wrong type) is the client's mistake:
-/// a 400 naming the field.
-fn body<T>(b: Result<Json<T>, axum::extract::rejection::JsonRejection>) -> Result<T, ApiError> {
-    b.map(|Json(v)| v)
-        .map_err(|e| ApiError::BadRequest(e.body_text()))
+/// A JSON body the route does not accept (unknown key, wrong type, not an object) is the
+/// client's mistake: a 400 naming the field.
+fn body<T>(b: Result<Object<T>, ApiError>) -> Result<T, ApiError> {
+    b.map(|Object(v)| v)
+}
+
+/// A JSON object body: axum's [`Json`], with its content type check and messages, that also
+/// refuses a body that is not an object: serde reads a struct from an array too (its fields in
+/// order), so `[null, null]` would pass as an update that changes nothing.
+struct Object<T>(T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<S> for Object<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        let headers = req.headers().clone();
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| ApiError::BadRequest(e.body_text()))?;
+        let mut again = axum::extract::Request::new(axum::body::Body::from(bytes.clone()));
+        *again.headers_mut() = headers;
+        let Json(v) = Json::<T>::from_request(again, state)
+            .await
+            .map_err(|e| ApiError::BadRequest(e.body_text()))?;
+        match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+            Some(b'{') => Ok(Object(v)),
+            _ => Err(ApiError::BadRequest(
+                "the body must be a JSON object".into(),
+            )),
+        }
+    }
 }
 
 /// The body of every error response: what went wrong, for a person to read.

@@ -13,7 +13,7 @@ use axum::{
     Json, Router,
     extract::{
         FromRequest as _, Path, Query, Request, State,
-        rejection::{JsonRejection, QueryRejection},
+        rejection::QueryRejection,
     },
     http::StatusCode,
     middleware::{Next, from_fn_with_state},
@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use super::{ApiError, ErrorBody, WriteState, body, query};
+use super::{ApiError, ErrorBody, Object, WriteState, body, query};
 use crate::{
     model::{Container, Image, Limits},
     runtime::{ContainerView, Manager, RunRequest, RuntimeError},
@@ -159,7 +159,7 @@ fn refuse_foreign(state: &WriteState, reference: &str) -> Result<(), ApiError> {
     responses((status = 201, description = "The container as the next snapshot shows it", body = Container), (status = 400, description = "A body or query the route does not accept, or a bad value", body = ErrorBody), (status = 404, description = "No such image", body = ErrorBody), (status = 409, description = "The container's state forbids it, it belongs to another engine, or the agent runs in observe mode", body = ErrorBody), (status = 500, description = "The host failed (the cause is in the agent's log)", body = ErrorBody), (status = 503, description = "No snapshot yet: the agent is starting", body = ErrorBody)))]
 async fn run(
     State(s): State<WriteState>,
-    req: Result<Json<RunRequest>, JsonRejection>,
+    req: Result<Object<RunRequest>, ApiError>,
 ) -> Result<Response, ApiError> {
     let req = body(req)?;
     let v = change_container(&s, move |m| m.run(req)).await?;
@@ -248,7 +248,7 @@ async fn remove(
 async fn update(
     State(s): State<WriteState>,
     Path(id): Path<String>,
-    limits: Result<Json<Limits>, JsonRejection>,
+    limits: Result<Object<Limits>, ApiError>,
 ) -> Result<Response, ApiError> {
     refuse_foreign(&s, &id)?;
     let limits = body(limits)?;
@@ -273,7 +273,7 @@ struct ImportRequest {
     responses((status = 201, description = "The image", body = Image), (status = 400, description = "A body or query the route does not accept, or a bad value", body = ErrorBody), (status = 409, description = "The container's state forbids it, it belongs to another engine, or the agent runs in observe mode", body = ErrorBody), (status = 500, description = "The host failed (the cause is in the agent's log)", body = ErrorBody), (status = 503, description = "No snapshot yet: the agent is starting", body = ErrorBody)))]
 async fn import_image(
     State(s): State<WriteState>,
-    req: Result<Json<ImportRequest>, JsonRejection>,
+    req: Result<Object<ImportRequest>, ApiError>,
 ) -> Result<Response, ApiError> {
     let req = body(req)?;
     archive_path(&req.path)?;
@@ -318,7 +318,7 @@ enum PullPolicy {
     ))]
 async fn pull_image(
     State(s): State<WriteState>,
-    req: Result<Json<PullRequest>, JsonRejection>,
+    req: Result<Object<PullRequest>, ApiError>,
 ) -> Result<Response, ApiError> {
     let req = body(req)?;
     let m: Arc<Manager> = s.manager.clone().ok_or_else(|| observe_mode(&s))?;
