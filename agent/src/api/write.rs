@@ -171,6 +171,7 @@ async fn run(
 #[into_params(parameter_in = Query)]
 struct StopQuery {
     /// Seconds between SIGTERM and SIGKILL (default 10, at most 3600).
+    #[param(maximum = 3600)]
     t: Option<u64>,
 }
 
@@ -185,7 +186,10 @@ async fn stop(
 ) -> Result<Response, ApiError> {
     refuse_foreign(&s, &id)?;
     let q = query(q)?;
-    let t = Duration::from_secs(q.t.unwrap_or(10).min(3600));
+    let t = match q.t.unwrap_or(10) {
+        t @ 0..=3600 => Duration::from_secs(t),
+        t => return Err(ApiError::BadRequest(format!("t={t}: use 0 to 3600 seconds"))),
+    };
     Ok(change_container(&s, move |m| m.stop(&id, t))
         .await?
         .into_response())
