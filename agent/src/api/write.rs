@@ -11,10 +11,7 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use axum::{
     Json, Router,
-    extract::{
-        FromRequest as _, Path, Query, Request, State,
-        rejection::QueryRejection,
-    },
+    extract::{FromRequest as _, Path, Query, Request, State, rejection::QueryRejection},
     http::StatusCode,
     middleware::{Next, from_fn_with_state},
     response::{IntoResponse, Response},
@@ -188,7 +185,11 @@ async fn stop(
     let q = query(q)?;
     let t = match q.t.unwrap_or(10) {
         t @ 0..=3600 => Duration::from_secs(t),
-        t => return Err(ApiError::BadRequest(format!("t={t}: use 0 to 3600 seconds"))),
+        t => {
+            return Err(ApiError::BadRequest(format!(
+                "t={t}: use 0 to 3600 seconds"
+            )));
+        }
     };
     Ok(change_container(&s, move |m| m.stop(&id, t))
         .await?
