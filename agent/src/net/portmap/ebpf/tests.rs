@@ -233,6 +233,75 @@ fn udp_through_20000_ebpf_ports_bypasses_conntrack_and_answers_clients_the_host_
     assert_eq!(tcx_programs(&topo.host, &format!("{}x", run_prefix())), 0);
 }
 
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    for _ in 0..50 {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// RFC 1071 checksum.
+fn checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = data
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// From the calling thread's namespace, an ICMP "fragmentation needed" (next-hop MTU `mtu`)
+/// quoting a UDP datagram `from` -> `to`, as a router on the way would send it to `from`.
+fn send_frag_needed(from: Ipv4Addr, sport: u16, to: Ipv4Addr, dport: u16, mtu: u16) {
+    let mut inner = vec![0u8; 28];
+    inner[0] = 0x45;
+    inner[2..4].copy_from_slice(&1500u16.to_be_bytes());
+    inner[6] = 0x40; // DF
+    inner[8] = 64;
+    inner[9] = 17;
+    inner[12..16].copy_from_slice(&from.octets());
+    inner[16..20].copy_from_slice(&to.octets());
+    let c = checksum(&inner[..20]);
+    inner[10..12].copy_from_slice(&c.to_be_bytes());
+    inner[20..22].copy_from_slice(&sport.to_be_bytes());
+    inner[22..24].copy_from_slice(&dport.to_be_bytes());
+    inner[24..26].copy_from_slice(&1480u16.to_be_bytes());
+    let mut icmp = vec![3u8, 4, 0, 0, 0, 0];
+    icmp.extend_from_slice(&mtu.to_be_bytes());
+    icmp.extend_from_slice(&inner);
+    let c = checksum(&icmp);
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    // SAFETY: a raw ICMP socket, closed below; sendto with a valid sockaddr_in.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP);
+        assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+        let addr = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: 0,
+            sin_addr: libc::in_addr {
+                s_addr: u32::from_ne_bytes(from.octets()),
+            },
+            sin_zero: [0; 8],
+        };
+        let n = libc::sendto(
+            fd,
+            icmp.as_ptr().cast(),
+            icmp.len(),
+            0,
+            (&addr as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        );
+        let err = std::io::Error::last_os_error();
+        libc::close(fd);
+        assert_eq!(n as usize, icmp.len(), "sendto: {err}");
+    }
+}
+
 /// Sends `n` bytes of a known pattern.
 fn pattern(n: usize) -> Vec<u8> {
     (0..n).map(|i| (i % 251) as u8).collect()
@@ -305,6 +374,19 @@ fn tcp_transfers_resets_icmp_errors_fragments_and_routed_traffic_through_an_ebpf
     sock.send(b"anyone?").unwrap();
     let e = sock.recv(&mut [0u8; 64]).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::ConnectionRefused, "{e}");
+    assert!(stat(&b, Stat::IcmpHit) > icmp0);
+
+    // A client's frag-needed about a datagram the container sent from a published port reaches
+    // the container: its route to the client learns the smaller MTU.
+    let _mtu_echo = Echo::start(&topo.ctr, &[20003], &[]);
+    let icmp0 = stat(&b, Stat::IcmpHit);
+    topo.client
+        .run(|| send_frag_needed(HOST_IP, 20003, CLIENT_IP, 40000, 1200));
+    wait_until("the container's route to learn MTU 1200", || {
+        topo.ctr
+            .run(|| sh(&format!("ip route get {CLIENT_IP}")))
+            .contains("mtu 1200")
+    });
     assert!(stat(&b, Stat::IcmpHit) > icmp0);
 
     // A 3,000-byte datagram arrives fragmented: declined, and delivered by the slow path.
