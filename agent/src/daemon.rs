@@ -157,6 +157,7 @@ pub async fn run(config: Config, notifier: Option<Notifier>) -> Result<(), Daemo
         runtime,
         runtime_error: manager_error.clone(),
         seccomp: crate::runtime::seccomp::default_info(&crate::runtime::bundle::docker_cap_names()),
+        port_backends: crate::net::portmap::detect_support(),
     };
     let manager_for_shutdown = manager.clone();
     // One snapshot every 5 s for 15 min: window queries up to 15 minutes.

@@ -39,6 +39,12 @@ fn an_ebpf_mapping_answers_through_a_kill_9_and_rm_and_shutdown_leave_nothing() 
     );
     let mut agent = Agent::start_with(&network);
     let pins = PathBuf::from(format!("/sys/fs/bpf/berth/portmap-{table}"));
+    let support = agent.system()["port_backends"].clone();
+    let ebpf = support
+        .as_array()
+        .and_then(|a| a.iter().find(|b| b["backend"] == "ebpf"))
+        .unwrap_or_else(|| panic!("no ebpf in /api/v1/system port_backends: {support}"));
+    assert_eq!(ebpf["available"], true, "{ebpf}");
     let rootfs = echo_rootfs(agent.dir.path());
     let rootfs = rootfs.to_str().unwrap();
     let name = unique("ebpf");

@@ -73,6 +73,8 @@ pub struct SystemInfo {
     pub runtime_error: Option<String>,
     /// The seccomp profile containers get by default (moby's), as resolved on this host.
     pub seccomp: SeccompInfo,
+    /// Which port-mapping backends work here, found at start-up.
+    pub port_backends: Vec<crate::net::portmap::BackendSupport>,
 }
 
 /// What the read routes see: snapshots, history and start-up facts. No manager.

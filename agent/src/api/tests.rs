@@ -47,6 +47,7 @@ fn read_state(snapshot: Option<Snapshot>) -> ReadState {
             seccomp: crate::runtime::seccomp::default_info(
                 &crate::runtime::bundle::docker_cap_names(),
             ),
+            port_backends: crate::net::portmap::detect_support(),
         }),
         history,
     }

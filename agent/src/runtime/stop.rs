@@ -16,6 +16,13 @@ impl Manager {
         let _ops = self.ops.lock().expect("lock");
         let r = self.resolve(reference)?;
         let r = self.mark_stopping(&r)?;
+        // A shim that is starting the container (or between restarts) has not said "running"
+        // yet: wait until it does, or exits now that the stop is requested, so a container
+        // started a moment ago is not left running by a stop that returned.
+        let settle = Instant::now() + Duration::from_secs(5);
+        while self.view(&r).status == Status::Restarting && Instant::now() < settle {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         if self.view(&r).status == Status::Running {
             let _ = self.runtime.kill(&r.id, "TERM");
             if !self.wait_exit(&r.id, timeout) {

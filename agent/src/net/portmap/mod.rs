@@ -313,6 +313,52 @@ pub fn backend_with(
     }
 }
 
+/// Whether a backend works on this host, as found at start-up (`/api/v1/system`).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct BackendSupport {
+    pub backend: BackendKind,
+    pub available: bool,
+    /// What was checked, or why it does not work.
+    pub detail: String,
+}
+
+/// Checks each backend's prerequisites without changing the host: the tools of `nft-map`
+/// and `iptables` on PATH; for `ebpf`, bpffs, and the kernel accepting its programs (loaded
+/// and verified, then dropped: nothing attached).
+pub fn detect_support() -> Vec<BackendSupport> {
+    let tool = |backend, name: &str| {
+        let found = std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()))
+            .unwrap_or(false);
+        BackendSupport {
+            backend,
+            available: found,
+            detail: if found {
+                format!("{name} found")
+            } else {
+                format!("{name} not found on PATH")
+            },
+        }
+    };
+    let ebpf = match ebpf::check_support() {
+        Ok(detail) => BackendSupport {
+            backend: BackendKind::Ebpf,
+            available: true,
+            detail,
+        },
+        Err(detail) => BackendSupport {
+            backend: BackendKind::Ebpf,
+            available: false,
+            detail,
+        },
+    };
+    vec![
+        tool(BackendKind::NftMap, "nft"),
+        tool(BackendKind::Iptables, "iptables-restore"),
+        ebpf,
+    ]
+}
+
 /// [`backend_with`] the default `ebpf` options.
 pub fn backend(kind: BackendKind, config: &PortmapConfig) -> Box<dyn Backend> {
     backend_with(kind, config, &ebpf::EbpfOptions::default())

@@ -219,6 +219,21 @@ impl Ebpf {
     }
 }
 
+/// Whether the `ebpf` backend can work here: bpffs at the default pin root, and the kernel
+/// verifying its programs (TCX needs Linux 6.6). Loads the object without pins and drops it.
+pub fn check_support() -> Result<String, String> {
+    check_bpffs(&EbpfOptions::default().pin_root).map_err(|e| e.to_string())?;
+    use aya::util::KernelVersion;
+    let kernel = KernelVersion::current().map_err(|e| format!("kernel version: {e}"))?;
+    if kernel < KernelVersion::new(6, 6, 0) {
+        return Err(format!(
+            "TCX links need Linux 6.6 or later; this is {kernel:?}"
+        ));
+    }
+    plane::verify().map_err(|e| e.to_string())?;
+    Ok("bpffs mounted, TCX available, programs verified by the kernel".into())
+}
+
 /// The pin directory of the data plane of nft table `table` under `root`.
 pub fn pin_dir(root: &Path, table: &str) -> PathBuf {
     root.join(format!("portmap-{table}"))

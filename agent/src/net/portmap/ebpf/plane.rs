@@ -351,6 +351,24 @@ impl Plane {
     }
 }
 
+/// Loads and verifies every program of the object, unpinned, then drops it (start-up check).
+pub fn verify() -> Result<(), PortmapError> {
+    let mut ebpf = EbpfLoader::new()
+        .load(PORTMAP_OBJECT)
+        .map_err(|e| bpf_err("loading berth's port-mapping object")(chain(&e)))?;
+    for name in [programs::FORWARD, programs::REPLY] {
+        let p: &mut SchedClassifier = prog(&mut ebpf, name)?;
+        p.load()
+            .map_err(|e| bpf_err(format!("loading {name}"))(verifier(&e)))?;
+    }
+    for name in SOCK_HOOKS {
+        let p: &mut CgroupSockAddr = prog(&mut ebpf, name)?;
+        p.load()
+            .map_err(|e| bpf_err(format!("loading {name}"))(verifier(&e)))?;
+    }
+    Ok(())
+}
+
 /// `PM_STATS` of the data plane pinned in `dir`, summed over CPUs, without loading anything
 /// (the metrics collector reads it this way).
 pub fn read_stats(dir: &Path) -> Result<BTreeMap<Stat, u64>, PortmapError> {
