@@ -129,26 +129,51 @@ impl Ebpf {
     /// reserved.
     fn plane<'a>(&self, slot: &'a mut Option<Loaded>) -> Result<&'a mut Loaded, PortmapError> {
         if slot.is_none() {
+            self.preflight()?;
             let dir = self.pin_dir();
-            check_bpffs(&self.options.pin_root)?;
-            let mut p = Plane::open(&dir, sysctl::netns_cookie()?)?;
-            let uplinks = self.uplinks()?;
-            for (name, _) in &uplinks {
-                p.attach_forward(name)?;
+            let fresh = !dir.exists();
+            let loaded = self.load(&dir);
+            if loaded.is_err() && fresh {
+                // Nothing of a half-made data plane stays behind.
+                plane::remove_all(&dir);
             }
-            let want: BTreeSet<&str> = uplinks.iter().map(|(n, _)| n.as_str()).collect();
-            for old in p.forward_links() {
-                if !want.contains(old.as_str()) {
-                    p.detach_forward(&old);
-                }
-            }
-            if let Some(cg) = &self.options.cgroup2 {
-                p.attach_sock_hooks(cg)?;
-            }
-            let reserved = host_ports(&self.slow.mappings()?);
-            *slot = Some(Loaded { plane: p, reserved });
+            *slot = Some(loaded?);
         }
         Ok(slot.as_mut().expect("loaded above"))
+    }
+
+    /// What must hold before anything is created: bpffs, and the uplinks exist.
+    fn preflight(&self) -> Result<Vec<(String, u32)>, PortmapError> {
+        check_bpffs(&self.options.pin_root)?;
+        let uplinks = self.uplinks()?;
+        if uplinks.is_empty() {
+            return Err(PortmapError::Bpf {
+                op: "finding the uplinks".into(),
+                reason: "no interface carries an IPv4 default route; name them in \
+                         network.uplinks"
+                    .into(),
+            });
+        }
+        Ok(uplinks)
+    }
+
+    fn load(&self, dir: &Path) -> Result<Loaded, PortmapError> {
+        let uplinks = self.uplinks()?;
+        let mut p = Plane::open(dir, sysctl::netns_cookie()?)?;
+        for (name, _) in &uplinks {
+            p.attach_forward(name)?;
+        }
+        let want: BTreeSet<&str> = uplinks.iter().map(|(n, _)| n.as_str()).collect();
+        for old in p.forward_links() {
+            if !want.contains(old.as_str()) {
+                p.detach_forward(&old);
+            }
+        }
+        if let Some(cg) = &self.options.cgroup2 {
+            p.attach_sock_hooks(cg)?;
+        }
+        let reserved = host_ports(&self.slow.mappings()?);
+        Ok(Loaded { plane: p, reserved })
     }
 
     /// (name, ifindex) of the uplinks, checked to exist.
@@ -350,6 +375,7 @@ impl Backend for Ebpf {
 
     fn setup(&self) -> Result<(), PortmapError> {
         self.config.validate_nft()?;
+        self.preflight()?;
         self.slow.setup()?;
         let mut slot = self.lock();
         let loaded = self.plane(&mut slot)?;
