@@ -50,7 +50,7 @@ pub struct Config {
 }
 
 /// `[images]`: registries `berth pull` talks to.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ImagesConfig {
     /// `host[:port]` of registries reached over plain HTTP (loopback ones always are).
@@ -58,6 +58,22 @@ pub struct ImagesConfig {
     /// Docker's client config whose `auths` give registry credentials; empty:
     /// `$DOCKER_CONFIG/config.json`, else `$HOME/.docker/config.json`.
     pub docker_auth_config: PathBuf,
+    /// Per-registry CA certificates in Docker's layout: every `*.crt` in
+    /// `<certs_dir>/<host[:port]>/` is trusted for that registry only, on top of the system
+    /// roots (which berth never changes); a registry with such a directory is reached over TLS
+    /// even on loopback.
+    pub certs_dir: PathBuf,
+}
+
+impl Default for ImagesConfig {
+    fn default() -> Self {
+        Self {
+            insecure_registries: Vec::new(),
+            docker_auth_config: PathBuf::new(),
+            // Docker's /etc/docker/certs.d, under berth's own config directory.
+            certs_dir: PathBuf::from("/etc/berth/certs.d"),
+        }
+    }
 }
 
 impl ImagesConfig {

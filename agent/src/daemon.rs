@@ -184,6 +184,7 @@ pub async fn run(config: Config, notifier: Option<Notifier>) -> Result<(), Daemo
         pull: crate::image::registry::PullOptions {
             insecure_registries: config.images.insecure_registries.clone(),
             docker_config: config.images.docker_config(),
+            certs_dir: config.images.certs_dir.clone(),
         },
     };
 

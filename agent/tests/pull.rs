@@ -10,141 +10,21 @@ mod common;
 use std::{
     fs,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::Command,
+    sync::atomic::Ordering,
     time::Duration,
 };
 
-use common::Agent;
-use sha2::{Digest as _, Sha256};
+use common::{
+    Agent,
+    registry::{Layout, Registry, SlowProxy},
+};
 
-/// A docker-registry on loopback with its own storage; killed on drop.
-struct Registry {
-    child: Child,
-    addr: String,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Registry {
-    fn start() -> Self {
-        for tool in ["docker-registry", "skopeo"] {
-            assert!(
-                Command::new("sh")
-                    .args(["-c", &format!("command -v {tool} >/dev/null")])
-                    .status()
-                    .unwrap()
-                    .success(),
-                "{tool} is missing: run `cargo xtask setup` (Debian's {tool} package)"
-            );
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let port = common::free_port();
-        let addr = format!("127.0.0.1:{port}");
-        let config = dir.path().join("registry.yml");
-        fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: \
-                 {}\nhttp:\n  addr: {addr}\n",
-                dir.path().join("storage").display()
-            ),
-        )
-        .unwrap();
-        let log = dir.path().join("registry.log");
-        let out = fs::File::create(&log).unwrap();
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config)
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("starting docker-registry");
-        let registry = Self {
-            child,
-            addr,
-            log,
-            _dir: dir,
-        };
-        common::wait_for(Duration::from_secs(10), "docker-registry listening", || {
-            std::net::TcpStream::connect(&registry.addr).ok()
-        });
-        registry
-    }
-
-    /// Pushes the OCI layout at `layout` as `name:tag` with skopeo.
-    fn push(&self, layout: &Path, name: &str, extra: &[&str]) {
-        let out = Command::new("skopeo")
-            .args(["copy", "--dest-tls-verify=false"])
-            .args(extra)
-            .arg(format!("oci:{}", layout.display()))
-            .arg(format!("docker://{}/{name}", self.addr))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "skopeo copy failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    /// Blob downloads the registry logged (its access log).
-    fn blob_gets(&self) -> usize {
-        fs::read_to_string(&self.log)
-            .unwrap()
-            .lines()
-            .filter(|l| l.contains("\"GET /v2/") && l.contains("/blobs/sha256:"))
-            .count()
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn sha(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-/// A copy of the layout at `from` whose config adds `env` (so a new image id), rewritten with
-/// a new manifest and index; returns (layout, image id).
+/// A copy of the layout at `from` whose config adds `env` (so a new image id); returns (layout,
+/// image id).
 fn variant(from: &Path, to: &Path, env: &str) -> (PathBuf, String) {
-    let cp = Command::new("cp")
-        .arg("-a")
-        .arg(from)
-        .arg(to)
-        .status()
-        .unwrap();
-    assert!(cp.success());
-    let blobs = to.join("blobs/sha256");
-    let index: serde_json::Value =
-        serde_json::from_slice(&fs::read(to.join("index.json")).unwrap()).unwrap();
-    let man_digest = index["manifests"][0]["digest"].as_str().unwrap();
-    let mut manifest: serde_json::Value =
-        serde_json::from_slice(&fs::read(blobs.join(&man_digest[7..])).unwrap()).unwrap();
-    let cfg_digest = manifest["config"]["digest"].as_str().unwrap().to_string();
-    let mut config: serde_json::Value =
-        serde_json::from_slice(&fs::read(blobs.join(&cfg_digest[7..])).unwrap()).unwrap();
-    config["config"]["Env"] = serde_json::json!([env]);
-    let cfg = serde_json::to_vec(&config).unwrap();
-    let id = sha(&cfg);
-    fs::write(blobs.join(&id), &cfg).unwrap();
-    manifest["config"]["digest"] = format!("sha256:{id}").into();
-    manifest["config"]["size"] = cfg.len().into();
-    let man = serde_json::to_vec(&manifest).unwrap();
-    let man_hex = sha(&man);
-    fs::write(blobs.join(&man_hex), &man).unwrap();
-    let index = serde_json::json!({"schemaVersion": 2, "manifests": [{
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "digest": format!("sha256:{man_hex}"), "size": man.len(),
-        "platform": {"architecture": "amd64", "os": "linux"}}]});
-    fs::write(to.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+    let (_, _, id) =
+        Layout(from.to_owned()).variant(to, |c| c["config"]["Env"] = serde_json::json!([env]), &[]);
     (to.to_path_buf(), id)
 }
 
@@ -259,6 +139,13 @@ fn unknown_tags_and_unreachable_registries_fail_clearly_and_leave_nothing() {
     );
     assert_nothing_left(&agent, 0);
 
+    // The API tells the caller whose fault it is: no such tag 404, no registry 502.
+    for (reference, status) in [(&missing, 404), (&closed, 502)] {
+        let body = serde_json::json!({ "reference": reference }).to_string();
+        let (code, text) = agent.socket_request("POST", "/api/v1/images/pull", Some(&body));
+        assert_eq!(code, status, "{reference}: {text}");
+    }
+
     let (code, _, err) = agent.cli(&["run", "--rm", &closed, "true"]);
     assert_ne!(code, 0);
     assert!(err.contains("cannot be reached"), "{err}");
@@ -320,7 +207,7 @@ fn a_layer_that_does_not_match_its_digest_fails_naming_it_and_leaves_nothing() {
         .to_string();
     let hex = &layer[7..];
     let data = registry
-        ._dir
+        .dir
         .path()
         .join("storage/docker/registry/v2/blobs/sha256")
         .join(&hex[..2])
@@ -346,4 +233,198 @@ fn a_layer_that_does_not_match_its_digest_fails_naming_it_and_leaves_nothing() {
     let ps = agent.ok(&["ps", "-a", "-q"]);
     assert!(ps.trim().is_empty(), "a failed pull left a container: {ps}");
     assert_nothing_left(&agent, 0);
+}
+
+/// The registry's platform name of this host's architecture.
+fn host_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => panic!("the multi-arch test knows amd64 and arm64 hosts, not {other}"),
+    }
+}
+
+#[test]
+fn a_multi_arch_index_pulls_the_hosts_platform() {
+    let registry = Registry::start();
+    let build = tempfile::tempdir().unwrap();
+    common::build_image_archives(build.path());
+    let base = Layout(build.path().join("oci"));
+    let arch_variant = |arch: &str| {
+        base.variant(
+            &build.path().join(arch),
+            |c| {
+                c["architecture"] = arch.into();
+                c["config"]["Env"] = serde_json::json!([format!("ARCH={arch}")]);
+            },
+            &[],
+        )
+    };
+    let (arm, arm_manifest, arm_id) = arch_variant("arm64");
+    let (amd, amd_manifest, amd_id) = arch_variant("amd64");
+    // One layout holding both images under an index, the other platform listed first.
+    let multi = Layout(build.path().join("multi"));
+    common::registry::run(Command::new("cp").arg("-a").arg(&amd.0).arg(&multi.0));
+    common::registry::run(
+        Command::new("sh")
+            .arg("-c")
+            .arg("cp -n \"$0\"/blobs/sha256/* \"$1\"/blobs/sha256/")
+            .arg(&arm.0)
+            .arg(&multi.0),
+    );
+    let entry = |digest: &str, arch: &str| {
+        serde_json::json!({"mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": digest, "size": fs::metadata(multi.blob(digest)).unwrap().len(),
+            "platform": {"architecture": arch, "os": "linux"}})
+    };
+    let (first, second) = if host_arch() == "amd64" {
+        (entry(&arm_manifest, "arm64"), entry(&amd_manifest, "amd64"))
+    } else {
+        (entry(&amd_manifest, "amd64"), entry(&arm_manifest, "arm64"))
+    };
+    let index = serde_json::to_vec(&serde_json::json!({"schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": [first, second]}))
+    .unwrap();
+    let index_digest = multi.put(&index);
+    fs::write(
+        multi.0.join("index.json"),
+        serde_json::json!({"schemaVersion": 2, "manifests": [{
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "digest": index_digest, "size": index.len(),
+            "annotations": {"org.opencontainers.image.ref.name": "v1"}}]})
+        .to_string(),
+    )
+    .unwrap();
+    registry.push_ref(
+        &format!("oci:{}:v1", multi.0.display()),
+        "shell/multi:v1",
+        &["--all"],
+    );
+
+    let agent = Agent::start();
+    let reference = format!("{}/shell/multi:v1", registry.addr);
+    // The index as the registry serves it (skopeo may re-serialize manifests on push).
+    let raw = common::registry::run(
+        Command::new("skopeo")
+            .args(["inspect", "--raw", "--tls-verify=false"])
+            .arg(format!("docker://{reference}")),
+    );
+    let served: serde_json::Value = serde_json::from_str(&raw).unwrap();
+    let manifest_of = |arch: &str| {
+        served["manifests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["platform"]["architecture"] == arch)
+            .unwrap_or_else(|| panic!("no {arch} manifest in {raw}"))["digest"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let other_arch = if host_arch() == "amd64" {
+        "arm64"
+    } else {
+        "amd64"
+    };
+    let (want_manifest, other_manifest) = (manifest_of(host_arch()), manifest_of(other_arch));
+    let (want_id, other_id) = if host_arch() == "amd64" {
+        (&amd_id, &arm_id)
+    } else {
+        (&arm_id, &amd_id)
+    };
+    let _ = (&amd_manifest, &arm_manifest);
+    let before = registry.blob_gets();
+    assert_eq!(agent.ok(&["pull", &reference]).trim(), want_id.as_str());
+    assert_eq!(registry.gets(&want_manifest), 1, "{}", registry.log());
+    assert_eq!(registry.gets(want_id), 1, "the host's config fetched once");
+    assert_eq!(
+        registry.gets(&other_manifest) + registry.gets(other_id),
+        0,
+        "the other platform's manifest or config was fetched"
+    );
+    assert_eq!(registry.blob_gets() - before, 3);
+    let (code, out, err) = agent.cli(&["run", "--rm", &reference, "sh", "-c", "echo $ARCH"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(out.trim(), host_arch());
+    let inspect: serde_json::Value =
+        serde_json::from_str(&agent.ok(&["image", "inspect", &reference])).unwrap();
+    assert_eq!(inspect[0]["id"], want_id.as_str());
+}
+
+#[test]
+fn a_pull_killed_mid_download_lists_nothing_and_the_next_pull_completes() {
+    let registry = Registry::start();
+    let build = tempfile::tempdir().unwrap();
+    common::build_image_archives(build.path());
+    // A 24 MiB layer of random bytes (incompressible), behind a proxy passing ~1 MB/s.
+    let big = build.path().join("big");
+    fs::create_dir_all(big.join("big")).unwrap();
+    common::registry::run(
+        Command::new("sh")
+            .arg("-c")
+            .arg("head -c 25165824 /dev/urandom > \"$0\"/big/blob && tar -C \"$0\" -cf \"$0\".tar big")
+            .arg(&big),
+    );
+    let (layout, _, id) = Layout(build.path().join("oci")).variant(
+        &build.path().join("oci-big"),
+        |_| {},
+        &[&build.path().join("big.tar")],
+    );
+    registry.push(&layout.0, "shell/big:v1", &[]);
+    let proxy = SlowProxy::start(&registry.addr);
+    let reference = format!("{}/shell/big:v1", proxy.addr);
+
+    let mut agent = Agent::start();
+    let tmp = agent.dir.path().join("state/images/tmp");
+    let pull = {
+        let socket = agent.socket.clone();
+        let reference = reference.clone();
+        std::thread::spawn(move || {
+            Command::new(env!("CARGO_BIN_EXE_berth"))
+                .arg("--socket")
+                .arg(socket)
+                .args(["pull", &reference])
+                .output()
+                .unwrap()
+        })
+    };
+    // Mid-download: part of the big blob is on disk in the store's scratch directory.
+    let partial = common::wait_for(Duration::from_secs(60), "a partly downloaded blob", || {
+        let out = Command::new("find")
+            .arg(&tmp)
+            .args(["-type", "f", "-size", "+1024k"])
+            .output()
+            .ok()?;
+        let found = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        (!found.is_empty()).then_some(found)
+    });
+    let ls: Vec<serde_json::Value> =
+        serde_json::from_str(&agent.ok(&["image", "ls", "--format", "json"])).unwrap();
+    assert!(ls.is_empty(), "an image is listed mid-pull: {ls:?}");
+    agent.kill9();
+    let out = pull.join().unwrap();
+    assert!(!out.status.success(), "the pull survived its agent's death");
+    assert!(
+        fs::read_dir(&tmp).unwrap().next().is_some(),
+        "the killed pull left nothing to clean ({partial})"
+    );
+    assert!(
+        !agent
+            .dir
+            .path()
+            .join("state/images/images")
+            .join(&id)
+            .exists(),
+        "a half image is in the store"
+    );
+
+    // The next start clears the scratch data; nothing is listed; the next pull completes.
+    agent.spawn();
+    assert_nothing_left(&agent, 0);
+    proxy.slow.store(false, Ordering::Relaxed);
+    assert_eq!(agent.ok(&["pull", &reference]).trim(), id);
+    let (code, out, err) = agent.cli(&["run", "--rm", &reference, "sh", "-c", "wc -c < /big/blob"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(out.trim(), "25165824");
+    assert_nothing_left(&agent, 1);
 }

@@ -40,8 +40,9 @@ const ENGINE_PACKAGES: &[&str] = &["docker.io", "containerd", "podman"];
 const ENGINE_DAEMONS: &[&str] = &["dockerd", "containerd", "docker-proxy"];
 /// The registry tools of the pull tests: Debian's `docker-registry` (the CNCF distribution
 /// registry, started by each test on loopback with its own config) and `skopeo`, the tool that
-/// pushes test images to it (not berth). docker-registry's postinst would start its service.
-const REGISTRY_PACKAGES: &[&str] = &["docker-registry", "skopeo"];
+/// pushes test images to it (not berth); apache2-utils' `htpasswd` writes the bcrypt password
+/// file of the registry with basic auth. docker-registry's postinst would start its service.
+const REGISTRY_PACKAGES: &[&str] = &["docker-registry", "skopeo", "apache2-utils"];
 /// The daemon docker-registry's package would leave running.
 const REGISTRY_DAEMONS: &[&str] = &["docker-registry"];
 /// Where invoke-rc.d looks for the local policy (invoke-rc.d(8)).

@@ -235,6 +235,10 @@ pub enum ApiError {
     Conflict(String),
     #[error("{0}")]
     Unavailable(String),
+    /// An upstream the agent needed (a registry) could not be reached: not the client's
+    /// mistake, not the agent's failure.
+    #[error("{0}")]
+    BadGateway(String),
     #[error("internal error: see the agent's log")]
     Internal(String),
 }
@@ -256,6 +260,7 @@ impl IntoResponse for ApiError {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             ApiError::Internal(cause) => {
                 error!(%cause, "request failed");
                 StatusCode::INTERNAL_SERVER_ERROR

@@ -320,6 +320,7 @@ enum PullPolicy {
         (status = 404, description = "The registry has no such image", body = ErrorBody),
         (status = 409, description = "The agent runs in observe mode", body = ErrorBody),
         (status = 500, description = "The host or the download failed (the cause is in the agent's log)", body = ErrorBody),
+        (status = 502, description = "The registry cannot be reached (connection refused, DNS, TLS, timeout)", body = ErrorBody),
     ))]
 async fn pull_image(
     State(s): State<WriteState>,
@@ -339,8 +340,19 @@ async fn pull_image(
         Ok(image) => Ok((StatusCode::CREATED, Json(image)).into_response()),
         Err(e) => {
             tracing::warn!(reference = %req.reference, error = %e, "pull failed");
-            Err(RuntimeError::from(e).into())
+            Err(pull_error(e))
         }
+    }
+}
+
+/// A pull's failure as the client needs it: 404 when the registry has no such manifest, 502
+/// when the registry cannot be reached, else as every other image error.
+fn pull_error(e: crate::image::ImageError) -> ApiError {
+    use crate::image::ImageError;
+    match e {
+        ImageError::ManifestUnknown { .. } => ApiError::NotFound(e.to_string()),
+        ImageError::Unreachable { .. } => ApiError::BadGateway(e.to_string()),
+        e => RuntimeError::from(e).into(),
     }
 }
 

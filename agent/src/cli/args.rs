@@ -194,6 +194,13 @@ pub enum ImageCommand {
     },
     /// Remove an image no container uses.
     Rm { image: String },
+    /// Show images as JSON (id, names, config, size), by name, id or id prefix.
+    ///
+    /// Example: `berth image inspect 127.0.0.1:5000/media/app:v2`
+    Inspect {
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
 }
 
 /// `berth run --pull`.

@@ -1,4 +1,4 @@
-//! `berth image import|ls|rm` and `berth pull`.
+//! `berth image import|ls|inspect|rm` and `berth pull`.
 
 use super::{
     args::{Format, ImageCommand},
@@ -38,6 +38,25 @@ pub fn execute_image(client: &Client, cmd: ImageCommand) -> anyhow::Result<i32> 
                 })
                 .collect::<Vec<_>>();
             table(&["NAMES", "IMAGE ID", "SIZE"], &rows);
+            Ok(0)
+        }
+        ImageCommand::Inspect { images } => {
+            let list: Vec<Image> = client.call("GET", "/api/v1/images", None)?;
+            let ids: Vec<String> = {
+                let mut ids: Vec<String> = list.iter().map(|i| i.id.clone()).collect();
+                ids.sort();
+                ids
+            };
+            let names = list
+                .iter()
+                .flat_map(|i| i.names.iter().map(|n| (n.clone(), i.id.clone())))
+                .collect();
+            let mut found = Vec::new();
+            for reference in &images {
+                let id = crate::image::resolve_reference(reference, &ids, &names)?;
+                found.extend(list.iter().find(|i| i.id == id));
+            }
+            println!("{}", serde_json::to_string_pretty(&found)?);
             Ok(0)
         }
         ImageCommand::Rm { image } => {

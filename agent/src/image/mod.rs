@@ -30,7 +30,8 @@ mod store;
 #[cfg(test)]
 mod testutil;
 
-use self::reference::{is_hex, resolve_reference};
+use self::reference::is_hex;
+pub(crate) use self::reference::resolve_reference;
 pub use self::{
     error::{ImageError, LayerProblem, ManifestProblem},
     reference::{MIN_PREFIX, normalize_name},

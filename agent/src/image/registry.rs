@@ -10,12 +10,15 @@
 //! directory and verified against their digests as they arrive; any failure drops the
 //! transaction, which removes every byte of the attempt.
 
-use std::{net::IpAddr, path::PathBuf};
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
 
 use base64::Engine as _;
 use oci_client::{
     Client, Reference,
-    client::{ClientConfig, ClientProtocol},
+    client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol},
     errors::OciDistributionError,
     manifest::OciDescriptor,
     secrets::RegistryAuth,
@@ -34,6 +37,9 @@ pub struct PullOptions {
     pub insecure_registries: Vec<String>,
     /// Docker's client config (`config.json` with `auths`), if any.
     pub docker_config: Option<PathBuf>,
+    /// Per-registry CA files, Docker's `certs.d` layout (`<dir>/<host[:port]>/*.crt`); empty:
+    /// none.
+    pub certs_dir: PathBuf,
 }
 
 /// A reference as the user typed it, parsed with Docker's defaults (`docker.io`, `library/`,
@@ -83,13 +89,18 @@ pub async fn pull(
     let reference = &pref.reference;
     let registry = reference.resolve_registry().to_string();
     let host = reference.registry().to_string();
-    let plain_http = is_loopback(&host) || opts.insecure_registries.contains(&host);
+    // A registry given CA files speaks TLS, loopback or not; other loopback and listed
+    // registries speak plain HTTP.
+    let cas = registry_cas(&opts.certs_dir, &host)?;
+    let plain_http =
+        cas.is_none() && (is_loopback(&host) || opts.insecure_registries.contains(&host));
     let client = Client::new(ClientConfig {
         protocol: if plain_http {
             ClientProtocol::HttpsExcept(vec![registry.clone()])
         } else {
             ClientProtocol::Https
         },
+        extra_root_certificates: cas.unwrap_or_default(),
         ..Default::default()
     });
     let auth = credentials(opts, &host);
@@ -177,6 +188,41 @@ fn is_loopback(host: &str) -> bool {
     };
     let bare = bare.trim_start_matches('[').trim_end_matches(']');
     bare == "localhost" || bare.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// The CA certificates trusted for `host` only: every `*.crt` (PEM) in `<certs_dir>/<host>/`,
+/// as Docker reads `/etc/docker/certs.d`. None when that directory does not exist; an
+/// unreadable file is an error naming it (a registry the operator meant to trust would fail
+/// later, less clearly).
+fn registry_cas(certs_dir: &Path, host: &str) -> Result<Option<Vec<Certificate>>, ImageError> {
+    if certs_dir.as_os_str().is_empty() || host.contains('/') || host.starts_with('.') {
+        return Ok(None);
+    }
+    let dir = certs_dir.join(host);
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(ImageError::Io { path: dir, source }),
+    };
+    let mut paths: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "crt"))
+        .collect();
+    paths.sort();
+    let mut cas = Vec::new();
+    for path in paths {
+        let data = std::fs::read(&path).map_err(|source| ImageError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        info!(registry = %host, ca = %path.display(), "trusting a per-registry CA");
+        cas.push(Certificate {
+            encoding: CertificateEncoding::Pem,
+            data,
+        });
+    }
+    Ok(Some(cas))
 }
 
 /// Basic credentials for `host` from Docker's `config.json` `auths` (the base64 `auth`

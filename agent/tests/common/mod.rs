@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 pub mod docker;
+pub mod registry;
 
 use berth_testkit::{Netns, sh};
 use std::{
