@@ -28,6 +28,21 @@ fn variant(from: &Path, to: &Path, env: &str) -> (PathBuf, String) {
     (to.to_path_buf(), id)
 }
 
+/// Bytes of the config and layers of the image as the registry serves it (skopeo compresses
+/// plain layers on push).
+fn served_bytes(reference: &str) -> u64 {
+    let raw = common::registry::run(
+        Command::new("skopeo")
+            .args(["inspect", "--raw", "--tls-verify=false"])
+            .arg(format!("docker://{reference}")),
+    );
+    let manifest: serde_json::Value = serde_json::from_str(&raw).unwrap();
+    std::iter::once(&manifest["config"])
+        .chain(manifest["layers"].as_array().unwrap())
+        .map(|d| d["size"].as_u64().unwrap())
+        .sum()
+}
+
 /// Nothing of a failed pull is left: no image listed, nothing in the store's scratch dir.
 fn assert_nothing_left(agent: &Agent, images_before: usize) {
     let ls: Vec<serde_json::Value> =
@@ -57,8 +72,12 @@ fn an_image_pushed_by_skopeo_pulls_runs_and_moves_with_its_tag() {
     let reference = format!("{}/shell/app:v1", registry.addr);
 
     let before = registry.blob_gets();
-    let out = agent.ok(&["pull", &reference]);
+    let (code, out, err) = agent.cli(&["pull", &reference]);
+    assert_eq!(code, 0, "{err}");
     assert_eq!(out.trim(), id, "the pulled image's id is its config digest");
+    // Not a terminal: one plain line per layer step, Docker's words.
+    assert_eq!(err.matches(": Pull complete").count(), 2, "{err}");
+    assert!(err.contains("manifest sha256:"), "{err}");
     let fetched = registry.blob_gets() - before;
     assert_eq!(fetched, 3, "config and two layers fetched once each");
     let ls = agent.ok(&["image", "ls"]);
@@ -79,11 +98,23 @@ fn an_image_pushed_by_skopeo_pulls_runs_and_moves_with_its_tag() {
 
     // The same digest again: the manifest is asked for, no blob is fetched.
     let before = registry.blob_gets();
-    assert_eq!(agent.ok(&["pull", &reference]).trim(), id);
+    let (code, out, err) = agent.cli(&["pull", &reference]);
+    assert_eq!((code, out.trim()), (0, id.as_str()), "{err}");
     assert_eq!(
         registry.blob_gets() - before,
         0,
         "a second pull fetched blobs"
+    );
+    assert_eq!(err.matches(": Already exists").count(), 2, "{err}");
+    let metrics = agent.metrics();
+    let pulls = |result| common::sample(&metrics, "berth_image_pulls_total", &[("result", result)]);
+    assert_eq!(pulls("success"), Some(2.0), "{metrics}");
+    assert_eq!(pulls("failure"), Some(0.0));
+    let bytes = common::sample(&metrics, "berth_image_pull_bytes_total", &[]).unwrap();
+    assert_eq!(
+        bytes,
+        served_bytes(&reference) as f64,
+        "config and layers, once"
     );
 
     // The tag moves to a new image: the next pull gets the new digest and the name follows.
@@ -150,6 +181,18 @@ fn unknown_tags_and_unreachable_registries_fail_clearly_and_leave_nothing() {
     assert_ne!(code, 0);
     assert!(err.contains("cannot be reached"), "{err}");
     assert_nothing_left(&agent, 0);
+
+    let metrics = agent.metrics();
+    let failed = common::sample(
+        &metrics,
+        "berth_image_pulls_total",
+        &[("result", "failure")],
+    );
+    assert_eq!(failed, Some(5.0), "two CLI pulls, two API pulls, one run");
+    assert!(
+        agent.log().contains("pull failed"),
+        "failures are in the agent's log"
+    );
 
     let (code, _, err) = agent.cli(&["pull", "Not/A Ref"]);
     assert_ne!(code, 0);
@@ -356,19 +399,25 @@ fn a_pull_killed_mid_download_lists_nothing_and_the_next_pull_completes() {
     let registry = Registry::start();
     let build = tempfile::tempdir().unwrap();
     common::build_image_archives(build.path());
-    // A 24 MiB layer of random bytes (incompressible), behind a proxy passing ~1 MB/s.
-    let big = build.path().join("big");
-    fs::create_dir_all(big.join("big")).unwrap();
-    common::registry::run(
-        Command::new("sh")
-            .arg("-c")
-            .arg("head -c 25165824 /dev/urandom > \"$0\"/big/blob && tar -C \"$0\" -cf \"$0\".tar big")
-            .arg(&big),
-    );
+    // Two 12 MiB layers of random bytes (incompressible), behind a proxy passing ~1 MB/s
+    // per connection.
+    let mut tars = Vec::new();
+    for n in ["big1", "big2"] {
+        let dir = build.path().join(n);
+        fs::create_dir_all(dir.join(n)).unwrap();
+        common::registry::run(
+            Command::new("sh")
+                .arg("-c")
+                .arg("head -c 12582912 /dev/urandom > \"$0/$1/blob\" && tar -C \"$0\" -cf \"$0\".tar \"$1\"")
+                .arg(&dir)
+                .arg(n),
+        );
+        tars.push(build.path().join(format!("{n}.tar")));
+    }
     let (layout, _, id) = Layout(build.path().join("oci")).variant(
         &build.path().join("oci-big"),
         |_| {},
-        &[&build.path().join("big.tar")],
+        &[&tars[0], &tars[1]],
     );
     registry.push(&layout.0, "shell/big:v1", &[]);
     let proxy = SlowProxy::start(&registry.addr);
@@ -388,16 +437,21 @@ fn a_pull_killed_mid_download_lists_nothing_and_the_next_pull_completes() {
                 .unwrap()
         })
     };
-    // Mid-download: part of the big blob is on disk in the store's scratch directory.
-    let partial = common::wait_for(Duration::from_secs(60), "a partly downloaded blob", || {
-        let out = Command::new("find")
-            .arg(&tmp)
-            .args(["-type", "f", "-size", "+1024k"])
-            .output()
-            .ok()?;
-        let found = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-        (!found.is_empty()).then_some(found)
-    });
+    // Mid-download: both big blobs partly on disk in the store's scratch directory at once
+    // (layers download concurrently).
+    let partial = common::wait_for(
+        Duration::from_secs(60),
+        "two partly downloaded blobs",
+        || {
+            let out = Command::new("find")
+                .arg(&tmp)
+                .args(["-type", "f", "-size", "+1024k"])
+                .output()
+                .ok()?;
+            let found = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            (found.lines().count() >= 2).then_some(found)
+        },
+    );
     let ls: Vec<serde_json::Value> =
         serde_json::from_str(&agent.ok(&["image", "ls", "--format", "json"])).unwrap();
     assert!(ls.is_empty(), "an image is listed mid-pull: {ls:?}");
@@ -423,8 +477,79 @@ fn a_pull_killed_mid_download_lists_nothing_and_the_next_pull_completes() {
     assert_nothing_left(&agent, 0);
     proxy.slow.store(false, Ordering::Relaxed);
     assert_eq!(agent.ok(&["pull", &reference]).trim(), id);
-    let (code, out, err) = agent.cli(&["run", "--rm", &reference, "sh", "-c", "wc -c < /big/blob"]);
+    let (code, out, err) = agent.cli(&[
+        "run",
+        "--rm",
+        &reference,
+        "sh",
+        "-c",
+        "cat /big1/blob /big2/blob | wc -c",
+    ]);
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(out.trim(), "25165824");
     assert_nothing_left(&agent, 1);
+}
+
+#[test]
+fn layers_an_imported_image_has_are_not_downloaded_again() {
+    let registry = Registry::start();
+    let build = tempfile::tempdir().unwrap();
+    let (oci_tar, _, base_id) = common::build_image_archives(build.path());
+    // The app image: the imported base's two layers plus one of its own.
+    let extra = build.path().join("extra");
+    fs::create_dir_all(extra.join("app")).unwrap();
+    fs::write(extra.join("app/version"), "3\n").unwrap();
+    common::registry::run(
+        Command::new("tar")
+            .arg("-C")
+            .arg(&extra)
+            .arg("-cf")
+            .arg(build.path().join("extra.tar"))
+            .arg("app"),
+    );
+    let (layout, _, id) = Layout(build.path().join("oci")).variant(
+        &build.path().join("oci-app"),
+        |_| {},
+        &[&build.path().join("extra.tar")],
+    );
+    registry.push(&layout.0, "shell/app:v3", &[]);
+    let agent = Agent::start();
+    assert_eq!(
+        agent
+            .ok(&["image", "import", oci_tar.to_str().unwrap()])
+            .trim(),
+        base_id
+    );
+
+    let reference = format!("{}/shell/app:v3", registry.addr);
+    let before = registry.blob_gets();
+    let (code, out, err) = agent.cli(&["pull", &reference]);
+    assert_eq!((code, out.trim()), (0, id.as_str()), "{err}");
+    assert_eq!(
+        registry.blob_gets() - before,
+        2,
+        "only the config and the new layer: {err}"
+    );
+    assert_eq!(err.matches(": Already exists").count(), 2, "{err}");
+    assert_eq!(err.matches(": Pull complete").count(), 1, "{err}");
+    // The shared layers are really there, under the new one; the base is untouched.
+    let (code, out, err) = agent.cli(&[
+        "run",
+        "--rm",
+        &reference,
+        "sh",
+        "-c",
+        "cat /etc/motd /app/version; test -e /etc/doomed && echo kept || echo gone",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(
+        out.split_whitespace().collect::<Vec<_>>(),
+        ["hello", "3", "gone"]
+    );
+    let ls: Vec<serde_json::Value> =
+        serde_json::from_str(&agent.ok(&["image", "ls", "--format", "json"])).unwrap();
+    assert_eq!(ls.len(), 2);
+    agent.ok(&["image", "rm", &base_id]);
+    let (code, out, err) = agent.cli(&["run", "--rm", &reference, "cat", "/app/version"]);
+    assert_eq!((code, out.trim()), (0, "3"), "{err}");
 }

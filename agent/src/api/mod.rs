@@ -17,6 +17,7 @@
 pub mod access;
 pub mod listen;
 pub mod openapi;
+mod pull;
 mod read;
 pub mod views;
 mod write;

@@ -57,7 +57,7 @@ pub fn routes() -> OpenApiRouter<WriteState> {
         .routes(routes!(kill))
         .routes(routes!(update))
         .routes(routes!(import_image))
-        .routes(routes!(pull_image))
+        .routes(routes!(super::pull::pull_image))
         .routes(routes!(remove_image))
 }
 
@@ -82,7 +82,7 @@ async fn refuse_in_observe_mode(State(s): State<WriteState>, req: Request, next:
 }
 
 /// The refusal of an agent that launches nothing, with the reason it does not.
-fn observe_mode(state: &WriteState) -> ApiError {
+pub(super) fn observe_mode(state: &WriteState) -> ApiError {
     ApiError::Conflict(format!(
         "this agent runs in observe mode ({}): it lists and measures the host's containers but \
          runs, changes and removes none",
@@ -287,73 +287,6 @@ async fn import_image(
     })
     .await?;
     Ok((StatusCode::CREATED, v).into_response())
-}
-
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-struct PullRequest {
-    /// Image reference, e.g. `debian:bookworm` or `registry.example:5000/app@sha256:...`.
-    reference: String,
-    /// `missing`: answer with the stored image when the reference already resolves locally
-    /// (`berth run --pull missing`); `always` (the default): ask the registry.
-    #[serde(default)]
-    policy: PullPolicy,
-}
-
-#[derive(Deserialize, Default, PartialEq, ToSchema)]
-#[serde(rename_all = "lowercase")]
-enum PullPolicy {
-    #[default]
-    Always,
-    Missing,
-}
-
-/// Pulls an image (the download runs on the async workers, unpacking off them), then waits
-/// for a fresh snapshot so `image ls` right after lists it.
-#[utoipa::path(post, path = "/api/v1/images/pull", tag = "images",
-    description = "Pulls an image from a registry (Docker's reference syntax); with `policy: missing`, answers with the stored image when the reference already resolves locally. Only on the Unix socket (writes are never served on TCP).",
-    request_body = PullRequest,
-    responses(
-        (status = 200, description = "The stored image (`policy: missing`)", body = Image),
-        (status = 201, description = "The pulled image", body = Image),
-        (status = 400, description = "A body the route does not accept, a bad reference, or a registry refusal", body = ErrorBody),
-        (status = 404, description = "The registry has no such image", body = ErrorBody),
-        (status = 409, description = "The agent runs in observe mode", body = ErrorBody),
-        (status = 500, description = "The host or the download failed (the cause is in the agent's log)", body = ErrorBody),
-        (status = 502, description = "The registry cannot be reached (connection refused, DNS, TLS, timeout)", body = ErrorBody),
-    ))]
-async fn pull_image(
-    State(s): State<WriteState>,
-    req: Result<Object<PullRequest>, ApiError>,
-) -> Result<Response, ApiError> {
-    let req = body(req)?;
-    let m: Arc<Manager> = s.manager.clone().ok_or_else(|| observe_mode(&s))?;
-    let store = m.images.clone();
-    if req.policy == PullPolicy::Missing
-        && let Ok(image) = store.get(&req.reference)
-    {
-        return Ok(Json(image).into_response());
-    }
-    let result = crate::image::registry::pull(&store, &req.reference, &s.pull).await;
-    s.refresh.now().await;
-    match result {
-        Ok(image) => Ok((StatusCode::CREATED, Json(image)).into_response()),
-        Err(e) => {
-            tracing::warn!(reference = %req.reference, error = %e, "pull failed");
-            Err(pull_error(e))
-        }
-    }
-}
-
-/// A pull's failure as the client needs it: 404 when the registry has no such manifest, 502
-/// when the registry cannot be reached, else as every other image error.
-fn pull_error(e: crate::image::ImageError) -> ApiError {
-    use crate::image::ImageError;
-    match e {
-        ImageError::ManifestUnknown { .. } => ApiError::NotFound(e.to_string()),
-        ImageError::Unreachable { .. } => ApiError::BadGateway(e.to_string()),
-        e => RuntimeError::from(e).into(),
-    }
 }
 
 /// `path` must be absolute: the agent's working directory means nothing to a client. What

@@ -2,10 +2,10 @@
 
 use super::{
     args::{Format, ImageCommand},
-    client::{Client, segment},
+    client::{Client, ClientError, error_message, segment},
     short, table,
 };
-use crate::model::Image;
+use crate::model::{Image, PullEvent};
 
 pub fn execute_image(client: &Client, cmd: ImageCommand) -> anyhow::Result<i32> {
     match cmd {
@@ -80,9 +80,47 @@ pub fn execute_pull(client: &Client, reference: &str) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-/// Asks the agent to pull `reference` (`policy`: `always` or `missing`); its errors name the
-/// reference (and the digest or registry at fault) already.
+/// Asks the agent to pull `reference` (`policy`: `always` or `missing`), showing its progress
+/// per layer on stderr; its errors name the reference (and the digest or registry at fault)
+/// already.
 pub fn pull(client: &Client, reference: &str, policy: &str) -> anyhow::Result<Image> {
-    let body = serde_json::json!({ "reference": reference, "policy": policy });
-    Ok(client.call("POST", "/api/v1/images/pull", Some(&body))?)
+    let body = serde_json::json!({ "reference": reference, "policy": policy, "progress": true });
+    let mut display = super::progress::Display::new(reference);
+    let mut pending = Vec::new();
+    let mut last: Option<PullEvent> = None;
+    let mut bad: Option<String> = None;
+    let status = client.stream("POST", "/api/v1/images/pull", Some(&body), |chunk| {
+        pending.extend_from_slice(chunk);
+        while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=end).collect();
+            match serde_json::from_slice::<PullEvent>(&line) {
+                Ok(event) => {
+                    display.event(&event);
+                    last = Some(event);
+                }
+                Err(_) => bad = Some(String::from_utf8_lossy(&line).trim().to_owned()),
+            }
+        }
+    })?;
+    let rest = String::from_utf8_lossy(&pending).trim().to_owned();
+    if !(200..300).contains(&status) {
+        let message = error_message(rest.as_bytes()).unwrap_or(rest);
+        return Err(ClientError::Api { status, message }.into());
+    }
+    // `policy: missing` of a stored image: one JSON image, not a stream.
+    if last.is_none()
+        && let Ok(image) = serde_json::from_str::<Image>(&rest)
+    {
+        return Ok(image);
+    }
+    match last {
+        Some(PullEvent::Pulled { image }) => Ok(image),
+        Some(PullEvent::Error { error }) => Err(anyhow::anyhow!(error)),
+        _ => Err(ClientError::Protocol(format!(
+            "the pull stream ended without a result{}",
+            bad.map(|b| format!(" (unreadable line {b:?})"))
+                .unwrap_or_default()
+        ))
+        .into()),
+    }
 }

@@ -9,6 +9,7 @@ mod info;
 mod inspect;
 mod logs;
 mod ports;
+mod progress;
 mod ps;
 mod run;
 mod signal;

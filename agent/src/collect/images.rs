@@ -1,4 +1,5 @@
-//! `images`: the images in berth's store (its index files), for `/api/v1/images`.
+//! `images`: the images in berth's store (its index files), for `/api/v1/images`, and the
+//! store's pull counters, for `/metrics`.
 
 use std::sync::Arc;
 
@@ -25,6 +26,7 @@ impl Collector for Images {
             return Ok(Collected::NotPresent);
         };
         tick.builder.snapshot.images = m.images.list()?;
+        tick.builder.snapshot.pulls = m.images.pull_stats();
         Ok(Collected::Done)
     }
 }

@@ -13,6 +13,7 @@
 use std::{
     net::IpAddr,
     path::{Path, PathBuf},
+    sync::atomic::{AtomicU64, Ordering},
 };
 
 use base64::Engine as _;
@@ -25,7 +26,10 @@ use oci_client::{
 };
 use tracing::{info, warn};
 
-use super::{Image, ImageError, ImageStore, normalize_name};
+use futures_util::StreamExt as _;
+
+use super::{Image, ImageError, ImageStore, archive::parse_config, normalize_name};
+use crate::model::PullEvent;
 
 /// Upper bound of a config blob kept in memory.
 const CONFIG_LIMIT: usize = 4 << 20;
@@ -78,11 +82,34 @@ impl PullRef {
     }
 }
 
-/// Pulls `typed` into `store` and returns the stored image.
+/// Layers downloaded at once (Docker's default is 3 too).
+const CONCURRENT_LAYERS: usize = 3;
+
+/// Where a pull reports its steps (the API streams them; the agent's log gets them too).
+pub type Progress<'a> = &'a (dyn Fn(PullEvent) + Send + Sync);
+
+/// Pulls `typed` into `store` and returns the stored image; counted in the store's pull
+/// counters either way.
 pub async fn pull(
     store: &ImageStore,
     typed: &str,
     opts: &PullOptions,
+    progress: Progress<'_>,
+) -> Result<Image, ImageError> {
+    let result = pull_counted(store, typed, opts, progress).await;
+    let c = store.pull_counters();
+    match &result {
+        Ok(_) => c.succeeded.fetch_add(1, Ordering::Relaxed),
+        Err(_) => c.failed.fetch_add(1, Ordering::Relaxed),
+    };
+    result
+}
+
+async fn pull_counted(
+    store: &ImageStore,
+    typed: &str,
+    opts: &PullOptions,
+    progress: Progress<'_>,
 ) -> Result<Image, ImageError> {
     let pref = PullRef::parse(typed)?;
     let names: Vec<String> = pref.name()?.into_iter().collect();
@@ -111,8 +138,18 @@ pub async fn pull(
         .await
         .map_err(fail)?;
     let id = hex_of(typed, &manifest.config)?;
+    progress(PullEvent::Resolved {
+        manifest: manifest_digest.clone(),
+        id: id.clone(),
+        layers: manifest.layers.len(),
+    });
     if store.contains(&id) {
         info!(reference = %typed, %id, manifest = %manifest_digest, "image already stored; no blob fetched");
+        for layer in &manifest.layers {
+            progress(PullEvent::LayerExists {
+                digest: layer.digest.clone(),
+            });
+        }
         let store = store.clone();
         return blocking(move || store.tag(&id, &names)).await;
     }
@@ -134,25 +171,146 @@ pub async fn pull(
         .pull_blob(reference, &manifest.config, &mut config)
         .await
         .map_err(|e| blob_error(typed, &host, &manifest.config.digest, e))?;
+    store
+        .pull_counters()
+        .bytes
+        .fetch_add(config.len() as u64, Ordering::Relaxed);
+    // Layers a stored image already has (the longest stored stack the config's diff ids start
+    // with) are not downloaded: the new rootfs starts as a copy of that image's.
+    let (_, diff_ids) = parse_config(Path::new(typed), "config", &config)?;
+    let base = store.base_for(&diff_ids)?;
+    let shared = base.as_ref().map_or(0, |(_, n)| *n);
+    for layer in manifest.layers.iter().take(shared) {
+        progress(PullEvent::LayerExists {
+            digest: layer.digest.clone(),
+        });
+    }
     let mut layers = Vec::new();
-    for layer in &manifest.layers {
-        let hex = hex_of(typed, layer)?;
-        let path = tx.blob_path(&hex);
-        let file = tokio::fs::File::create(&path)
-            .await
-            .map_err(|source| ImageError::Io {
-                path: path.clone(),
-                source,
-            })?;
-        let mut file = tokio::io::BufWriter::new(file);
-        client
-            .pull_blob(reference, layer, &mut file)
-            .await
-            .map_err(|e| blob_error(typed, &host, &layer.digest, e))?;
-        layers.push(hex);
+    for layer in manifest.layers.iter().skip(shared) {
+        layers.push(hex_of(typed, layer)?);
+    }
+    let mut downloads = Vec::new();
+    for (layer, hex) in manifest.layers.iter().skip(shared).zip(&layers) {
+        downloads.push(download(
+            &client,
+            reference,
+            layer,
+            tx.blob_path(hex),
+            &store.pull_counters().bytes,
+            typed,
+            &host,
+            progress,
+        ));
+    }
+    let results: Vec<Result<u64, ImageError>> = futures_util::stream::iter(downloads)
+        .buffer_unordered(CONCURRENT_LAYERS)
+        .collect()
+        .await;
+    for r in results {
+        r?;
     }
     let typed_owned = typed.to_string();
-    blocking(move || tx.commit(&typed_owned, &id, &config, &layers, &names)).await
+    let base_id = base.map(|(id, _)| id);
+    blocking(move || {
+        tx.commit(
+            &typed_owned,
+            &id,
+            &config,
+            base_id.as_deref(),
+            &layers,
+            &names,
+        )
+    })
+    .await
+}
+
+/// Downloads one layer into `path`, verified against its digest as it arrives, reporting
+/// progress at most every 256 KiB; returns its size.
+async fn download(
+    client: &Client,
+    reference: &Reference,
+    layer: &OciDescriptor,
+    path: PathBuf,
+    bytes: &AtomicU64,
+    typed: &str,
+    host: &str,
+    progress: Progress<'_>,
+) -> Result<u64, ImageError> {
+    let file = tokio::fs::File::create(&path)
+        .await
+        .map_err(|source| ImageError::Io {
+            path: path.clone(),
+            source,
+        })?;
+    let total = u64::try_from(layer.size).unwrap_or(0);
+    let mut out = Counting {
+        inner: tokio::io::BufWriter::new(file),
+        written: 0,
+        reported: 0,
+        bytes,
+        report: &|current| {
+            progress(PullEvent::Downloading {
+                digest: layer.digest.clone(),
+                current,
+                total,
+            })
+        },
+    };
+    client
+        .pull_blob(reference, layer, &mut out)
+        .await
+        .map_err(|e| blob_error(typed, host, &layer.digest, e))?;
+    progress(PullEvent::LayerDone {
+        digest: layer.digest.clone(),
+        total: out.written,
+    });
+    Ok(out.written)
+}
+
+/// An `AsyncWrite` that counts what passes through and reports every [`REPORT_EVERY`] bytes.
+struct Counting<'a, W> {
+    inner: W,
+    written: u64,
+    reported: u64,
+    /// The store's byte counter, fed as bytes arrive (a failed pull's bytes count too).
+    bytes: &'a AtomicU64,
+    report: &'a (dyn Fn(u64) + Send + Sync),
+}
+
+const REPORT_EVERY: u64 = 256 << 10;
+
+impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Counting<'_, W> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = &mut *self;
+        let poll = std::pin::Pin::new(&mut this.inner).poll_write(cx, buf);
+        if let std::task::Poll::Ready(Ok(n)) = &poll {
+            this.written += *n as u64;
+            this.bytes.fetch_add(*n as u64, Ordering::Relaxed);
+            if this.written - this.reported >= REPORT_EVERY {
+                this.reported = this.written;
+                (this.report)(this.written);
+            }
+        }
+        poll
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 async fn blocking<T: Send + 'static>(

@@ -175,6 +175,30 @@ impl Collector for SnapshotCollector {
                 .map(|c| (collector(c.name), ConstGauge::new(i64::from(c.success)))),
         )?;
 
+        family(
+            &mut encoder,
+            "berth_image_pulls",
+            "Registry pulls since the agent started, by result (success or failure)",
+            MetricType::Counter,
+            [
+                (
+                    [("result", Escaped("success"))],
+                    ConstCounter::new(snap.pulls.succeeded),
+                ),
+                (
+                    [("result", Escaped("failure"))],
+                    ConstCounter::new(snap.pulls.failed),
+                ),
+            ]
+            .into_iter(),
+        )?;
+        ConstCounter::new(snap.pulls.bytes).encode(encoder.encode_descriptor(
+            "berth_image_pull_bytes",
+            "Blob bytes downloaded from registries (configs and layers) since the agent started",
+            None,
+            MetricType::Counter,
+        )?)?;
+
         containers::encode(&snap, &mut encoder)?;
         encode_conntrack(&snap, &mut encoder)?;
         encode_netfilter(&snap, &mut encoder)?;

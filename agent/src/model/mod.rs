@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 pub use self::{
     container::{ContainerState, Phase, RestartPolicy, Status},
     host::{ConntrackStats, PortMapping, ProxyStats},
-    image::{Image, ImageConfig},
+    image::{Image, ImageConfig, PullEvent, PullStats},
     limits::Limits,
     net::{
         BackendKind, NetworkMode, NetworkSpec, PortBinding, PortRange, Proto, Publish,
@@ -71,6 +71,8 @@ pub struct Snapshot {
     pub images: Vec<Image>,
     /// The `ebpf` port-mapping backend's counters (`None`: not set up on this host).
     pub portmap_ebpf: Option<net::EbpfPortmap>,
+    /// Registry pulls since the agent started.
+    pub pulls: PullStats,
 }
 
 impl Snapshot {
@@ -90,6 +92,7 @@ impl Snapshot {
             proxies: Default::default(),
             images: vec![],
             portmap_ebpf: None,
+            pulls: PullStats::default(),
         }
     }
 

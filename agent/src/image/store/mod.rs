@@ -16,6 +16,7 @@ use std::{
     collections::BTreeMap,
     fs, io,
     path::{Path, PathBuf},
+    sync::atomic::{AtomicU64, Ordering},
 };
 
 use serde::{Deserialize, Serialize};
@@ -42,6 +43,16 @@ const ROOTFS_DIR: &str = "rootfs";
 #[derive(Debug, Clone)]
 pub struct ImageStore {
     root: PathBuf,
+    /// Pulls through this store since it was opened (shared by its clones).
+    pulls: std::sync::Arc<PullCounters>,
+}
+
+/// What [`ImageStore::pull_stats`] reports; the registry client counts into it.
+#[derive(Debug, Default)]
+pub struct PullCounters {
+    pub succeeded: AtomicU64,
+    pub failed: AtomicU64,
+    pub bytes: AtomicU64,
 }
 
 /// What `images/<id>/image.json` holds. Names live in `names.json`, the rootfs path is derived.
@@ -61,6 +72,7 @@ impl ImageStore {
     pub fn open(root: &Path) -> Result<Self, ImageError> {
         let store = Self {
             root: root.to_path_buf(),
+            pulls: Default::default(),
         };
         for dir in [store.root.clone(), store.images_dir(), store.tmp_dir()] {
             fs::create_dir_all(&dir).map_err(|source| ImageError::Io {
@@ -73,6 +85,20 @@ impl ImageStore {
         set_mode(&store.tmp_dir(), 0o700)?;
         store.remove_leftovers()?;
         Ok(store)
+    }
+
+    /// Pulls since the store was opened.
+    pub fn pull_stats(&self) -> crate::model::PullStats {
+        crate::model::PullStats {
+            succeeded: self.pulls.succeeded.load(Ordering::Relaxed),
+            failed: self.pulls.failed.load(Ordering::Relaxed),
+            bytes: self.pulls.bytes.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The counters pulls add to.
+    pub fn pull_counters(&self) -> &PullCounters {
+        &self.pulls
     }
 
     /// The directory the store lives in.
@@ -101,6 +127,18 @@ impl ImageStore {
         let ids = self.ids()?;
         let id = resolve_reference(reference, &ids, &names)?;
         self.load(id, &names)
+    }
+
+    /// The layers (hex diff ids, bottom first) of the stored image `id`.
+    fn diff_ids(&self, id: &str) -> Result<Vec<String>, ImageError> {
+        let path = self.image_dir(id).join(RECORD_FILE);
+        let bytes = fs::read(&path).map_err(|source| ImageError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let record: ImageRecord = serde_json::from_slice(&bytes)
+            .map_err(|source| ImageError::Metadata { path, source })?;
+        Ok(record.diff_ids)
     }
 
     fn images_dir(&self) -> PathBuf {

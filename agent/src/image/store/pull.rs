@@ -14,7 +14,7 @@ use std::{
 use tracing::info;
 
 use super::{
-    ImageStore, RECORD_FILE, ROOTFS_DIR,
+    ImageRecord, ImageStore, RECORD_FILE, ROOTFS_DIR,
     import::{apply_layer, commit_dir, write_record},
     scratch::{Lock, Scratch, set_mode},
 };
@@ -49,6 +49,29 @@ impl ImageStore {
         })
     }
 
+    /// The stored image whose layers (`diff_ids`, bottom first) are the longest leading run of
+    /// `diff_ids`, with that run's length: a pull of an image on top of it downloads only
+    /// the rest. Unreadable records are skipped (the pull then downloads more, nothing worse).
+    pub fn base_for(&self, diff_ids: &[String]) -> Result<Option<(String, usize)>, ImageError> {
+        let mut best: Option<(String, usize)> = None;
+        for id in self.ids()? {
+            let Ok(bytes) = fs::read(self.image_dir(&id).join(RECORD_FILE)) else {
+                continue;
+            };
+            let Ok(record) = serde_json::from_slice::<ImageRecord>(&bytes) else {
+                continue;
+            };
+            let n = record.diff_ids.len();
+            if n > 0
+                && diff_ids.starts_with(&record.diff_ids)
+                && best.as_ref().is_none_or(|(_, b)| n > *b)
+            {
+                best = Some((id, n));
+            }
+        }
+        Ok(best)
+    }
+
     /// Points `names` at the stored image `id` (a pull of an image already stored).
     pub fn tag(&self, id: &str, names: &[String]) -> Result<Image, ImageError> {
         if !names.is_empty() {
@@ -73,36 +96,48 @@ impl PullTx {
     }
 
     /// Unpacks the downloaded layers (bottom first, each already verified against its blob
-    /// digest) under the config `config` (whose sha256 is `id`), checks their diff ids and
-    /// stores the image atomically; `names` point at it afterwards. `source` names the pull in
-    /// errors (the reference).
+    /// digest) under the config `config` (whose sha256 is `id`), on top of a copy of the
+    /// stored image `base` when given (whose layers are the config's first ones; see
+    /// [`ImageStore::base_for`]), checks their diff ids and stores the image atomically;
+    /// `names` point at it afterwards. `source` names the pull in errors (the reference).
     pub fn commit(
         self,
         source: &str,
         id: &str,
         config: &[u8],
+        base: Option<&str>,
         layers: &[String],
         names: &[String],
     ) -> Result<Image, ImageError> {
         let (image_config, diff_ids) = parse_config(Path::new(source), "config", config)?;
-        if diff_ids.len() != layers.len() {
+        let shared = match base {
+            Some(base) => self.store.diff_ids(base)?.len(),
+            None => 0,
+        };
+        if diff_ids.len() != shared + layers.len() {
             return Err(ImageError::Registry {
                 reference: source.to_string(),
                 message: format!(
                     "the config lists {} layers (rootfs.diff_ids) but the manifest {}",
                     diff_ids.len(),
-                    layers.len()
+                    shared + layers.len()
                 ),
             });
         }
         if !self.store.contains(id) {
             let rootfs = self.scratch.path.join(ROOTFS_DIR);
-            fs::create_dir(&rootfs).map_err(|source| ImageError::Io {
-                path: rootfs.clone(),
-                source,
-            })?;
-            set_mode(&rootfs, 0o755)?;
-            for (i, (hex, diff_id)) in layers.iter().zip(&diff_ids).enumerate() {
+            match base {
+                Some(base) => copy_tree(&self.store.image_dir(base).join(ROOTFS_DIR), &rootfs)?,
+                None => {
+                    fs::create_dir(&rootfs).map_err(|source| ImageError::Io {
+                        path: rootfs.clone(),
+                        source,
+                    })?;
+                    set_mode(&rootfs, 0o755)?;
+                }
+            }
+            for (i, (hex, diff_id)) in layers.iter().zip(&diff_ids[shared..]).enumerate() {
+                let i = i + shared;
                 let path = self.blob_path(hex);
                 let file = File::open(&path).map_err(|source| ImageError::Io {
                     path: path.clone(),
@@ -123,6 +158,9 @@ impl PullTx {
                 // The blob is not part of the image; free its space before the next one.
                 let _ = fs::remove_file(&path);
             }
+            if let Some(base) = base {
+                info!(%id, %base, shared, "layers shared with a stored image");
+            }
             let blobs = self.scratch.path.join("blobs");
             fs::remove_dir_all(&blobs).map_err(|source| ImageError::Io {
                 path: blobs,
@@ -135,4 +173,29 @@ impl PullTx {
         drop(self.scratch);
         self.store.tag(id, names)
     }
+}
+
+/// Copies a stored rootfs with everything a root filesystem holds (owners, modes, times,
+/// links, device nodes, xattrs), as `cp -a` does; reflinks where the filesystem can.
+fn copy_tree(from: &Path, to: &Path) -> Result<(), ImageError> {
+    let out = std::process::Command::new("cp")
+        .args(["-a", "--reflink=auto", "--"])
+        .arg(from)
+        .arg(to)
+        .output()
+        .map_err(|source| ImageError::Io {
+            path: PathBuf::from("cp"),
+            source,
+        })?;
+    if !out.status.success() {
+        return Err(ImageError::Io {
+            path: from.to_path_buf(),
+            source: std::io::Error::other(format!(
+                "cp -a to {}: {}",
+                to.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )),
+        });
+    }
+    Ok(())
 }
