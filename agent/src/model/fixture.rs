@@ -308,6 +308,11 @@ pub fn snapshot_at(offset: Duration, new_flows: u64) -> Snapshot {
             size_bytes: 1 << 20,
             imported_at: TAKEN_AT - 3600,
         }],
+        pulls: PullStats {
+            succeeded: 3,
+            failed: 1,
+            bytes: 5 << 20,
+        },
     }
 }
 
