@@ -189,16 +189,19 @@ async fn pull_counted(
     for layer in manifest.layers.iter().skip(shared) {
         layers.push(hex_of(typed, layer)?);
     }
+    let source = Source {
+        client: &client,
+        reference,
+        typed,
+        host: &host,
+    };
     let mut downloads = Vec::new();
     for (layer, hex) in manifest.layers.iter().skip(shared).zip(&layers) {
         downloads.push(download(
-            &client,
-            reference,
+            &source,
             layer,
             tx.blob_path(hex),
             &store.pull_counters().bytes,
-            typed,
-            &host,
             progress,
         ));
     }
@@ -224,16 +227,21 @@ async fn pull_counted(
     .await
 }
 
+/// Where blobs come from: the client, the reference, and how errors name them.
+struct Source<'a> {
+    client: &'a Client,
+    reference: &'a Reference,
+    typed: &'a str,
+    host: &'a str,
+}
+
 /// Downloads one layer into `path`, verified against its digest as it arrives, reporting
 /// progress at most every 256 KiB; returns its size.
 async fn download(
-    client: &Client,
-    reference: &Reference,
+    from: &Source<'_>,
     layer: &OciDescriptor,
     path: PathBuf,
     bytes: &AtomicU64,
-    typed: &str,
-    host: &str,
     progress: Progress<'_>,
 ) -> Result<u64, ImageError> {
     let file = tokio::fs::File::create(&path)
@@ -256,10 +264,10 @@ async fn download(
             })
         },
     };
-    client
-        .pull_blob(reference, layer, &mut out)
+    from.client
+        .pull_blob(from.reference, layer, &mut out)
         .await
-        .map_err(|e| blob_error(typed, host, &layer.digest, e))?;
+        .map_err(|e| blob_error(from.typed, from.host, &layer.digest, e))?;
     progress(PullEvent::LayerDone {
         digest: layer.digest.clone(),
         total: out.written,

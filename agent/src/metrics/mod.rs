@@ -189,8 +189,7 @@ impl Collector for SnapshotCollector {
                     [("result", Escaped("failure"))],
                     ConstCounter::new(snap.pulls.failed),
                 ),
-            ]
-            .into_iter(),
+            ],
         )?;
         ConstCounter::new(snap.pulls.bytes).encode(encoder.encode_descriptor(
             "berth_image_pull_bytes",
