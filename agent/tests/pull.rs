@@ -377,7 +377,23 @@ fn a_multi_arch_index_pulls_the_hosts_platform() {
     };
     let _ = (&amd_manifest, &arm_manifest);
     let before = registry.blob_gets();
-    assert_eq!(agent.ok(&["pull", &reference]).trim(), want_id.as_str());
+    // On a terminal (util-linux `script` gives the CLI one): layer lines redrawn in place.
+    let cmd = format!(
+        "{} --socket {} pull {reference}",
+        env!("CARGO_BIN_EXE_berth"),
+        agent.socket.display()
+    );
+    let tty = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .output()
+        .expect("script (util-linux) runs the CLI on a pseudo-terminal");
+    let shown = String::from_utf8_lossy(&tty.stdout);
+    assert!(tty.status.success(), "{shown}");
+    assert!(shown.contains(want_id.as_str()), "{shown}");
+    assert!(
+        shown.contains("\x1b[2K") && shown.contains(": Pull complete"),
+        "no redrawn progress on a terminal: {shown:?}"
+    );
     assert_eq!(registry.gets(&want_manifest), 1, "{}", registry.log());
     assert_eq!(registry.gets(want_id), 1, "the host's config fetched once");
     assert_eq!(
