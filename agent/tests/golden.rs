@@ -275,6 +275,9 @@ fn metrics_and_api_keep_every_family_label_and_field_of_the_golden_files() {
         "/api/v1/images",
         "/api/v1/ports",
         "/api/v1/ports?window=5s",
+        "/api/v1/ports?window=5s&top=1",
+        "/api/v1/query?window=10s&step=5s",
+        "/api/v1/query?window=20m&top=2&sort=syscalls",
         "/api/v1/containers",
         "/api/v1/containers?all=true",
     ] {
@@ -297,6 +300,9 @@ fn metrics_and_api_keep_every_family_label_and_field_of_the_golden_files() {
     let (status, v) = socket_api(&agent, "GET", "/api/v1/containers/no-such-container", None);
     assert_eq!(status, 404, "{v}");
     record("GET /api/v1/containers/{missing}", status, &v);
+    let (status, v) = socket_api(&agent, "GET", "/api/v1/query?step=bad", None);
+    assert_eq!(status, 400, "{v}");
+    record("GET /api/v1/query (bad input)", status, &v);
 
     // Changes, over the socket.
     record("POST /api/v1/images/import", 201, &imported);

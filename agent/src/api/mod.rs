@@ -19,6 +19,7 @@ pub mod listen;
 pub mod openapi;
 mod pull;
 mod read;
+mod series;
 pub mod views;
 mod write;
 

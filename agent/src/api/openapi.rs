@@ -31,6 +31,7 @@ use super::{ErrorBody, read, write};
         (name = "containers", description = "Containers of every engine; changes only to berth's own"),
         (name = "images", description = "berth's image store"),
         (name = "ports", description = "Published port ranges and what netfilter costs for them"),
+        (name = "query", description = "Series over a window from the in-memory history"),
     )
 )]
 struct ApiDoc;
@@ -99,6 +100,7 @@ mod tests {
         ("get", "/api/v1/containers/{id}/syscalls"),
         ("get", "/api/v1/images"),
         ("get", "/api/v1/ports"),
+        ("get", "/api/v1/query"),
     ];
     const WRITE: &[(&str, &str)] = &[
         ("post", "/api/v1/containers"),

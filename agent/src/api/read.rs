@@ -45,6 +45,7 @@ pub fn routes() -> OpenApiRouter<ReadState> {
         .routes(routes!(syscalls))
         .routes(routes!(images))
         .routes(routes!(ports))
+        .routes(routes!(super::series::get_query))
 }
 
 /// `window=60s` as a duration (at most what the history keeps is meaningful).
@@ -234,26 +235,54 @@ async fn images(
 #[serde(default, deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 struct PortsQuery {
-    /// Window for `new_flows_per_second` (default 10s, at most the 15 minutes of history).
+    /// Window for the rates and the `window_*` costs (default 10s, at most the 15 minutes
+    /// of history).
     #[param(pattern = "^[0-9]{1,19}(ms|s|m)$")]
     window: Option<String>,
+    /// Only this container's ranges: id, name or unique id prefix.
+    container: Option<String>,
+    /// Keep the N costliest ranges, each with at most its N costliest ports.
+    #[param(value_type = Option<u32>, minimum = 1)]
+    top: Option<String>,
 }
 
 /// One row per published range: container, address, mapping, backend, and what netfilter
 /// costs for it (see `model::ports`).
 #[utoipa::path(get, path = "/api/v1/ports", tag = "ports",
-    description = "One row per published port range: container, address, mapping, backend and what netfilter costs for it.",
+    description = "One row per published port range: container, address, mapping, backend and what netfilter costs for it, cumulative and over the window, costliest first (netfilter µs per second over the window).",
     params(PortsQuery),
-    responses((status = 200, description = "The published ranges and their cost", body = Vec<RangeCost>), (status = 400, description = "A query parameter the route does not accept, or a bad value", body = ErrorBody), (status = 503, description = "No snapshot yet: the agent is starting", body = ErrorBody)))]
+    responses((status = 200, description = "The published ranges and their cost", body = Vec<RangeCost>), (status = 400, description = "A query parameter the route does not accept, or a bad value", body = ErrorBody), (status = 404, description = "`container` matches no container", body = ErrorBody), (status = 503, description = "No snapshot yet: the agent is starting", body = ErrorBody)))]
 async fn ports(
     State(s): State<ReadState>,
     q: Result<Query<PortsQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let q = query(q)?;
     let w = window("window", q.window.as_deref())?.unwrap_or(Duration::from_secs(10));
+    let top = q
+        .top
+        .map(|t| match t.parse::<usize>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(ApiError::BadRequest(format!(
+                "top={t}: use a whole number, 1 or more"
+            ))),
+        })
+        .transpose()?;
     let snap = s.latest()?;
+    let only = q.container.as_deref().map(|r| snap.find(r)).transpose()?;
     let base = base(&s, &snap, w);
-    Ok(Json(snap.range_costs(base.as_deref())).into_response())
+    let mut rows = snap.range_costs(base.as_deref());
+    if let Some(c) = only {
+        rows.retain(|r| r.container == c.id);
+    }
+    if let Some(top) = top {
+        rows.truncate(top);
+        for r in &mut rows {
+            if let Some(nf) = r.netfilter.as_mut() {
+                nf.ports.truncate(top);
+            }
+        }
+    }
+    Ok(Json(rows).into_response())
 }
 
 #[derive(Deserialize, Default, IntoParams)]

@@ -26,6 +26,10 @@ fn read_state(snapshot: Option<Snapshot>) -> ReadState {
     ));
     // A base 10 s before the fixture, with fewer new flows: a window has a rate.
     history.push(Arc::new(fixture::snapshot_at(Duration::ZERO, 100)));
+    // The agent records every snapshot it publishes.
+    if let Some(s) = &snapshot {
+        history.push(Arc::new(s.clone()));
+    }
     let (_tx, rx) = watch::channel(snapshot.map(Arc::new));
     ReadState {
         registry: Arc::new(metrics::registry(rx.clone(), 20)),
@@ -180,20 +184,126 @@ async fn ports_show_each_range_with_its_netfilter_cost_and_rate() {
     let v = json("/api/v1/ports?window=60s").await;
     let rows = v.as_array().unwrap();
     assert_eq!(rows.len(), 2);
-    let media = &rows[0];
+    assert_eq!(rows[0]["name"], "legacy", "costliest first");
+    assert_eq!(rows[0]["netfilter"]["window_us_per_second"], 1200.0);
+    let media = &rows[1];
     assert_eq!(media["name"], "media");
     assert_eq!(media["backend"], "nft-map");
     assert_eq!(media["publish"]["proto"], "udp");
     assert_eq!(media["netfilter"]["new_flows"], 300);
     assert_eq!(media["netfilter"]["new_flows_per_second"], 20.0);
     assert_eq!(media["netfilter"]["ports"][0]["port"], 40000);
-    assert_eq!(rows[1]["netfilter"]["prerouting_ns_per_packet"], 60000.0);
+    assert_eq!(rows[0]["netfilter"]["prerouting_ns_per_packet"], 60000.0);
+    assert_eq!(media["netfilter"]["window_us_per_packet"], 3.5);
+    assert_eq!(media["netfilter"]["ports"][0]["new_flows_per_second"], 20.0);
+    let one = json("/api/v1/ports?window=60s&container=media&top=1").await;
+    assert_eq!(one.as_array().unwrap().len(), 1);
+    assert_eq!(one[0]["name"], "media");
+    assert_eq!(one[0]["netfilter"]["ports"].as_array().unwrap().len(), 1);
+    for (uri, code) in [
+        ("/api/v1/ports?top=0", StatusCode::BAD_REQUEST),
+        ("/api/v1/ports?top=x", StatusCode::BAD_REQUEST),
+        ("/api/v1/ports?container=nope", StatusCode::NOT_FOUND),
+    ] {
+        let (status, _, body) = get(read_router(read_state(Some(now()))), uri).await;
+        assert_eq!(status, code, "{uri}: {body}");
+    }
     let (status, _, _) = get(
         read_router(read_state(Some(now()))),
         "/api/v1/ports?window=x",
     )
     .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn query_series_are_rates_between_the_fixture_s_two_frames() {
+    let v = json("/api/v1/query?window=10s&step=10s&sort=netfilter").await;
+    let t = fixture::TAKEN_AT as f64;
+    assert_eq!(v["window_seconds"], 10.0);
+    assert_eq!(v["step_seconds"], 10.0);
+    assert_eq!(v["resolution_seconds"], 1.0);
+    assert_eq!(v["timestamps"], serde_json::json!([t + 10.0]));
+    let names: Vec<&str> = v["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["legacy", "media"], "60 µs per packet before 3.5");
+    let media = &v["containers"][1];
+    assert_eq!(media["id"], MAP_ID);
+    assert_eq!(media["engine"], "berth");
+    assert_eq!(media["status"], "running");
+    let m = &media["series"];
+    // 200 new flows in 10 s; 200 prerouting packets at 2.5 µs and 1 µs more at postrouting.
+    assert_eq!(m["new_flows_per_second"], serde_json::json!([20.0]));
+    assert_eq!(m["netfilter_us_per_packet"], serde_json::json!([3.5]));
+    let hooks = &m["netfilter_us_per_second_by_hook"];
+    assert_eq!(hooks["prerouting"], serde_json::json!([50.0]));
+    assert_eq!(hooks["postrouting"], serde_json::json!([20.0]));
+    assert_eq!(hooks["forward"], serde_json::json!([0.0]));
+    assert_eq!(m["cpu_cores"], serde_json::json!([0.0]));
+    assert_eq!(m["memory_bytes"], serde_json::json!([10485760.0]));
+    assert_eq!(m["pids"], serde_json::json!([3.0]));
+    assert_eq!(m["syscalls_per_second"], serde_json::json!([0.0]));
+    assert_eq!(m["net_rx_bytes_per_second"], serde_json::json!([0.0]));
+    // The host: every prerouting packet (400 more, 12.5 ms more) and every new flow.
+    assert_eq!(
+        v["host"]["netfilter_us_per_packet"],
+        serde_json::json!([31.25])
+    );
+    assert_eq!(v["host"]["new_flows_per_second"], serde_json::json!([40.0]));
+    assert_eq!(v["host"]["memory_bytes"], serde_json::json!([20971520.0]));
+
+    // Defaults: 300 one-second steps; the history holds two frames 10 s apart.
+    let d = json("/api/v1/query").await;
+    assert_eq!(d["timestamps"].as_array().unwrap().len(), 300);
+    let cpu = d["containers"][0]["series"]["cpu_cores"]
+        .as_array()
+        .unwrap();
+    assert_eq!(cpu.len(), 300);
+    assert!(
+        cpu.iter().all(|c| c.is_null()),
+        "no two frames one step apart"
+    );
+    let mem = d["containers"][0]["series"]["memory_bytes"]
+        .as_array()
+        .unwrap();
+    assert_eq!(mem[299], 10485760.0);
+    assert!(mem[..289].iter().all(|c| c.is_null()));
+    let one = json("/api/v1/query?container=legacy&engine=berth&name=ga&top=5").await;
+    assert_eq!(one["containers"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn query_parameters_are_checked_and_named() {
+    let router = || read_router(read_state(Some(now())));
+    for (uri, named, code) in [
+        ("window=x", "window=x", StatusCode::BAD_REQUEST),
+        ("window=2h", "window=2h", StatusCode::BAD_REQUEST),
+        ("window=0s", "window=0s", StatusCode::BAD_REQUEST),
+        ("window=2h0m", "window=", StatusCode::BAD_REQUEST),
+        ("window=90m", "window=5400s", StatusCode::BAD_REQUEST),
+        ("step=500ms", "step=0.5s", StatusCode::BAD_REQUEST),
+        ("window=20m&step=10s", "step=10s", StatusCode::BAD_REQUEST),
+        ("sort=bogus", "sort=bogus", StatusCode::BAD_REQUEST),
+        ("top=abc", "top=abc", StatusCode::BAD_REQUEST),
+        ("top=0", "top=0", StatusCode::BAD_REQUEST),
+        ("engine=rkt", "engine=rkt", StatusCode::BAD_REQUEST),
+        ("foo=1", "foo", StatusCode::BAD_REQUEST),
+        ("container=nope", "container=nope", StatusCode::NOT_FOUND),
+    ] {
+        let (status, _, body) = get(router(), &format!("/api/v1/query?{uri}")).await;
+        assert_eq!(status, code, "{uri}: {body}");
+        let err: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert!(
+            err["error"].as_str().unwrap().contains(named),
+            "{uri}: {body}"
+        );
+    }
+    let (status, _, _) = get(read_router(read_state(None)), "/api/v1/query").await;
+    assert_eq!(status, StatusCode::OK, "the history has the base frame");
 }
 
 #[tokio::test]

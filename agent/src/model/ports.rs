@@ -110,7 +110,15 @@ pub struct RangeNetfilter {
     /// crossed, summed (see [`FlowPath`]); `None` before the first new flow.
     pub new_flow_ns_per_packet: Option<f64>,
     pub hooks: Vec<HookCost>,
-    /// The busiest ports by prerouting packets, at most [`BUSIEST_PORTS`].
+    /// Seconds the window figures cover (the requested window, or what the history reaches);
+    /// `None` without history that old.
+    pub window_seconds: Option<f64>,
+    /// Over the window: netfilter time of every hook per packet entering at prerouting, µs.
+    pub window_us_per_packet: Option<f64>,
+    /// Over the window: netfilter time of every hook per second, µs (what rows sort by).
+    pub window_us_per_second: Option<f64>,
+    /// The costliest ports over the window (by `window_us_per_second`; without a window, by
+    /// prerouting packets), at most [`BUSIEST_PORTS`].
     pub ports: Vec<PortRow>,
 }
 
@@ -127,6 +135,71 @@ pub struct PortRow {
     pub port: u16,
     pub prerouting_packets: u64,
     pub prerouting_ns_per_packet: Option<f64>,
+    /// Over the window: netfilter time of every hook per packet entering at prerouting, µs.
+    pub window_us_per_packet: Option<f64>,
+    /// Over the window: netfilter time of every hook per second, µs.
+    pub window_us_per_second: Option<f64>,
+    /// Over the window: new flows per second.
+    pub new_flows_per_second: Option<f64>,
+}
+
+/// A port's (or a range's) cumulative counters: prerouting packets, every hook's nanoseconds,
+/// new flows at prerouting.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct PortCounters {
+    pre_packets: u64,
+    ns: u64,
+    new: u64,
+}
+
+impl PortCounters {
+    fn add(&mut self, o: PortCounters) {
+        self.pre_packets += o.pre_packets;
+        self.ns += o.ns;
+        self.new += o.new;
+    }
+
+    /// The increase since `base` (a counter that went down restarted from zero).
+    fn since(self, base: PortCounters) -> PortCounters {
+        let inc = |b: u64, n: u64| if n < b { n } else { n - b };
+        PortCounters {
+            pre_packets: inc(base.pre_packets, self.pre_packets),
+            ns: inc(base.ns, self.ns),
+            new: inc(base.new, self.new),
+        }
+    }
+
+    /// (µs per packet, µs per second, new flows per second) of an increase over `seconds`.
+    fn window(self, seconds: f64) -> (Option<f64>, f64, f64) {
+        (
+            (self.pre_packets > 0).then(|| self.ns as f64 / self.pre_packets as f64 / 1e3),
+            self.ns as f64 / seconds / 1e3,
+            self.new as f64 / seconds,
+        )
+    }
+}
+
+/// Per port of `publish`, the snapshot's cumulative counters.
+fn port_counters(snap: &Snapshot, publish: &Publish) -> BTreeMap<u16, PortCounters> {
+    let mut out: BTreeMap<u16, PortCounters> = BTreeMap::new();
+    for p in snap
+        .netfilter
+        .iter()
+        .flat_map(|nf| &nf.by_port)
+        .filter(|p| publish.covers(p.proto, p.port))
+    {
+        let pre = p.hook == Hook::Prerouting;
+        out.entry(p.port).or_default().add(PortCounters {
+            pre_packets: if pre { p.packets } else { 0 },
+            ns: p.nanoseconds,
+            new: if pre && p.ct_state == CtState::New {
+                p.packets
+            } else {
+                0
+            },
+        });
+    }
+    out
 }
 
 /// Key of [`Snapshot::container_netfilter`]: (index into `containers`, hook, state).
@@ -254,6 +327,9 @@ impl Snapshot {
 
     /// One row per published range of every container, with its netfilter cost; new flows per
     /// second are measured against `base`, an older snapshot (the start of the window).
+    ///
+    /// Rows are sorted by their netfilter time over the window, costliest first (by
+    /// cumulative nanoseconds without a window).
     pub fn range_costs(&self, base: Option<&Snapshot>) -> Vec<RangeCost<'_>> {
         let seconds = base
             .and_then(|b| self.taken_at.duration_since(b.taken_at).ok())
@@ -287,8 +363,36 @@ impl Snapshot {
                     let new_flows_per_second = base.zip(seconds).map(|(b, secs)| {
                         new_now.saturating_sub(b.new_flows(publish).packets) as f64 / secs
                     });
+                    let counters = port_counters(self, publish);
+                    let window = base.zip(seconds).map(|(b, secs)| {
+                        let before = port_counters(b, publish);
+                        let per_port: BTreeMap<u16, (Option<f64>, f64, f64)> = counters
+                            .iter()
+                            .map(|(port, now)| {
+                                let b = before.get(port).copied().unwrap_or_default();
+                                (*port, now.since(b).window(secs))
+                            })
+                            .collect();
+                        let mut range = PortCounters::default();
+                        for (port, now) in &counters {
+                            range.add(now.since(before.get(port).copied().unwrap_or_default()));
+                        }
+                        (secs, range.window(secs), per_port)
+                    });
+                    let cost_of = |port: &u16| {
+                        window
+                            .as_ref()
+                            .and_then(|(_, _, w)| w.get(port))
+                            .map(|w| w.1)
+                    };
                     let mut busiest: Vec<(u16, Cost)> = per_port.into_iter().collect();
-                    busiest.sort_by_key(|(port, cost)| (std::cmp::Reverse(cost.packets), *port));
+                    busiest.sort_by(|(pa, ca), (pb, cb)| {
+                        cost_of(pb)
+                            .unwrap_or(0.0)
+                            .total_cmp(&cost_of(pa).unwrap_or(0.0))
+                            .then(cb.packets.cmp(&ca.packets))
+                            .then(pa.cmp(pb))
+                    });
                     busiest.truncate(BUSIEST_PORTS);
                     let mut path = FlowPath::default();
                     for ((hook, state), cost) in &hooks {
@@ -302,6 +406,9 @@ impl Snapshot {
                         new_flows: new_now,
                         new_flows_per_second,
                         new_flow_ns_per_packet: path.ns_per_packet(),
+                        window_seconds: window.as_ref().map(|w| w.0),
+                        window_us_per_packet: window.as_ref().and_then(|w| w.1.0),
+                        window_us_per_second: window.as_ref().map(|w| w.1.1),
                         hooks: hooks
                             .into_iter()
                             .map(|((hook, ct_state), cost)| HookCost {
@@ -313,10 +420,16 @@ impl Snapshot {
                             .collect(),
                         ports: busiest
                             .into_iter()
-                            .map(|(port, cost)| PortRow {
-                                port,
-                                prerouting_packets: cost.packets,
-                                prerouting_ns_per_packet: cost.ns_per_packet(),
+                            .map(|(port, cost)| {
+                                let w = window.as_ref().and_then(|(_, _, w)| w.get(&port));
+                                PortRow {
+                                    port,
+                                    prerouting_packets: cost.packets,
+                                    prerouting_ns_per_packet: cost.ns_per_packet(),
+                                    window_us_per_packet: w.and_then(|w| w.0),
+                                    window_us_per_second: w.map(|w| w.1),
+                                    new_flows_per_second: w.map(|w| w.2),
+                                }
                             })
                             .collect(),
                     }
@@ -339,6 +452,19 @@ impl Snapshot {
                 });
             }
         }
+        let cost = |r: &RangeCost<'_>| {
+            r.netfilter.as_ref().map_or(0.0, |nf| {
+                nf.window_us_per_second.unwrap_or_else(|| {
+                    nf.hooks
+                        .iter()
+                        .map(|h| h.ns_per_packet.unwrap_or(0.0) * h.packets as f64)
+                        .sum::<f64>()
+                        / 1e3
+                })
+            })
+        };
+        // Stable: equal costs keep the containers' order.
+        out.sort_by(|a, b| cost(b).total_cmp(&cost(a)));
         out
     }
 }

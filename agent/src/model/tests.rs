@@ -52,7 +52,12 @@ fn range_costs_give_per_hook_per_port_and_a_rate_over_the_window() {
     let now = fixture::snapshot_at(Duration::from_secs(10), 300);
     let rows = now.range_costs(Some(&base));
     assert_eq!(rows.len(), 2);
-    let media = &rows[0];
+    // Costliest over the window first: legacy's 200 new flows at 60 µs, 1.2 ms a second.
+    assert_eq!(rows[0].name, "legacy");
+    let legacy = rows[0].netfilter.as_ref().unwrap();
+    assert_eq!(legacy.window_us_per_second, Some(1200.0));
+    assert_eq!(legacy.window_us_per_packet, Some(60.0));
+    let media = &rows[1];
     assert_eq!(
         (media.name, media.backend),
         ("media", Some(BackendKind::NftMap))
@@ -62,6 +67,19 @@ fn range_costs_give_per_hook_per_port_and_a_rate_over_the_window() {
     assert_eq!(nf.new_flows_per_second, Some(20.0));
     assert_eq!(nf.prerouting_packets, 700);
     assert_eq!(nf.ports[0].port, 40000);
+    // 200 prerouting packets in 10 s, 2.5 µs each, and 1 µs more each at postrouting (40009).
+    assert_eq!(nf.window_seconds, Some(10.0));
+    assert_eq!(nf.window_us_per_packet, Some(3.5));
+    assert_eq!(nf.window_us_per_second, Some(70.0));
+    let port = &nf.ports[0];
+    assert_eq!(
+        (
+            port.window_us_per_packet,
+            port.window_us_per_second,
+            port.new_flows_per_second
+        ),
+        (Some(2.5), Some(50.0), Some(20.0))
+    );
     assert_eq!(nf.hooks.len(), 3);
     assert!(rows.iter().all(|r| r.netfilter.is_some()));
     // Without a base there is no rate; without the probe no cost at all.

@@ -1,6 +1,7 @@
-//! A bounded ring of past [`Snapshot`]s for queries over a window ("syscalls in the last
-//! minute"): one snapshot kept every `spacing`, for `keep`. Snapshots are immutable and
-//! shared (`Arc`), so keeping one costs only what it holds.
+//! A bounded ring of past [`Snapshot`]s for the readers that subtract a whole older snapshot
+//! ("syscalls in the last minute", a port range's new flows per second, diagnose's rates): one
+//! snapshot kept every `spacing`, for `keep`. Snapshots are immutable and shared (`Arc`), so
+//! keeping one costs only what it holds.
 
 use std::{
     collections::VecDeque,
@@ -10,13 +11,13 @@ use std::{
 
 use crate::model::Snapshot;
 
-pub struct History {
+pub struct Bases {
     ring: Mutex<VecDeque<Arc<Snapshot>>>,
     spacing: Duration,
     keep: Duration,
 }
 
-impl History {
+impl Bases {
     pub fn new(spacing: Duration, keep: Duration) -> Self {
         Self {
             ring: Mutex::new(VecDeque::new()),
@@ -76,7 +77,7 @@ mod tests {
 
     #[test]
     fn snapshots_are_kept_at_the_spacing_and_for_the_keep_time() {
-        let h = History::new(Duration::from_secs(5), Duration::from_secs(20));
+        let h = Bases::new(Duration::from_secs(5), Duration::from_secs(20));
         for t in 0..60 {
             h.push(snap(t));
         }
