@@ -137,6 +137,58 @@ pub enum Command {
         /// Containers (default: all running).
         containers: Vec<String>,
     },
+    /// A live view of what each container costs, like `docker stats` with the costs berth
+    /// measures: CPU, memory, pids, network, syscalls per second, netfilter µs per packet and
+    /// new flows per second, each over the last --window, redrawn every --interval.
+    ///
+    /// Example: `berth top --sort syscalls --filter engine=docker`
+    Top {
+        /// Print once instead of refreshing.
+        #[arg(long)]
+        no_stream: bool,
+        /// How often to redraw (e.g. 2s, 500ms).
+        #[arg(long, default_value = "2s")]
+        interval: crate::config::HumanDuration,
+        /// What each figure averages over (e.g. 5s, 1m).
+        #[arg(long, default_value = "5s")]
+        window: String,
+        /// Order by a series, highest first: cpu, memory, pids, rx, tx, syscalls, netfilter,
+        /// flows (or the API's series names).
+        #[arg(long, default_value = "cpu")]
+        sort: String,
+        /// Show only the first N containers.
+        #[arg(long)]
+        top: Option<usize>,
+        /// Only containers that match (repeatable): `engine=docker`, `name=web` (a part of
+        /// the name), `container=ID` (id, name or unique id prefix).
+        #[arg(short, long = "filter", value_name = "KEY=VALUE", value_parser = super::query::SeriesFilter::parse)]
+        filter: Vec<super::query::SeriesFilter>,
+    },
+    /// Series over a window from the agent's history (`GET /api/v1/query`): per container and
+    /// for the host, one value per step; as JSON, or a table of each container's means.
+    ///
+    /// Example: `berth query --window 10m --step 30s --sort netfilter --top 5 --format json`
+    Query {
+        /// How far back (e.g. 300s, 10m; at most 60m).
+        #[arg(long, default_value = "300s")]
+        window: String,
+        /// Spacing of the points (default: the history's resolution for that window).
+        #[arg(long)]
+        step: Option<String>,
+        /// Order by a series' mean, highest first: cpu, memory, pids, rx, tx, syscalls,
+        /// netfilter, flows (or the API's series names).
+        #[arg(long, default_value = "cpu")]
+        sort: String,
+        /// Keep only the first N containers.
+        #[arg(long)]
+        top: Option<usize>,
+        /// Only containers that match (repeatable): `engine=docker`, `name=web`,
+        /// `container=ID`.
+        #[arg(short, long = "filter", value_name = "KEY=VALUE", value_parser = super::query::SeriesFilter::parse)]
+        filter: Vec<super::query::SeriesFilter>,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
     /// Published ports with their backend and the container address.
     ///
     /// Example: `berth ports media`

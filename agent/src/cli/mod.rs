@@ -11,9 +11,11 @@ mod logs;
 mod ports;
 mod progress;
 mod ps;
+mod query;
 mod run;
 mod signal;
 mod stats;
+mod top;
 mod update;
 
 use anyhow::Context as _;
@@ -83,6 +85,40 @@ pub fn execute(cli: Cli) -> anyhow::Result<i32> {
             format,
             containers,
         } => stats::execute_stats(&client, no_stream, format, &containers),
+        Command::Top {
+            no_stream,
+            interval,
+            window,
+            sort,
+            top,
+            filter,
+        } => {
+            let req = query::Request {
+                window: &window,
+                step: None,
+                sort: &sort,
+                top,
+                filters: &filter,
+            };
+            top::execute_top(&client, &req, interval.0, no_stream)
+        }
+        Command::Query {
+            window,
+            step,
+            sort,
+            top,
+            filter,
+            format,
+        } => {
+            let req = query::Request {
+                window: &window,
+                step: step.as_deref(),
+                sort: &sort,
+                top,
+                filters: &filter,
+            };
+            query::execute_query(&client, &req, format)
+        }
         Command::Ports { container, format } => {
             ports::execute_ports(&client, container.as_deref(), format)
         }

@@ -2,19 +2,8 @@
 
 use std::{collections::HashMap, time::Duration};
 
-use super::{args::Format, client::Client, short, table};
+use super::{args::Format, client::Client, query::human_bytes as human, short, table};
 use crate::api::views::{ContainerSummary, StatsView};
-
-fn human(bytes: f64) -> String {
-    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = bytes;
-    let mut i = 0;
-    while v >= 1024.0 && i < units.len() - 1 {
-        v /= 1024.0;
-        i += 1;
-    }
-    format!("{v:.1}{}", units[i])
-}
 
 pub fn execute_stats(
     client: &Client,
