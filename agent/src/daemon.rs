@@ -140,8 +140,8 @@ pub async fn run(config: Config, notifier: Option<Notifier>) -> Result<(), Daemo
         &config.discovery,
     );
     info!(collectors = ?registry.names(), "collectors");
-    let first = tokio::task::block_in_place(|| registry.collect());
-    snap_tx.send_replace(Some(Arc::new(first)));
+    let first = Arc::new(tokio::task::block_in_place(|| registry.collect()));
+    snap_tx.send_replace(Some(first.clone()));
     let heartbeat = Heartbeat::default();
 
     let root = tracked.clone();
@@ -165,6 +165,9 @@ pub async fn run(config: Config, notifier: Option<Notifier>) -> Result<(), Daemo
         Duration::from_secs(5),
         Duration::from_secs(900),
     ));
+    // The history holds every published snapshot, the first one included: a window query
+    // answers as soon as /readyz does.
+    history.push(first);
     let history_writer = history.clone();
     let read = ReadState {
         registry: Arc::new(metrics::registry(

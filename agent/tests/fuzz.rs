@@ -71,6 +71,7 @@ const PATHS: &[&str] = &[
     "/api/v1/images/import",
     "/api/v1/images/{id}",
     "/api/v1/ports",
+    "/api/v1/query",
     "/api/v1/../../etc/passwd",
     "//api//v1//containers",
     "/api/v2/containers",
@@ -78,7 +79,21 @@ const PATHS: &[&str] = &[
 ];
 
 const QUERY_KEYS: &[&str] = &[
-    "all", "follow", "window", "top", "t", "signal", "force", "bogus", "", "all[]",
+    "all",
+    "follow",
+    "window",
+    "top",
+    "t",
+    "signal",
+    "force",
+    "bogus",
+    "",
+    "all[]",
+    "step",
+    "sort",
+    "engine",
+    "name",
+    "container",
 ];
 
 const QUERY_VALUES: &[&str] = &[
