@@ -230,6 +230,8 @@ impl Series {
             points.push((slot, p));
         }
         points.sort_by_key(|(s, _)| *s);
+        // Exited containers were skipped: hold only what is kept (the bound counts points).
+        points.shrink_to_fit();
         let mut host = HostPoint::default();
         if let Some(nf) = &snap.netfilter {
             host.known = known::NETFILTER;
