@@ -181,6 +181,19 @@ fn query<T>(
         .map_err(|e| ApiError::BadRequest(e.body_text()))
 }
 
+/// Most rows a `top=` may ask for (the document's maximum).
+const TOP_MAX: usize = 100_000;
+
+/// A `top=N` parameter: 1 to [`TOP_MAX`], or a 400 naming it.
+fn top_param(t: &str) -> Result<usize, ApiError> {
+    match t.parse::<usize>() {
+        Ok(n) if (1..=TOP_MAX).contains(&n) => Ok(n),
+        _ => Err(ApiError::BadRequest(format!(
+            "top={t}: use a whole number from 1 to {TOP_MAX}"
+        ))),
+    }
+}
+
 /// A JSON body the route does not accept (unknown key, wrong type, not an object) is the
 /// client's mistake: a 400 naming the field.
 fn body<T>(b: Result<Object<T>, ApiError>) -> Result<T, ApiError> {

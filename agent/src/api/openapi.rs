@@ -22,7 +22,7 @@ use super::{ErrorBody, read, write};
             refuses logs. Every error is a JSON object `{\"error\": \"...\"}`; a query or body \
             with an unknown field is a 400 naming it. See docs/api.md."
     ),
-    components(schemas(ErrorBody)),
+    components(schemas(ErrorBody, super::series::SortParam)),
     modifiers(&BearerToken),
     tags(
         (name = "health", description = "Liveness and readiness"),
@@ -129,6 +129,24 @@ mod tests {
                     .map(move |m| (m.clone(), path.clone()))
             })
             .collect()
+    }
+
+    #[test]
+    fn the_query_route_names_the_values_sort_and_engine_take() {
+        let doc = doc();
+        let sort = &doc["components"]["schemas"]["SortParam"]["enum"];
+        for name in crate::history::query::SORT_KEYS
+            .iter()
+            .chain(&["cpu", "flows"])
+        {
+            assert!(
+                sort.as_array().unwrap().iter().any(|v| v == name),
+                "{name} missing from {sort}"
+            );
+            assert!(crate::history::query::sort_key(name).is_some(), "{name}");
+        }
+        let params = doc["paths"]["/api/v1/query"]["get"]["parameters"].to_string();
+        assert!(params.contains("#/components/schemas/Engine"), "{params}");
     }
 
     #[test]

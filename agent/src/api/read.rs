@@ -242,7 +242,7 @@ struct PortsQuery {
     /// Only this container's ranges: id, name or unique id prefix.
     container: Option<String>,
     /// Keep the N costliest ranges, each with at most its N costliest ports.
-    #[param(value_type = Option<u32>, minimum = 1)]
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 100000)]
     top: Option<String>,
 }
 
@@ -258,15 +258,7 @@ async fn ports(
 ) -> Result<Response, ApiError> {
     let q = query(q)?;
     let w = window("window", q.window.as_deref())?.unwrap_or(Duration::from_secs(10));
-    let top = q
-        .top
-        .map(|t| match t.parse::<usize>() {
-            Ok(n) if n > 0 => Ok(n),
-            _ => Err(ApiError::BadRequest(format!(
-                "top={t}: use a whole number, 1 or more"
-            ))),
-        })
-        .transpose()?;
+    let top = q.top.as_deref().map(super::top_param).transpose()?;
     let snap = s.latest()?;
     let only = q.container.as_deref().map(|r| snap.find(r)).transpose()?;
     let base = base(&s, &snap, w);

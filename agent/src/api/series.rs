@@ -25,24 +25,50 @@ use crate::{
 pub(super) struct SeriesQuery {
     /// How far back: `300s` (default), `10m`; at most `60m`. Windows up to `10m` read the
     /// full-resolution tier (one point per tick), longer ones the one-minute tier.
+    #[param(pattern = "^[0-9]{1,19}(ms|s|m)$")]
     window: Option<String>,
     /// Spacing of the points: default the resolution of the tier the window reads, never
-    /// finer.
+    /// finer, at most the window, at most 3600 points.
+    #[param(pattern = "^[0-9]{1,19}(ms|s|m)$")]
     step: Option<String>,
     /// Series whose mean over the window orders the containers, highest first: `cpu_cores`
     /// (default; `cpu`), `memory_bytes`, `pids`, `net_rx_bytes_per_second`,
     /// `net_tx_bytes_per_second`, `syscalls_per_second`, `netfilter_us_per_packet`,
     /// `new_flows_per_second`.
+    #[param(value_type = Option<SortParam>)]
     sort: Option<String>,
     /// Keep the first N containers after sorting (default: every one).
-    #[param(value_type = Option<u32>, minimum = 1)]
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 100000)]
     top: Option<String>,
     /// Only this engine's containers: berth, docker, containerd, kubernetes, podman, lxc.
+    #[param(value_type = Option<Engine>)]
     engine: Option<String>,
     /// Only containers whose name contains this.
     name: Option<String>,
     /// Only this container: id, name or unique id prefix.
     container: Option<String>,
+}
+
+/// The names `sort` takes (the document's enum; `history::query::sort_key` reads them).
+#[derive(utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[allow(dead_code)]
+pub(super) enum SortParam {
+    CpuCores,
+    MemoryBytes,
+    Pids,
+    NetRxBytesPerSecond,
+    NetTxBytesPerSecond,
+    SyscallsPerSecond,
+    NetfilterUsPerPacket,
+    NewFlowsPerSecond,
+    Cpu,
+    Memory,
+    Rx,
+    Tx,
+    Syscalls,
+    Netfilter,
+    Flows,
 }
 
 fn duration(param: &str, v: Option<&str>) -> Result<Option<Duration>, ApiError> {
@@ -57,14 +83,7 @@ fn duration(param: &str, v: Option<&str>) -> Result<Option<Duration>, ApiError> 
 impl SeriesQuery {
     fn params(self) -> Result<QueryParams, ApiError> {
         let defaults = QueryParams::default();
-        let top = self
-            .top
-            .map(|t| {
-                t.parse::<usize>().map_err(|_| {
-                    ApiError::BadRequest(format!("top={t}: use a whole number, 1 or more"))
-                })
-            })
-            .transpose()?;
+        let top = self.top.as_deref().map(super::top_param).transpose()?;
         let engine = self
             .engine
             .map(|e| {
