@@ -32,6 +32,8 @@ const APT_PACKAGES: &[&str] = &[
     // systemd-analyze, for `verify` of deploy/systemd/berth.service (works without systemd as
     // PID 1).
     "systemd",
+    // The browser the UI test drives over the DevTools protocol (headless, agent/tests/ui.rs).
+    "chromium",
 ];
 /// Container engines the tests run as reference peers (Debian's docker.io brings dockerd and the
 /// `docker` CLI at /usr/bin/docker; containerd brings `ctr`). Installed without starting them.

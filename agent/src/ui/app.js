@@ -1,98 +1,152 @@
-// berth's web UI: one page, no build step, no external assets. Polls the read-only JSON API
-// every 2 s and draws rates from cumulative counters as sparklines (last minute).
+// berth's web UI: one page, no build step, no external assets. It polls the read-only JSON API
+// (the query API for the charts, /api/v1/ports for what the published ranges cost,
+// /api/v1/diagnose for findings) every step of the chosen window, without reloading.
+// The filters live in the URL's hash (#engine=docker&name=web&window=300s), so a view can be
+// bookmarked and the browser test can open one. window.berthView holds what the last poll
+// drew: the query URL and its response's timestamps; charts.js keeps the plotted arrays.
 "use strict";
-
-const history = new Map(); // container id -> [{t, bytes}]
-const prev = new Map();    // container id -> {t, cpu}
 
 const $ = (sel) => document.querySelector(sel);
 const esc = (s) => String(s ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
+const { units } = BerthCharts;
+// Steps the history keeps for each window (1 s frames for 10 minutes, 1 min frames for 1 h).
+const STEPS = { "60s": "1s", "300s": "5s", "600s": "10s", "3600s": "60s" };
 
-function bytes(n) {
-  const u = ["B", "KiB", "MiB", "GiB", "TiB"];
-  let i = 0;
-  while (n >= 1024 && i < u.length - 1) { n /= 1024; i++; }
-  return `${n.toFixed(i ? 1 : 0)} ${u[i]}`;
+window.berthView = { polls: 0, errors: [] };
+
+function filters() {
+  const f = { engine: "", name: "", window: "300s", sort: "cpu", top: "10" };
+  new URLSearchParams(location.hash.slice(1)).forEach((v, k) => { if (k in f) f[k] = v; });
+  if (!(f.window in STEPS)) f.window = "300s";
+  return f;
 }
 
-function range(r) { return r.start === r.end ? `${r.start}` : `${r.start}-${r.end}`; }
+function syncForm() {
+  const f = filters();
+  const form = $("#filters");
+  for (const [k, v] of Object.entries(f)) {
+    const el = form.elements[k];
+    if (el.tagName === "SELECT" && ![...el.options].some((o) => o.value === v)) el.add(new Option(v, v));
+    el.value = v;
+  }
+}
 
-function spark(points) {
-  if (points.length < 2) return '<span class="muted">…</span>';
-  const max = Math.max(...points, 1);
-  const step = 140 / (points.length - 1);
-  const pts = points.map((v, i) => `${(i * step).toFixed(1)},${(27 - (v / max) * 25).toFixed(1)}`).join(" ");
-  return `<svg class="spark" viewBox="0 0 140 28"><polyline points="${pts}"/></svg>`;
+function onFilter() {
+  const form = $("#filters");
+  const p = new URLSearchParams();
+  for (const k of ["engine", "name", "window", "sort", "top"]) {
+    const v = form.elements[k].value.trim();
+    if (v) p.set(k, v);
+  }
+  history.replaceState(null, "", `#${p}`);
+  schedule(0);
 }
 
 async function get(path) {
   const r = await fetch(path, { cache: "no-store" });
-  if (!r.ok) throw new Error(`${path}: ${r.status}`);
+  if (!r.ok) {
+    let detail = "";
+    try { detail = (await r.json()).error || ""; } catch (_) { /* not JSON */ }
+    throw new Error(`${path}: ${r.status}${detail ? ` ${detail}` : ""}`);
+  }
   return r.json();
 }
+
+function fmt(v, f, suffix = "") { return v == null ? "–" : `${f(v)}${suffix}`; }
+function range(r) { return r.start === r.end ? `${r.start}` : `${r.start}-${r.end}`; }
 
 function renderFindings(d) {
   const f = d.findings || [];
   $("#findings").innerHTML = f.length === 0
     ? '<p class="ok">No problems found.</p>'
-    : f.map((x) => `<div class="finding ${esc(x.severity)}">
+    : f.map((x) => `<div class="finding ${esc(x.severity)}" data-subject="${esc(x.subject)}">
         <strong>${esc(x.severity.toUpperCase())} ${esc(x.subject)}</strong>: ${esc(x.cause)}
         <ul>${(x.evidence || []).map((e) => `<li>${esc(e)}</li>`).join("")}</ul>
         <div class="fix"><strong>Fix:</strong> ${esc(x.fix)}</div></div>`).join("");
 }
 
-function renderContainers(list, cgroups) {
-  const byPath = new Map(cgroups.map((c) => [c.path, c]));
-  const now = Date.now() / 1000;
-  $("#containers tbody").innerHTML = list.map((c) => {
-    const cg = byPath.get(c.cgroup);
-    const total = (cg?.net || []).reduce((s, n) => s + n.bytes, 0);
-    const h = history.get(c.id) || [];
-    h.push({ t: now, bytes: total });
-    while (h.length > 31) h.shift();
-    history.set(c.id, h);
-    const rates = h.slice(1).map((p, i) => Math.max(0, (p.bytes - h[i].bytes) / Math.max(p.t - h[i].t, 0.001)));
-    const net = c.network || {};
-    return `<tr>
-      <td>${esc(c.name)}<div class="muted">${esc(c.id.slice(0, 12))}</div></td>
-      <td>${esc(c.engine || "berth")}</td>
-      <td class="${esc(c.status)}">${esc(c.status)}${c.state?.exit_code != null && c.status !== "running" ? ` (${c.state.exit_code})` : ""}</td>
-      <td>${esc(c.image)}</td>
-      <td>${esc(net.mode)}${net.ip ? ` ${esc(net.ip)}` : ""}</td>
-      <td data-cpu="${esc(c.id)}" class="muted">…</td>
-      <td data-mem="${esc(c.id)}" class="muted">…</td>
-      <td>${bytes(total)}</td>
-      <td>${spark(rates)}</td></tr>`;
-  }).join("") || '<tr><td colspan="9" class="muted">no containers</td></tr>';
+function renderEngines(list) {
+  const sel = $("#filters").elements.engine;
+  const have = new Set([...sel.options].map((o) => o.value));
+  for (const e of new Set(list.map((c) => c.engine || "berth"))) if (!have.has(e)) sel.add(new Option(e, e));
 }
 
-async function fillStats(list) {
-  await Promise.all(list.filter((c) => c.status === "running").map(async (c) => {
-    try {
-      const s = (await get(`/api/v1/containers/${c.id}/stats`)).stats;
-      const t = Date.now() / 1000;
-      const p = prev.get(c.id);
-      prev.set(c.id, { t, cpu: s.cpu_usage_seconds });
-      const cpu = p ? ((s.cpu_usage_seconds - p.cpu) / (t - p.t)) * 100 : null;
-      const cpuCell = document.querySelector(`[data-cpu="${c.id}"]`);
-      const memCell = document.querySelector(`[data-mem="${c.id}"]`);
-      if (cpuCell) cpuCell.textContent = cpu == null ? "…" : `${cpu.toFixed(1)} %`;
-      if (memCell) memCell.textContent = `${bytes(s.memory_usage_bytes)}${s.memory_limit_bytes ? ` / ${bytes(s.memory_limit_bytes)}` : ""}`;
-    } catch (_) { /* the container may just have exited */ }
-  }));
+// The containers table: the latest value of each series, one row per container the query
+// returned (same order: the server sorts and cuts to top-N).
+function renderRows(q) {
+  const rows = q.containers.map((c) => {
+    const s = c.series || {};
+    const l = (k) => BerthCharts.last(s[k] || []);
+    return `<tr data-id="${esc(c.id)}" data-name="${esc(c.name)}" data-engine="${esc(c.engine)}">
+      <td><a href="#chart-${esc(c.id)}">${esc(c.name)}</a><div class="muted">${esc(c.id.slice(0, 12))}</div></td>
+      <td>${esc(c.engine)}</td><td class="${esc(c.status)}">${esc(c.status)}</td>
+      <td class="num">${fmt(l("cpu_cores"), units.cores)}</td>
+      <td class="num">${fmt(l("memory_bytes"), units.bytes)}</td>
+      <td class="num">${fmt(l("pids"), String)}</td>
+      <td class="num">${fmt(l("net_rx_bytes_per_second"), units.bytesps)}</td>
+      <td class="num">${fmt(l("net_tx_bytes_per_second"), units.bytesps)}</td>
+      <td class="num">${fmt(l("syscalls_per_second"), units.rate)}</td>
+      <td class="num">${fmt(l("netfilter_us_per_packet"), units.us)}</td>
+      <td class="num">${fmt(l("new_flows_per_second"), units.rate)}</td></tr>`;
+  });
+  $("#containers tbody").innerHTML = rows.join("") || '<tr><td colspan="11" class="muted">no containers match</td></tr>';
 }
 
+// One card per container with a row of charts; cards persist across polls (keyed by id) so
+// uPlot instances are updated in place.
+function renderCharts(q) {
+  const host = $("#host-charts");
+  const keep = BerthCharts.row(host, "host", q.timestamps, q.host, "host");
+  const box = $("#container-charts");
+  const cards = new Map([...box.children].map((el) => [el.dataset.id, el]));
+  let prev = null;
+  for (const c of q.containers) {
+    let card = cards.get(c.id);
+    if (!card) {
+      card = document.createElement("div");
+      card.className = "card";
+      card.id = `chart-${c.id}`;
+      card.dataset.id = c.id;
+      card.innerHTML = '<h3></h3><div class="chart-row"></div>';
+    }
+    cards.delete(c.id);
+    card.querySelector("h3").innerHTML = `${esc(c.name)} <span class="muted">${esc(c.engine)} · ${esc(c.id.slice(0, 12))}</span>`;
+    // Keep the server's order.
+    if (prev ? prev.nextSibling !== card : box.firstChild !== card) box.insertBefore(card, prev ? prev.nextSibling : box.firstChild);
+    prev = card;
+    for (const k of BerthCharts.row(card.querySelector(".chart-row"), c.id, q.timestamps, c.series, c.id)) keep.add(k);
+  }
+  for (const el of cards.values()) el.remove();
+  BerthCharts.prune(keep);
+}
+
+// Published ranges, the costliest first: a new flow's whole netfilter path per packet, times
+// how many new flows arrive, is the CPU the range costs; ties fall back to per-packet cost.
 function renderPorts(rows) {
+  const cost = (r) => {
+    const nf = r.netfilter || {};
+    return ((nf.new_flow_ns_per_packet || 0) * (nf.new_flows_per_second || 0)) || 0;
+  };
+  const perPacket = (r) => r.netfilter?.new_flow_ns_per_packet ?? r.netfilter?.prerouting_ns_per_packet ?? 0;
+  rows = rows.slice().sort((a, b) => cost(b) - cost(a) || perPacket(b) - perPacket(a));
+  const max = Math.max(...rows.map(cost), 1e-9);
   $("#ports tbody").innerHTML = rows.map((r) => {
     const nf = r.netfilter || {};
-    const ns = nf.prerouting_ns_per_packet;
-    return `<tr><td>${esc(r.name)}</td><td>${esc(r.engine || "berth")}</td>
+    const busiest = (nf.ports || [])[0];
+    const share = cost(r) / max;
+    return `<tr data-container="${esc(r.container)}" data-cost="${cost(r)}">
+      <td>${esc(r.name)}</td><td>${esc(r.engine || "berth")}</td>
       <td>${esc(r.publish.host_ip || "0.0.0.0")}:${range(r.publish.host)}</td>
-      <td>${esc(r.ip)}:${range(r.publish.container)}</td>
+      <td>${esc(r.ip || "")}:${range(r.publish.container)}</td>
       <td>${esc(r.publish.proto)}</td><td>${esc(r.backend || "(its engine's)")}</td>
-      <td>${nf.new_flows_per_second == null ? "–" : nf.new_flows_per_second.toFixed(1)}</td>
-      <td>${ns == null ? "–" : `${(ns / 1000).toFixed(1)} µs`}</td></tr>`;
-  }).join("") || '<tr><td colspan="8" class="muted">no published ports</td></tr>';
+      <td class="num">${fmt(nf.new_flows_per_second, units.rate)}</td>
+      <td class="num">${fmt(nf.new_flow_ns_per_packet, (v) => units.us(v / 1000))}</td>
+      <td class="num">${fmt(nf.prerouting_ns_per_packet, (v) => units.us(v / 1000))}</td>
+      <td>${busiest ? `${busiest.port} (${fmt(busiest.prerouting_ns_per_packet, (v) => units.us(v / 1000))} µs)` : "–"}</td>
+      <td class="bar-col"><div class="bar" data-share="${(share * 100).toFixed(1)}"></div></td></tr>`;
+  }).join("") || '<tr><td colspan="11" class="muted">no published ports</td></tr>';
+  // The policy (style-src 'self') refuses style attributes in markup; the CSSOM is fine.
+  for (const bar of document.querySelectorAll("#ports .bar")) bar.style.width = `${bar.dataset.share}%`;
 }
 
 function renderProbes(sys) {
@@ -102,22 +156,67 @@ function renderProbes(sys) {
     <td>${esc(p.error || Object.entries(p.paths || {}).map(([k, v]) => `${k}: ${v}`).join("; "))}</td></tr>`).join("");
 }
 
-async function tick() {
-  try {
-    const [sys, list, cgroups, ports, diag] = await Promise.all([
-      get("/api/v1/system"), get("/api/v1/containers?all=true"), get("/api/v1/cgroups"),
-      get("/api/v1/ports"), get("/api/v1/diagnose"),
-    ]);
-    renderProbes(sys);
-    renderFindings(diag);
-    renderContainers(list, cgroups);
-    renderPorts(ports);
-    fillStats(list);
-    $("#updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
-  } catch (e) {
-    $("#updated").textContent = `agent unreachable: ${e.message}`;
-  }
+function queryUrl(f) {
+  const p = new URLSearchParams({ window: f.window, step: STEPS[f.window], sort: f.sort, top: f.top });
+  if (f.engine) p.set("engine", f.engine);
+  if (f.name) p.set("name", f.name);
+  return `/api/v1/query?${p}`;
 }
 
+let timer = null;
+let running = false;
+
+function schedule(ms) {
+  clearTimeout(timer);
+  timer = setTimeout(tick, ms);
+}
+
+async function tick() {
+  if (running) return schedule(200);
+  running = true;
+  const f = filters();
+  const url = queryUrl(f);
+  let next = 2000;
+  // Each part renders on its own: a failing route leaves the others live.
+  const [q, ports, diag, sys, list] = await Promise.allSettled([
+    get(url), get(`/api/v1/ports?window=${f.window}`), get("/api/v1/diagnose"), get("/api/v1/system"),
+    get("/api/v1/containers?all=true"),
+  ]);
+  const failed = [];
+  const use = (r, render) => {
+    if (r.status === "rejected") return failed.push(r.reason.message);
+    try { render(r.value); } catch (e) { failed.push(`${e.message}`); }
+  };
+  use(diag, renderFindings);
+  use(sys, renderProbes);
+  use(list, renderEngines);
+  use(q, (v) => {
+    renderRows(v);
+    renderCharts(v);
+    $("#host-window").textContent = `last ${v.window_seconds} s, ${v.step_seconds} s steps`;
+    next = Math.min(10, Math.max(1, v.step_seconds)) * 1000;
+  });
+  use(ports, (rows) => {
+    const shown = q.status === "fulfilled" ? new Set(q.value.containers.map((c) => c.id)) : null;
+    renderPorts(shown ? rows.filter((r) => shown.has(r.container)) : rows);
+  });
+  const v = q.status === "fulfilled" ? q.value : null;
+  window.berthView = {
+    polls: window.berthView.polls + 1, errors: window.berthView.errors.concat(failed).slice(-20), url, filters: f,
+    window_seconds: v?.window_seconds, step_seconds: v?.step_seconds, timestamps: v?.timestamps,
+    containers: v ? v.containers.map((c) => ({ id: c.id, name: c.name, engine: c.engine })) : null,
+  };
+  const upd = $("#updated");
+  upd.textContent = failed.length ? `${failed.join("; ")}` : `updated ${new Date().toLocaleTimeString()}`;
+  upd.className = failed.length ? "down" : "";
+  running = false;
+  schedule(next);
+}
+
+syncForm();
+$("#filters").addEventListener("change", onFilter);
+$("#filters").addEventListener("submit", (e) => { e.preventDefault(); onFilter(); });
+window.addEventListener("hashchange", () => { syncForm(); schedule(0); });
+let resized = null;
+window.addEventListener("resize", () => { clearTimeout(resized); resized = setTimeout(() => schedule(0), 300); });
 tick();
-setInterval(tick, 2000);
