@@ -120,31 +120,36 @@ function renderCharts(q) {
   BerthCharts.prune(keep);
 }
 
-// Published ranges, the costliest first: a new flow's whole netfilter path per packet, times
-// how many new flows arrive, is the CPU the range costs; ties fall back to per-packet cost.
+// Published ranges, the costliest first: netfilter time per second over the window (what
+// /api/v1/ports sorts by), else a new flow's path cost times the new flows per second.
 function renderPorts(rows) {
   const cost = (r) => {
     const nf = r.netfilter || {};
-    return ((nf.new_flow_ns_per_packet || 0) * (nf.new_flows_per_second || 0)) || 0;
+    if (nf.window_us_per_second != null) return nf.window_us_per_second;
+    return ((nf.new_flow_ns_per_packet || 0) / 1000) * (nf.new_flows_per_second || 0);
   };
-  const perPacket = (r) => r.netfilter?.new_flow_ns_per_packet ?? r.netfilter?.prerouting_ns_per_packet ?? 0;
+  const perPacket = (r) => r.netfilter?.window_us_per_packet ?? (r.netfilter?.prerouting_ns_per_packet ?? 0) / 1000;
   rows = rows.slice().sort((a, b) => cost(b) - cost(a) || perPacket(b) - perPacket(a));
   const max = Math.max(...rows.map(cost), 1e-9);
+  const us = (ns) => units.us(ns / 1000);
   $("#ports tbody").innerHTML = rows.map((r) => {
     const nf = r.netfilter || {};
-    const busiest = (nf.ports || [])[0];
-    const share = cost(r) / max;
+    const top = (nf.ports || [])[0];
+    const busiest = top
+      ? `${top.port}: ${top.window_us_per_packet != null ? `${units.us(top.window_us_per_packet)} µs/pkt` : fmt(top.prerouting_ns_per_packet, us, " µs/pkt")}${top.new_flows_per_second != null ? `, ${units.rate(top.new_flows_per_second)} flows/s` : ""}`
+      : "–";
     return `<tr data-container="${esc(r.container)}" data-cost="${cost(r)}">
       <td>${esc(r.name)}</td><td>${esc(r.engine || "berth")}</td>
       <td>${esc(r.publish.host_ip || "0.0.0.0")}:${range(r.publish.host)}</td>
       <td>${esc(r.ip || "")}:${range(r.publish.container)}</td>
       <td>${esc(r.publish.proto)}</td><td>${esc(r.backend || "(its engine's)")}</td>
       <td class="num">${fmt(nf.new_flows_per_second, units.rate)}</td>
-      <td class="num">${fmt(nf.new_flow_ns_per_packet, (v) => units.us(v / 1000))}</td>
-      <td class="num">${fmt(nf.prerouting_ns_per_packet, (v) => units.us(v / 1000))}</td>
-      <td>${busiest ? `${busiest.port} (${fmt(busiest.prerouting_ns_per_packet, (v) => units.us(v / 1000))} µs)` : "–"}</td>
-      <td class="bar-col"><div class="bar" data-share="${(share * 100).toFixed(1)}"></div></td></tr>`;
-  }).join("") || '<tr><td colspan="11" class="muted">no published ports</td></tr>';
+      <td class="num">${fmt(nf.new_flow_ns_per_packet, us)}</td>
+      <td class="num">${nf.window_us_per_packet != null ? units.us(nf.window_us_per_packet) : fmt(nf.prerouting_ns_per_packet, us)}</td>
+      <td class="num">${fmt(nf.window_us_per_second, units.rate)}</td>
+      <td>${esc(busiest)}</td>
+      <td class="bar-col"><div class="bar" data-share="${((cost(r) / max) * 100).toFixed(1)}"></div></td></tr>`;
+  }).join("") || '<tr><td colspan="12" class="muted">no published ports</td></tr>';
   // The policy (style-src 'self') refuses style attributes in markup; the CSSOM is fine.
   for (const bar of document.querySelectorAll("#ports .bar")) bar.style.width = `${bar.dataset.share}%`;
 }
