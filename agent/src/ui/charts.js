@@ -28,7 +28,7 @@ const BerthCharts = (() => {
     if (a >= 1e9) return `${+(v / 1e9).toFixed(1)}G`;
     if (a >= 1e6) return `${+(v / 1e6).toFixed(1)}M`;
     if (a >= 1e3) return `${+(v / 1e3).toFixed(1)}k`;
-    return `${+v.toFixed(a < 1 ? 2 : 1)}`;
+    return `${a < 1 ? +v.toPrecision(2) : +v.toFixed(1)}`;
   };
   const clock = (t) => {
     const d = new Date(t * 1000);
