@@ -7,8 +7,9 @@
 //! the containers and the plotted series `/api/v1/query` answers for the same window and
 //! filters (read from the page: the table's rows and `window.berthCharts`, the arrays uPlot
 //! draws), keep polling without a reload, show the diagnose finding for the iptables container
-//! with its measured cost once the new flows arrive, and rank that container's range first in
-//! the port view. Screenshots (1366x768 and the whole page) go to target/test-artifacts/.
+//! with its measured cost once the new flows arrive, rank the ranges by cost with the iptables
+//! range's cost per packet well above the map's, and re-query when the filters change.
+//! Screenshots (1366x768 and the whole page) go to target/test-artifacts/.
 
 #[path = "common/cdp.rs"]
 mod cdp;
@@ -229,8 +230,8 @@ fn the_page_plots_what_the_query_api_answers_and_shows_the_iptables_finding_live
     }
     let rootfs = echo_rootfs(agent.dir.path());
     let rootfs = rootfs.to_str().unwrap();
-    // This run's own host ports, below the ranges tests/network.rs uses.
-    let base = 20000 + (std::process::id() % 12) as u16 * 1100;
+    // Host ports no other test publishes (tests/network.rs stops at 54999), per run.
+    let base = 55000 + (std::process::id() % 5) as u16 * 1100;
     let (echo, ipt) = (unique("ui-echo"), unique("ui-ipt"));
     // "berth-it-<pid>-": the names of this run's containers and no one else's.
     let prefix = format!("berth-it-{}-", std::process::id());

@@ -138,14 +138,15 @@ function renderPorts(rows) {
     const busiest = top
       ? `${top.port}: ${top.window_us_per_packet != null ? `${units.us(top.window_us_per_packet)} µs/pkt` : fmt(top.prerouting_ns_per_packet, us, " µs/pkt")}${top.new_flows_per_second != null ? `, ${units.rate(top.new_flows_per_second)} flows/s` : ""}`
       : "–";
-    return `<tr data-container="${esc(r.container)}" data-cost="${cost(r)}">
+    const perPkt = nf.window_us_per_packet ?? (nf.prerouting_ns_per_packet != null ? nf.prerouting_ns_per_packet / 1000 : null);
+    return `<tr data-container="${esc(r.container)}" data-cost="${cost(r)}" data-us-per-packet="${perPkt ?? ""}">
       <td>${esc(r.name)}</td><td>${esc(r.engine || "berth")}</td>
       <td>${esc(r.publish.host_ip || "0.0.0.0")}:${range(r.publish.host)}</td>
       <td>${esc(r.ip || "")}:${range(r.publish.container)}</td>
       <td>${esc(r.publish.proto)}</td><td>${esc(r.backend || "(its engine's)")}</td>
       <td class="num">${fmt(nf.new_flows_per_second, units.rate)}</td>
       <td class="num">${fmt(nf.new_flow_ns_per_packet, us)}</td>
-      <td class="num">${nf.window_us_per_packet != null ? units.us(nf.window_us_per_packet) : fmt(nf.prerouting_ns_per_packet, us)}</td>
+      <td class="num">${fmt(perPkt, units.us)}</td>
       <td class="num">${fmt(nf.window_us_per_second, units.rate)}</td>
       <td>${esc(busiest)}</td>
       <td class="bar-col"><div class="bar" data-share="${((cost(r) / max) * 100).toFixed(1)}"></div></td></tr>`;
