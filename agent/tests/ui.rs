@@ -463,6 +463,19 @@ fn the_page_plots_what_the_query_api_answers_and_shows_the_iptables_finding_live
     );
     eprintln!("screenshots: {} {}", shot.display(), full.display());
 
+    // A container's name scrolls to its charts and keeps the filters.
+    let hash = page.eval("location.hash");
+    page.eval("document.querySelector('#containers a[data-charts]').click()");
+    assert_eq!(
+        page.eval("location.hash"),
+        hash,
+        "clicking a name changed the filters"
+    );
+    assert!(
+        page.eval("window.scrollY").as_f64() > Some(0.0),
+        "clicking a name did not scroll to its charts"
+    );
+
     // The filters: the engine selector lists berth; docker's containers are none of these;
     // a full name leaves one row. Each change is a new query, not a reload.
     let engines = page

@@ -78,7 +78,7 @@ function renderRows(q) {
     const s = c.series || {};
     const l = (k) => BerthCharts.last(s[k] || []);
     return `<tr data-id="${esc(c.id)}" data-name="${esc(c.name)}" data-engine="${esc(c.engine)}">
-      <td><a href="#chart-${esc(c.id)}">${esc(c.name)}</a><div class="muted">${esc(c.id.slice(0, 12))}</div></td>
+      <td><a href="" data-charts="chart-${esc(c.id)}" title="its charts">${esc(c.name)}</a><div class="muted">${esc(c.id.slice(0, 12))}</div></td>
       <td>${esc(c.engine)}</td><td class="${esc(c.status)}">${esc(c.status)}</td>
       <td class="num">${fmt(l("cpu_cores"), units.cores)}</td>
       <td class="num">${fmt(l("memory_bytes"), units.bytes)}</td>
@@ -223,6 +223,13 @@ syncForm();
 $("#filters").addEventListener("change", onFilter);
 $("#filters").addEventListener("submit", (e) => { e.preventDefault(); onFilter(); });
 window.addEventListener("hashchange", () => { syncForm(); schedule(0); });
+// A container's name scrolls to its charts (the hash holds the filters, not anchors).
+$("#containers").addEventListener("click", (e) => {
+  const a = e.target.closest("a[data-charts]");
+  if (!a) return;
+  e.preventDefault();
+  document.getElementById(a.dataset.charts)?.scrollIntoView({ block: "start" });
+});
 let resized = null;
 window.addEventListener("resize", () => { clearTimeout(resized); resized = setTimeout(() => schedule(0), 300); });
 tick();
