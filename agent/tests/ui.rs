@@ -156,8 +156,19 @@ fn assert_plotted_equals_api(shown: &Value, api: &Value) -> usize {
     for c in api["containers"].as_array().unwrap() {
         owners.push((c["id"].as_str().unwrap().to_owned(), &c["series"]));
     }
-    for metric in ["cpu", "memory", "net", "syscalls", "netfilter", "flows"] {
+    for metric in [
+        "cpu",
+        "memory",
+        "net",
+        "syscalls",
+        "netfilter",
+        "flows",
+        "hooks",
+    ] {
         for (owner, series) in &owners {
+            if owner == "host" && metric == "hooks" {
+                continue; // the host has no split by hook
+            }
             let key = format!("{owner}/{metric}");
             let c = chart(&key);
             assert_eq!(c["drawn"], true, "chart {key} has no canvas");
@@ -170,7 +181,7 @@ fn assert_plotted_equals_api(shown: &Value, api: &Value) -> usize {
                 let field = field.as_str().unwrap();
                 assert_eq!(
                     numbers(&c["data"][i + 1]),
-                    numbers(&series[field]),
+                    numbers(field.split('.').fold(*series, |v, k| &v[k])),
                     "chart {key}: {field} plotted differs from the API's"
                 );
                 compared += 1;
@@ -178,7 +189,12 @@ fn assert_plotted_equals_api(shown: &Value, api: &Value) -> usize {
         }
     }
     // Nothing else is plotted (no chart of a container the API did not return).
-    assert_eq!(charts.len(), owners.len() * 6, "charts: {:?}", keys(charts));
+    assert_eq!(
+        charts.len(),
+        6 + (owners.len() - 1) * 7,
+        "charts: {:?}",
+        keys(charts)
+    );
     compared
 }
 
@@ -505,7 +521,7 @@ fn the_page_plots_what_the_query_api_answers_and_shows_the_iptables_finding_live
         assert_eq!(rows, want, "rows for #{hash}");
         let charts = page
             .eval("Object.keys(window.berthCharts).filter((k) => !k.startsWith('host/')).length");
-        assert_eq!(charts, want.len() * 6, "container charts for #{hash}");
+        assert_eq!(charts, want.len() * 7, "container charts for #{hash}");
     }
     let problems = page.problems();
     assert!(

@@ -43,8 +43,16 @@ const BerthCharts = (() => {
     { metric: "syscalls", title: "syscalls", unit: "/s", fmt: units.rate, series: [["syscalls/s", "syscalls_per_second"]] },
     { metric: "netfilter", title: "netfilter", unit: "µs/pkt", fmt: units.us, series: [["µs/packet", "netfilter_us_per_packet"]] },
     { metric: "flows", title: "new flows", unit: "/s", fmt: units.rate, series: [["flows/s", "new_flows_per_second"]] },
+    // Where a container's netfilter time goes (containers only: the host has no split).
+    {
+      metric: "hooks", title: "netfilter", unit: "µs/s", fmt: units.rate, containers: true,
+      series: ["prerouting", "input", "forward", "output", "postrouting"].map((h) => [h.slice(0, 4), `netfilter_us_per_second_by_hook.${h}`]),
+    },
   ];
-  const colors = ["#2b6cb0", "#dd6b20", "#38a169", "#805ad5"];
+  const colors = ["#2b6cb0", "#dd6b20", "#38a169", "#805ad5", "#c53030"];
+
+  // A field of a `series` object; a dot reaches into a nested one (by hook).
+  const pick = (src, field) => field.split(".").reduce((o, k) => o?.[k], src);
 
   function last(arr) {
     for (let i = arr.length - 1; i >= 0; i--) if (arr[i] != null) return arr[i];
@@ -83,7 +91,7 @@ const BerthCharts = (() => {
   // Creates or updates one chart under `key` in `parent`; `src` is a `series` object of the
   // query API, `ts` its timestamps. Returns the chart's element.
   function draw(parent, key, m, ts, src, width, height, owner) {
-    const data = [ts].concat(m.series.map(([, field]) => src?.[field] ?? ts.map(() => null)));
+    const data = [ts].concat(m.series.map(([, field]) => pick(src, field) ?? ts.map(() => null)));
     let plot = plots.get(key);
     if (plot && (plot.width !== width || plot.height !== height || plot.root.parentNode !== parent)) {
       plot.destroy();
@@ -108,9 +116,10 @@ const BerthCharts = (() => {
 
   // One row of charts (every metric) for a series object; keys are `${prefix}/${metric}`.
   function row(parent, prefix, ts, src, owner) {
-    const width = Math.max(160, Math.floor((parent.clientWidth - 6 * (metrics.length - 1)) / metrics.length));
+    const shown = metrics.filter((m) => owner !== "host" || !m.containers);
+    const width = Math.max(150, Math.floor((parent.clientWidth - 6 * (shown.length - 1)) / shown.length));
     const keep = new Set();
-    for (const m of metrics) {
+    for (const m of shown) {
       const key = `${prefix}/${m.metric}`;
       draw(parent, key, m, ts, src, width, 120, owner);
       keep.add(key);
