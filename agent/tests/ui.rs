@@ -214,14 +214,14 @@ fn keys(charts: &[Value]) -> Vec<&str> {
     charts.iter().filter_map(|c| c["key"].as_str()).collect()
 }
 
-/// The largest known value of a container's series in the API's answer.
+/// The largest known value of a container's series in the API's answer (`a.b`: nested).
 fn peak(api: &Value, id: &str, field: &str) -> f64 {
     api["containers"]
         .as_array()
         .unwrap()
         .iter()
         .find(|c| c["id"] == id)
-        .and_then(|c| c["series"][field].as_array())
+        .and_then(|c| field.split('.').fold(&c["series"], |v, k| &v[k]).as_array())
         .map(|v| v.iter().filter_map(Value::as_f64).fold(0.0, f64::max))
         .unwrap_or_else(|| panic!("container {id} missing from {api}"))
 }
@@ -460,6 +460,10 @@ fn the_page_plots_what_the_query_api_answers_and_shows_the_iptables_finding_live
     assert!(peak(&api, &ipt_id, "new_flows_per_second") > 0.0, "{api}");
     assert!(
         peak(&api, &ipt_id, "netfilter_us_per_packet") > 0.0,
+        "{api}"
+    );
+    assert!(
+        peak(&api, &ipt_id, "netfilter_us_per_second_by_hook.prerouting") > 0.0,
         "{api}"
     );
     assert_eq!(
