@@ -79,12 +79,15 @@ const BerthCharts = (() => {
 
   // "network rx 1.2 MiB/s tx 80 KiB/s": each series' latest value, in its line's colour.
   function title(el, m, data) {
+    // Many series (the hooks): only those with time now, else the title outgrows the chart.
+    const many = m.series.length > 2;
     const parts = m.series.map(([label], i) => {
       const v = last(data[i + 1]);
+      if (many && !(v > 0)) return "";
       const text = `${v == null ? "–" : m.fmt(v)}${m.unit && v != null ? ` ${m.unit}` : ""}`;
       return m.series.length === 1 ? text : `<span style-color="${colors[i]}">${label} ${text}</span>`;
     });
-    el.innerHTML = `${m.title} ${parts.join(" ")}`;
+    el.innerHTML = `${m.title} ${parts.filter(Boolean).join(" ") || "–"}`;
     for (const span of el.querySelectorAll("[style-color]")) span.style.color = span.getAttribute("style-color");
   }
 
@@ -100,6 +103,7 @@ const BerthCharts = (() => {
     }
     if (!plot) {
       plot = new uPlot(options(m, width, height), data, parent);
+      plot.root.style.width = `${width}px`; // a long title must not widen the chart
       plot.root.dataset.chart = key;
       plot.root.dataset.metric = m.metric;
       plots.set(key, plot);
