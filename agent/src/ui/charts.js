@@ -39,17 +39,21 @@ const BerthCharts = (() => {
   const metrics = [
     { metric: "cpu", title: "CPU", unit: "cores", fmt: units.cores, series: [["cores", "cpu_cores"]] },
     { metric: "memory", title: "memory", unit: "", fmt: units.bytes, series: [["bytes", "memory_bytes"]] },
-    { metric: "net", title: "network", unit: "", fmt: units.bytesps, series: [["rx", "net_rx_bytes_per_second"], ["tx", "net_tx_bytes_per_second"]] },
+    { metric: "net", title: "net", unit: "", fmt: units.bytesps, series: [["rx", "net_rx_bytes_per_second"], ["tx", "net_tx_bytes_per_second"]] },
     { metric: "syscalls", title: "syscalls", unit: "/s", fmt: units.rate, series: [["syscalls/s", "syscalls_per_second"]] },
     { metric: "netfilter", title: "netfilter", unit: "µs/pkt", fmt: units.us, series: [["µs/packet", "netfilter_us_per_packet"]] },
     { metric: "flows", title: "new flows", unit: "/s", fmt: units.rate, series: [["flows/s", "new_flows_per_second"]] },
     // Where a container's netfilter time goes (containers only: the host has no split).
     {
-      metric: "hooks", title: "netfilter", unit: "µs/s", fmt: units.rate, containers: true,
-      series: ["prerouting", "input", "forward", "output", "postrouting"].map((h) => [h.slice(0, 4), `netfilter_us_per_second_by_hook.${h}`]),
+      metric: "hooks", title: "hooks µs/s", unit: "", fmt: units.rate, containers: true,
+      series: [["pre", "prerouting"], ["in", "input"], ["fwd", "forward"], ["out", "output"], ["post", "postrouting"]]
+        .map(([label, hook]) => [label, `netfilter_us_per_second_by_hook.${hook}`]),
     },
   ];
   const colors = ["#2b6cb0", "#dd6b20", "#38a169", "#805ad5", "#c53030"];
+
+  // Indices of known values with no known neighbour.
+  const lone = (d) => d.flatMap((v, i) => (v != null && d[i - 1] == null && d[i + 1] == null ? [i] : []));
 
   // A field of a `series` object; a dot reaches into a nested one (by hook).
   const pick = (src, field) => field.split(".").reduce((o, k) => o?.[k], src);
@@ -72,7 +76,8 @@ const BerthCharts = (() => {
       ],
       series: [{}].concat(m.series.map(([label], i) => ({
         label, stroke: colors[i], width: 1.5, fill: m.series.length === 1 ? `${colors[i]}22` : undefined,
-        spanGaps: false, points: { show: false },
+        // A value between two gaps draws no line: a dot marks it.
+        spanGaps: false, points: { size: 4, show: (u, si) => lone(u.data[si]).length > 0, filter: (u, si) => lone(u.data[si]) },
       }))),
     };
   }
