@@ -296,6 +296,7 @@ fn the_page_plots_what_the_query_api_answers_and_shows_the_iptables_finding_live
 
     let browser = cdp::Browser::launch(SCREEN.0, SCREEN.1);
     let mut page = browser.page();
+    page.shot_on_failure = Some(artifacts().join(format!("ui-{}-failed.png", std::process::id())));
     page.call(
         "Emulation.setDeviceMetricsOverride",
         serde_json::json!({ "width": SCREEN.0, "height": SCREEN.1, "deviceScaleFactor": 1, "mobile": false }),

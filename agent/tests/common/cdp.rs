@@ -120,6 +120,7 @@ impl Browser {
             ws,
             next_id: 0,
             events: Vec::new(),
+            shot_on_failure: None,
         };
         for domain in ["Page", "Runtime", "Log"] {
             page.call(&format!("{domain}.enable"), json!({}));
@@ -143,32 +144,66 @@ pub struct Page {
     next_id: u64,
     /// Every event received so far, in order (`{method, params}`).
     pub events: Vec<Value>,
+    /// Where to save what the page showed if the test fails while it is open.
+    pub shot_on_failure: Option<PathBuf>,
+}
+
+impl Drop for Page {
+    fn drop(&mut self) {
+        let Some(path) = self.shot_on_failure.take() else {
+            return;
+        };
+        if !std::thread::panicking() {
+            return;
+        }
+        // Best effort, without panicking again: the test has already failed.
+        let shot = self
+            .try_call(
+                "Page.captureScreenshot",
+                json!({ "format": "png", "captureBeyondViewport": true }),
+            )
+            .ok()
+            .and_then(|r| {
+                base64::engine::general_purpose::STANDARD
+                    .decode(r["data"].as_str()?)
+                    .ok()
+            });
+        if let Some(png) = shot
+            && fs::create_dir_all(path.parent().unwrap_or(Path::new("."))).is_ok()
+            && fs::write(&path, png).is_ok()
+        {
+            eprintln!("the page when the test failed: {}", path.display());
+        }
+    }
 }
 
 impl Page {
     /// Sends `method` and waits for its answer, keeping the events that arrive meanwhile.
     /// Panics with the protocol's error message if the browser refuses the command.
     pub fn call(&mut self, method: &str, params: Value) -> Value {
+        self.try_call(method, params)
+            .unwrap_or_else(|e| panic!("DevTools {method}: {e}"))
+    }
+
+    fn try_call(&mut self, method: &str, params: Value) -> Result<Value, String> {
         self.next_id += 1;
         let id = self.next_id;
         let msg = json!({ "id": id, "method": method, "params": params }).to_string();
         self.ws
             .send(Message::text(msg))
-            .unwrap_or_else(|e| panic!("DevTools {method}: {e}"));
+            .map_err(|e| e.to_string())?;
         loop {
             let text = match self.ws.read() {
                 Ok(Message::Text(t)) => t,
                 Ok(_) => continue,
-                Err(e) => panic!("DevTools {method}: no answer: {e}"),
+                Err(e) => return Err(format!("no answer: {e}")),
             };
-            let v: Value = serde_json::from_str(text.as_str()).unwrap();
+            let v: Value = serde_json::from_str(text.as_str()).map_err(|e| e.to_string())?;
             if v["id"] == id {
-                assert!(
-                    v["error"].is_null(),
-                    "DevTools {method} failed: {}",
-                    v["error"]
-                );
-                return v["result"].clone();
+                return match v["error"].is_null() {
+                    true => Ok(v["result"].clone()),
+                    false => Err(format!("failed: {}", v["error"])),
+                };
             }
             if v["method"].is_string() {
                 self.events.push(v);
