@@ -1,6 +1,8 @@
 //! Port-mapping mechanisms under test and the pluggable rule installer.
 //!
-//! Built in: `host` (sink in HOST, no rules), `routed` (client aims at the container's address
+//! Built in: `host` (sink in HOST, no rules, so no conntrack there either), `host-ct` (sink in
+//! HOST with an nft NAT table present for other ports, so conntrack tracks the flows, as on a
+//! real host where NAT rules exist), `routed` (client aims at the container's address
 //! through HOST, no NAT), `nft-map` (one nft table, DNAT through one
 //! `inet_proto . inet_service : ipv4_addr . inet_service` map), `iptables` and
 //! `iptables-legacy` (Docker 20.10's three rules per port, through `iptables-restore` or
@@ -21,6 +23,8 @@ pub struct Mapping<'a> {
     pub host: &'a Netns,
     /// The bridge CTR hangs off (Docker's `docker0`).
     pub bridge: &'a str,
+    /// HOST's veth to CLIENT (the uplink clients come in through).
+    pub uplink: &'a str,
     pub ctr_ip: Ipv4Addr,
     /// CTR's subnet, for masquerade rules.
     pub ctr_subnet: (Ipv4Addr, u8),
@@ -37,12 +41,27 @@ pub trait PortMapper: Send {
     fn remove(&mut self, m: &Mapping<'_>) -> Result<()>;
     /// Short rule count for the report, e.g. "3 per port".
     fn rules(&self) -> String;
+    /// The name HOST's veth to CTR must have (a backend that finds a container's veth by its
+    /// name); `None`: any.
+    fn ctr_veth(&self) -> Option<String> {
+        None
+    }
+    /// Called after each case with the packets the case sent: a sanity check that they took
+    /// the path this mechanism stands for (a counter of its own, say), never a timing.
+    fn check_case(&mut self, _m: &Mapping<'_>, _sent: u64) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Where the sink listens and where the client aims.
 pub enum Kind {
-    /// Sink in HOST (host networking), client aims at HOST's address; no rules.
+    /// Sink in HOST (host networking), client aims at HOST's address; no rules, so no
+    /// conntrack in HOST (the bench checks its table stays empty).
     Host,
+    /// As [`Kind::Host`], with the mapper's rules installed for a port the bench does not aim
+    /// at (its [`Mapping::ports`] is that one port): conntrack is active in HOST and tracks the
+    /// measured flows too (the bench checks its table fills).
+    HostConntrack(Box<dyn PortMapper>),
     /// Sink in CTR, client aims at CTR's address, HOST only routes; no rules, no NAT.
     Routed,
     /// Sink in CTR, client aims at HOST's address, the mapper's rules translate.
@@ -58,7 +77,14 @@ pub struct Mechanism {
 }
 
 /// Names of the built-in mechanisms, for `--mechanisms`.
-pub const BUILTIN: &[&str] = &["host", "routed", "nft-map", "iptables", "iptables-legacy"];
+pub const BUILTIN: &[&str] = &[
+    "host",
+    "host-ct",
+    "routed",
+    "nft-map",
+    "iptables",
+    "iptables-legacy",
+];
 
 impl Mechanism {
     pub fn mapped(name: &str, label: &str, mapper: Box<dyn PortMapper>) -> Self {
@@ -76,7 +102,11 @@ impl Mechanism {
             kind,
         };
         Ok(match name {
-            "host" => plain("host netns", Kind::Host),
+            "host" => plain("host netns, no conntrack", Kind::Host),
+            "host-ct" => plain(
+                "host netns, conntrack active (an nft NAT table for another port)",
+                Kind::HostConntrack(Box::new(NftMap)),
+            ),
             "routed" => plain("routed to container, no NAT", Kind::Routed),
             "nft-map" => Mechanism::mapped(
                 name,
@@ -107,7 +137,7 @@ impl Mechanism {
     /// Programs this mechanism runs inside HOST (for the pre-flight check).
     pub fn tools(&self) -> &'static [&'static str] {
         match self.name.as_str() {
-            "nft-map" => &["nft"],
+            "nft-map" | "host-ct" => &["nft"],
             "iptables" => &["iptables-restore"],
             "iptables-legacy" => &["iptables-legacy-restore"],
             _ => &[],
@@ -117,6 +147,7 @@ impl Mechanism {
     pub fn rules(&self) -> String {
         match &self.kind {
             Kind::Host | Kind::Routed => "0".to_owned(),
+            Kind::HostConntrack(m) => format!("{} (other port)", m.rules()),
             Kind::Mapped(m) => m.rules(),
         }
     }
@@ -282,6 +313,7 @@ mod tests {
         f(&Mapping {
             host: &host,
             bridge: "bb1br",
+            uplink: "bb1h0",
             ctr_ip: Ipv4Addr::new(10, 251, 2, 2),
             ctr_subnet: (Ipv4Addr::new(10, 251, 2, 0), 24),
             ports,

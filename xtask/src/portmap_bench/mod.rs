@@ -9,6 +9,10 @@
 //! sender ([`sender`]) pinned to its CPU in CLIENT sends to the last published port. Cost per
 //! packet = (sender's run time + ksoftirqd run time) / packets sent ([`cpu`]).
 //!
+//! After each case a sanity check (not a timing) that the packets took the path the row is
+//! named for: HOST's conntrack table empty for `host`, filled for `host-ct`, and whatever the
+//! [`PortMapper`] checks (berth's `ebpf` rows: its forward-hit counter rose by the packets sent).
+//!
 //! Modes: `one-way` (one 5-tuple, no reply: conntrack stays NEW/unreplied), `established`
 //! (the sink answers once first), `new-flow` (a fresh source port, and after 64,512 packets a
 //! fresh source address, each packet).
@@ -36,7 +40,7 @@ use std::{
 use anyhow::{Context as _, Result, bail, ensure};
 
 pub use mechanism::{Kind, Mapping, Mechanism, PortMapper};
-pub use report::{Cell, MechanismInfo, Report, Setup};
+pub use report::{Cell, MechanismInfo, Report, Setup, fmt_count};
 
 /// Traffic pattern of one case.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, clap::ValueEnum)]
@@ -77,11 +81,12 @@ pub struct Args {
     /// Published-port counts (comma-separated), each a range starting at --first-port.
     #[arg(long, value_delimiter = ',', default_value = "100,1000,10000,20000")]
     pub ports: Vec<usize>,
-    /// Mechanisms in run order: host, routed, nft-map, iptables, iptables-legacy.
+    /// Mechanisms in run order: host, host-ct, routed, nft-map, iptables, iptables-legacy,
+    /// and ebpf (berth's backend: `cargo xtask bench portmap` only).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "host,routed,nft-map,iptables"
+        default_value = "host,host-ct,routed,nft-map,iptables,ebpf"
     )]
     pub mechanisms: Vec<String>,
     /// Traffic modes (comma-separated).
@@ -214,7 +219,11 @@ pub fn run_with(args: &Args, mut mechanisms: Vec<Mechanism>) -> Result<Report> {
             rules: mech.rules(),
             mapped: matches!(mech.kind, Kind::Mapped(_)),
         });
-        let topo = topology::Topology::create()
+        let ctr_veth = match &mech.kind {
+            Kind::Mapped(m) => m.ctr_veth(),
+            _ => None,
+        };
+        let topo = topology::Topology::create(ctr_veth.as_deref())
             .with_context(|| format!("building the topology for {}", mech.name))?;
         // Let the previous topology's namespace teardown (a kernel worker) finish.
         std::thread::sleep(Duration::from_millis(300));
@@ -265,20 +274,33 @@ fn measure_count(
 ) -> Result<()> {
     let ports: Vec<u16> = (0..count).map(|i| args.first_port + i as u16).collect();
     let target = *ports.last().expect("count > 0");
+    // HostConntrack's rules publish one port the bench does not aim at.
+    let other = [if args.first_port > 1 {
+        args.first_port - 1
+    } else {
+        target
+            .checked_add(1)
+            .context("no port is left outside the measured range")?
+    }];
     let mapping = Mapping {
         host: &topo.host,
         bridge: &topo.bridge,
+        uplink: &topo.uplink,
         ctr_ip: topology::CTR_IP,
         ctr_subnet: (Ipv4Addr::new(10, 251, 2, 0), topology::CTR_PREFIX),
-        ports: &ports,
+        ports: if matches!(mech.kind, Kind::HostConntrack(_)) {
+            &other
+        } else {
+            &ports
+        },
     };
     let (sink_ns, dst) = match mech.kind {
-        Kind::Host => (&topo.host, topology::HOST_IP),
+        Kind::Host | Kind::HostConntrack(_) => (&topo.host, topology::HOST_IP),
         Kind::Routed => (&topo.ctr, topology::CTR_IP),
         Kind::Mapped(_) => (&topo.ctr, topology::HOST_IP),
     };
     let mut install_ms = None;
-    if let Kind::Mapped(mapper) = &mut mech.kind {
+    if let Kind::Mapped(mapper) | Kind::HostConntrack(mapper) = &mut mech.kind {
         let t = Instant::now();
         mapper.install(&mapping).context("installing the rules")?;
         install_ms = Some(t.elapsed().as_secs_f64() * 1e3);
@@ -321,6 +343,8 @@ fn measure_count(
                 "mode {}: no packet could be sent",
                 mode.name()
             );
+            check_path(mech, &mapping, topo, r.packets)
+                .with_context(|| format!("mode {}: the packets' path", mode.name()))?;
             let per = |ns: u64| ns as f64 / 1e3 / r.packets as f64;
             rounds.push(Cell {
                 mechanism: mech.name.clone(),
@@ -353,7 +377,7 @@ fn measure_count(
         cells.push(c);
     }
     sink.stop()?;
-    if let Kind::Mapped(mapper) = &mut mech.kind {
+    if let Kind::Mapped(mapper) | Kind::HostConntrack(mapper) = &mut mech.kind {
         let t = Instant::now();
         mapper.remove(&mapping).context("removing the rules")?;
         setups.push(Setup {
@@ -362,6 +386,39 @@ fn measure_count(
             install_ms: install_ms.expect("installed above"),
             remove_ms: t.elapsed().as_secs_f64() * 1e3,
         });
+    }
+    Ok(())
+}
+
+/// Sanity checks after a case (not timings): host networking without conntrack left HOST's
+/// conntrack table empty, with conntrack filled it; a mapper checks its own counters.
+fn check_path(
+    mech: &mut Mechanism,
+    mapping: &Mapping<'_>,
+    topo: &topology::Topology,
+    sent: u64,
+) -> Result<()> {
+    match &mut mech.kind {
+        Kind::Host => {
+            let n = topo.conntrack_count()?;
+            ensure!(
+                n == 0,
+                "{n} conntrack entries in HOST: something there uses conntrack, so `{}` does \
+                 not measure host networking without it",
+                mech.name
+            );
+        }
+        Kind::HostConntrack(_) => {
+            let n = topo.conntrack_count()?;
+            ensure!(
+                n > 0,
+                "HOST's conntrack table is empty after {sent} packets: conntrack is not active \
+                 there, so `{}` does not measure host networking with it",
+                mech.name
+            );
+        }
+        Kind::Routed => {}
+        Kind::Mapped(mapper) => mapper.check_case(mapping, sent)?,
     }
     Ok(())
 }
@@ -427,7 +484,10 @@ mod tests {
     fn defaults_are_the_full_run() {
         let a = Args::default();
         assert_eq!(a.ports, vec![100, 1000, 10000, 20000]);
-        assert_eq!(a.mechanisms, vec!["host", "routed", "nft-map", "iptables"]);
+        assert_eq!(
+            a.mechanisms,
+            vec!["host", "host-ct", "routed", "nft-map", "iptables", "ebpf"]
+        );
         assert_eq!(a.modes, Mode::ALL.to_vec());
         assert_eq!((a.sender_cpu, a.sink_cpu, a.payload), (1, 0, 160));
     }
@@ -451,14 +511,18 @@ mod tests {
             0,
             "the port-mapping bench builds network namespaces: run the tests as root"
         );
+        // ebpf is berth's own backend: `cargo xtask bench portmap --selftest` covers it.
         let mechanisms = Args::selftest()
             .mechanisms
             .iter()
+            .filter(|n| mechanism::BUILTIN.contains(&n.as_str()))
             .map(|n| Mechanism::builtin(n))
             .collect::<Result<Vec<_>>>()
             .unwrap();
         let report = selftest(mechanisms).unwrap();
-        assert!(report.to_markdown().contains("| iptables |"));
+        let md = report.to_markdown();
+        assert!(md.contains("| iptables |"), "{md}");
+        assert!(md.contains("| host-ct | 300 | new-flow |"), "{md}");
         let list = topology::run_cmd(
             std::process::Command::new("ip").args(["netns", "list"]),
             None,

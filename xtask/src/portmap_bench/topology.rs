@@ -117,6 +117,13 @@ impl Netns {
         c
     }
 
+    /// Runs `program args` with only its network namespace switched to this one (forked from
+    /// a thread inside it): unlike [`Netns::run`] (`ip netns exec`, which mounts a fresh
+    /// sysfs), the program still sees the caller's mounts, e.g. the bpffs at /sys/fs/bpf.
+    pub fn run_net_only(&self, program: &str, args: &[&str]) -> Result<String> {
+        self.run_in(program, || run_cmd(Command::new(program).args(args), None))
+    }
+
     /// Runs `program args` inside the namespace, feeding it `input` on stdin.
     pub fn run(&self, program: &str, args: &[&str], input: Option<&str>) -> Result<String> {
         run_cmd(self.exec(program).args(args), input)
@@ -219,6 +226,8 @@ pub struct Topology {
     pub ctr: Netns,
     /// The bridge in HOST that CTR's veth is attached to (Docker's `docker0`).
     pub bridge: String,
+    /// HOST's veth to CLIENT.
+    pub uplink: String,
 }
 
 /// Prefix of every namespace name of this process.
@@ -242,7 +251,9 @@ pub fn lone_netns(role: &str) -> Result<Netns> {
 }
 
 impl Topology {
-    pub fn create() -> Result<Self> {
+    /// `ctr_veth`: the name of HOST's veth to CTR (default `<prefix>hk`), for a mechanism
+    /// that finds it by name.
+    pub fn create(ctr_veth: Option<&str>) -> Result<Self> {
         let seq = SEQ.fetch_add(1, Ordering::Relaxed);
         let p = prefix();
         let ns = |role: &str| Netns::create(&netns_name(seq, role));
@@ -253,7 +264,7 @@ impl Topology {
             format!("{p}c0"),
             format!("{p}h0"),
             format!("{p}br"),
-            format!("{p}hk"),
+            ctr_veth.map_or_else(|| format!("{p}hk"), str::to_owned),
             format!("{p}k0"),
         );
         for n in [&client, &host, &ctr] {
@@ -316,7 +327,17 @@ impl Topology {
             host,
             ctr,
             bridge: br,
+            uplink: h0,
         })
+    }
+
+    /// Entries in HOST's conntrack table (0 when nothing in HOST uses conntrack: the kernel
+    /// registers its hooks in a namespace only for a user such as a NAT table).
+    pub fn conntrack_count(&self) -> Result<u64> {
+        let out = self.host.run("conntrack", &["-C"], None)?;
+        out.trim()
+            .parse()
+            .with_context(|| format!("`conntrack -C` printed {out:?}"))
     }
 
     /// Empties HOST's conntrack table (conntrack is per namespace).
