@@ -377,6 +377,9 @@ impl Drop for Agent {
             let _ = c.wait();
         }
         remove_cgroup_tree(&self.root_dir);
+        // The probes' counters pinned for this agent's tracked root (they outlive an agent on
+        // purpose, so the test removes them).
+        let _ = fs::remove_dir_all(Path::new("/sys/fs/bpf/berth").join(&self.root_name));
         // runc makes the root in every v1 hierarchy too (hybrid hosts).
         if let Ok(entries) = fs::read_dir("/sys/fs/cgroup") {
             for e in entries.flatten() {
