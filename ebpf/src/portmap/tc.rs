@@ -16,7 +16,7 @@ use crate::{
     icmp,
     packet::{
         ETH_HLEN, ETH_P_IP, IP_DADDR, IP_HLEN, IP_SADDR, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
-        count, ip_at, ports_at, published, reverse, rewrite, uplink_addr,
+        Ip, count, ip_at, ports_at, published, reverse, rewrite, uplink_addr,
     },
 };
 
@@ -32,39 +32,71 @@ pub fn berth_pm_reply(ctx: TcContext) -> i32 {
     reply(&ctx).unwrap_or(TC_ACT_OK as i32)
 }
 
+/// What a frame is, as far as the programs care.
+enum Frame {
+    /// Not for us: leave it to the stack.
+    Pass,
+    Icmp(Ip),
+    /// TCP or UDP with its L4 header at `l4`.
+    L4 {
+        ip: Ip,
+        l4: usize,
+        sport: u16,
+        dport: u16,
+    },
+}
+
 #[inline(always)]
-fn is_ipv4(ctx: &TcContext) -> bool {
-    ctx.load::<u16>(12).map(u16::from_be) == Ok(ETH_P_IP)
+fn frame(ctx: &TcContext) -> Frame {
+    if ctx.load::<u16>(12).map(u16::from_be) != Ok(ETH_P_IP) {
+        return Frame::Pass;
+    }
+    let Some(ip) = ip_at(ctx, ETH_HLEN) else {
+        return Frame::Pass;
+    };
+    if ip.proto == IPPROTO_ICMP {
+        return Frame::Icmp(ip);
+    }
+    if ip.proto != IPPROTO_TCP && ip.proto != IPPROTO_UDP || ip.later_fragment {
+        return Frame::Pass;
+    }
+    let l4 = ETH_HLEN + ip.hlen;
+    match ports_at(ctx, l4) {
+        Some((sport, dport)) => Frame::L4 {
+            ip,
+            l4,
+            sport,
+            dport,
+        },
+        None => Frame::Pass,
+    }
+}
+
+/// Why a mapped packet is left to the slow path, if it is.
+#[inline(always)]
+fn declined(ip: &Ip) -> Option<Stat> {
+    if ip.fragment {
+        Some(Stat::FallbackFragment)
+    } else if ip.hlen != IP_HLEN {
+        Some(Stat::FallbackIpOptions)
+    } else {
+        None
+    }
 }
 
 /// Client -> host address:published port => container address:port, into its namespace.
 #[inline(always)]
 fn forward(ctx: &TcContext) -> Result<i32, i64> {
-    if !is_ipv4(ctx) {
-        return Ok(TC_ACT_OK as i32);
-    }
-    let Some(ip) = ip_at(ctx, ETH_HLEN) else {
-        return Ok(TC_ACT_OK as i32);
-    };
-    if ip.proto == IPPROTO_ICMP {
-        return Ok(icmp::forward(ctx, &ip));
-    }
-    if ip.proto != IPPROTO_TCP && ip.proto != IPPROTO_UDP || ip.later_fragment {
-        return Ok(TC_ACT_OK as i32);
-    }
-    let l4 = ETH_HLEN + ip.hlen;
-    let Some((_, dport)) = ports_at(ctx, l4) else {
-        return Ok(TC_ACT_OK as i32);
+    let (ip, l4, dport) = match frame(ctx) {
+        Frame::Pass => return Ok(TC_ACT_OK as i32),
+        Frame::Icmp(ip) => return Ok(icmp::forward(ctx, &ip)),
+        Frame::L4 { ip, l4, dport, .. } => (ip, l4, dport),
     };
     let Some(target) = published(ip.daddr, ip.proto, dport, false) else {
         return Ok(TC_ACT_OK as i32);
     };
-    if ip.fragment {
-        count(Stat::FallbackFragment);
-        return Ok(TC_ACT_OK as i32);
-    }
-    if ip.hlen != IP_HLEN {
-        count(Stat::FallbackIpOptions);
+    if let Some(why) = declined(&ip) {
+        count(why);
         return Ok(TC_ACT_OK as i32);
     }
     if rewrite(
@@ -154,31 +186,21 @@ pub fn send_out(ctx: &TcContext, fib: &bpf_fib_lookup, neigh: bool) -> i32 {
 /// port, and the packet goes straight to the uplink.
 #[inline(always)]
 fn reply(ctx: &TcContext) -> Result<i32, i64> {
-    if !is_ipv4(ctx) {
-        return Ok(TC_ACT_OK as i32);
-    }
-    let Some(ip) = ip_at(ctx, ETH_HLEN) else {
-        return Ok(TC_ACT_OK as i32);
-    };
-    if ip.proto == IPPROTO_ICMP {
-        return Ok(icmp::reply(ctx, &ip));
-    }
-    if ip.proto != IPPROTO_TCP && ip.proto != IPPROTO_UDP || ip.later_fragment {
-        return Ok(TC_ACT_OK as i32);
-    }
-    let l4 = ETH_HLEN + ip.hlen;
-    let Some((sport, dport)) = ports_at(ctx, l4) else {
-        return Ok(TC_ACT_OK as i32);
+    let (ip, l4, sport, dport) = match frame(ctx) {
+        Frame::Pass => return Ok(TC_ACT_OK as i32),
+        Frame::Icmp(ip) => return Ok(icmp::reply(ctx, &ip)),
+        Frame::L4 {
+            ip,
+            l4,
+            sport,
+            dport,
+        } => (ip, l4, sport, dport),
     };
     let Some(rev) = reverse(ip.saddr, ip.proto, sport) else {
         return Ok(TC_ACT_OK as i32);
     };
-    if ip.fragment {
-        count(Stat::FallbackFragment);
-        return Ok(TC_ACT_OK as i32);
-    }
-    if ip.hlen != IP_HLEN {
-        count(Stat::FallbackIpOptions);
+    if let Some(why) = declined(&ip) {
+        count(why);
         return Ok(TC_ACT_OK as i32);
     }
     // SAFETY: bpf_fib_lookup is plain data; all-zero is its documented starting state.

@@ -140,18 +140,7 @@ impl Plane {
                 }
             }
         }
-        let id = p
-            .attach_with_options(
-                ifname,
-                TcAttachType::Ingress,
-                TcAttachOptions::TcxOrder(LinkOrder::default()),
-            )
-            .map_err(|e| bpf_err(what.clone())(chain(&e)))?;
-        pin_link(
-            p.take_link(id)
-                .map_err(|e| bpf_err(what.clone())(chain(&e)))?,
-            &pin,
-        )
+        attach_tcx(p, programs::FORWARD, ifname, &pin)
     }
 
     /// Uplinks with a forward link pinned now.
@@ -188,19 +177,7 @@ impl Plane {
         }
         let pin = self.link_pin(&format!("reply-{want}"));
         let p: &mut SchedClassifier = prog(&mut self.ebpf, programs::REPLY)?;
-        let what = format!("attaching {} to {ifname}", programs::REPLY);
-        let id = p
-            .attach_with_options(
-                ifname,
-                TcAttachType::Ingress,
-                TcAttachOptions::TcxOrder(LinkOrder::default()),
-            )
-            .map_err(|e| bpf_err(what.clone())(chain(&e)))?;
-        pin_link(
-            p.take_link(id)
-                .map_err(|e| bpf_err(what.clone())(chain(&e)))?,
-            &pin,
-        )
+        attach_tcx(p, programs::REPLY, ifname, &pin)
     }
 
     /// Owners with a reply link pinned.
@@ -421,10 +398,27 @@ fn reply_owner(name: &str) -> Option<&str> {
     name.rsplit_once('-').map(|(owner, _)| owner)
 }
 
-fn pin_link(link: SchedClassifierLink, pin: &Path) -> Result<(), PortmapError> {
-    let what = format!("pinning {}", pin.display());
+/// Attaches `p` to `ifname`'s TCX ingress and pins the link at `pin`.
+fn attach_tcx(
+    p: &mut SchedClassifier,
+    name: &str,
+    ifname: &str,
+    pin: &Path,
+) -> Result<(), PortmapError> {
+    let what = format!("attaching {name} to {ifname}");
+    let id = p
+        .attach_with_options(
+            ifname,
+            TcAttachType::Ingress,
+            TcAttachOptions::TcxOrder(LinkOrder::default()),
+        )
+        .map_err(|e| bpf_err(what.clone())(chain(&e)))?;
+    let link = p
+        .take_link(id)
+        .map_err(|e| bpf_err(what.clone())(chain(&e)))?;
     let fd = FdLink::try_from(link).map_err(|e| bpf_err(what.clone())(chain(&e)))?;
-    fd.pin(pin).map_err(|e| bpf_err(what)(chain(&e)))?;
+    fd.pin(pin)
+        .map_err(|e| bpf_err(format!("pinning {}", pin.display()))(chain(&e)))?;
     Ok(())
 }
 
