@@ -86,19 +86,26 @@ fn tracked_root() -> TrackedRoot {
     }
 }
 
-/// Loads berth's object and starts the netfilter probe inside `ns`.
-fn start_probe(ns: &Netns) -> (Ebpf, NetfilterProbe) {
+/// Loads berth's object and starts the netfilter probe inside `ns`, counting the UDP ports
+/// `published` per port (as the agent does with containers' published ports).
+fn start_probe(ns: &Netns, published: &[u16]) -> (Ebpf, NetfilterProbe) {
     ns.run(|| {
         let mut ebpf =
             berth::probes::load_object(&tracked_root(), false, None).expect("loading the object");
-        let probe = NetfilterProbe::start(Some(&mut ebpf), true);
+        let mut probe = NetfilterProbe::start(Some(&mut ebpf), true);
         assert!(
             probe.status.attached,
             "netfilter probe not attached: {:?}",
             probe.status
         );
+        publish(&mut probe, &mut ebpf, published);
         (ebpf, probe)
     })
+}
+
+fn publish(probe: &mut NetfilterProbe, ebpf: &mut Ebpf, udp_ports: &[u16]) {
+    let want = udp_ports.iter().map(|p| (17, *p)).collect();
+    probe.publish(ebpf, &want).expect("writing NF_PUBLISHED");
 }
 
 fn loaded_program_ids() -> Vec<u32> {
@@ -111,7 +118,7 @@ fn loaded_program_ids() -> Vec<u32> {
 #[test]
 fn both_programs_attach_on_every_hook_a_second_instance_moves_over_and_drop_detaches() {
     let ns = Netns::new();
-    let (ebpf1, probe1) = start_probe(&ns);
+    let (ebpf1, probe1) = start_probe(&ns, &[]);
     println!("status: {:?}", probe1.status);
     assert_eq!(probe1.status.paths["netfilter_pair"], "ok");
     assert!(
@@ -150,7 +157,7 @@ fn both_programs_attach_on_every_hook_a_second_instance_moves_over_and_drop_deta
     }
 
     // A second instance in the same namespace: EBUSY on those priorities, the next ones.
-    let (ebpf2, probe2) = start_probe(&ns);
+    let (ebpf2, probe2) = start_probe(&ns, &[]);
     for a in &probe2.attachments {
         assert_eq!(
             (a.first_priority, a.last_priority),
@@ -193,7 +200,7 @@ fn both_programs_attach_on_every_hook_a_second_instance_moves_over_and_drop_deta
 }
 
 fn sample(probe: &NetfilterProbe, ebpf: &Ebpf) -> NetfilterSample {
-    probe.collect(ebpf).expect("reading the netfilter maps")
+    probe.read(ebpf).expect("reading the netfilter maps")
 }
 
 /// (packets, nanoseconds) of one key, 0 when absent.
@@ -234,7 +241,7 @@ fn udp_packets_through_a_dnat_rule_are_counted_under_the_published_port_and_stat
     let _serial = serial();
     let pair = Pair::new();
     pair.dnat_to(TARGET_PORT);
-    let (ebpf, probe) = start_probe(&pair.host);
+    let (ebpf, probe) = start_probe(&pair.host, &[UDP_DPORT]);
     let server = pair
         .host
         .run(|| UdpSocket::bind(SocketAddrV4::new(HOST_IP, TARGET_PORT)).unwrap());
@@ -411,7 +418,8 @@ impl RankCase {
         let sink = pair
             .host
             .run(|| UdpSocket::bind(SocketAddrV4::new(HOST_IP, SINK_PORT)).unwrap());
-        let (ebpf, probe) = start_probe(&pair.host);
+        let published: Vec<u16> = (FIRST_PORT..last).collect();
+        let (ebpf, probe) = start_probe(&pair.host, &published);
         Self {
             label,
             pair,
@@ -505,7 +513,7 @@ fn probe_overhead_on_a_veth_path_is_printed() {
     let (mut without, mut with) = (Vec::new(), Vec::new());
     for _ in 0..5 {
         without.push(send());
-        let (ebpf, probe) = start_probe(&pair.host);
+        let (ebpf, probe) = start_probe(&pair.host, &[UDP_DPORT]);
         with.push(send());
         let s = sample(&probe, &ebpf);
         let pre = s
@@ -564,7 +572,7 @@ fn untracked_packets_count_under_their_own_port_and_ipv6_is_measured_too() {
             ),
         )
         .unwrap();
-    let (ebpf, probe) = start_probe(&pair.host);
+    let (ebpf, probe) = start_probe(&pair.host, &[UNTRACKED_V4, TRACKED_V6, UNTRACKED_V6]);
     let sinks = pair.host.run(|| {
         (
             UdpSocket::bind(SocketAddrV4::new(HOST_IP, UNTRACKED_V4)).unwrap(),
@@ -667,7 +675,7 @@ fn probes_start_the_netfilter_probe_next_to_syscalls_and_report_its_paths() {
 #[test]
 fn a_hook_whose_priorities_are_all_taken_is_reported_busy() {
     let ns = Netns::new();
-    let (ebpf, probe) = start_probe(&ns);
+    let (ebpf, probe) = start_probe(&ns, &[]);
     let err = ns.run(|| {
         let programs =
             loader::load_programs(&ebpf, berth::probes::EBPF_OBJECT, &["berth_nf_first"]).unwrap();
@@ -689,17 +697,19 @@ fn a_hook_whose_priorities_are_all_taken_is_reported_busy() {
 #[test]
 fn a_full_port_map_counts_lost_keys_and_keeps_the_hook_totals() {
     let _serial = serial();
+    const PORTS: u16 = 12;
     let pair = Pair::new();
     let (ebpf, probe) = pair.host.run(|| {
         let mut loader = aya::EbpfLoader::new();
         loader.map_max_entries("NF_PORTS", 4);
         berth::probes::netfilter::set_globals(&mut loader);
         let mut ebpf = loader.load(berth::probes::EBPF_OBJECT).unwrap();
-        let probe = NetfilterProbe::start(Some(&mut ebpf), true);
+        let mut probe = NetfilterProbe::start(Some(&mut ebpf), true);
         assert!(probe.status.attached, "{:?}", probe.status);
+        let ports: Vec<u16> = (9000..9000 + PORTS).collect();
+        publish(&mut probe, &mut ebpf, &ports);
         (ebpf, probe)
     });
-    const PORTS: u16 = 12;
     // No rules: no conntrack in this netns; each packet is keyed by its own port, and the
     // ones nobody listens on answer with ICMP (more keys).
     pair.client.run(|| {
@@ -724,4 +734,94 @@ fn a_full_port_map_counts_lost_keys_and_keeps_the_hook_totals() {
     );
     assert!(lost >= (PORTS - 4) as u64);
     assert!(pre.packets >= PORTS as u64, "{pre:?}");
+}
+
+#[test]
+fn only_published_ports_get_keys_the_rest_share_one_slot_and_unpublished_keys_go_after_a_last_read()
+{
+    let _serial = serial();
+    let pair = Pair::new();
+    // A ct match turns conntrack on in this netns: first packets are NEW.
+    pair.host
+        .sh_in(
+            "nft -f -",
+            "table ip bnf {
+               chain input {
+                 type filter hook input priority filter; policy accept;
+                 ct state new,established accept
+               }
+             }",
+        )
+        .unwrap();
+    const PUBLISHED: u16 = 7100;
+    const OTHERS: u16 = 50;
+    let (mut ebpf, mut probe) = start_probe(&pair.host, &[PUBLISHED]);
+    // Listeners everywhere, so no ICMP error adds packets.
+    let _sinks: Vec<UdpSocket> = pair.host.run(|| {
+        std::iter::once(PUBLISHED)
+            .chain(7200..7200 + OTHERS)
+            .map(|p| UdpSocket::bind(SocketAddrV4::new(HOST_IP, p)).unwrap())
+            .collect()
+    });
+    pair.client.run(|| {
+        let s = UdpSocket::bind(SocketAddrV4::new(CLIENT_IP, 0)).unwrap();
+        for port in std::iter::once(PUBLISHED).chain(7200..7200 + OTHERS) {
+            s.send_to(b"x", SocketAddrV4::new(HOST_IP, port)).unwrap();
+        }
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    let s = probe.collect(&mut ebpf).unwrap();
+    println!("by port {:?}\nother {:?}\nlocal {:?}", s.by_port, s.other, s.local_prerouting);
+    assert!(s.by_port.iter().all(|c| c.port == PUBLISHED), "{:?}", s.by_port);
+    assert_eq!(port_cost(&s, Hook::Prerouting, PUBLISHED, CtState::New).0, 1);
+    assert_eq!(port_cost(&s, Hook::Input, PUBLISHED, CtState::New).0, 1);
+    let other = |hook| {
+        s.other
+            .iter()
+            .find(|o| o.family == Family::Ipv4 && o.hook == hook && o.ct_state == CtState::New)
+            .map_or(0, |o| o.packets)
+    };
+    let unmatched = probe_errors(&ebpf, ProbeError::NetfilterUnmatched);
+    let local = s
+        .local_prerouting
+        .iter()
+        .find(|l| l.family == Family::Ipv4)
+        .map_or(0, |l| l.packets);
+    if unmatched == 0 {
+        assert_eq!(other(Hook::Prerouting), OTHERS as u64);
+        assert_eq!(other(Hook::Input), OTHERS as u64);
+        // Their prerouting cost carried to input: all delivered locally.
+        assert_eq!(local, OTHERS as u64);
+    } else {
+        assert!(other(Hook::Input) + unmatched >= OTHERS as u64);
+    }
+    // The per-hook total is exact: per-port keys plus the other slots.
+    let sum = |hook| {
+        s.by_port
+            .iter()
+            .filter(|c| c.family == Family::Ipv4 && c.hook == hook)
+            .map(|c| c.packets)
+            .sum::<u64>()
+            + s.other
+                .iter()
+                .filter(|o| o.family == Family::Ipv4 && o.hook == hook)
+                .map(|o| o.packets)
+                .sum::<u64>()
+    };
+    for hook in [Hook::Prerouting, Hook::Input] {
+        let total = s
+            .hooks
+            .iter()
+            .find(|h| h.family == Family::Ipv4 && h.hook == hook)
+            .unwrap();
+        assert_eq!(total.packets, sum(hook), "{hook:?}");
+    }
+
+    // No longer published: the next read still has its keys (their last), then they are gone.
+    publish(&mut probe, &mut ebpf, &[]);
+    let last = probe.collect(&mut ebpf).unwrap();
+    assert_eq!(port_cost(&last, Hook::Prerouting, PUBLISHED, CtState::New).0, 1);
+    let after = probe.collect(&mut ebpf).unwrap();
+    assert!(after.by_port.is_empty(), "{:?}", after.by_port);
+    assert_eq!(probe_errors(&ebpf, ProbeError::NetfilterPortsFull), 0);
 }

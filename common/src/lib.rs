@@ -125,11 +125,15 @@ pub enum ProbeError {
     /// full `TRACKED` map (the agent adds the containers it could not insert itself when it
     /// reports this): its syscalls and packets are not counted.
     TrackedFull = 5,
+    /// A published (protocol, port) the full `NF_PUBLISHED` map refused (the agent counts these
+    /// itself, one per refusal; the kernel never writes the slot): its packets count in the
+    /// per-hook "other" slots instead of per port.
+    NetfilterPublishedFull = 6,
 }
 
 impl ProbeError {
     /// Number of slots in `PROBE_ERRORS`.
-    pub const COUNT: u32 = 6;
+    pub const COUNT: u32 = 7;
     /// Every variant, in index order.
     pub const ALL: [ProbeError; Self::COUNT as usize] = [
         ProbeError::SyscallsMapFull,
@@ -138,6 +142,7 @@ impl ProbeError {
         ProbeError::NetfilterPortsFull,
         ProbeError::NetfilterUnmatched,
         ProbeError::TrackedFull,
+        ProbeError::NetfilterPublishedFull,
     ];
 
     /// `(probe, map)` labels for the metric that reports this error.
@@ -150,6 +155,7 @@ impl ProbeError {
             ProbeError::NetfilterUnmatched => ("netfilter", maps::NF_SCRATCH),
             // Lost to the network probe as well: the agent reports it for both.
             ProbeError::TrackedFull => ("syscalls", maps::TRACKED),
+            ProbeError::NetfilterPublishedFull => ("netfilter", maps::NF_PUBLISHED),
         }
     }
 }
@@ -175,18 +181,28 @@ pub mod maps {
     pub const NF_HOOKS: &str = "NF_HOOKS";
     /// Per-CPU array of [`crate::netfilter::Scratch`] stamps between the two programs.
     pub const NF_SCRATCH: &str = "NF_SCRATCH";
+    /// Hash, [`crate::netfilter::PublishedKey`] -> `u8` (1): the (protocol, port) pairs some
+    /// container publishes, written by the agent each tick; only they get `NF_PORTS` keys.
+    pub const NF_PUBLISHED: &str = "NF_PUBLISHED";
+    /// Per-CPU array, [`crate::netfilter::other_slot`] -> [`crate::netfilter::Cost`]: packets
+    /// to ports no container publishes, per (family, hook, conntrack state).
+    pub const NF_OTHER: &str = "NF_OTHER";
+    /// Per-CPU array of [`crate::netfilter::Carry`], one per family: a new unpublished
+    /// packet's prerouting cost, until `last` sees it at input (local delivery).
+    pub const NF_CARRY: &str = "NF_CARRY";
     /// Hash, cgroup v2 id -> `u8` (1): the cgroups the syscall and network probes count.
     pub const TRACKED: &str = "TRACKED";
     /// Per-CPU array, [`crate::ProbeError`] -> u64 events lost.
     pub const PROBE_ERRORS: &str = "PROBE_ERRORS";
 
     /// Maps pinned under /sys/fs/bpf/berth/<root> so their counters survive an agent restart.
-    pub const PINNED: [&str; 6] = [
+    pub const PINNED: [&str; 7] = [
         SYSCALLS,
         SYSCALL_LATENCY_HIST,
         NET,
         NF_PORTS,
         NF_HOOKS,
+        NF_OTHER,
         PROBE_ERRORS,
     ];
 }
@@ -251,10 +267,40 @@ pub mod netfilter {
     /// [`crate::ProbeError::NetfilterUnmatched`]. (Several slots chosen by skb address would
     /// need the address as a number, and the verifier forbids arithmetic on that pointer.)
     pub const SCRATCH_SLOTS: u32 = HOOK_SLOTS;
-    /// Capacity of `NF_PORTS`: distinct (family, hook, ct state, protocol, port) keys. A port
-    /// seen with new and established traffic on 3 hooks uses 6. When full, new keys count in
-    /// [`crate::ProbeError::NetfilterPortsFull`] and still reach the per-hook totals.
-    pub const PORTS_MAX_ENTRIES: u32 = 32_768;
+    /// Capacity of `NF_PUBLISHED`: every TCP and every UDP port (the only protocols a
+    /// container publishes), so no published port is ever refused.
+    pub const PUBLISHED_MAX_ENTRIES: u32 = 2 * 65_536;
+    /// Capacity of `NF_PORTS`: distinct (family, hook, ct state, protocol, port) keys, created
+    /// only for published (protocol, port) pairs (`NF_PUBLISHED`), and deleted by the agent
+    /// after their last read once the port is no longer published. A forwarded port with new,
+    /// established and reply traffic uses 9 keys (3 hooks x 3 states): this holds 40,000 such
+    /// ports, or 4 keys for every TCP and UDP port. The map is not preallocated
+    /// ([`PORTS_MAP_FLAGS`]): memory follows the keys in use, the cap costs only the kernel's
+    /// bucket array (16 bytes x capacity rounded up to a power of two: 8 MiB).
+    /// When full, new keys count in [`crate::ProbeError::NetfilterPortsFull`] and still reach
+    /// the per-hook totals.
+    pub const PORTS_MAX_ENTRIES: u32 = 1 << 19;
+    /// `BPF_F_NO_PREALLOC`, for `NF_PORTS` and `NF_PUBLISHED`.
+    pub const PORTS_MAP_FLAGS: u32 = 1;
+    /// Conntrack states ([`CT_NEW`] .. [`CT_OTHER`]).
+    pub const CT_STATES: u32 = 4;
+    /// First `NF_OTHER` slot of the local-delivery prerouting costs ([`local_prerouting_slot`]).
+    pub const LOCAL_PREROUTING_BASE: u32 = HOOK_SLOTS * CT_STATES;
+    /// Entries of `NF_OTHER`: one per (family, hook, conntrack state) for packets to ports no
+    /// container publishes, then one per family for the prerouting cost of those of them that
+    /// were new and then delivered locally (reached input): the host's own services' baseline.
+    pub const OTHER_SLOTS: u32 = LOCAL_PREROUTING_BASE + FAMILIES;
+
+    /// Index in `NF_OTHER` of (family index, hook, conntrack state).
+    pub const fn other_slot(family: u8, hook: u8, ct_state: u8) -> u32 {
+        (family as u32 * HOOKS + hook as u32) * CT_STATES + ct_state as u32
+    }
+
+    /// Index in `NF_OTHER` of the prerouting cost of new unpublished packets of `family` that
+    /// reached input.
+    pub const fn local_prerouting_slot(family: u8) -> u32 {
+        LOCAL_PREROUTING_BASE + family as u32
+    }
     /// Value of an offset global for a field this kernel does not have.
     pub const OFFSET_NONE: u32 = u32::MAX;
 
@@ -301,6 +347,27 @@ pub mod netfilter {
         pub nanoseconds: u64,
     }
 
+    /// Key of `NF_PUBLISHED` (value `u8`, 1): a published (protocol, host port).
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+    pub struct PublishedKey {
+        /// IP protocol number: 6 TCP, 17 UDP.
+        pub proto: u8,
+        /// Explicit padding: keys are hashed byte-wise by the kernel, so it must always be zero.
+        pub _pad: u8,
+        /// Host port, host byte order.
+        pub port: u16,
+    }
+
+    /// Value of `NF_CARRY` (per CPU, one per family).
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct Carry {
+        /// Address of the `struct sk_buff` whose prerouting cost this is; 0 when free.
+        pub skb: u64,
+        pub nanoseconds: u64,
+    }
+
     /// Value of `NF_SCRATCH`: what `first` saw, for `last` on the same CPU.
     #[repr(C)]
     #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -333,6 +400,8 @@ mod user {
     unsafe impl aya::Pod for super::netfilter::PortKey {}
     unsafe impl aya::Pod for super::netfilter::Cost {}
     unsafe impl aya::Pod for super::netfilter::Scratch {}
+    unsafe impl aya::Pod for super::netfilter::PublishedKey {}
+    unsafe impl aya::Pod for super::netfilter::Carry {}
     // SAFETY: as above: `#[repr(C)]` integers with explicit padding.
     unsafe impl aya::Pod for super::portmap::PortKey {}
     unsafe impl aya::Pod for super::portmap::PortTarget {}

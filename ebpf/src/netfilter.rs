@@ -10,12 +10,18 @@
 //! entered the hook) into a per-CPU scratch slot; `last` finds that stamp for the same skb and
 //! adds one packet and the elapsed nanoseconds to
 //! - `NF_HOOKS[family * 5 + hook]`: every packet of the hook;
-//! - `NF_PORTS[(family, hook, ct state, proto, port)]`: the port is the conntrack entry's
+//! - when (proto, port) is in `NF_PUBLISHED` (the agent's list of published ports):
+//!   `NF_PORTS[(family, hook, ct state, proto, port)]`; the port is the conntrack entry's
 //!   original destination port (before any NAT, so replies and post-DNAT hooks count under the
-//!   published port), or the packet's own when it has no entry.
+//!   published port), or the packet's own when it has no entry;
+//! - otherwise `NF_OTHER[(family, hook, ct state)]`: one slot per hook and state for the rest
+//!   of the host's traffic, so a port scan or a busy host creates no keys. A new unpublished
+//!   packet's prerouting cost waits in `NF_CARRY` and joins `NF_OTHER`'s local-delivery slot
+//!   when the same packet reaches input (the host's own services' baseline).
 //!
 //! Both programs always return NF_ACCEPT: they never change a verdict.
-//! Maps: `NF_SCRATCH`, `NF_HOOKS`, `NF_PORTS`, `PROBE_ERRORS`. Layouts in
+//! Maps: `NF_SCRATCH`, `NF_HOOKS`, `NF_PUBLISHED`, `NF_PORTS`, `NF_OTHER`, `NF_CARRY`,
+//! `PROBE_ERRORS`. Layouts in
 //! `berth_common::netfilter`; kernel struct offsets are globals set at load time from BTF.
 use core::ffi::c_void;
 
@@ -23,13 +29,15 @@ use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
     macros::map,
-    maps::{PerCpuArray, PerCpuHashMap},
+    maps::{HashMap, PerCpuArray, PerCpuHashMap},
 };
 use berth_common::{
     ProbeError,
     netfilter::{
-        CT_ESTABLISHED, CT_NEW, CT_OTHER, CT_REPLY, Cost, FAMILY_IPV4, FAMILY_IPV6, HOOK_SLOTS,
-        HOOKS, OFFSET_NONE, PORTS_MAX_ENTRIES, PortKey, SCRATCH_SLOTS, Scratch,
+        CT_ESTABLISHED, CT_NEW, CT_OTHER, CT_REPLY, Carry, Cost, FAMILIES, FAMILY_IPV4,
+        FAMILY_IPV6, HOOK_SLOTS, HOOKS, OFFSET_NONE, OTHER_SLOTS, PORTS_MAP_FLAGS,
+        PORTS_MAX_ENTRIES, PUBLISHED_MAX_ENTRIES, PortKey, PublishedKey, SCRATCH_SLOTS, Scratch,
+        local_prerouting_slot, other_slot,
     },
 };
 
@@ -61,7 +69,20 @@ static NF_HOOKS: PerCpuArray<Cost> = PerCpuArray::with_max_entries(HOOK_SLOTS, 0
 
 #[map]
 static NF_PORTS: PerCpuHashMap<PortKey, Cost> =
-    PerCpuHashMap::with_max_entries(PORTS_MAX_ENTRIES, 0);
+    PerCpuHashMap::with_max_entries(PORTS_MAX_ENTRIES, PORTS_MAP_FLAGS);
+
+#[map]
+static NF_PUBLISHED: HashMap<PublishedKey, u8> =
+    HashMap::with_max_entries(PUBLISHED_MAX_ENTRIES, PORTS_MAP_FLAGS);
+
+#[map]
+static NF_OTHER: PerCpuArray<Cost> = PerCpuArray::with_max_entries(OTHER_SLOTS, 0);
+
+#[map]
+static NF_CARRY: PerCpuArray<Carry> = PerCpuArray::with_max_entries(FAMILIES, 0);
+
+const HOOK_PREROUTING: u8 = 0;
+const HOOK_INPUT: u8 = 1;
 
 /// The only verdict these programs give.
 const NF_ACCEPT: i32 = 1;
@@ -288,16 +309,69 @@ fn try_last(ctx: *mut c_void) -> Option<()> {
             (*total).nanoseconds += cost.nanoseconds;
         }
     }
-    let key = PortKey {
-        family,
-        hook,
-        ct_state,
+    let published = PublishedKey {
         proto,
-        port,
         _pad: 0,
+        port,
     };
-    add_port(&key, &cost);
+    // SAFETY: a plain lookup; the value is not read.
+    if unsafe { NF_PUBLISHED.get(&published) }.is_some() {
+        let key = PortKey {
+            family,
+            hook,
+            ct_state,
+            proto,
+            port,
+            _pad: 0,
+        };
+        add_port(&key, &cost);
+    } else {
+        add_other(other_slot(family, hook, ct_state), &cost);
+        if ct_state == CT_NEW {
+            carry(family, hook, skb as u64, cost.nanoseconds);
+        }
+    }
     Some(())
+}
+
+#[inline(always)]
+fn add_other(slot: u32, cost: &Cost) {
+    if slot >= OTHER_SLOTS {
+        return;
+    }
+    if let Some(v) = NF_OTHER.get_ptr_mut(slot) {
+        // SAFETY: per-CPU value of this CPU.
+        unsafe {
+            (*v).packets += cost.packets;
+            (*v).nanoseconds += cost.nanoseconds;
+        }
+    }
+}
+
+/// A new unpublished packet: its prerouting cost waits here; if the same skb then reaches
+/// input on this CPU (local delivery follows prerouting in the same softirq), that cost joins
+/// the family's local-delivery prerouting slot.
+#[inline(always)]
+fn carry(family: u8, hook: u8, skb: u64, nanoseconds: u64) {
+    let Some(c) = NF_CARRY.get_ptr_mut(family as u32) else {
+        return;
+    };
+    // SAFETY: per-CPU value of this CPU.
+    unsafe {
+        if hook == HOOK_PREROUTING {
+            (*c).skb = skb;
+            (*c).nanoseconds = nanoseconds;
+        } else if hook == HOOK_INPUT && (*c).skb == skb {
+            (*c).skb = 0;
+            add_other(
+                local_prerouting_slot(family),
+                &Cost {
+                    packets: 1,
+                    nanoseconds: (*c).nanoseconds,
+                },
+            );
+        }
+    }
 }
 
 #[inline(always)]

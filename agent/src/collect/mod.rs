@@ -14,7 +14,8 @@
 //! foreign containers' cgroups join the tracked ones and the probes' `TRACKED` map), then the
 //! probes (they keep only live tracked cgroups; the samples are joined to their containers when
 //! the snapshot is finished), then what reads the containers: conntrack, userland proxies and
-//! iptables rules per address.
+//! iptables rules per address, and last the published ports the netfilter probe counts per
+//! port (every collector that finds published ports has run).
 
 mod addresses;
 mod cgroups;
@@ -185,6 +186,7 @@ impl Registry {
         collectors.push(Box::new(conntrack::Conntrack::new(&discovery.proc)));
         collectors.push(Box::new(proxies::Proxies::new(&discovery.proc)));
         collectors.push(Box::new(rules::Rules::new()));
+        collectors.push(Box::new(probes::PublishedPorts::default()));
         if let Some(m) = &manager_for_ebpf {
             collectors.push(Box::new(portmap_ebpf::PortmapEbpf::new(
                 m.net.ebpf_pin_dir(),

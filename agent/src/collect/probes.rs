@@ -3,7 +3,8 @@
 //! probe (`syscalls`, `network`, `netfilter`: per-cgroup syscall counts and latency, per-cgroup
 //! packets and bytes, netfilter cost per hook and port), and `probe_state`: each probe's
 //! status, the events it lost to full maps (`PROBE_ERRORS`, `TRACKED`) and its programs' run
-//! time from the kernel's BPF statistics.
+//! time from the kernel's BPF statistics. Last in the tick, `netfilter_published` tells the
+//! netfilter probe which (protocol, port) pairs some container publishes (`NF_PUBLISHED`).
 
 use std::collections::BTreeSet;
 
@@ -100,6 +101,52 @@ impl Collector for ProbeState {
         snap.probes = tick.probes.status();
         snap.probe_runs = tick.probes.runs();
         snap.lost_events = tick.probes.lost_events()?;
+        Ok(Collected::Done)
+    }
+}
+
+/// Runs after every collector that finds published ports (berth's own containers of every
+/// backend, other engines' from their API, from their proxies' command lines): the netfilter
+/// probe counts exactly the ports of every container's published ranges per port from now on
+/// (running or not, as [`crate::model::Snapshot::port_owner`] attributes them). Only a change
+/// of the ranges is written, and then only the difference.
+#[derive(Default)]
+pub struct PublishedPorts {
+    /// (IP protocol number, first port, last port) of every range last written, sorted.
+    last: Option<Vec<(u8, u16, u16)>>,
+}
+
+impl Collector for PublishedPorts {
+    fn name(&self) -> &'static str {
+        "netfilter_published"
+    }
+
+    fn collect(&mut self, tick: &mut Tick<'_>) -> Result<Collected, CollectError> {
+        let mut ranges: Vec<(u8, u16, u16)> = tick
+            .builder
+            .snapshot
+            .containers
+            .iter()
+            .flat_map(|c| &c.network.publish)
+            .map(|p| (p.proto.ip_proto(), p.host.start, p.host.end))
+            .collect();
+        ranges.sort_unstable();
+        ranges.dedup();
+        if self.last.as_ref() == Some(&ranges) {
+            return Ok(if tick.probes.netfilter.status.attached {
+                Collected::Done
+            } else {
+                Collected::NotPresent
+            });
+        }
+        let want: BTreeSet<(u8, u16)> = ranges
+            .iter()
+            .flat_map(|&(proto, start, end)| (start..=end).map(move |port| (proto, port)))
+            .collect();
+        if !tick.probes.publish(&want)? {
+            return Ok(Collected::NotPresent);
+        }
+        self.last = Some(ranges);
         Ok(Collected::Done)
     }
 }

@@ -382,12 +382,21 @@ fn encode_netfilter(
     // By conntrack state, host-wide; per container from the model's one attribution.
     type StateKey = (&'static str, &'static str, &'static str);
     let mut by_state: BTreeMap<StateKey, (u64, u64)> = BTreeMap::new();
-    for p in &nf.by_port {
+    let rows = nf
+        .by_port
+        .iter()
+        .map(|p| (p.family, p.hook, p.ct_state, p.packets, p.nanoseconds))
+        .chain(
+            nf.other
+                .iter()
+                .map(|o| (o.family, o.hook, o.ct_state, o.packets, o.nanoseconds)),
+        );
+    for (family, hook, state, packets, nanoseconds) in rows {
         let e = by_state
-            .entry((p.family.name(), p.hook.name(), p.ct_state.name()))
+            .entry((family.name(), hook.name(), state.name()))
             .or_default();
-        e.0 += p.packets;
-        e.1 += p.nanoseconds;
+        e.0 += packets;
+        e.1 += nanoseconds;
     }
     let by_container = snap.container_netfilter();
     let state_labels = |(family, hook, state): &(&'static str, &'static str, &'static str)| {

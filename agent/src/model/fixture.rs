@@ -144,6 +144,17 @@ fn cost(port: u16, hook: Hook, ct_state: CtState, packets: u64, ns: u64) -> Port
     }
 }
 
+/// New packets to ports no container publishes.
+fn other(hook: Hook, packets: u64, ns: u64) -> OtherCost {
+    OtherCost {
+        family: Family::Ipv4,
+        hook,
+        ct_state: CtState::New,
+        packets,
+        nanoseconds: packets * ns,
+    }
+}
+
 fn probe(name: &'static str, attach: &'static str, ids: Vec<u32>) -> ProbeStatus {
     ProbeStatus {
         name,
@@ -283,8 +294,9 @@ pub fn snapshot_at(offset: Duration, new_flows: u64) -> Snapshot {
                 cost(40000, Hook::Prerouting, CtState::Established, 400, 900),
                 cost(40009, Hook::Postrouting, CtState::New, new_flows, 1_000),
                 cost(41001, Hook::Prerouting, CtState::New, new_flows, 60_000),
-                cost(53, Hook::Output, CtState::New, 10, 1_200),
             ],
+            other: vec![other(Hook::Output, 10, 1_200)],
+            local_prerouting: Vec::new(),
             hooks: vec![HookTotal {
                 family: Family::Ipv4,
                 hook: Hook::Prerouting,
@@ -441,13 +453,26 @@ pub fn docker_host_at(offset: Duration, new_flows: u64) -> Snapshot {
         tcp(8080, Hook::Prerouting, new_flows, 1_000),
         tcp(8080, Hook::Forward, new_flows, 500),
         tcp(8080, Hook::Postrouting, new_flows, 1_500),
-        // The baseline: ssh to the host itself.
-        tcp(22, Hook::Prerouting, new_flows / 2, 1_100),
-        tcp(22, Hook::Input, new_flows / 2, 900),
-        // A container's outgoing flow, forwarded: not local, not the baseline.
-        tcp(443, Hook::Prerouting, 50, 300),
-        tcp(443, Hook::Forward, 50, 300),
     ]);
+    // Ports no container publishes. The baseline: ssh to the host itself (prerouting carried
+    // to input); a container's outgoing flow to 443, forwarded: not local, not the baseline.
+    let ssh_pre = other(Hook::Prerouting, new_flows / 2, 1_100);
+    nf.other.extend([
+        OtherCost {
+            packets: ssh_pre.packets + 50,
+            nanoseconds: ssh_pre.nanoseconds + 50 * 300,
+            ..ssh_pre
+        },
+        other(Hook::Input, new_flows / 2, 900),
+        other(Hook::Forward, 50, 300),
+    ]);
+    nf.other.sort_by_key(|c| (c.family, c.hook, c.ct_state));
+    nf.local_prerouting.push(HookTotal {
+        family: Family::Ipv4,
+        hook: Hook::Prerouting,
+        packets: ssh_pre.packets,
+        nanoseconds: ssh_pre.nanoseconds,
+    });
     nf.by_port
         .sort_by_key(|c| (c.family, c.hook, c.proto, c.port, c.ct_state));
     s.proxies = proxies(2005, 6920, 12.6 + new_flows as f64 / 100.0);

@@ -39,7 +39,7 @@ pub use self::{
         BackendKind, NetworkMode, NetworkSpec, PortBinding, PortRange, Proto, Publish,
         group_bindings,
     },
-    netfilter::{CtState, Family, Hook, HookTotal, NetfilterSample, PortCost},
+    netfilter::{CtState, Family, Hook, HookTotal, NetfilterSample, OtherCost, PortCost},
     ports::{ContainerHookKey, Cost, FlowPath},
     probe::{CollectorRun, LostEvents, ProbeRun, ProbeStatus},
     stats::ContainerStats,

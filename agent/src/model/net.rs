@@ -97,6 +97,14 @@ pub enum Proto {
 }
 
 impl Proto {
+    /// The IP protocol number (6 TCP, 17 UDP), as the probes report it.
+    pub fn ip_proto(self) -> u8 {
+        match self {
+            Proto::Tcp => 6,
+            Proto::Udp => 17,
+        }
+    }
+
     /// The name nft and iptables use (`tcp`, `udp`).
     pub fn as_str(self) -> &'static str {
         match self {
@@ -197,11 +205,7 @@ impl Publish {
     /// Whether this mapping publishes host `port` for the IP protocol number `ip_proto`
     /// (6 TCP, 17 UDP), as the probes report them.
     pub fn covers(&self, ip_proto: u8, port: u16) -> bool {
-        let p = match self.proto {
-            Proto::Tcp => 6,
-            Proto::Udp => 17,
-        };
-        p == ip_proto && (self.host.start..=self.host.end).contains(&port)
+        self.proto.ip_proto() == ip_proto && (self.host.start..=self.host.end).contains(&port)
     }
 
     /// Number of ports (= map elements for nft-map, = rule triples for iptables).

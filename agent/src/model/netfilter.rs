@@ -1,6 +1,7 @@
 //! Netfilter cost as the snapshot holds it: per (family, hook, conntrack state, protocol,
-//! original destination port) and per hook, cumulative packets and nanoseconds. The netfilter
-//! probe (`probes::netfilter`) fills it; [`super::ports`] attributes it to containers.
+//! original destination port) for published ports, per (family, hook, conntrack state) for
+//! every other packet, and per hook, cumulative packets and nanoseconds. The netfilter probe
+//! (`probes::netfilter`) fills it; [`super::ports`] attributes it to containers.
 
 use serde::Serialize;
 
@@ -102,10 +103,28 @@ pub struct HookTotal {
     pub nanoseconds: u64,
 }
 
+/// Packets to ports no container publishes (and without ports), per (family, hook, conntrack
+/// state), cumulative since load.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct OtherCost {
+    pub family: Family,
+    pub hook: Hook,
+    pub ct_state: CtState,
+    pub packets: u64,
+    pub nanoseconds: u64,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct NetfilterSample {
-    /// Sorted by family, hook, protocol, port, conntrack state.
+    /// Published (protocol, port) pairs only, sorted by family, hook, protocol, port,
+    /// conntrack state.
     pub by_port: Vec<PortCost>,
+    /// Everything else, one row per (family, hook, conntrack state) that saw packets, sorted.
+    pub other: Vec<OtherCost>,
+    /// Per family, the prerouting cost of the new packets of `other` that were then delivered
+    /// locally (reached input): with `other`'s input/new row, a new flow to the host's own
+    /// services. `hook` is always prerouting.
+    pub local_prerouting: Vec<HookTotal>,
     /// One per (family, hook), sorted.
     pub hooks: Vec<HookTotal>,
 }

@@ -291,36 +291,26 @@ impl Snapshot {
     }
 
     /// The host's baseline: what new flows to local ports that no container publishes cost,
-    /// at prerouting and input (only ports that saw local delivery, so containers' outgoing
-    /// flows, forwarded, are left out). Empty when there were none or the probe is down.
+    /// at prerouting and input (only packets that were delivered locally, so containers'
+    /// outgoing flows, forwarded, are left out: the probe carries their prerouting cost to
+    /// input). Empty when there were none or the probe is down.
     pub fn baseline_path(&self) -> FlowPath {
         let mut path = FlowPath::default();
         let Some(nf) = &self.netfilter else {
             return path;
         };
-        let published = |proto: u8, port: u16| {
-            self.containers
-                .iter()
-                .any(|c| c.network.publish.iter().any(|p| p.covers(proto, port)))
-        };
-        let local: std::collections::BTreeSet<_> = nf
-            .by_port
+        for c in nf
+            .other
             .iter()
-            .filter(|c| {
-                c.hook == Hook::Input
-                    && c.ct_state == CtState::New
-                    && c.port != 0
-                    && c.packets > 0
-                    && !published(c.proto, c.port)
-            })
-            .map(|c| (c.family, c.proto, c.port))
-            .collect();
-        for c in nf.by_port.iter().filter(|c| {
-            matches!(c.hook, Hook::Prerouting | Hook::Input)
-                && c.ct_state == CtState::New
-                && local.contains(&(c.family, c.proto, c.port))
-        }) {
+            .filter(|c| c.hook == Hook::Input && c.ct_state == CtState::New && c.packets > 0)
+        {
             path.add(c.hook, c.packets, c.nanoseconds);
+        }
+        if path.hooks.is_empty() {
+            return path;
+        }
+        for c in nf.local_prerouting.iter().filter(|c| c.packets > 0) {
+            path.add(Hook::Prerouting, c.packets, c.nanoseconds);
         }
         path
     }

@@ -82,7 +82,7 @@ pub fn program_err(
 }
 
 /// Maps pinned under [`pin_dir`] so their counters survive an agent restart.
-pub const PINNED_MAPS: [&str; 6] = berth_common::maps::PINNED;
+pub const PINNED_MAPS: [&str; 7] = berth_common::maps::PINNED;
 
 /// Where this agent pins its maps: one directory per tracked root, so agents with different
 /// roots never share counters. `None` when bpffs is not mounted at /sys/fs/bpf.
@@ -122,6 +122,12 @@ pub fn load_object(
         }
         loader.load(EBPF_OBJECT)
     };
+    if let Some(dir) = pins.filter(|dir| stale_pins(dir)) {
+        // aya reuses a pinned map as it is: one of another shape (an upgrade that resized or
+        // re-flagged it) would be used with the old capacity.
+        warn!(dir = %dir.display(), "pinned maps differ from this agent's; starting from zero");
+        remove_pins(dir);
+    }
     if let Some(dir) = pins {
         std::fs::create_dir_all(dir).map_err(|source| ProbeLoadError::Io {
             op: "creating the pin directory",
@@ -140,6 +146,27 @@ pub fn load_object(
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// Whether a map pinned in `dir` differs in type, key or value size, capacity or flags from
+/// the same map of berth's object.
+fn stale_pins(dir: &Path) -> bool {
+    let Ok(obj) = aya_obj::Object::parse(EBPF_OBJECT) else {
+        return false;
+    };
+    PINNED_MAPS.iter().any(|name| {
+        let (Some(want), Ok(have)) = (
+            obj.maps.get(*name),
+            aya::maps::MapInfo::from_pin(dir.join(name)),
+        ) else {
+            return false;
+        };
+        let have_type = have.map_type().map(|t| t as u32).ok();
+        (Some(want.map_type()), want.key_size(), want.value_size())
+            != (have_type, have.key_size(), have.value_size())
+            || want.max_entries() != have.max_entries()
+            || want.map_flags() != have.map_flags()
+    })
 }
 
 /// Removes a pin directory (its maps go when no program uses them).
@@ -398,6 +425,22 @@ impl Probes {
         Ok(true)
     }
 
+    /// Makes the netfilter probe count exactly these published (protocol, port) pairs per port
+    /// (`NF_PUBLISHED` gets the difference). `Ok(false)` when the probe is not attached.
+    pub fn publish(
+        &mut self,
+        want: &std::collections::BTreeSet<netfilter::published::ProtoPort>,
+    ) -> Result<bool, ProbeLoadError> {
+        let Some(ebpf) = self.ebpf.as_mut() else {
+            return Ok(false);
+        };
+        if !self.netfilter.status.attached {
+            return Ok(false);
+        }
+        self.netfilter.publish(ebpf, want)?;
+        Ok(true)
+    }
+
     /// Run time and runs of each probe's programs (kernel BPF statistics; zero when off).
     pub fn runs(&self) -> Vec<crate::model::ProbeRun> {
         if self.run_stats.is_none() {
@@ -457,6 +500,17 @@ impl Probes {
                 untracked += count;
                 continue;
             }
+            if e == ProbeError::NetfilterPublishedFull {
+                if self.netfilter.status.attached {
+                    let (probe, map) = e.labels();
+                    out.push(LostEvents {
+                        probe,
+                        map,
+                        count: count + self.netfilter.published.lost(),
+                    });
+                }
+                continue;
+            }
             let (probe, map) = e.labels();
             out.push(LostEvents { probe, map, count });
         }
@@ -498,6 +552,9 @@ mod tests {
             maps::NF_PORTS,
             maps::NF_HOOKS,
             maps::NF_SCRATCH,
+            maps::NF_PUBLISHED,
+            maps::NF_OTHER,
+            maps::NF_CARRY,
             maps::PROBE_ERRORS,
             maps::TRACKED,
         ] {

@@ -162,8 +162,8 @@ fn without_history_or_measurements_the_numbers_say_so() {
     now.netfilter
         .as_mut()
         .unwrap()
-        .by_port
-        .retain(|c| c.port != 22);
+        .other
+        .retain(|c| c.hook != Hook::Input);
     if let Some(sfu) = now.containers.iter_mut().find(|c| c.name == "sfu") {
         sfu.port_mapping.rules = None;
     }

@@ -15,7 +15,19 @@
 //! Attribution: (protocol, port), where the port is the destination port of the connection's
 //! original direction before any NAT (read from the conntrack entry, so replies and hooks after
 //! a DNAT still count under the published port), or the packet's own destination port as it
-//! entered the hook when it has no conntrack entry; split by hook and conntrack state.
+//! entered the hook when it has no conntrack entry; split by hook and conntrack state. Only
+//! pairs some container publishes get their own key ([`published`]: the agent writes them to
+//! `NF_PUBLISHED` each tick); every other packet counts in one slot per (family, hook,
+//! conntrack state), and the per-hook totals count every packet either way.
+//!
+//! Map sizes: fixed at build time from the port space rather than from the number of ports
+//! published at load, because other engines' containers (and their ports) are found only after
+//! the probes load, and resizing by reloading would swap the programs' links and lose or double
+//! counters. `NF_PUBLISHED` holds every TCP and UDP port; `NF_PORTS` holds 524,288 keys
+//! (a forwarded port with new, established and reply traffic uses 9: 58,000 such ports; new
+//! flows alone use 3 per port). Neither is preallocated (`BPF_F_NO_PREALLOC`), so their memory
+//! follows the keys in use plus the kernel's bucket arrays (8 MiB and 2 MiB). `NF_PORTS` keys
+//! of a port no longer published are deleted after their last read.
 //!
 //! Limits: a packet whose traversal is interrupted on its CPU by another packet on the same
 //! hook (a softirq inside a process-context output) or that migrates to another CPU in between
@@ -23,14 +35,17 @@
 //! read from the packet's linear data: IPv6 extension headers are not walked (the protocol is
 //! then the first next header, port 0).
 //!
-//! Maps: `NF_PORTS` (per-CPU hash, [`PortKey`] -> [`Cost`]), `NF_HOOKS` (per-CPU array,
-//! family * 5 + hook -> [`Cost`]), `NF_SCRATCH` (per-CPU stamps), `PROBE_ERRORS`
-//! (`NetfilterPortsFull`, `NetfilterUnmatched`).
+//! Maps: `NF_PUBLISHED` (hash, [`berth_common::netfilter::PublishedKey`] -> 1), `NF_PORTS` (per-CPU hash,
+//! [`PortKey`] -> [`Cost`]), `NF_OTHER` (per-CPU array, [`other_slot`] -> [`Cost`]),
+//! `NF_HOOKS` (per-CPU array, family * 5 + hook -> [`Cost`]), `NF_SCRATCH` and `NF_CARRY`
+//! (per-CPU stamps), `PROBE_ERRORS` (`NetfilterPortsFull`, `NetfilterUnmatched`,
+//! `NetfilterPublishedFull`).
 //! Samples: [`NetfilterSample`], cumulative packets and nanoseconds since load.
 //! Paths: `netfilter_pair` (this probe) and `fentry` (whether the kernel would allow a
 //! per-function breakdown with fentry; detected, not built).
 
 pub mod loader;
+pub mod published;
 
 use std::{collections::BTreeMap, sync::OnceLock};
 
@@ -40,7 +55,10 @@ use aya::{
 };
 use berth_common::{
     globals,
-    netfilter::{CT_ESTABLISHED, CT_NEW, CT_REPLY, Cost, FAMILY_IPV4, HOOKS, OFFSET_NONE, PortKey},
+    netfilter::{
+        CT_ESTABLISHED, CT_NEW, CT_OTHER, CT_REPLY, CT_STATES, Cost, FAMILY_IPV4, HOOKS, OFFSET_NONE,
+        PortKey, local_prerouting_slot, other_slot,
+    },
 };
 use serde::Serialize;
 use tracing::{debug, warn};
@@ -51,12 +69,15 @@ use super::{
     btf::{Btf, BtfError},
 };
 use crate::model::ProbeStatus;
-pub use crate::model::netfilter::{CtState, Family, Hook, HookTotal, NetfilterSample, PortCost};
+pub use crate::model::netfilter::{
+    CtState, Family, Hook, HookTotal, NetfilterSample, OtherCost, PortCost,
+};
 
 pub const FIRST: &str = "berth_nf_first";
 pub const LAST: &str = "berth_nf_last";
 const PORTS: &str = berth_common::maps::NF_PORTS;
 const HOOK_TOTALS: &str = berth_common::maps::NF_HOOKS;
+const OTHER: &str = berth_common::maps::NF_OTHER;
 /// Kernel function whose fentry attachment is tried at start-up.
 pub const FENTRY_TARGET: &str = "nf_hook_slow";
 
@@ -183,6 +204,8 @@ pub struct NetfilterProbe {
     /// Dropped before `programs`: detaching first.
     links: Vec<Link>,
     programs: Vec<loader::Program>,
+    /// The published (protocol, port) pairs in `NF_PUBLISHED`.
+    pub published: published::Published,
 }
 
 impl NetfilterProbe {
@@ -203,6 +226,7 @@ impl NetfilterProbe {
             attachments: Vec::new(),
             links: Vec::new(),
             programs: Vec::new(),
+            published: Default::default(),
         };
         if !enabled {
             return probe;
@@ -279,13 +303,43 @@ impl NetfilterProbe {
         self.links.iter().map(|l| l.id).collect()
     }
 
-    /// Reads `NF_PORTS` and `NF_HOOKS`, summing the per-CPU values.
-    pub fn collect(&self, ebpf: &Ebpf) -> Result<NetfilterSample, ProbeLoadError> {
+    /// Reads the maps ([`Self::read`]), then deletes the `NF_PORTS` keys of pairs no longer in
+    /// `NF_PUBLISHED` (this was their last read: the sample still has them).
+    pub fn collect(&self, ebpf: &mut Ebpf) -> Result<NetfilterSample, ProbeLoadError> {
+        let sample = self.read(ebpf)?;
+        let gone: Vec<PortKey> = sample
+            .by_port
+            .iter()
+            .filter(|p| !self.published.contains(p.proto, p.port))
+            .map(raw_key)
+            .collect();
+        if !gone.is_empty() {
+            let err = |source| ProbeLoadError::Map { map: PORTS, source };
+            let map = ebpf
+                .map_mut(PORTS)
+                .ok_or(ProbeLoadError::MissingMap { map: PORTS })?;
+            let mut ports =
+                PerCpuHashMap::<&mut MapData, PortKey, Cost>::try_from(map).map_err(err)?;
+            for key in &gone {
+                match ports.remove(key) {
+                    Ok(()) => {}
+                    Err(e) if published::errno(&e) == Some(libc::ENOENT) => {}
+                    Err(e) => return Err(err(e)),
+                }
+            }
+            debug!(keys = gone.len(), "netfilter: keys of unpublished ports deleted");
+        }
+        Ok(sample)
+    }
+
+    /// Reads `NF_PORTS`, `NF_OTHER` and `NF_HOOKS`, summing the per-CPU values; deletes
+    /// nothing.
+    pub fn read(&self, ebpf: &Ebpf) -> Result<NetfilterSample, ProbeLoadError> {
+        let err = |map: &'static str| move |source| ProbeLoadError::Map { map, source };
         let map = |name: &'static str| {
             ebpf.map(name)
                 .ok_or(ProbeLoadError::MissingMap { map: name })
         };
-        let err = |map: &'static str| move |source| ProbeLoadError::Map { map, source };
         let ports =
             PerCpuHashMap::<&MapData, PortKey, Cost>::try_from(map(PORTS)?).map_err(err(PORTS))?;
         let mut by_port = Vec::new();
@@ -304,6 +358,38 @@ impl NetfilterProbe {
         }
         by_port.sort_by_key(|p| (p.family, p.hook, p.proto, p.port, p.ct_state));
 
+        let others = PerCpuArray::<&MapData, Cost>::try_from(map(OTHER)?).map_err(err(OTHER))?;
+        let slot = |index: u32| -> Result<(u64, u64), ProbeLoadError> {
+            Ok(sum(&others.get(&index, 0).map_err(err(OTHER))?))
+        };
+        let mut other = Vec::new();
+        let mut local_prerouting = Vec::new();
+        for (f, family) in Family::ALL.into_iter().enumerate() {
+            for hook in Hook::ALL {
+                for state in 0..CT_STATES as u8 {
+                    let (packets, nanoseconds) = slot(other_slot(f as u8, hook as u8, state))?;
+                    if packets > 0 {
+                        other.push(OtherCost {
+                            family,
+                            hook,
+                            ct_state: CtState::from_raw(state),
+                            packets,
+                            nanoseconds,
+                        });
+                    }
+                }
+            }
+            let (packets, nanoseconds) = slot(local_prerouting_slot(f as u8))?;
+            if packets > 0 {
+                local_prerouting.push(HookTotal {
+                    family,
+                    hook: Hook::Prerouting,
+                    packets,
+                    nanoseconds,
+                });
+            }
+        }
+
         let totals =
             PerCpuArray::<&MapData, Cost>::try_from(map(HOOK_TOTALS)?).map_err(err(HOOK_TOTALS))?;
         let mut hooks = Vec::new();
@@ -320,7 +406,49 @@ impl NetfilterProbe {
                 });
             }
         }
-        Ok(NetfilterSample { by_port, hooks })
+        Ok(NetfilterSample {
+            by_port,
+            other,
+            local_prerouting,
+            hooks,
+        })
+    }
+
+    /// Makes `NF_PUBLISHED` hold exactly `want` (the difference is written).
+    pub fn publish(
+        &mut self,
+        ebpf: &mut Ebpf,
+        want: &std::collections::BTreeSet<published::ProtoPort>,
+    ) -> Result<published::SyncOutcome, ProbeLoadError> {
+        let out = self.published.sync(ebpf, want)?;
+        self.status.paths.insert(
+            PATH_PUBLISHED,
+            format!(
+                "{} published (protocol, port) pairs counted per port, synced each tick",
+                self.published.len()
+            ),
+        );
+        Ok(out)
+    }
+}
+
+/// Key of the probe's `paths` in `/api/v1/system`: what `NF_PUBLISHED` holds.
+pub const PATH_PUBLISHED: &str = "published_ports";
+
+/// The `NF_PORTS` key a row was read from.
+fn raw_key(p: &PortCost) -> PortKey {
+    PortKey {
+        family: p.family as u8,
+        hook: p.hook as u8,
+        ct_state: match p.ct_state {
+            CtState::New => CT_NEW,
+            CtState::Established => CT_ESTABLISHED,
+            CtState::Reply => CT_REPLY,
+            CtState::Other => CT_OTHER,
+        },
+        proto: p.proto,
+        port: p.port,
+        _pad: 0,
     }
 }
 
