@@ -771,9 +771,19 @@ fn only_published_ports_get_keys_the_rest_share_one_slot_and_unpublished_keys_go
     });
     std::thread::sleep(Duration::from_millis(100));
     let s = probe.collect(&mut ebpf).unwrap();
-    println!("by port {:?}\nother {:?}\nlocal {:?}", s.by_port, s.other, s.local_prerouting);
-    assert!(s.by_port.iter().all(|c| c.port == PUBLISHED), "{:?}", s.by_port);
-    assert_eq!(port_cost(&s, Hook::Prerouting, PUBLISHED, CtState::New).0, 1);
+    println!(
+        "by port {:?}\nother {:?}\nlocal {:?}",
+        s.by_port, s.other, s.local_prerouting
+    );
+    assert!(
+        s.by_port.iter().all(|c| c.port == PUBLISHED),
+        "{:?}",
+        s.by_port
+    );
+    assert_eq!(
+        port_cost(&s, Hook::Prerouting, PUBLISHED, CtState::New).0,
+        1
+    );
     assert_eq!(port_cost(&s, Hook::Input, PUBLISHED, CtState::New).0, 1);
     let other = |hook| {
         s.other
@@ -820,7 +830,10 @@ fn only_published_ports_get_keys_the_rest_share_one_slot_and_unpublished_keys_go
     // No longer published: the next read still has its keys (their last), then they are gone.
     publish(&mut probe, &mut ebpf, &[]);
     let last = probe.collect(&mut ebpf).unwrap();
-    assert_eq!(port_cost(&last, Hook::Prerouting, PUBLISHED, CtState::New).0, 1);
+    assert_eq!(
+        port_cost(&last, Hook::Prerouting, PUBLISHED, CtState::New).0,
+        1
+    );
     let after = probe.collect(&mut ebpf).unwrap();
     assert!(after.by_port.is_empty(), "{:?}", after.by_port);
     assert_eq!(probe_errors(&ebpf, ProbeError::NetfilterPortsFull), 0);

@@ -145,8 +145,7 @@ fn forty_thousand_published_ports_lose_nothing_and_each_port_counts_for_its_cont
             .iter()
             .map(|row| row["netfilter"]["new_flows"].as_u64().unwrap_or(0))
             .collect();
-        let settled = last.as_ref() == Some(&flows)
-            && flows.iter().all(|f| *f >= sent * 99 / 100);
+        let settled = last.as_ref() == Some(&flows) && flows.iter().all(|f| *f >= sent * 99 / 100);
         last = Some(flows);
         settled.then_some(r)
     });
@@ -160,7 +159,10 @@ fn forty_thousand_published_ports_lose_nothing_and_each_port_counts_for_its_cont
         published(&agent)
     );
     assert_eq!(ports_lost, 0.0, "packets lost to a full NF_PORTS map");
-    assert_eq!(published_lost, 0.0, "published ports refused by NF_PUBLISHED");
+    assert_eq!(
+        published_lost, 0.0,
+        "published ports refused by NF_PUBLISHED"
+    );
 
     for (row, first) in rows.iter().zip([A_FIRST, B_FIRST]) {
         let nf = &row["netfilter"];

@@ -570,6 +570,47 @@ mod tests {
     }
 
     #[test]
+    fn pins_of_another_shape_are_replaced_and_the_objects_own_are_reused() {
+        let root = TrackedRoot {
+            path: format!("/berth-stale-pins-{}", std::process::id()),
+            ..TrackedRoot::fixture()
+        };
+        let dir = pin_dir(&root).expect(
+            "bpffs is not mounted at /sys/fs/bpf (`cargo xtask setup` mounts it, or \
+             `mount -t bpf bpf /sys/fs/bpf`)",
+        );
+        struct Cleanup<'a>(&'a Path);
+        impl Drop for Cleanup<'_> {
+            fn drop(&mut self) {
+                remove_pins(self.0);
+            }
+        }
+        let _cleanup = Cleanup(&dir);
+        // An older agent's pins: NF_PORTS with the old, preallocated 32,768 keys.
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut loader = EbpfLoader::new();
+        loader.map_max_entries(maps::NF_PORTS, 32_768);
+        for m in PINNED_MAPS {
+            loader.map_pin_path(m, dir.join(m));
+        }
+        drop(
+            loader
+                .load(EBPF_OBJECT)
+                .expect("loading berth's object (needs root)"),
+        );
+        assert!(stale_pins(&dir), "a resized NF_PORTS pin was not noticed");
+
+        let ebpf = load_object(&root, false, Some(&dir)).unwrap();
+        let info = aya::maps::MapInfo::from_pin(dir.join(maps::NF_PORTS)).unwrap();
+        assert_eq!(
+            info.max_entries(),
+            berth_common::netfilter::PORTS_MAX_ENTRIES
+        );
+        drop(ebpf);
+        assert!(!stale_pins(&dir), "the object's own pins look stale");
+    }
+
+    #[test]
     fn lost_events_are_labelled_with_the_maps_real_names() {
         for e in ProbeError::ALL {
             let (_, map) = e.labels();

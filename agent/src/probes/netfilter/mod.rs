@@ -56,8 +56,8 @@ use aya::{
 use berth_common::{
     globals,
     netfilter::{
-        CT_ESTABLISHED, CT_NEW, CT_OTHER, CT_REPLY, CT_STATES, Cost, FAMILY_IPV4, HOOKS, OFFSET_NONE,
-        PortKey, local_prerouting_slot, other_slot,
+        CT_ESTABLISHED, CT_NEW, CT_OTHER, CT_REPLY, CT_STATES, Cost, FAMILY_IPV4, HOOKS,
+        OFFSET_NONE, PortKey, local_prerouting_slot, other_slot,
     },
 };
 use serde::Serialize;
@@ -327,7 +327,10 @@ impl NetfilterProbe {
                     Err(e) => return Err(err(e)),
                 }
             }
-            debug!(keys = gone.len(), "netfilter: keys of unpublished ports deleted");
+            debug!(
+                keys = gone.len(),
+                "netfilter: keys of unpublished ports deleted"
+            );
         }
         Ok(sample)
     }
