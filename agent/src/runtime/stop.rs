@@ -19,10 +19,7 @@ impl Manager {
         // A shim that is starting the container (or between restarts) has not said "running"
         // yet: wait until it does, or exits now that the stop is requested, so a container
         // started a moment ago is not left running by a stop that returned.
-        let settle = Instant::now() + Duration::from_secs(5);
-        while self.view(&r).status == Status::Restarting && Instant::now() < settle {
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.settle(&r);
         if self.view(&r).status == Status::Running {
             let _ = self.runtime.kill(&r.id, "TERM");
             if !self.wait_exit(&r.id, timeout) {
@@ -36,9 +33,21 @@ impl Manager {
             }
             // Without its shim nobody else records the exit.
             self.settle_lost_shim(&r)?;
+            // The shim records the exit, then leaves (no restart: the stop is requested); until
+            // it has, the container would read as restarting and `rm` would refuse it.
+            self.settle(&r);
         }
         info!(container = %r.id, "stopped");
         Ok(self.view(&r))
+    }
+
+    /// Waits up to 5 s while the container reads as restarting (its shim alive, the container
+    /// not running): a start or an exit in progress.
+    fn settle(&self, r: &ContainerRecord) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.view(r).status == Status::Restarting && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub(super) fn wait_exit(&self, id: &str, timeout: Duration) -> bool {
