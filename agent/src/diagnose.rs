@@ -41,8 +41,9 @@ fn us(ns: u64, packets: u64) -> f64 {
     ns as f64 / packets.max(1) as f64 / 1e3
 }
 
-/// Every finding, most severe first; rates are measured since `base` (an older snapshot).
-pub fn diagnose(snap: &Snapshot, base: Option<&Snapshot>) -> Vec<Finding> {
+/// Every finding, most severe first; rates are measured since `base` (the start of the window
+/// as the history keeps it).
+pub fn diagnose(snap: &Snapshot, base: Option<&crate::model::ports::Base>) -> Vec<Finding> {
     let mut out = portmap::findings(snap, base);
 
     // The cost of nft-map containers here, as the yardstick.

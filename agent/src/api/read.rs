@@ -24,7 +24,10 @@ use super::{
 use crate::{
     config::HumanDuration,
     metrics,
-    model::{CgroupView, Container, Image, Snapshot, ports::RangeCost},
+    model::{
+        CgroupView, Container, Image, Snapshot,
+        ports::{Base, RangeCost},
+    },
 };
 
 /// Each route is registered with its OpenAPI operation (`#[utoipa::path]` on its handler): a
@@ -58,8 +61,8 @@ fn window(param: &str, w: Option<&str>) -> Result<Option<Duration>, ApiError> {
     .transpose()
 }
 
-/// The kept snapshot closest to `window` before `latest`.
-fn base(s: &ReadState, latest: &Snapshot, window: Duration) -> Option<Arc<Snapshot>> {
+/// The kept window start closest to `window` before `latest`.
+fn base(s: &ReadState, latest: &Snapshot, window: Duration) -> Option<Arc<Base>> {
     let from = latest
         .taken_at
         .checked_sub(window)
@@ -317,14 +320,9 @@ async fn syscalls(
                 .unwrap_or_default()
                 .as_secs_f64();
             // The same container is the same id in the same cgroup: a reused id (a foreign
-            // engine's, or a restart in a new cgroup) starts from fresh counters.
-            let calls = b
-                .containers
-                .iter()
-                .find(|x| x.id == c.id && x.cgroup_id == c.cgroup_id)
-                .map(|x| x.syscalls.clone())
-                .unwrap_or_default();
-            (calls, Some(secs))
+            // engine's, or a restart in a new cgroup) starts from fresh counters. The start
+            // keeps the container's busiest syscalls; one it cut counts from zero.
+            (b.syscalls(c).to_vec(), Some(secs))
         }
         None => (Vec::new(), None),
     };
@@ -335,7 +333,7 @@ async fn syscalls(
             let b = base_calls.iter().find(|b| b.nr == now.nr);
             let count = now.count - b.map_or(0, |b| b.count.min(now.count));
             let calls_now: u64 = now.latency_buckets.iter().sum();
-            let calls_before: u64 = b.map_or(0, |b| b.latency_buckets.iter().sum());
+            let calls_before: u64 = b.map_or(0, |b| b.latency_calls);
             let lat_calls = calls_now.saturating_sub(calls_before);
             let lat_sum =
                 now.latency_sum_ns - b.map_or(0, |b| b.latency_sum_ns.min(now.latency_sum_ns));

@@ -9,7 +9,9 @@
 use std::fmt::Write as _;
 
 use super::{Finding, Severity};
-use crate::model::{Container, Engine, FlowPath, Hook, NetworkMode, Proto, ProxyStats, Snapshot};
+use crate::model::{
+    Container, Engine, FlowPath, Hook, NetworkMode, Proto, ProxyStats, Snapshot, ports::Base,
+};
 
 /// A container is critical from this many published ports...
 const CRITICAL_PORTS: u64 = 1000;
@@ -21,7 +23,7 @@ const CRITICAL_PROXIES: u64 = 100;
 const RANGES_SHOWN: usize = 4;
 
 /// The window `base` spans before `snap`, in seconds.
-fn window(snap: &Snapshot, base: Option<&Snapshot>) -> Option<f64> {
+fn window(snap: &Snapshot, base: Option<&Base>) -> Option<f64> {
     let secs = snap
         .taken_at
         .duration_since(base?.taken_at)
@@ -91,14 +93,6 @@ fn mb(bytes: u64) -> f64 {
     bytes as f64 / 1e6
 }
 
-/// The same container in `base` (same id in the same cgroup).
-fn before<'a>(c: &Container, base: Option<&'a Snapshot>) -> Option<&'a Container> {
-    base?
-        .containers
-        .iter()
-        .find(|b| b.id == c.id && b.cgroup_id == c.cgroup_id)
-}
-
 /// Whether `c`'s published ports cost the host: another engine's bridge container with
 /// published ports or proxies, and rules or proxies to show for them.
 fn costs_the_host(c: &Container, ports: u64) -> bool {
@@ -123,7 +117,7 @@ pub(super) fn unattributed_proxies(snap: &Snapshot) -> ProxyStats {
 
 /// One finding per other engine's container whose port mapping costs the host, the costliest
 /// first.
-pub(super) fn findings(snap: &Snapshot, base: Option<&Snapshot>) -> Vec<Finding> {
+pub(super) fn findings(snap: &Snapshot, base: Option<&Base>) -> Vec<Finding> {
     let baseline = snap.baseline_path();
     let mut out: Vec<(f64, Finding)> = Vec::new();
     for c in &snap.containers {
@@ -140,7 +134,7 @@ pub(super) fn findings(snap: &Snapshot, base: Option<&Snapshot>) -> Vec<Finding>
 
 fn finding(
     snap: &Snapshot,
-    base: Option<&Snapshot>,
+    base: Option<&Base>,
     c: &Container,
     ports: u64,
     baseline: &FlowPath,
@@ -182,8 +176,8 @@ fn finding(
             mb(p.rss_bytes),
             p.cpu_seconds
         );
-        if let (Some(secs), Some(b)) = (window, before(c, base)) {
-            let rate = (p.cpu_seconds - b.port_mapping.proxies.cpu_seconds).max(0.0) / secs;
+        if let (Some(secs), Some(before)) = (window, base.and_then(|b| b.proxy_cpu_seconds(c))) {
+            let rate = (p.cpu_seconds - before).max(0.0) / secs;
             let _ = write!(
                 line,
                 " ({:.2}% of one core over the last {secs:.0} s)",
@@ -243,7 +237,7 @@ fn finding(
     let mut cpu_share = 0.0;
     match (window, base) {
         (Some(secs), Some(b)) => {
-            let flows = path.flows().saturating_sub(b.new_flow_path(c).flows()) as f64 / secs;
+            let flows = path.flows().saturating_sub(b.new_flows(c)) as f64 / secs;
             let mut line = format!("{flows:.1} new flows per second over the last {secs:.0} s");
             if let Some(ns) = path_ns {
                 cpu_share = flows * ns / 1e9;

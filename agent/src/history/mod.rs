@@ -9,8 +9,12 @@
 //!   tick (at most one per [`SeriesConfig::resolution`]) for the last 10 minutes, one per
 //!   minute for the last hour; its memory is bounded by the container count
 //!   ([`Series::bound_bytes`], documented in docs/api.md and checked by a test that fills it).
-//! - [`Bases`] (`bases.rs`): whole snapshots, one every 5 s for 15 minutes, for the readers
-//!   that need every detail of the window's start (per-syscall and per-port counters).
+//! - [`Bases`] (`bases.rs`): window starts for the readers that subtract one (per-syscall and
+//!   per-port counters): each a [`Base`](crate::model::ports::Base) cut to the busiest
+//!   syscalls per container and the costliest ports per range, one every 5 s for 2 minutes
+//!   then one every 30 s up to 15 minutes; bounded by the container and range count
+//!   ([`History::bases_bound_bytes`], documented in docs/api.md, checked by a test that fills
+//!   it).
 //!
 //! Rates are computed at query time from counter deltas (`query.rs`): a counter that went
 //! down restarted from zero (a new cgroup, a reloaded probe), so the increase is its value.
@@ -30,7 +34,7 @@ pub use self::{
     bases::Bases,
     series::{Series, SeriesConfig},
 };
-use crate::model::Snapshot;
+use crate::model::{Snapshot, ports::Base};
 
 pub struct History {
     bases: Bases,
@@ -54,12 +58,25 @@ impl History {
     /// Records a published snapshot in both stores.
     pub fn push(&self, snap: Arc<Snapshot>) {
         self.series.lock().expect("lock").record(&snap);
-        self.bases.push(snap);
+        self.bases.push(&snap);
     }
 
-    /// The oldest kept snapshot taken at or after `t`; see [`Bases::since`].
-    pub fn since(&self, t: SystemTime) -> Option<Arc<Snapshot>> {
+    /// The oldest kept window start taken at or after `t`; see [`Bases::since`].
+    pub fn since(&self, t: SystemTime) -> Option<Arc<Base>> {
         self.bases.since(t)
+    }
+
+    /// Window starts kept, and the bytes they hold.
+    pub fn bases_held(&self) -> (usize, usize) {
+        self.bases.held()
+    }
+
+    /// The most bytes the window starts can hold for `containers` containers publishing
+    /// distinct ranges of `range_ports` ports each ([`Base::bound_bytes`] per start).
+    pub fn bases_bound_bytes(&self, containers: usize, range_ports: &[usize]) -> usize {
+        self.bases.capacity()
+            * (Base::bound_bytes(containers, range_ports) + std::mem::size_of::<Arc<Base>>())
+            + std::mem::size_of::<Arc<Base>>()
     }
 
     /// Runs `f` on the series under their lock (readers compute their answer inside).

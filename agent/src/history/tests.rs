@@ -300,3 +300,168 @@ fn containers_gone_for_longer_than_the_history_free_their_slot() {
     let bytes = s.heap_bytes();
     assert!(bytes <= Series::bound_bytes(&cfg, 30, 128), "{bytes}");
 }
+
+/// 100 containers with 300 syscalls each (latency on), one publishing 20,000 UDP ports that
+/// all saw traffic, ticked every second for 15 minutes: the window starts stay within their
+/// stated bound, and the window answers are exact for what the starts keep.
+#[test]
+fn window_starts_stay_within_their_documented_bound_at_scale_and_answer_right() {
+    use std::sync::Arc;
+
+    use crate::model::{
+        CtState, Family, Hook, PortCost, PortRange, Proto, Publish, SyscallCount, ports::Base,
+    };
+
+    let n = 100u16;
+    let udp = |start: u16, end: u16| Publish {
+        host_ip: None,
+        host: PortRange::new(start, end).expect("range"),
+        container: PortRange::new(start, end).expect("range"),
+        proto: Proto::Udp,
+    };
+    let mut snap = fixture::snapshot_at(Duration::ZERO, 100);
+    let proto = snap.containers[0].clone();
+    let calls: Vec<SyscallCount> = (0..300u32)
+        .map(|nr| SyscallCount {
+            nr,
+            name: format!("sys{nr}"),
+            count: 1000 + u64::from(nr),
+            latency_buckets: vec![1; 32],
+            latency_sum_ns: 32_000,
+        })
+        .collect();
+    snap.containers = (0..n)
+        .map(|i| {
+            let mut c = proto.clone();
+            c.id = format!("{i:064x}");
+            c.name = format!("container-{i}");
+            c.cgroup_id = Some(1000 + u64::from(i));
+            c.network.publish = vec![if i == 0 {
+                udp(20000, 39999)
+            } else {
+                udp(40000 + i, 40000 + i)
+            }];
+            c.syscalls = calls.clone();
+            c
+        })
+        .collect();
+    let cost = |port, hook, packets: u64, ns: u64| PortCost {
+        family: Family::Ipv4,
+        proto: 17,
+        port,
+        hook,
+        ct_state: CtState::New,
+        packets,
+        nanoseconds: packets * ns,
+    };
+    let mut by_port = Vec::new();
+    for port in (20000..=39999).chain(40001..40000 + n) {
+        by_port.push(cost(port, Hook::Prerouting, 2, 1_000));
+        by_port.push(cost(port, Hook::Postrouting, 2, 500));
+    }
+    const HOT: u16 = 20007;
+    let hot = by_port
+        .iter()
+        .position(|p| p.port == HOT && p.hook == Hook::Prerouting)
+        .expect("hot port");
+    snap.netfilter.as_mut().expect("netfilter").by_port = by_port;
+    let range_ports: Vec<usize> = std::iter::once(20_000)
+        .chain(std::iter::repeat_n(1, usize::from(n) - 1))
+        .collect();
+
+    let history = super::History::new(Duration::from_secs(5), Duration::from_secs(900));
+    let mut snap = Arc::new(snap);
+    let mut at_840 = None;
+    // 15 minutes at one tick a second: the hot port takes 50 new flows a second at 3 µs
+    // each; container 5 makes 10 calls of syscall 3 a second.
+    for t in 0..900u64 {
+        let s = Arc::make_mut(&mut snap);
+        s.taken_at = UNIX_EPOCH + Duration::from_secs(TAKEN_AT + t);
+        let p = &mut s.netfilter.as_mut().expect("netfilter").by_port[hot];
+        p.packets += 50;
+        p.nanoseconds += 50 * 3_000;
+        s.containers[5].syscalls[3].count += 10;
+        if t == 840 {
+            at_840 = Some(Base::of(s));
+        }
+        history.push(snap.clone());
+    }
+    let now = snap.as_ref();
+
+    let (starts, bytes) = history.bases_held();
+    let bound = history.bases_bound_bytes(usize::from(n), &range_ports);
+    eprintln!("{starts} window starts hold {bytes} bytes, bound {bound}");
+    assert!(
+        bytes <= bound,
+        "{starts} starts hold {bytes} bytes, bound {bound}"
+    );
+    assert!(starts >= 50, "15 minutes of starts: {starts}");
+    // The figure docs/api.md states: at most 4 MiB at this scale.
+    assert!(bound <= 4 << 20, "bound at 100 containers: {bound}");
+
+    // Last minute: the start at 840 s (59 s back).
+    let base = history
+        .since(now.taken_at - Duration::from_secs(60))
+        .expect("a start a minute back");
+    assert_eq!(
+        base.taken_at,
+        UNIX_EPOCH + Duration::from_secs(TAKEN_AT + 840)
+    );
+    let rows = now.range_costs(Some(&base));
+    let big = rows.iter().find(|r| r.name == "container-0").expect("row");
+    let nf = big.netfilter.as_ref().expect("netfilter");
+    assert_eq!(nf.window_seconds, Some(59.0));
+    assert_eq!(nf.new_flows_per_second, Some(50.0));
+    assert_eq!(
+        nf.window_us_per_second,
+        Some(150.0),
+        "50 flows x 3 µs a second"
+    );
+    assert_eq!(nf.ports[0].port, HOT);
+    assert_eq!(nf.ports[0].new_flows_per_second, Some(50.0));
+    assert_eq!(nf.ports[0].window_us_per_packet, Some(3.0));
+    // A kept quiet port is quiet over the window.
+    let kept = nf
+        .ports
+        .iter()
+        .find(|p| p.port == 20001)
+        .expect("port 20001");
+    assert_eq!(kept.window_us_per_second, Some(0.0));
+    // The reduced start counts new flows like the whole snapshot did.
+    let c0 = &now.containers[0];
+    let whole = at_840.expect("start at 840");
+    assert_eq!(base.new_flows(c0), whole.new_flows(c0));
+    assert_eq!(
+        base.new_flows(c0),
+        2 * 20_000 + 50 * 841,
+        "new flows at prerouting"
+    );
+    // Container 5's busiest syscalls at the start, syscall 3 first.
+    let c5 = &now.containers[5];
+    let calls = base.syscalls(c5);
+    assert_eq!(calls.len(), crate::model::ports::SYSCALLS_KEPT);
+    assert_eq!((calls[0].nr, calls[0].count), (3, 1003 + 10 * 841));
+    assert_eq!(
+        c5.syscalls[3].count - calls[0].count,
+        590,
+        "59 s at 10 a second"
+    );
+    assert_eq!(
+        (calls[0].latency_calls, calls[0].latency_sum_ns),
+        (32, 32_000)
+    );
+
+    // Ten minutes: a coarse start, less than 30 s later than asked; rates stay exact.
+    let base = history
+        .since(now.taken_at - Duration::from_secs(600))
+        .expect("a start ten minutes back");
+    let nf = now
+        .range_costs(Some(&base))
+        .into_iter()
+        .find(|r| r.name == "container-0")
+        .and_then(|r| r.netfilter)
+        .expect("row");
+    let secs = nf.window_seconds.expect("window");
+    assert!((571.0..=600.0).contains(&secs), "{secs}");
+    assert_eq!(nf.new_flows_per_second, Some(50.0));
+}

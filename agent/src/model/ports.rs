@@ -15,7 +15,10 @@ use std::{collections::BTreeMap, net::Ipv4Addr, time::Duration};
 
 use serde::Serialize;
 
-use super::{BackendKind, Container, CtState, Engine, Hook, Publish, Snapshot, Status};
+use super::{BackendKind, Container, CtState, Engine, Hook, Proto, Publish, Snapshot, Status};
+
+mod base;
+pub use self::base::{Base, BaseSyscall, PORTS_KEPT, SYSCALLS_KEPT};
 
 /// Packets and the nanoseconds netfilter spent on them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -153,6 +156,20 @@ struct PortCounters {
 }
 
 impl PortCounters {
+    /// One sample's counters.
+    fn of(p: &super::PortCost) -> Self {
+        let pre = p.hook == Hook::Prerouting;
+        PortCounters {
+            pre_packets: if pre { p.packets } else { 0 },
+            ns: p.nanoseconds,
+            new: if pre && p.ct_state == CtState::New {
+                p.packets
+            } else {
+                0
+            },
+        }
+    }
+
     fn add(&mut self, o: PortCounters) {
         self.pre_packets += o.pre_packets;
         self.ns += o.ns;
@@ -188,16 +205,7 @@ fn port_counters(snap: &Snapshot, publish: &Publish) -> BTreeMap<u16, PortCounte
         .flat_map(|nf| &nf.by_port)
         .filter(|p| publish.covers(p.proto, p.port))
     {
-        let pre = p.hook == Hook::Prerouting;
-        out.entry(p.port).or_default().add(PortCounters {
-            pre_packets: if pre { p.packets } else { 0 },
-            ns: p.nanoseconds,
-            new: if pre && p.ct_state == CtState::New {
-                p.packets
-            } else {
-                0
-            },
-        });
+        out.entry(p.port).or_default().add(PortCounters::of(p));
     }
     out
 }
@@ -316,11 +324,13 @@ impl Snapshot {
     }
 
     /// One row per published range of every container, with its netfilter cost; new flows per
-    /// second are measured against `base`, an older snapshot (the start of the window).
+    /// second are measured against `base`, the start of the window as the history keeps it
+    /// ([`Base`]: the range's totals, its costliest ports, and the largest counters of the
+    /// ports it cut).
     ///
     /// Rows are sorted by their netfilter time over the window, costliest first (by
     /// cumulative nanoseconds without a window).
-    pub fn range_costs(&self, base: Option<&Snapshot>) -> Vec<RangeCost<'_>> {
+    pub fn range_costs(&self, base: Option<&Base>) -> Vec<RangeCost<'_>> {
         let seconds = base
             .and_then(|b| self.taken_at.duration_since(b.taken_at).ok())
             .map(|d: Duration| d.as_secs_f64())
@@ -350,24 +360,26 @@ impl Snapshot {
                         }
                     }
                     let new_now = self.new_flows(publish).packets;
-                    let new_flows_per_second = base.zip(seconds).map(|(b, secs)| {
-                        new_now.saturating_sub(b.new_flows(publish).packets) as f64 / secs
-                    });
+                    let start = base.map(|b| b.range(publish));
                     let counters = port_counters(self, publish);
-                    let window = base.zip(seconds).map(|(b, secs)| {
-                        let before = port_counters(b, publish);
+                    let window = start.zip(seconds).map(|(start, secs)| {
                         let per_port: BTreeMap<u16, (Option<f64>, f64, f64)> = counters
                             .iter()
                             .map(|(port, now)| {
-                                let b = before.get(port).copied().unwrap_or_default();
-                                (*port, now.since(b).window(secs))
+                                let before = start.map(|r| r.port(*port, *now)).unwrap_or_default();
+                                (*port, now.since(before).window(secs))
                             })
                             .collect();
                         let mut range = PortCounters::default();
-                        for (port, now) in &counters {
-                            range.add(now.since(before.get(port).copied().unwrap_or_default()));
+                        for now in counters.values() {
+                            range.add(*now);
                         }
+                        let range = range.since(start.map(|r| r.total).unwrap_or_default());
                         (secs, range.window(secs), per_port)
+                    });
+                    let new_flows_per_second = window.as_ref().map(|(secs, _, _)| {
+                        new_now.saturating_sub(start.flatten().map_or(0, |r| r.total.new)) as f64
+                            / secs
                     });
                     let cost_of = |port: &u16| {
                         window
@@ -533,7 +545,7 @@ mod tests {
     fn port_rows_carry_the_engine_and_the_whole_new_flow_path() {
         let base = fixture::docker_host_at(Duration::ZERO, 100);
         let now = fixture::docker_host_at(Duration::from_secs(10), 300);
-        let rows = now.range_costs(Some(&base));
+        let rows = now.range_costs(Some(&Base::of(&base)));
         let sfu = rows.iter().find(|r| r.name == "sfu").unwrap();
         assert_eq!((sfu.engine, sfu.backend), (Engine::Docker, None));
         let nf = sfu.netfilter.as_ref().unwrap();
