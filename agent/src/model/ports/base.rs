@@ -265,9 +265,3 @@ fn range_flows(ranges: &[(RangeKey, BaseRange)], c: &Container) -> u64 {
         .map(|(_, r)| r.flows)
         .sum()
 }
-
-impl From<&Snapshot> for Base {
-    fn from(snap: &Snapshot) -> Self {
-        Base::of(snap)
-    }
-}
