@@ -263,7 +263,10 @@ fn over_socket(agent: &Agent, req: &[u8]) -> u16 {
 }
 
 fn host_state(agent: &Agent) -> (String, String) {
-    (agent.ok(&["ps", "-a", "-q"]), agent.get("/api/v1/images").1)
+    (
+        agent.ok(&["ps", "-a", "-q", "-f", "engine=berth"]),
+        agent.get("/api/v1/images").1,
+    )
 }
 
 #[test]

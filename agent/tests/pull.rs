@@ -273,7 +273,7 @@ fn a_layer_that_does_not_match_its_digest_fails_naming_it_and_leaves_nothing() {
     let (code, _, err) = agent.cli(&["run", "--rm", &reference, "true"]);
     assert_ne!(code, 0);
     assert!(err.contains(&layer), "{err}");
-    let ps = agent.ok(&["ps", "-a", "-q"]);
+    let ps = agent.ok(&["ps", "-a", "-q", "-f", "engine=berth"]);
     assert!(ps.trim().is_empty(), "a failed pull left a container: {ps}");
     assert_nothing_left(&agent, 0);
 }

@@ -5,6 +5,7 @@
 //! ([`ProbeStatus::error`]) and the agent runs on with the others.
 
 pub mod btf;
+pub mod mapset;
 pub mod net;
 pub mod netfilter;
 pub mod syscalls;

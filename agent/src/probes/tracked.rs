@@ -4,7 +4,7 @@
 //!
 //! Who writes it:
 //! - the agent, once per tick, after the collectors found berth's subtree and every container
-//!   (berth's and the other engines'): [`Tracked::sync`] deletes the ids that went and inserts
+//!   (berth's and the other engines'): [`MapSet::sync`] deletes the ids that went and inserts
 //!   the new ones, the difference against what it put there, never a rewrite;
 //! - the kernel, between ticks: `berth_cgroup_mkdir` (raw tracepoint `cgroup_mkdir`) inserts a
 //!   cgroup created below berth's root at once, so berth's new containers are counted from
@@ -18,20 +18,15 @@
 //! counted, which is reported as lost (`berth_probe_lost_events_total{map="TRACKED"}`, one per
 //! cgroup refused) and retried every tick, never an error.
 
-use std::collections::{BTreeSet, HashSet};
-
 use std::sync::OnceLock;
 
-use aya::{
-    Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, MapError},
-    programs::RawTracePoint,
-};
+use aya::{Ebpf, EbpfLoader, programs::RawTracePoint};
 use berth_common::{TRACKED_MAX_ENTRIES, globals};
 
 use super::{
     ProbeLoadError,
     btf::{Btf, BtfError},
+    mapset::{MapSet, Member},
 };
 
 const MAP: &str = berth_common::maps::TRACKED;
@@ -126,116 +121,32 @@ pub fn attach_hooks(ebpf: &mut Ebpf) -> Result<Vec<u32>, ProbeLoadError> {
     Ok(ids)
 }
 
-/// What one [`Tracked::sync`] changed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct SyncOutcome {
-    pub inserted: usize,
-    pub removed: usize,
-    /// Ids the full map refused this time.
-    pub refused: usize,
-}
-
 /// The agent's side of `TRACKED`: the ids it put there. (The hooks' inserts join this set when
 /// a tick lists their cgroup; their deletes make a later delete here find nothing, which is
 /// fine.)
-#[derive(Debug, Default)]
-pub struct Tracked {
-    present: HashSet<u64>,
-    /// Ids refused while the map was full, until they go or get in.
-    refused: HashSet<u64>,
-    /// Containers refused since start, each counted once per refusal.
-    lost: u64,
-}
+pub type Tracked = MapSet<u64>;
 
-impl Tracked {
-    /// Cgroup ids in the map now.
-    pub fn len(&self) -> usize {
-        self.present.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.present.is_empty()
-    }
-
-    pub fn contains(&self, id: u64) -> bool {
-        self.present.contains(&id)
-    }
-
-    /// Containers the full map left uncounted, since start.
-    pub fn lost(&self) -> u64 {
-        self.lost
-    }
-
-    /// Makes the map hold exactly `want` (as far as it has room): deletes first, so a full map
-    /// frees its room before the inserts.
-    pub fn sync(
-        &mut self,
-        ebpf: &mut Ebpf,
-        want: &BTreeSet<u64>,
-    ) -> Result<SyncOutcome, ProbeLoadError> {
-        let err = |source| ProbeLoadError::Map { map: MAP, source };
-        let map = ebpf
-            .map_mut(MAP)
-            .ok_or(ProbeLoadError::MissingMap { map: MAP })?;
-        let mut map = HashMap::<&mut MapData, u64, u8>::try_from(map).map_err(err)?;
-        let mut out = SyncOutcome::default();
-        let gone: Vec<u64> = self
-            .present
-            .iter()
-            .filter(|id| !want.contains(id))
-            .copied()
-            .collect();
-        for id in gone {
-            match map.remove(&id) {
-                Ok(()) => {}
-                Err(e) if errno(&e) == Some(libc::ENOENT) => {}
-                Err(e) => return Err(err(e)),
-            }
-            self.present.remove(&id);
-            out.removed += 1;
-        }
-        self.refused.retain(|id| want.contains(id));
-        for &id in want {
-            if self.present.contains(&id) {
-                continue;
-            }
-            match map.insert(id, 1u8, 0) {
-                Ok(()) => {
-                    self.present.insert(id);
-                    self.refused.remove(&id);
-                    out.inserted += 1;
-                }
-                Err(e) if errno(&e) == Some(libc::E2BIG) => {
-                    out.refused += 1;
-                    if self.refused.insert(id) {
-                        self.lost += 1;
-                        tracing::warn!(
-                            cgroup_id = id,
-                            capacity = TRACKED_MAX_ENTRIES,
-                            "the TRACKED map is full: this container's syscalls and traffic are \
-                             not counted"
-                        );
-                    }
-                }
-                Err(e) => return Err(err(e)),
-            }
-        }
-        Ok(out)
-    }
-}
-
-/// The errno of a failed map syscall.
-fn errno(e: &MapError) -> Option<i32> {
-    match e {
-        MapError::SyscallError(s) => s.io_error.raw_os_error(),
-        _ => None,
+impl Member for u64 {
+    type Key = u64;
+    const MAP: &'static str = MAP;
+    const CAPACITY: u32 = TRACKED_MAX_ENTRIES;
+    const LOSS: &'static str = "this container's syscalls and traffic are not counted";
+    fn key(self) -> u64 {
+        self
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
+    use aya::maps::{HashMap, MapData};
+
     use super::*;
-    use crate::{cgroup::TrackedRoot, probes::load_object};
+    use crate::{
+        cgroup::TrackedRoot,
+        probes::{load_object, mapset::SyncOutcome},
+    };
 
     /// The map's keys, read from the kernel.
     fn keys(ebpf: &Ebpf) -> BTreeSet<u64> {

@@ -361,7 +361,7 @@ impl Drop for Agent {
     fn drop(&mut self) {
         if self.child.is_some() {
             // Remove every container this agent made (overlays, cgroups, shims).
-            let (_, ids, _) = self.cli(&["ps", "-a", "-q"]);
+            let (_, ids, _) = self.cli(&["ps", "-a", "-q", "-f", "engine=berth"]);
             for id in ids.split_whitespace() {
                 let _ = self.cli(&["rm", "-f", id]);
             }

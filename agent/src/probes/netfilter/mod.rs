@@ -310,7 +310,7 @@ impl NetfilterProbe {
         let gone: Vec<PortKey> = sample
             .by_port
             .iter()
-            .filter(|p| !self.published.contains(p.proto, p.port))
+            .filter(|p| !self.published.contains((p.proto, p.port)))
             .map(raw_key)
             .collect();
         if !gone.is_empty() {
@@ -323,7 +323,7 @@ impl NetfilterProbe {
             for key in &gone {
                 match ports.remove(key) {
                     Ok(()) => {}
-                    Err(e) if published::errno(&e) == Some(libc::ENOENT) => {}
+                    Err(e) if crate::probes::mapset::errno(&e) == Some(libc::ENOENT) => {}
                     Err(e) => return Err(err(e)),
                 }
             }
@@ -422,7 +422,7 @@ impl NetfilterProbe {
         &mut self,
         ebpf: &mut Ebpf,
         want: &std::collections::BTreeSet<published::ProtoPort>,
-    ) -> Result<published::SyncOutcome, ProbeLoadError> {
+    ) -> Result<crate::probes::mapset::SyncOutcome, ProbeLoadError> {
         let out = self.published.sync(ebpf, want)?;
         self.status.paths.insert(
             PATH_PUBLISHED,

@@ -6,7 +6,7 @@
 //!
 //! Who writes it: the agent alone, once per tick, after every collector that finds published
 //! ports (berth's containers of every backend, other engines' from their API, their proxies'
-//! command lines): [`Published::sync`] deletes the pairs that went and inserts the new ones,
+//! command lines): [`MapSet::sync`] deletes the pairs that went and inserts the new ones,
 //! the difference against what it put there. Not pinned: a restarted agent fills it on its
 //! first tick (until then packets count as "other").
 //!
@@ -16,139 +16,50 @@
 //! for those protocols; were one to, it is counted as a lost event (map `NF_PUBLISHED`) and
 //! retried every tick.
 
-use std::collections::{BTreeSet, HashSet};
-
-use aya::{
-    Ebpf,
-    maps::{HashMap, MapData, MapError},
-};
 use berth_common::netfilter::{PUBLISHED_MAX_ENTRIES, PublishedKey};
 
-use crate::probes::ProbeLoadError;
-
-const MAP: &str = berth_common::maps::NF_PUBLISHED;
+use crate::probes::mapset::{MapSet, Member};
 
 /// A published (IP protocol number, host port).
 pub type ProtoPort = (u8, u16);
 
-/// What one [`Published::sync`] changed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct SyncOutcome {
-    pub inserted: usize,
-    pub removed: usize,
-    pub refused: usize,
-}
-
 /// The agent's side of `NF_PUBLISHED`: the pairs it put there.
-#[derive(Debug, Default)]
-pub struct Published {
-    present: HashSet<ProtoPort>,
-    refused: HashSet<ProtoPort>,
-    /// Pairs refused by the full map since start, each counted once per refusal.
-    lost: u64,
-}
+pub type Published = MapSet<ProtoPort>;
 
-fn key((proto, port): ProtoPort) -> PublishedKey {
-    PublishedKey {
-        proto,
-        _pad: 0,
-        port,
-    }
-}
-
-impl Published {
-    /// Pairs in the map now.
-    pub fn len(&self) -> usize {
-        self.present.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.present.is_empty()
-    }
-
-    pub fn contains(&self, proto: u8, port: u16) -> bool {
-        self.present.contains(&(proto, port))
-    }
-
-    /// Published pairs the full map refused, since start.
-    pub fn lost(&self) -> u64 {
-        self.lost
-    }
-
-    /// Makes the map hold exactly `want` (as far as it has room): deletes first, so a full map
-    /// frees its room before the inserts.
-    pub fn sync(
-        &mut self,
-        ebpf: &mut Ebpf,
-        want: &BTreeSet<ProtoPort>,
-    ) -> Result<SyncOutcome, ProbeLoadError> {
-        let err = |source| ProbeLoadError::Map { map: MAP, source };
-        let map = ebpf
-            .map_mut(MAP)
-            .ok_or(ProbeLoadError::MissingMap { map: MAP })?;
-        let mut map = HashMap::<&mut MapData, PublishedKey, u8>::try_from(map).map_err(err)?;
-        let mut out = SyncOutcome::default();
-        let gone: Vec<ProtoPort> = self
-            .present
-            .iter()
-            .filter(|p| !want.contains(p))
-            .copied()
-            .collect();
-        for p in gone {
-            match map.remove(&key(p)) {
-                Ok(()) => {}
-                Err(e) if errno(&e) == Some(libc::ENOENT) => {}
-                Err(e) => return Err(err(e)),
-            }
-            self.present.remove(&p);
-            out.removed += 1;
+impl Member for ProtoPort {
+    type Key = PublishedKey;
+    const MAP: &'static str = berth_common::maps::NF_PUBLISHED;
+    const CAPACITY: u32 = PUBLISHED_MAX_ENTRIES;
+    const LOSS: &'static str = "this port's netfilter cost counts as other traffic";
+    fn key(self) -> PublishedKey {
+        PublishedKey {
+            proto: self.0,
+            _pad: 0,
+            port: self.1,
         }
-        self.refused.retain(|p| want.contains(p));
-        for &p in want {
-            if self.present.contains(&p) {
-                continue;
-            }
-            match map.insert(key(p), 1u8, 0) {
-                Ok(()) => {
-                    self.present.insert(p);
-                    self.refused.remove(&p);
-                    out.inserted += 1;
-                }
-                Err(e) if errno(&e) == Some(libc::E2BIG) => {
-                    out.refused += 1;
-                    if self.refused.insert(p) {
-                        self.lost += 1;
-                        tracing::warn!(
-                            proto = p.0,
-                            port = p.1,
-                            capacity = PUBLISHED_MAX_ENTRIES,
-                            "the NF_PUBLISHED map is full: this port's netfilter cost counts as \
-                             other traffic"
-                        );
-                    }
-                }
-                Err(e) => return Err(err(e)),
-            }
-        }
-        Ok(out)
-    }
-}
-
-/// The errno of a failed map syscall.
-pub(super) fn errno(e: &MapError) -> Option<i32> {
-    match e {
-        MapError::SyscallError(s) => s.io_error.raw_os_error(),
-        _ => None,
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
+    use aya::{
+        Ebpf,
+        maps::{HashMap, MapData},
+    };
+
     use super::*;
-    use crate::{cgroup::TrackedRoot, probes::load_object};
+    use crate::{
+        cgroup::TrackedRoot,
+        probes::{load_object, mapset::SyncOutcome},
+    };
 
     fn keys(ebpf: &Ebpf) -> BTreeSet<ProtoPort> {
-        let map = HashMap::<&MapData, PublishedKey, u8>::try_from(ebpf.map(MAP).unwrap()).unwrap();
+        let map = HashMap::<&MapData, PublishedKey, u8>::try_from(
+            ebpf.map(berth_common::maps::NF_PUBLISHED).unwrap(),
+        )
+        .unwrap();
         map.keys()
             .map(|k| {
                 let k = k.unwrap();
@@ -176,7 +87,7 @@ mod tests {
         let o = p.sync(&mut ebpf, &second).unwrap();
         assert_eq!((o.inserted, o.removed), (1, 1));
         assert_eq!(keys(&ebpf), second);
-        assert!(p.contains(6, 443) && !p.contains(6, 80));
+        assert!(p.contains((6, 443)) && !p.contains((6, 80)));
         assert_eq!(p.sync(&mut ebpf, &second).unwrap(), SyncOutcome::default());
 
         p.sync(&mut ebpf, &BTreeSet::new()).unwrap();
