@@ -161,8 +161,40 @@ fn get_json(agent: &Agent, path: &str) -> serde_json::Value {
     serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
 }
 
+/// Another engine's container as berth finds it: a process in `<cgroup2>/docker/<64 hex>` (no
+/// Docker running: named by its short id). Killed and removed on drop.
+struct ForeignContainer {
+    child: std::process::Child,
+    _cgroup: common::Cgroup,
+}
+
+impl ForeignContainer {
+    fn start() -> Self {
+        let id = format!("{:0>64}", format!("{:x}ee", std::process::id()));
+        let cgroup = common::Cgroup::create(&common::cgroup2_mount().join("docker"), &id);
+        let child = std::process::Command::new("sleep")
+            .arg("600")
+            .spawn()
+            .unwrap();
+        std::fs::write(cgroup.dir.join("cgroup.procs"), child.id().to_string()).unwrap();
+        ForeignContainer {
+            child,
+            _cgroup: cgroup,
+        }
+    }
+}
+
+impl Drop for ForeignContainer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 #[test]
 fn metrics_and_api_keep_every_family_label_and_field_of_the_golden_files() {
+    // Listed beside berth's own: its responses must match the document too.
+    let _foreign = ForeignContainer::start();
     let agent = Agent::start();
     let rootfs = busybox_rootfs(agent.dir.path());
     let rootfs = rootfs.to_str().unwrap();

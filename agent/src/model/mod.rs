@@ -265,7 +265,26 @@ pub struct Container {
     pub net: Vec<NetCount>,
     /// What berth recorded when it created the container (berth's own containers only).
     #[serde(flatten)]
+    #[schema(schema_with = berth_spec_fields)]
     pub berth: Option<BerthSpec>,
+}
+
+/// The schema of [`Container::berth`]: flattened, its fields are all there for berth's own
+/// containers and all absent for other engines', so none is required (the derived schema of a
+/// flattened `Option` would say "a whole BerthSpec or null", which an object without them is not).
+fn berth_spec_fields() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    use utoipa::{
+        PartialSchema as _,
+        openapi::{RefOr, schema::Schema},
+    };
+    let mut schema = BerthSpec::schema();
+    if let RefOr::T(Schema::Object(o)) = &mut schema {
+        o.required.clear();
+        o.description = Some(
+            "berth's own containers only: what berth recorded when it created the container".into(),
+        );
+    }
+    schema
 }
 
 impl Container {
