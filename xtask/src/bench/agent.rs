@@ -23,7 +23,7 @@ use anyhow::{Context as _, Result, bail, ensure};
 use crate::util::{append_benchmark, cargo, machine, median, utc_now, workspace_root};
 
 /// The cgroup2 mount: the unified hierarchy in hybrid mode, else `/sys/fs/cgroup`.
-fn cgroup2_mount() -> PathBuf {
+pub(super) fn cgroup2_mount() -> PathBuf {
     let unified = Path::new("/sys/fs/cgroup/unified");
     if unified.join("cgroup.procs").exists() {
         unified.to_owned()
@@ -33,13 +33,13 @@ fn cgroup2_mount() -> PathBuf {
 }
 
 /// Foreign containers made for the bench; removed on drop (processes, cgroups, files).
-struct Fleet {
+pub(super) struct Fleet {
     cgroups: Vec<PathBuf>,
     sleepers: Vec<Child>,
 }
 
 impl Fleet {
-    fn create(n: usize, dir: &Path) -> Result<Self> {
+    pub(super) fn create(n: usize, dir: &Path) -> Result<Self> {
         let docker = cgroup2_mount().join("docker");
         let created_parent = !docker.exists();
         fs::create_dir_all(&docker).context("creating the docker cgroup")?;
@@ -114,7 +114,7 @@ impl Drop for Fleet {
 }
 
 /// One GET over plain HTTP/1.1 to the agent's TCP listener; the body.
-fn get(port: u16, path: &str) -> Result<String> {
+pub(super) fn get(port: u16, path: &str) -> Result<String> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     write!(
@@ -129,7 +129,7 @@ fn get(port: u16, path: &str) -> Result<String> {
 }
 
 /// `berth_collector_duration_seconds` per collector from one scrape.
-fn collector_durations(metrics: &str) -> Vec<(String, f64)> {
+pub(super) fn collector_durations(metrics: &str) -> Vec<(String, f64)> {
     metrics
         .lines()
         .filter_map(|l| {

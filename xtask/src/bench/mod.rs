@@ -5,13 +5,15 @@
 //! - [`launch`]: create-to-running latency of `berth run -d` against the bare OCI runtime;
 //! - [`portmap`]: CPU per UDP packet through port mappings at 100 to 20,000 published ports;
 //! - [`probes`]: what the syscall and netfilter probes cost, in one run;
-//! - [`agent`]: the collection tick's cost with many containers berth did not launch.
+//! - [`agent`]: the collection tick's cost with many containers berth did not launch;
+//! - [`idle`]: the agent at rest with berth and foreign containers and Prometheus scraping it.
 //!
 //! The measurements that need berth's own code (its eBPF object, its port-mapping backends)
 //! run in `berth-bench`, a bin of the agent package behind the `bench` feature, built here by
 //! [`bench_binary`]: the release `berth` binary carries none of it.
 
 mod agent;
+mod idle;
 mod launch;
 mod portmap;
 mod probes;
@@ -62,11 +64,30 @@ pub enum Bench {
     },
     /// The collection tick's cost with many foreign (Docker) containers: discovery and
     /// metadata (the `foreign` collector) and all collectors, from the agent's own timings.
+    /// With `--berth 50,100`: the agent at rest instead (CPU, RSS, `/metrics` latency and
+    /// size, tick cost by collector) with that many berth containers it launched, the foreign
+    /// ones, and a real Prometheus scraping every 5 s.
     Agent {
+        /// Foreign (Docker) containers.
         #[arg(long, default_value_t = 200)]
         containers: usize,
         #[arg(long, default_value_t = 40)]
         ticks: usize,
+        /// Berth containers per run, comma-separated: the at-rest bench.
+        #[arg(long, value_delimiter = ',')]
+        berth: Vec<usize>,
+        /// UDP ports published by the first berth container (at-rest bench).
+        #[arg(long, default_value_t = 20_000)]
+        ports: u32,
+        /// Idle window in seconds (at-rest bench).
+        #[arg(long, default_value_t = 60)]
+        idle: u64,
+        /// The bench's own `/metrics` requests after the window (at-rest bench).
+        #[arg(long, default_value_t = 200)]
+        requests: usize,
+        /// The agent binary to measure (at-rest bench); default: this tree's release build.
+        #[arg(long)]
+        binary: Option<PathBuf>,
     },
     /// Create-to-running latency: `berth run -d` against the bare runtime (create + start)
     /// on the same bundle, interleaved, median of each.
@@ -82,7 +103,21 @@ pub fn execute(bench: Bench) -> Result<()> {
     match bench {
         Bench::Syscalls { calls, rounds } => syscalls::bench_syscalls(calls, rounds),
         Bench::Launch { runs } => launch::bench_launch(runs),
-        Bench::Agent { containers, ticks } => agent::bench_agent(containers, ticks),
+        Bench::Agent {
+            containers,
+            ticks,
+            berth,
+            ports,
+            idle,
+            requests,
+            binary,
+        } => {
+            if berth.is_empty() {
+                agent::bench_agent(containers, ticks)
+            } else {
+                idle::bench_idle(&berth, containers, ports, idle, requests, binary)
+            }
+        }
         Bench::Probes { calls, rounds } => probes::bench_probes(calls, rounds),
         Bench::Portmap {
             args,
