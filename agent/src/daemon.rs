@@ -170,7 +170,7 @@ pub async fn run(config: Config, notifier: Option<Notifier>) -> Result<(), Daemo
     history.push(first);
     let history_writer = history.clone();
     let read = ReadState {
-        registry: Arc::new(metrics::registry(
+        metrics: Arc::new(metrics::Exposition::new(
             snap_rx.clone(),
             config.probes.syscalls.top,
         )),

@@ -30,7 +30,6 @@ use axum::{
     http::StatusCode,
     response::{IntoResponse, Response},
 };
-use prometheus_client::registry::Registry;
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{error, warn};
@@ -83,7 +82,8 @@ pub struct SystemInfo {
 #[derive(Clone)]
 pub struct ReadState {
     pub snapshots: SnapshotRx,
-    pub registry: Arc<Registry>,
+    /// `/metrics`, encoded once per snapshot.
+    pub metrics: Arc<crate::metrics::Exposition>,
     pub system: Arc<SystemInfo>,
     /// Past snapshots for window queries.
     pub history: Arc<History>,

@@ -78,7 +78,10 @@ fn base(s: &ReadState, latest: &Snapshot, window: Duration) -> Option<Arc<Base>>
         (status = 500, description = "Encoding failed (see the agent's log)", body = ErrorBody),
     ))]
 async fn get_metrics(State(s): State<ReadState>) -> Result<Response, ApiError> {
-    let body = metrics::render(&s.registry)
+    let body = s
+        .metrics
+        .bytes()
+        .await
         .map_err(|e| ApiError::Internal(format!("encoding metrics: {e}")))?;
     Ok(([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], body).into_response())
 }

@@ -32,7 +32,7 @@ fn read_state(snapshot: Option<Snapshot>) -> ReadState {
     }
     let (_tx, rx) = watch::channel(snapshot.map(Arc::new));
     ReadState {
-        registry: Arc::new(metrics::registry(rx.clone(), 20)),
+        metrics: Arc::new(metrics::Exposition::new(rx.clone(), 20)),
         snapshots: rx,
         system: Arc::new(SystemInfo {
             version: "test",

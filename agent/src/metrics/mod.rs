@@ -46,6 +46,47 @@ pub fn render(registry: &Registry) -> Result<String, std::fmt::Error> {
     Ok(out)
 }
 
+/// `/metrics` encoded at most once per published snapshot: every scraper (Prometheus, the UI,
+/// a curl) between two ticks gets the same bytes, and concurrent first requests wait for one
+/// encoding instead of each doing it. Keyed by the snapshot itself (a weak pointer, so the
+/// cache never keeps an old snapshot's contents alive), so a request after a tick always gets
+/// that tick's values.
+pub struct Exposition {
+    registry: Registry,
+    snapshots: SnapshotRx,
+    cached: tokio::sync::Mutex<Option<(std::sync::Weak<Snapshot>, axum::body::Bytes)>>,
+}
+
+impl Exposition {
+    /// The exposition of [`registry`]`(snapshots, syscall_top)`.
+    pub fn new(snapshots: SnapshotRx, syscall_top: usize) -> Self {
+        Self {
+            registry: registry(snapshots.clone(), syscall_top),
+            snapshots,
+            cached: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// The latest snapshot's exposition, encoded now if this snapshot's is not cached yet.
+    pub async fn bytes(&self) -> Result<axum::body::Bytes, std::fmt::Error> {
+        let mut cached = self.cached.lock().await;
+        let Some(latest) = self.snapshots.borrow().clone() else {
+            // Nothing published yet: nothing worth keeping.
+            return render(&self.registry).map(Into::into);
+        };
+        if let Some((of, bytes)) = cached.as_ref()
+            && std::sync::Weak::ptr_eq(of, &Arc::downgrade(&latest))
+        {
+            return Ok(bytes.clone());
+        }
+        // The collector reads the channel again and may see a newer snapshot than `latest`:
+        // then the next request finds the key stale and encodes again (never older values).
+        let bytes: axum::body::Bytes = render(&self.registry)?.into();
+        *cached = Some((Arc::downgrade(&latest), bytes.clone()));
+        Ok(bytes)
+    }
+}
+
 #[derive(Debug)]
 struct SnapshotCollector {
     snapshots: SnapshotRx,

@@ -4,6 +4,7 @@
 //! A probe that cannot load or attach is reported down with the kernel's reason
 //! ([`ProbeStatus::error`]) and the agent runs on with the others.
 
+pub mod batch;
 pub mod btf;
 pub mod mapset;
 pub mod net;

@@ -102,13 +102,7 @@ impl SyscallsProbe {
     ) -> Result<HashMap<u64, Vec<SyscallCount>>, ProbeLoadError> {
         let mut by_cgroup: HashMap<u64, Vec<SyscallCount>> = HashMap::new();
         let mut dead = Vec::new();
-        let map = ebpf
-            .map_mut(MAP)
-            .ok_or(ProbeLoadError::MissingMap { map: MAP })?;
-        let mut counts = PerCpuHashMap::<&mut MapData, SyscallKey, u64>::try_from(map)
-            .map_err(|source| ProbeLoadError::Map { map: MAP, source })?;
-        for entry in counts.iter() {
-            let (key, values) = entry.map_err(|source| ProbeLoadError::Map { map: MAP, source })?;
+        for (key, values) in entries::<u64>(ebpf, MAP)? {
             if !alive(key.cgroup_id) {
                 dead.push(key);
                 continue;
@@ -124,10 +118,7 @@ impl SyscallsProbe {
                     latency_sum_ns: 0,
                 });
         }
-        for key in dead {
-            // Gone already (raced with another reader) is fine.
-            let _ = counts.remove(&key);
-        }
+        remove::<u64>(ebpf, MAP, &dead)?;
         if self.latency {
             self.collect_latency(ebpf, alive, &mut by_cgroup)?;
         }
@@ -144,18 +135,8 @@ impl SyscallsProbe {
         alive: &dyn Fn(u64) -> bool,
         by_cgroup: &mut HashMap<u64, Vec<SyscallCount>>,
     ) -> Result<(), ProbeLoadError> {
-        let err = |source| ProbeLoadError::Map {
-            map: LATENCY_MAP,
-            source,
-        };
-        let map = ebpf
-            .map_mut(LATENCY_MAP)
-            .ok_or(ProbeLoadError::MissingMap { map: LATENCY_MAP })?;
-        let mut hists =
-            PerCpuHashMap::<&mut MapData, SyscallKey, LatencyHist>::try_from(map).map_err(err)?;
         let mut dead = Vec::new();
-        for entry in hists.iter() {
-            let (key, values) = entry.map_err(err)?;
+        for (key, values) in entries::<LatencyHist>(ebpf, LATENCY_MAP)? {
             if !alive(key.cgroup_id) {
                 dead.push(key);
                 continue;
@@ -183,11 +164,52 @@ impl SyscallsProbe {
                 }),
             }
         }
-        for key in dead {
-            let _ = hists.remove(&key);
-        }
-        Ok(())
+        remove::<LatencyHist>(ebpf, LATENCY_MAP, &dead)
     }
+}
+
+/// Every (key, per-CPU values) of the per-CPU hash `map`: in batches when the kernel can
+/// (`super::batch`), else key by key.
+fn entries<V: aya::Pod>(
+    ebpf: &mut Ebpf,
+    map: &'static str,
+) -> Result<Vec<(SyscallKey, Vec<V>)>, ProbeLoadError> {
+    let err = |source| ProbeLoadError::Map { map, source };
+    let m = ebpf
+        .map_mut(map)
+        .ok_or(ProbeLoadError::MissingMap { map })?;
+    if let (aya::maps::Map::PerCpuHashMap(data), Ok(cpus)) = (&*m, aya::util::nr_cpus())
+        && let Ok(all) = super::batch::per_cpu_entries::<SyscallKey, V>(data, cpus)
+    {
+        return Ok(all);
+    }
+    let hash = PerCpuHashMap::<&mut MapData, SyscallKey, V>::try_from(m).map_err(err)?;
+    hash.iter()
+        .map(|e| {
+            e.map(|(k, v)| (k, v.iter().copied().collect()))
+                .map_err(err)
+        })
+        .collect()
+}
+
+/// Deletes `keys` (of cgroups that are gone) from `map`; one already gone is fine.
+fn remove<V: aya::Pod>(
+    ebpf: &mut Ebpf,
+    map: &'static str,
+    keys: &[SyscallKey],
+) -> Result<(), ProbeLoadError> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let m = ebpf
+        .map_mut(map)
+        .ok_or(ProbeLoadError::MissingMap { map })?;
+    let mut hash = PerCpuHashMap::<&mut MapData, SyscallKey, V>::try_from(m)
+        .map_err(|source| ProbeLoadError::Map { map, source })?;
+    for key in keys {
+        let _ = hash.remove(key);
+    }
+    Ok(())
 }
 
 fn attach(ebpf: &mut Ebpf, latency: bool) -> Result<Vec<u32>, ProbeLoadError> {
