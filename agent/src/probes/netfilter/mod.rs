@@ -343,11 +343,24 @@ impl NetfilterProbe {
             ebpf.map(name)
                 .ok_or(ProbeLoadError::MissingMap { map: name })
         };
-        let ports =
-            PerCpuHashMap::<&MapData, PortKey, Cost>::try_from(map(PORTS)?).map_err(err(PORTS))?;
+        // In batches when the kernel can (two bpf(2) calls per key otherwise: most of an idle
+        // agent's CPU in the profile of docs/benchmarks.md).
+        let batched = match (map(PORTS)?, aya::util::nr_cpus()) {
+            (aya::maps::Map::PerCpuHashMap(data), Ok(cpus)) => {
+                crate::probes::batch::per_cpu_entries::<PortKey, Cost>(data, cpus).ok()
+            }
+            _ => None,
+        };
+        let entries: Vec<(PortKey, Vec<Cost>)> = match batched {
+            Some(all) => all,
+            None => PerCpuHashMap::<&MapData, PortKey, Cost>::try_from(map(PORTS)?)
+                .map_err(err(PORTS))?
+                .iter()
+                .map(|e| e.map(|(k, v)| (k, v.to_vec())).map_err(err(PORTS)))
+                .collect::<Result<_, _>>()?,
+        };
         let mut by_port = Vec::new();
-        for entry in ports.iter() {
-            let (key, values) = entry.map_err(err(PORTS))?;
+        for (key, values) in entries {
             let (packets, nanoseconds) = sum(&values);
             by_port.push(PortCost {
                 family: Family::from_index(key.family),
