@@ -18,20 +18,26 @@ pub enum Filter {
     Status(Status),
 }
 
+/// The value of an `engine=` filter (`ps`, `top`, `query`): one of the engines' names.
+pub fn engine_filter(value: &str) -> Result<String, String> {
+    let engines: Vec<&str> = Engine::ALL.iter().map(|e| e.name()).collect();
+    if engines.contains(&value) {
+        Ok(value.to_owned())
+    } else {
+        Err(format!(
+            "engine={value:?}: expected one of {}",
+            engines.join(", ")
+        ))
+    }
+}
+
 impl Filter {
     pub fn parse(s: &str) -> Result<Self, String> {
         let (key, value) = s
             .split_once('=')
             .ok_or_else(|| format!("{s:?}: expected KEY=VALUE, e.g. engine=docker"))?;
         match key {
-            "engine" => {
-                let engines: Vec<&str> = Engine::ALL.iter().map(|e| e.name()).collect();
-                if engines.contains(&value) {
-                    Ok(Filter::Engine(value.to_owned()))
-                } else {
-                    Err(format!("engine={value:?}: expected one of {}", engines.join(", ")))
-                }
-            }
+            "engine" => engine_filter(value).map(Filter::Engine),
             "name" => Ok(Filter::Name(value.to_owned())),
             "label" if !value.is_empty() => Ok(match value.split_once('=') {
                 Some((k, v)) => Filter::Label(k.to_owned(), Some(v.to_owned())),

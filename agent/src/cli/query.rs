@@ -6,7 +6,6 @@ use super::{args::Format, client::Client, table};
 use crate::{
     cli::client::segment,
     history::query::{ContainerSeries, QueryView, mean},
-    model::Engine,
 };
 
 /// `--filter KEY=VALUE` of `berth top` and `berth query`: the API's filter parameters.
@@ -25,17 +24,7 @@ impl SeriesFilter {
             .split_once('=')
             .ok_or_else(|| format!("{s:?}: expected KEY=VALUE, e.g. engine=docker"))?;
         match key {
-            "engine" => {
-                let engines: Vec<&str> = Engine::ALL.iter().map(|e| e.name()).collect();
-                if engines.contains(&value) {
-                    Ok(Self::Engine(value.to_owned()))
-                } else {
-                    Err(format!(
-                        "engine={value:?}: expected one of {}",
-                        engines.join(", ")
-                    ))
-                }
-            }
+            "engine" => super::ps::engine_filter(value).map(Self::Engine),
             "name" => Ok(Self::Name(value.to_owned())),
             "container" => Ok(Self::Container(value.to_owned())),
             _ => Err(format!("{key:?}: filter on engine=, name= or container=")),

@@ -98,16 +98,7 @@ impl Plane {
         };
         let mut ebpf =
             load().map_err(|e| bpf_err("loading berth's port-mapping object")(chain(&e)))?;
-        for name in [programs::FORWARD, programs::REPLY] {
-            let p: &mut SchedClassifier = prog(&mut ebpf, name)?;
-            p.load()
-                .map_err(|e| bpf_err(format!("loading {name}"))(verifier(&e)))?;
-        }
-        for name in SOCK_HOOKS {
-            let p: &mut CgroupSockAddr = prog(&mut ebpf, name)?;
-            p.load()
-                .map_err(|e| bpf_err(format!("loading {name}"))(verifier(&e)))?;
-        }
+        load_programs(&mut ebpf)?;
         Ok(Plane {
             ebpf,
             dir: dir.to_owned(),
@@ -333,13 +324,18 @@ pub fn verify() -> Result<(), PortmapError> {
     let mut ebpf = EbpfLoader::new()
         .load(PORTMAP_OBJECT)
         .map_err(|e| bpf_err("loading berth's port-mapping object")(chain(&e)))?;
+    load_programs(&mut ebpf)
+}
+
+/// Loads (the kernel verifies) every program of the object; nothing is attached.
+fn load_programs(ebpf: &mut Ebpf) -> Result<(), PortmapError> {
     for name in [programs::FORWARD, programs::REPLY] {
-        let p: &mut SchedClassifier = prog(&mut ebpf, name)?;
+        let p: &mut SchedClassifier = prog(ebpf, name)?;
         p.load()
             .map_err(|e| bpf_err(format!("loading {name}"))(verifier(&e)))?;
     }
     for name in SOCK_HOOKS {
-        let p: &mut CgroupSockAddr = prog(&mut ebpf, name)?;
+        let p: &mut CgroupSockAddr = prog(ebpf, name)?;
         p.load()
             .map_err(|e| bpf_err(format!("loading {name}"))(verifier(&e)))?;
     }
