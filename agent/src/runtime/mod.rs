@@ -9,7 +9,8 @@
 //!
 //! One lifecycle verb per file, each an `impl Manager` block: [`run`], [`stop`], [`kill`],
 //! [`remove`], [`update`], [`recover`]; exits handled after the fact (`--rm`, lost shims) in
-//! [`reap`]; reads in [`view`]; request validation in [`request`].
+//! [`reap`]; reads in [`view`], through a cache of what the shims say ([`watch`]); request
+//! validation in [`request`].
 
 pub mod bundle;
 mod error;
@@ -28,6 +29,7 @@ mod stop;
 pub mod store;
 mod update;
 mod view;
+mod watch;
 
 use std::{
     collections::BTreeMap,
@@ -58,6 +60,8 @@ pub struct Manager {
     host: HostCapacity,
     containers: RwLock<BTreeMap<String, ContainerRecord>>,
     pub net: Network,
+    /// Each container's `state.json` and shim liveness, cached.
+    watch: watch::ShimWatch,
     /// Serializes mutations (run, stop, rm, update) so names and ids stay consistent.
     ops: Mutex<()>,
 }
@@ -90,6 +94,7 @@ impl Manager {
             host: HostCapacity::detect()?,
             containers: RwLock::new(BTreeMap::new()),
             net,
+            watch: watch::ShimWatch::default(),
             ops: Mutex::new(()),
         };
         m.recover()?;

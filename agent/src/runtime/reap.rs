@@ -19,7 +19,6 @@ use tracing::{debug, info, warn};
 use super::{
     Manager,
     error::RuntimeError,
-    shim,
     store::{self, ContainerRecord, Phase},
 };
 use crate::model::Status;
@@ -52,27 +51,42 @@ impl Manager {
 
     /// One pass: records the exit of containers whose shim was lost and which have stopped
     /// since, then removes `--rm` containers that exited at least `grace` ago.
+    ///
+    /// It runs four times a second, so a container that needs nothing costs little: its state
+    /// is read once (a `statx` while unchanged, [`super::watch`]), a running one's shim is
+    /// checked (a `poll`), and an exited one that is not `--rm` is left at that.
     pub fn reap(&self, grace: Duration) {
         for r in self.records() {
             if r.spec.phase != Phase::Created {
                 continue;
             }
-            let state = self.state_of(&r.id);
-            let alive = shim::alive(state.shim_pid, &self.store.dir(&r.id).dir);
-            if state.running && !alive && self.running_per_runtime(&r.id).is_none() {
-                let _ops = self.ops.lock().expect("lock");
-                if let Err(e) = self.settle_lost_shim(&r) {
-                    warn!(container = %r.id, error = %e, "recording the exit failed");
+            let mut state = self.state_of(&r.id);
+            if state.running {
+                if self.shim_alive(&r.id, state.shim_pid)
+                    || self.running_per_runtime(&r.id).is_some()
+                {
+                    // Running, with its shim or (lost shim) per the runtime.
+                    continue;
                 }
+                {
+                    let _ops = self.ops.lock().expect("lock");
+                    if let Err(e) = self.settle_lost_shim(&r) {
+                        warn!(container = %r.id, error = %e, "recording the exit failed");
+                    }
+                }
+                if !r.spec.auto_remove {
+                    continue;
+                }
+                // Just rewritten (the exit recorded).
+                state = self.state_of(&r.id);
             }
             if !r.spec.auto_remove {
                 continue;
             }
-            let state = self.state_of(&r.id);
             let since_exit = state
                 .finished_at
                 .map_or(f64::INFINITY, |t| store::now_secs() - t);
-            if self.view(&r).status == Status::Exited && since_exit >= grace.as_secs_f64() {
+            if since_exit >= grace.as_secs_f64() && self.status(&r, &mut state) == Status::Exited {
                 match self.remove(&r.id, false) {
                     Ok(_) => info!(container = %r.id, name = %r.name, "removed (--rm)"),
                     // Gone meanwhile (`rm`, or the client of `run --rm` was first).
@@ -96,7 +110,7 @@ impl Manager {
     /// Whether the container's shim is gone while its `state.json` still says running.
     pub(super) fn shim_lost(&self, id: &str) -> bool {
         let state = self.state_of(id);
-        state.running && !shim::alive(state.shim_pid, &self.store.dir(id).dir)
+        state.running && !self.shim_alive(id, state.shim_pid)
     }
 
     /// Waits until a container whose shim is lost has stopped per the runtime.

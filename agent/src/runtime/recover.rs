@@ -11,7 +11,6 @@ use super::{
     error::RuntimeError,
     mount::unmount,
     run::spawn_shim,
-    shim,
     store::{self, ContainerRecord, Phase},
 };
 
@@ -52,7 +51,7 @@ impl Manager {
     fn recover_created(&self, r: &ContainerRecord) -> Result<(), RuntimeError> {
         let d = self.store.dir(&r.id);
         let mut state = self.state_of(&r.id);
-        let mut alive = shim::alive(state.shim_pid, &d.dir);
+        let mut alive = self.shim_alive(&r.id, state.shim_pid);
         if !alive && state.running {
             if self.running_per_runtime(&r.id).is_some() {
                 // The shim was killed; the container runs on: watch it with a new shim.

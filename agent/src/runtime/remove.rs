@@ -9,7 +9,6 @@ use super::{
     ContainerView, Manager,
     error::RuntimeError,
     mount::unmount,
-    shim,
     store::{ContainerRecord, Phase},
 };
 use crate::model::Status;
@@ -52,7 +51,7 @@ impl Manager {
         // Let the shim see the exit and leave before its directory goes.
         let state = self.state_of(&record.id);
         let deadline = Instant::now() + Duration::from_secs(5);
-        while shim::alive(state.shim_pid, &d.dir) && Instant::now() < deadline {
+        while self.shim_alive(&record.id, state.shim_pid) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }
         unmount(&d.rootfs());
@@ -63,6 +62,7 @@ impl Manager {
         if let Err(e) = self.store.remove_dir(&record.id) {
             warn!(container = %record.id, error = %e, "store removal failed");
         }
+        self.watch.forget(&record.id);
     }
 
     /// Removes the bridge and port-mapping tables when no container is left (agent shutdown).

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use tracing::info;
 
-use super::{ContainerView, Manager, error::RuntimeError, shim, store::ContainerRecord};
+use super::{ContainerView, Manager, error::RuntimeError, store::ContainerRecord};
 use crate::model::Status;
 
 impl Manager {
@@ -51,14 +51,13 @@ impl Manager {
     }
 
     pub(super) fn wait_exit(&self, id: &str, timeout: Duration) -> bool {
-        let d = self.store.dir(id);
         let deadline = Instant::now() + timeout;
         loop {
             let s = self.state_of(id);
             if !s.running {
                 return true;
             }
-            if !shim::alive(s.shim_pid, &d.dir) {
+            if !self.shim_alive(id, s.shim_pid) {
                 // Shim lost: the runtime says when the container has stopped.
                 return self
                     .wait_runtime_exit(id, deadline.saturating_duration_since(Instant::now()));

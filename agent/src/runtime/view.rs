@@ -9,8 +9,7 @@ use serde::Serialize;
 use super::{
     Manager,
     error::RuntimeError,
-    shim,
-    store::{self, ContainerRecord, Phase, ShimState},
+    store::{ContainerRecord, Phase, ShimState},
 };
 use crate::{
     cgroup::{limits::ContainerCgroup, stats::ContainerStats},
@@ -37,29 +36,50 @@ impl Manager {
     }
 
     /// What the shim last wrote; the default (not running) when there is nothing to read.
+    /// Read again only when the shim has written it since ([`super::watch`]).
     pub(super) fn state_of(&self, id: &str) -> ShimState {
-        store::read_json(&self.store.dir(id).state())
-            .ok()
-            .flatten()
-            .unwrap_or_default()
+        self.watch.state(id, &self.store.dir(id).state())
+    }
+
+    /// Whether `shim_pid` is the live shim of container `id` ([`super::watch`]).
+    pub(super) fn shim_alive(&self, id: &str, shim_pid: u32) -> bool {
+        self.watch.alive(id, shim_pid, &self.store.dir(id).dir)
     }
 
     pub(super) fn view(&self, record: &ContainerRecord) -> ContainerView {
-        let d = self.store.dir(&record.id);
         let mut state = self.state_of(&record.id);
-        let alive = shim::alive(state.shim_pid, &d.dir);
-        let status = match record.spec.phase {
-            Phase::Creating => Status::Creating,
-            Phase::Removing => Status::Removing,
-            Phase::Created if state.running && alive => Status::Running,
-            Phase::Created if alive => Status::Restarting,
+        let status = self.status(record, &mut state);
+        ContainerView {
+            cgroup_id: self.cgroup(record).v2_id(),
+            record: record.clone(),
+            status,
+            state,
+            log_path: self.store.dir(&record.id).log(),
+        }
+    }
+
+    /// The status of a container whose shim last wrote `state`; a lost shim is explained in
+    /// `state.error` (and, when the container has stopped without it, `state` says so).
+    pub(super) fn status(&self, record: &ContainerRecord, state: &mut ShimState) -> Status {
+        match record.spec.phase {
+            Phase::Creating => return Status::Creating,
+            Phase::Removing => return Status::Removing,
+            Phase::Created => {}
+        }
+        let alive = self.shim_alive(&record.id, state.shim_pid);
+        match (state.running, alive) {
+            (true, true) => Status::Running,
+            (false, true) => Status::Restarting,
+            (false, false) => Status::Exited,
             // The shim is gone (killed) without recording an exit: the runtime knows whether
             // the container still runs.
-            Phase::Created if state.running => match self.running_per_runtime(&record.id) {
+            (true, false) => match self.running_per_runtime(&record.id) {
                 Some(pid) => {
                     state.pid = Some(pid);
                     state.error = Some(format!(
-                        "shim lost: the shim (pid {}) is gone while {} reports the container                          running; stop, kill and rm act through {}, an agent restart                          re-adopts it with a new shim",
+                        "shim lost: the shim (pid {}) is gone while {} reports the container \
+                         running; stop, kill and rm act through {}, and an agent restart \
+                         re-adopts it with a new shim",
                         state.shim_pid, self.runtime.name, self.runtime.name
                     ));
                     Status::Running
@@ -68,20 +88,13 @@ impl Manager {
                     state.running = false;
                     state.pid = None;
                     state.error = Some(format!(
-                        "shim lost: the shim (pid {}) exited without recording the                          container's exit",
+                        "shim lost: the shim (pid {}) exited without recording the \
+                         container's exit",
                         state.shim_pid
                     ));
                     Status::Exited
                 }
             },
-            Phase::Created => Status::Exited,
-        };
-        ContainerView {
-            cgroup_id: self.cgroup(record).v2_id(),
-            record: record.clone(),
-            status,
-            state,
-            log_path: d.log(),
         }
     }
 
@@ -122,6 +135,10 @@ impl Manager {
 
     pub fn list(&self, all: bool) -> Vec<ContainerView> {
         let records = self.records();
+        // A removed container's entry goes with its teardown; this also drops one a reader
+        // cached again while it was being removed. (`records` is sorted by id.)
+        self.watch
+            .retain(|id| records.binary_search_by(|r| r.id.as_str().cmp(id)).is_ok());
         let mut views: Vec<ContainerView> = records
             .iter()
             .map(|r| self.view(r))
