@@ -34,7 +34,10 @@ impl Proc {
             .split(|&b| b == 0)
             .any(|a| a == arg0.as_bytes())
         {
-            assert!(Instant::now() < deadline, "sh never showed its command line");
+            assert!(
+                Instant::now() < deadline,
+                "sh never showed its command line"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
         p
