@@ -178,6 +178,11 @@ fn a_killed_shim_is_reported_and_stop_acts_on_the_container() {
         },
     );
     assert_eq!(v["status"], "running", "{v}");
+    let error = v["state"]["error"].as_str().unwrap_or("");
+    assert!(
+        !error.contains("  "),
+        "the message is one sentence: {error:?}"
+    );
     assert_eq!(v["state"]["pid"].as_u64(), Some(init), "{v}");
     assert!(pid_alive(init));
     assert!(agent.ok(&["ps"]).contains(&name));

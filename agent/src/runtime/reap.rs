@@ -52,49 +52,63 @@ impl Manager {
     /// One pass: records the exit of containers whose shim was lost and which have stopped
     /// since, then removes `--rm` containers that exited at least `grace` ago.
     ///
-    /// It runs four times a second, so a container that needs nothing costs little: its state
-    /// is read once (a `statx` while unchanged, [`super::watch`]), a running one's shim is
-    /// checked (a `poll`), and an exited one that is not `--rm` is left at that.
+    /// It runs four times a second, so a container that needs nothing costs little: no copy
+    /// of its record, its state read once (a `statx` while unchanged, [`super::watch`]), a
+    /// running one's shim checked (a `poll`), and an exited one that is not `--rm` left at
+    /// that.
     pub fn reap(&self, grace: Duration) {
-        for r in self.records() {
-            if r.spec.phase != Phase::Created {
-                continue;
-            }
-            let mut state = self.state_of(&r.id);
+        let watched: Vec<(String, bool)> = self
+            .containers
+            .read()
+            .expect("lock")
+            .values()
+            .filter(|r| r.spec.phase == Phase::Created)
+            .map(|r| (r.id.clone(), r.spec.auto_remove))
+            .collect();
+        for (id, auto_remove) in watched {
+            let mut state = self.state_of(&id);
             if state.running {
-                if self.shim_alive(&r.id, state.shim_pid)
-                    || self.running_per_runtime(&r.id).is_some()
-                {
+                if self.shim_alive(&id, state.shim_pid) || self.running_per_runtime(&id).is_some() {
                     // Running, with its shim or (lost shim) per the runtime.
                     continue;
                 }
+                let Some(r) = self.record(&id) else { continue };
                 {
                     let _ops = self.ops.lock().expect("lock");
                     if let Err(e) = self.settle_lost_shim(&r) {
-                        warn!(container = %r.id, error = %e, "recording the exit failed");
+                        warn!(container = %id, error = %e, "recording the exit failed");
                     }
                 }
-                if !r.spec.auto_remove {
+                if !auto_remove {
                     continue;
                 }
                 // Just rewritten (the exit recorded).
-                state = self.state_of(&r.id);
+                state = self.state_of(&id);
             }
-            if !r.spec.auto_remove {
+            if !auto_remove {
                 continue;
             }
             let since_exit = state
                 .finished_at
                 .map_or(f64::INFINITY, |t| store::now_secs() - t);
-            if since_exit >= grace.as_secs_f64() && self.status(&r, &mut state) == Status::Exited {
-                match self.remove(&r.id, false) {
-                    Ok(_) => info!(container = %r.id, name = %r.name, "removed (--rm)"),
+            if since_exit < grace.as_secs_f64() {
+                continue;
+            }
+            let Some(r) = self.record(&id) else { continue };
+            if self.status(&r, &mut state) == Status::Exited {
+                match self.remove(&id, false) {
+                    Ok(_) => info!(container = %id, name = %r.name, "removed (--rm)"),
                     // Gone meanwhile (`rm`, or the client of `run --rm` was first).
                     Err(RuntimeError::NotFound { .. }) => {}
-                    Err(e) => warn!(container = %r.id, error = %e, "--rm removal failed"),
+                    Err(e) => warn!(container = %id, error = %e, "--rm removal failed"),
                 }
             }
         }
+    }
+
+    /// A copy of one record; `None` once it is removed.
+    fn record(&self, id: &str) -> Option<ContainerRecord> {
+        self.containers.read().expect("lock").get(id).cloned()
     }
 
     /// The host pid of the container's init while the OCI runtime reports it running (or
