@@ -9,12 +9,13 @@
 //! Readers take the mount point as an argument so unit tests run against a plain directory.
 
 pub mod limits;
+pub mod reader;
 pub mod stats;
 
 use std::{
     collections::HashMap,
     fs,
-    os::unix::fs::MetadataExt,
+    os::unix::fs::{DirEntryExt as _, MetadataExt},
     path::{Path, PathBuf},
 };
 
@@ -465,13 +466,14 @@ impl TrackedRoot {
                 continue;
             };
             for e in entries.flatten() {
-                let Ok(meta) = e.metadata() else { continue };
-                if !meta.is_dir() {
+                // The directory entry's type and inode (`d_type`, `d_ino`: on cgroupfs the
+                // inode number is the cgroup id): no statx per file of every cgroup.
+                if !e.file_type().is_ok_and(|t| t.is_dir()) {
                     continue;
                 }
                 let name = e.file_name().to_string_lossy().into_owned();
                 let child = format!("{path}/{name}");
-                out.insert(meta.ino(), child.clone());
+                out.insert(e.ino(), child.clone());
                 stack.push((e.path(), child));
             }
         }

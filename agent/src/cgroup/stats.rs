@@ -28,36 +28,36 @@
 //! the device (blk-throttle is enabled per queue lazily), so v1 IO bytes are often 0. The reader
 //! takes, per device and direction, the larger of the files. v2's io.stat always counts.
 
-use std::{collections::HashMap, fs, io, path::Path};
+use std::{collections::HashMap, io, path::Path};
 
-use super::{CgroupError, ControllerDir, Placement};
+use super::{CgroupError, ControllerDir, Placement, reader::Files};
 
 pub use crate::model::stats::ContainerStats;
 
 /// Reads every controller `placement` names; absent controllers leave their fields at default.
-pub fn read(placement: &Placement) -> Result<ContainerStats, CgroupError> {
+pub fn read(placement: &Placement, f: &mut Files) -> Result<ContainerStats, CgroupError> {
     let mut s = ContainerStats::default();
     match &placement.cpuacct {
-        Some(ControllerDir::V1(dir)) => read_v1_cpuacct(dir, procfs::ticks_per_second(), &mut s)?,
-        Some(ControllerDir::V2(dir)) => read_v2_cpu_stat(dir, &mut s)?,
+        Some(ControllerDir::V1(dir)) => read_v1_cpuacct(dir, f, procfs::ticks_per_second(), &mut s)?,
+        Some(ControllerDir::V2(dir)) => read_v2_cpu_stat(dir, f, &mut s)?,
         None => {}
     }
     match &placement.cpu {
-        Some(ControllerDir::V1(dir)) => read_v1_cpu(dir, &mut s)?,
-        Some(ControllerDir::V2(dir)) => read_v2_cpu_max(dir, &mut s)?,
+        Some(ControllerDir::V1(dir)) => read_v1_cpu(dir, f, &mut s)?,
+        Some(ControllerDir::V2(dir)) => read_v2_cpu_max(dir, f, &mut s)?,
         None => {}
     }
     match &placement.memory {
-        Some(ControllerDir::V1(dir)) => read_v1_memory(dir, &mut s)?,
-        Some(ControllerDir::V2(dir)) => read_v2_memory(dir, &mut s)?,
+        Some(ControllerDir::V1(dir)) => read_v1_memory(dir, f, &mut s)?,
+        Some(ControllerDir::V2(dir)) => read_v2_memory(dir, f, &mut s)?,
         None => {}
     }
     if let Some(dir) = &placement.pids {
-        read_pids(dir.path(), &mut s)?;
+        read_pids(dir.path(), f, &mut s)?;
     }
     match &placement.blkio {
-        Some(ControllerDir::V1(dir)) => read_v1_blkio(dir, &mut s)?,
-        Some(ControllerDir::V2(dir)) => read_v2_io(dir, &mut s)?,
+        Some(ControllerDir::V1(dir)) => read_v1_blkio(dir, f, &mut s)?,
+        Some(ControllerDir::V2(dir)) => read_v2_io(dir, f, &mut s)?,
         None => {}
     }
     Ok(s)
@@ -67,16 +67,17 @@ pub fn read(placement: &Placement) -> Result<ContainerStats, CgroupError> {
 /// older kernels, cpuacct.stat (in `ticks_per_second` units, USER_HZ).
 pub fn read_v1_cpuacct(
     dir: &Path,
+    f: &mut Files,
     ticks_per_second: u64,
     s: &mut ContainerStats,
 ) -> Result<(), CgroupError> {
-    s.cpu_usage_seconds = read_u64(&dir.join("cpuacct.usage"))? as f64 / 1e9;
-    let user = read_opt_u64(&dir.join("cpuacct.usage_user"))?;
-    let system = read_opt_u64(&dir.join("cpuacct.usage_sys"))?;
+    s.cpu_usage_seconds = read_u64(f, &dir.join("cpuacct.usage"))? as f64 / 1e9;
+    let user = read_opt_u64(f, &dir.join("cpuacct.usage_user"))?;
+    let system = read_opt_u64(f, &dir.join("cpuacct.usage_sys"))?;
     if let (Some(user), Some(system)) = (user, system) {
         s.cpu_user_seconds = user as f64 / 1e9;
         s.cpu_system_seconds = system as f64 / 1e9;
-    } else if let Some(stat) = read_opt_keyed(&dir.join("cpuacct.stat"))? {
+    } else if let Some(stat) = read_opt_keyed(f, &dir.join("cpuacct.stat"))? {
         let hz = ticks_per_second.max(1) as f64;
         s.cpu_user_seconds = stat.get("user").copied().unwrap_or(0) as f64 / hz;
         s.cpu_system_seconds = stat.get("system").copied().unwrap_or(0) as f64 / hz;
@@ -86,8 +87,8 @@ pub fn read_v1_cpuacct(
 
 /// v2 cpu.stat (a core file of every v2 cgroup): usage, user, system; throttling when the cpu
 /// controller is enabled.
-pub fn read_v2_cpu_stat(dir: &Path, s: &mut ContainerStats) -> Result<(), CgroupError> {
-    let stat = read_keyed(&dir.join("cpu.stat"))?;
+pub fn read_v2_cpu_stat(dir: &Path, f: &mut Files, s: &mut ContainerStats) -> Result<(), CgroupError> {
+    let stat = read_keyed(f, &dir.join("cpu.stat"))?;
     let secs = |k: &str| stat.get(k).copied().unwrap_or(0) as f64 / 1e6;
     s.cpu_usage_seconds = secs("usage_usec");
     s.cpu_user_seconds = secs("user_usec");
@@ -99,17 +100,17 @@ pub fn read_v2_cpu_stat(dir: &Path, s: &mut ContainerStats) -> Result<(), Cgroup
 
 /// v1 cpu: the CFS quota (cpu.cfs_quota_us, -1 = none) over cpu.cfs_period_us, and throttling
 /// from cpu.stat.
-pub fn read_v1_cpu(dir: &Path, s: &mut ContainerStats) -> Result<(), CgroupError> {
+pub fn read_v1_cpu(dir: &Path, f: &mut Files, s: &mut ContainerStats) -> Result<(), CgroupError> {
     let quota_path = dir.join("cpu.cfs_quota_us");
-    let quota = read_trimmed(&quota_path)?;
+    let quota = read_trimmed(f, &quota_path)?;
     let quota: i64 = quota.parse().map_err(|_| CgroupError::Parse {
         path: quota_path,
-        content: quota.clone(),
+        content: quota.to_owned(),
     })?;
-    let period = read_u64(&dir.join("cpu.cfs_period_us"))?;
+    let period = read_u64(f, &dir.join("cpu.cfs_period_us"))?;
     s.cpu_quota_seconds_per_second =
         (quota > 0 && period > 0).then(|| quota as f64 / period as f64);
-    if let Some(stat) = read_opt_keyed(&dir.join("cpu.stat"))? {
+    if let Some(stat) = read_opt_keyed(f, &dir.join("cpu.stat"))? {
         s.cpu_throttled_periods = stat.get("nr_throttled").copied().unwrap_or(0);
         s.cpu_throttled_seconds = stat.get("throttled_time").copied().unwrap_or(0) as f64 / 1e9;
     }
@@ -118,14 +119,14 @@ pub fn read_v1_cpu(dir: &Path, s: &mut ContainerStats) -> Result<(), CgroupError
 
 /// v2 cpu.max: "max 100000" (no quota) or "50000 100000". Absent when the cpu controller is not
 /// enabled for the cgroup.
-pub fn read_v2_cpu_max(dir: &Path, s: &mut ContainerStats) -> Result<(), CgroupError> {
+pub fn read_v2_cpu_max(dir: &Path, f: &mut Files, s: &mut ContainerStats) -> Result<(), CgroupError> {
     let path = dir.join("cpu.max");
-    let Some(content) = read_opt(&path)? else {
+    let Some(content) = read_opt(f, &path)? else {
         return Ok(());
     };
     let bad = || CgroupError::Parse {
         path: path.clone(),
-        content: content.clone(),
+        content: content.to_owned(),
     };
     let mut fields = content.split_whitespace();
     let quota = fields.next().ok_or_else(bad)?;
@@ -145,31 +146,31 @@ pub fn read_v2_cpu_max(dir: &Path, s: &mut ContainerStats) -> Result<(), CgroupE
 }
 
 /// v1 memory controller.
-pub fn read_v1_memory(dir: &Path, s: &mut ContainerStats) -> Result<(), CgroupError> {
-    s.memory_usage_bytes = read_u64(&dir.join("memory.usage_in_bytes"))?;
+pub fn read_v1_memory(dir: &Path, f: &mut Files, s: &mut ContainerStats) -> Result<(), CgroupError> {
+    s.memory_usage_bytes = read_u64(f, &dir.join("memory.usage_in_bytes"))?;
     // "Unlimited" is PAGE_COUNTER_MAX pages: 0x7FFFFFFFFFFFF000 with 4 KiB pages, other values
     // with other page sizes; nothing real is above 2^62 bytes.
-    let limit = read_u64(&dir.join("memory.limit_in_bytes"))?;
+    let limit = read_u64(f, &dir.join("memory.limit_in_bytes"))?;
     s.memory_limit_bytes = (limit < 1 << 62).then_some(limit);
-    s.memory_max_usage_bytes = read_opt_u64(&dir.join("memory.max_usage_in_bytes"))?;
+    s.memory_max_usage_bytes = read_opt_u64(f, &dir.join("memory.max_usage_in_bytes"))?;
     // A charge is checked against memory+swap first, then memory, and fails at one of them, so
     // the sum counts each failed charge once. Seen on Linux 6.18: memory.memsw.failcnt stays 0
     // (failures are tracked on the memory counter only), so with --memory-swap equal to
     // --memory a container can be OOM-killed with failcnt 0; oom_kills still counts it.
-    s.memory_failcnt = read_opt_u64(&dir.join("memory.failcnt"))?.unwrap_or(0)
-        + read_opt_u64(&dir.join("memory.memsw.failcnt"))?.unwrap_or(0);
-    s.oom_kills = read_opt_keyed(&dir.join("memory.oom_control"))?
+    s.memory_failcnt = read_opt_u64(f, &dir.join("memory.failcnt"))?.unwrap_or(0)
+        + read_opt_u64(f, &dir.join("memory.memsw.failcnt"))?.unwrap_or(0);
+    s.oom_kills = read_opt_keyed(f, &dir.join("memory.oom_control"))?
         .and_then(|m| m.get("oom_kill").copied())
         .unwrap_or(0);
     Ok(())
 }
 
 /// v2 memory controller.
-pub fn read_v2_memory(dir: &Path, s: &mut ContainerStats) -> Result<(), CgroupError> {
-    s.memory_usage_bytes = read_u64(&dir.join("memory.current"))?;
-    s.memory_limit_bytes = read_max(&dir.join("memory.max"))?;
-    s.memory_max_usage_bytes = read_opt_u64(&dir.join("memory.peak"))?;
-    if let Some(events) = read_opt_keyed(&dir.join("memory.events"))? {
+pub fn read_v2_memory(dir: &Path, f: &mut Files, s: &mut ContainerStats) -> Result<(), CgroupError> {
+    s.memory_usage_bytes = read_u64(f, &dir.join("memory.current"))?;
+    s.memory_limit_bytes = read_max(f, &dir.join("memory.max"))?;
+    s.memory_max_usage_bytes = read_opt_u64(f, &dir.join("memory.peak"))?;
+    if let Some(events) = read_opt_keyed(f, &dir.join("memory.events"))? {
         s.memory_failcnt = events.get("max").copied().unwrap_or(0);
         s.oom_kills = events.get("oom_kill").copied().unwrap_or(0);
     }
@@ -177,15 +178,15 @@ pub fn read_v2_memory(dir: &Path, s: &mut ContainerStats) -> Result<(), CgroupEr
 }
 
 /// pids controller, same files in v1 and v2.
-pub fn read_pids(dir: &Path, s: &mut ContainerStats) -> Result<(), CgroupError> {
-    s.pids_current = read_u64(&dir.join("pids.current"))?;
-    s.pids_limit = read_max(&dir.join("pids.max"))?;
+pub fn read_pids(dir: &Path, f: &mut Files, s: &mut ContainerStats) -> Result<(), CgroupError> {
+    s.pids_current = read_u64(f, &dir.join("pids.current"))?;
+    s.pids_limit = read_max(f, &dir.join("pids.max"))?;
     Ok(())
 }
 
 /// v1 blkio: per device and direction, the larger of the throttle and BFQ counters (see the
 /// module header); "Total" lines are skipped.
-pub fn read_v1_blkio(dir: &Path, s: &mut ContainerStats) -> Result<(), CgroupError> {
+pub fn read_v1_blkio(dir: &Path, f: &mut Files, s: &mut ContainerStats) -> Result<(), CgroupError> {
     let mut best: HashMap<(String, String), u64> = HashMap::new();
     for file in [
         "blkio.throttle.io_service_bytes_recursive",
@@ -193,7 +194,7 @@ pub fn read_v1_blkio(dir: &Path, s: &mut ContainerStats) -> Result<(), CgroupErr
         "blkio.io_service_bytes_recursive",
     ] {
         let path = dir.join(file);
-        let Some(content) = read_opt(&path)? else {
+        let Some(content) = read_opt(f, &path)? else {
             continue;
         };
         for line in content.lines() {
@@ -224,9 +225,9 @@ pub fn read_v1_blkio(dir: &Path, s: &mut ContainerStats) -> Result<(), CgroupErr
 
 /// v2 io.stat: "MAJ:MIN rbytes=.. wbytes=.. rios=.. wios=.. dbytes=.. dios=..", summed over
 /// devices. Absent when the io controller is not enabled.
-pub fn read_v2_io(dir: &Path, s: &mut ContainerStats) -> Result<(), CgroupError> {
+pub fn read_v2_io(dir: &Path, f: &mut Files, s: &mut ContainerStats) -> Result<(), CgroupError> {
     let path = dir.join("io.stat");
-    let Some(content) = read_opt(&path)? else {
+    let Some(content) = read_opt(f, &path)? else {
         return Ok(());
     };
     let (mut read, mut write) = (0u64, 0u64);
@@ -253,24 +254,18 @@ pub fn read_v2_io(dir: &Path, s: &mut ContainerStats) -> Result<(), CgroupError>
 }
 
 /// The file's content, `None` when it does not exist.
-fn read_opt(path: &Path) -> Result<Option<String>, CgroupError> {
-    match fs::read_to_string(path) {
-        Ok(s) => Ok(Some(s)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(CgroupError::Read {
-            path: path.to_path_buf(),
-            source,
-        }),
-    }
+fn read_opt<'f>(f: &'f mut Files, path: &Path) -> Result<Option<&'f str>, CgroupError> {
+    f.read(path)
 }
 
-fn read_trimmed(path: &Path) -> Result<String, CgroupError> {
-    fs::read_to_string(path)
-        .map(|s| s.trim().to_string())
-        .map_err(|source| CgroupError::Read {
+fn read_trimmed<'f>(f: &'f mut Files, path: &Path) -> Result<&'f str, CgroupError> {
+    match f.read(path)? {
+        Some(s) => Ok(s.trim()),
+        None => Err(CgroupError::Read {
             path: path.to_path_buf(),
-            source,
-        })
+            source: io::ErrorKind::NotFound.into(),
+        }),
+    }
 }
 
 fn parse_u64(path: &Path, content: &str) -> Result<u64, CgroupError> {
@@ -280,22 +275,31 @@ fn parse_u64(path: &Path, content: &str) -> Result<u64, CgroupError> {
     })
 }
 
-/// A single-number file.
-pub(crate) fn read_u64(path: &Path) -> Result<u64, CgroupError> {
-    parse_u64(path, &read_trimmed(path)?)
+/// A single-number file, read once.
+pub(crate) fn read_u64_once(path: &Path) -> Result<u64, CgroupError> {
+    read_u64(&mut Files::once(), path)
 }
 
-fn read_opt_u64(path: &Path) -> Result<Option<u64>, CgroupError> {
-    read_opt(path)?.map(|c| parse_u64(path, &c)).transpose()
+/// A number-or-"max" file, read once.
+pub(crate) fn read_max_once(path: &Path) -> Result<Option<u64>, CgroupError> {
+    read_max(&mut Files::once(), path)
+}
+
+fn read_u64(f: &mut Files, path: &Path) -> Result<u64, CgroupError> {
+    parse_u64(path, read_trimmed(f, path)?)
+}
+
+fn read_opt_u64(f: &mut Files, path: &Path) -> Result<Option<u64>, CgroupError> {
+    read_opt(f, path)?.map(|c| parse_u64(path, c)).transpose()
 }
 
 /// A number-or-"max" file (memory.max, pids.max): `None` for "max".
-pub(crate) fn read_max(path: &Path) -> Result<Option<u64>, CgroupError> {
-    let content = read_trimmed(path)?;
+fn read_max(f: &mut Files, path: &Path) -> Result<Option<u64>, CgroupError> {
+    let content = read_trimmed(f, path)?;
     if content == "max" {
         return Ok(None);
     }
-    parse_u64(path, &content).map(Some)
+    parse_u64(path, content).map(Some)
 }
 
 /// "key value" lines (cpu.stat, memory.events, memory.oom_control, cpuacct.stat).
@@ -314,17 +318,20 @@ fn parse_keyed(path: &Path, content: &str) -> Result<HashMap<String, u64>, Cgrou
     Ok(out)
 }
 
-fn read_keyed(path: &Path) -> Result<HashMap<String, u64>, CgroupError> {
-    parse_keyed(path, &read_trimmed(path)?)
+fn read_keyed(f: &mut Files, path: &Path) -> Result<HashMap<String, u64>, CgroupError> {
+    parse_keyed(path, read_trimmed(f, path)?)
 }
 
-fn read_opt_keyed(path: &Path) -> Result<Option<HashMap<String, u64>>, CgroupError> {
-    read_opt(path)?.map(|c| parse_keyed(path, &c)).transpose()
+fn read_opt_keyed(
+    f: &mut Files,
+    path: &Path,
+) -> Result<Option<HashMap<String, u64>>, CgroupError> {
+    read_opt(f, path)?.map(|c| parse_keyed(path, c)).transpose()
 }
 
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
+    use std::{fs, path::PathBuf};
 
     use super::*;
 
@@ -394,7 +401,7 @@ mod tests {
     #[test]
     fn v1_files_give_every_field() {
         let dirs = v1_dirs();
-        let s = read(&v1_placement(&dirs)).unwrap();
+        let s = read(&v1_placement(&dirs), &mut Files::once()).unwrap();
         assert_eq!(
             s,
             ContainerStats {
@@ -433,9 +440,9 @@ mod tests {
             ("cpu.cfs_period_us", "100000\n"),
         ]);
         let mut s = ContainerStats::default();
-        read_v1_cpuacct(cpuacct.path(), 100, &mut s).unwrap();
-        read_v1_memory(memory.path(), &mut s).unwrap();
-        read_v1_cpu(cpu.path(), &mut s).unwrap();
+        read_v1_cpuacct(cpuacct.path(), &mut Files::once(), 100, &mut s).unwrap();
+        read_v1_memory(memory.path(), &mut Files::once(), &mut s).unwrap();
+        read_v1_cpu(cpu.path(), &mut Files::once(), &mut s).unwrap();
         assert_eq!(s.cpu_user_seconds, 1.9);
         assert_eq!(s.cpu_system_seconds, 0.4);
         assert_eq!(s.memory_limit_bytes, None, "the unlimited value");
@@ -478,7 +485,7 @@ mod tests {
             blkio: v2,
         };
         assert_eq!(
-            read(&placement).unwrap(),
+            read(&placement, &mut Files::once()).unwrap(),
             ContainerStats {
                 cpu_user_seconds: 2.0,
                 cpu_system_seconds: 0.5,
@@ -510,13 +517,13 @@ mod tests {
             cpuacct: Some(ControllerDir::V2(dir.path().to_path_buf())),
             ..Placement::default()
         };
-        let s = read(&placement).unwrap();
+        let s = read(&placement, &mut Files::once()).unwrap();
         assert_eq!(s.cpu_usage_seconds, 0.001);
         assert_eq!(s.cpu_throttled_periods, 0);
         assert_eq!(s.memory_limit_bytes, None);
         let mut s = ContainerStats::default();
-        read_v2_cpu_max(dir.path(), &mut s).unwrap();
-        read_v2_io(dir.path(), &mut s).unwrap();
+        read_v2_cpu_max(dir.path(), &mut Files::once(), &mut s).unwrap();
+        read_v2_io(dir.path(), &mut Files::once(), &mut s).unwrap();
         assert_eq!(s, ContainerStats::default(), "absent optional files");
     }
 
@@ -530,9 +537,9 @@ mod tests {
             ("pids.max", "max\n"),
         ]);
         let mut s = ContainerStats::default();
-        read_v2_cpu_max(dir.path(), &mut s).unwrap();
-        read_v2_memory(dir.path(), &mut s).unwrap();
-        read_pids(dir.path(), &mut s).unwrap();
+        read_v2_cpu_max(dir.path(), &mut Files::once(), &mut s).unwrap();
+        read_v2_memory(dir.path(), &mut Files::once(), &mut s).unwrap();
+        read_pids(dir.path(), &mut Files::once(), &mut s).unwrap();
         assert_eq!(s.cpu_quota_seconds_per_second, None);
         assert_eq!(s.memory_limit_bytes, None);
         assert_eq!(s.pids_limit, None);
@@ -545,7 +552,7 @@ mod tests {
             memory: Some(ControllerDir::V2(gone.clone())),
             ..Placement::default()
         };
-        let err = read(&placement).unwrap_err();
+        let err = read(&placement, &mut Files::once()).unwrap_err();
         assert!(matches!(err, CgroupError::Read { .. }), "{err}");
         assert!(
             err.to_string()
@@ -557,7 +564,7 @@ mod tests {
     #[test]
     fn garbage_in_a_file_is_a_parse_error_naming_it() {
         let dir = fixture(&[("pids.current", "lots\n"), ("pids.max", "max\n")]);
-        let err = read_pids(dir.path(), &mut ContainerStats::default()).unwrap_err();
+        let err = read_pids(dir.path(), &mut Files::once(), &mut ContainerStats::default()).unwrap_err();
         assert!(matches!(err, CgroupError::Parse { .. }), "{err}");
         assert!(err.to_string().contains("pids.current"), "{err}");
         let dir = fixture(&[
@@ -565,7 +572,7 @@ mod tests {
             ("memory.max", "max\n"),
             ("memory.events", "oom_kill one\n"),
         ]);
-        let err = read_v2_memory(dir.path(), &mut ContainerStats::default()).unwrap_err();
+        let err = read_v2_memory(dir.path(), &mut Files::once(), &mut ContainerStats::default()).unwrap_err();
         assert!(err.to_string().contains("memory.events"), "{err}");
     }
 }

@@ -1,22 +1,26 @@
 //! `containers`: berth's own containers from its store (records in memory, the shims'
 //! `state.json`, liveness of each shim from procfs) and, while running, their cgroup usage
-//! (cgroupfs). Each becomes one [`Container`] of engine `berth`.
+//! (cgroupfs, stat files kept open: `cgroup::reader`). Each becomes one [`Container`] of engine `berth`.
 
 use std::{collections::BTreeMap, sync::Arc};
 
 use super::{CollectError, Collected, Collector, Tick};
 use crate::{
+    cgroup::reader::StatsCache,
     model::{Container, Engine, Status},
     runtime::{ContainerView, Manager},
 };
 
 pub struct Containers {
     manager: Option<Arc<Manager>>,
+    /// The running containers' cgroup stat files, kept open between ticks.
+    stats: Option<StatsCache>,
 }
 
 impl Containers {
     pub fn new(manager: Option<Arc<Manager>>) -> Self {
-        Self { manager }
+        let stats = manager.as_ref().map(|m| m.stats_cache());
+        Self { manager, stats }
     }
 }
 
@@ -26,10 +30,10 @@ impl Collector for Containers {
     }
 
     fn collect(&mut self, tick: &mut Tick<'_>) -> Result<Collected, CollectError> {
-        let Some(m) = &self.manager else {
+        let (Some(m), Some(cache)) = (&self.manager, &mut self.stats) else {
             return Ok(Collected::NotPresent);
         };
-        for (view, stats) in m.observe() {
+        for (view, stats) in m.observe(cache) {
             tick.builder
                 .snapshot
                 .containers

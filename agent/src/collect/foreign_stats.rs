@@ -2,8 +2,9 @@
 //! their cgroups with the readers berth uses for its own (`cgroup::stats`; v1 hierarchies in
 //! hybrid mode hold them at the same relative path as the unified one).
 //!
-//! A full read is a dozen small cgroupfs files per container: at one tick per second and
-//! hundreds of containers that would be most of the agent's work. So each container is read
+//! A full read is a dozen small cgroupfs files per container (kept open and read with one
+//! `pread` each, `cgroup::reader`): at one tick per second and hundreds of containers that
+//! would still be most of the agent's work. So each container is read
 //! when it is first seen and then every [`STATS_EVERY`], at most [`PER_TICK`] per tick (the
 //! stalest first), and the snapshot carries the last reading in between, as cAdvisor's
 //! housekeeping interval does. Counters stay monotonic; gauges are at most that old.
@@ -15,7 +16,7 @@ use std::{
 
 use super::{CollectError, Collected, Collector, Tick};
 use crate::{
-    cgroup::{Hierarchy, stats},
+    cgroup::{Hierarchy, reader::StatsCache},
     model::{ContainerStats, Status},
 };
 
@@ -25,7 +26,7 @@ pub const STATS_EVERY: Duration = Duration::from_secs(5);
 pub const PER_TICK: usize = 25;
 
 pub struct ForeignStats {
-    hierarchy: Hierarchy,
+    files: StatsCache,
     /// cgroup id -> when read, and what.
     last: HashMap<u64, (Instant, ContainerStats)>,
 }
@@ -33,7 +34,7 @@ pub struct ForeignStats {
 impl ForeignStats {
     pub fn new(hierarchy: Hierarchy) -> Self {
         Self {
-            hierarchy,
+            files: StatsCache::new(hierarchy),
             last: HashMap::new(),
         }
     }
@@ -62,8 +63,7 @@ impl Collector for ForeignStats {
         for &(_, i) in due.iter().take(PER_TICK) {
             let c = &containers[i];
             let Some(id) = c.cgroup_id else { continue };
-            let placement = self.hierarchy.placement(c.cgroup.trim_start_matches('/'));
-            match stats::read(&placement) {
+            match self.files.read(&c.cgroup, Some(id)) {
                 Ok(s) => {
                     self.last.insert(id, (now, s));
                 }
@@ -85,6 +85,7 @@ impl Collector for ForeignStats {
         }
         // What is left belongs to containers that are gone.
         self.last = live;
+        self.files.retain(|id, _| id.is_some_and(|id| self.last.contains_key(&id)));
         Ok(Collected::Done)
     }
 }

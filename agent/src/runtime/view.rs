@@ -12,7 +12,7 @@ use super::{
     store::{ContainerRecord, Phase, ShimState},
 };
 use crate::{
-    cgroup::{limits::ContainerCgroup, stats::ContainerStats},
+    cgroup::{limits::ContainerCgroup, reader::StatsCache, stats::ContainerStats},
     model::Status,
 };
 
@@ -152,18 +152,34 @@ impl Manager {
         Ok(self.view(&self.resolve(reference)?))
     }
 
-    /// Every container with, while it runs, its cgroup usage: what the `containers`
-    /// collector reads (shim state files, procfs, cgroupfs).
-    pub fn observe(&self) -> Vec<(ContainerView, Option<ContainerStats>)> {
-        self.list(true)
+    /// Every container with, while it runs, its cgroup usage read through `stats` (kept-open
+    /// files): what the `containers` collector reads (shim state files, procfs, cgroupfs).
+    pub fn observe(
+        &self,
+        stats: &mut StatsCache,
+    ) -> Vec<(ContainerView, Option<ContainerStats>)> {
+        let out: Vec<_> = self
+            .list(true)
             .into_iter()
             .map(|view| {
-                let stats = (view.status == Status::Running)
-                    .then(|| self.cgroup(&view.record).stats().ok())
+                let usage = (view.status == Status::Running)
+                    .then(|| stats.read(&view.record.cgroup, view.cgroup_id).ok())
                     .flatten();
-                (view, stats)
+                (view, usage)
             })
-            .collect()
+            .collect();
+        let read: std::collections::HashSet<(Option<u64>, &str)> = out
+            .iter()
+            .filter(|(_, usage)| usage.is_some())
+            .map(|(v, _)| (v.cgroup_id, v.record.cgroup.trim_matches('/')))
+            .collect();
+        stats.retain(|id, rel| read.contains(&(id, rel)));
+        out
+    }
+
+    /// A cache of cgroup stat files for [`Manager::observe`] on this manager's hierarchy.
+    pub fn stats_cache(&self) -> StatsCache {
+        StatsCache::new(self.hierarchy.clone())
     }
 
     /// Removes an image from the store, refusing one a container uses.

@@ -30,6 +30,7 @@ use super::{
 };
 use crate::cgroup::{
     CgroupError, Hierarchy, Placement, V2_CONTROLLERS,
+    reader::Files,
     stats::{self, ContainerStats},
 };
 
@@ -71,7 +72,7 @@ impl ContainerCgroup {
         &self.given
     }
 
-    fn relative(&self) -> Result<&str, CgroupError> {
+    pub(crate) fn relative(&self) -> Result<&str, CgroupError> {
         self.relative
             .as_deref()
             .ok_or_else(|| CgroupError::InvalidPath {
@@ -172,7 +173,7 @@ impl ContainerCgroup {
     /// Usage and limits now, from the controllers [`Hierarchy::placement`] finds.
     pub fn stats(&self) -> Result<ContainerStats, CgroupError> {
         let rel = self.relative()?;
-        stats::read(&self.hierarchy.placement(rel))
+        stats::read(&self.hierarchy.placement(rel), &mut Files::once())
     }
 
     /// Removes the cgroup from every hierarchy (children first, as runc does); an absent

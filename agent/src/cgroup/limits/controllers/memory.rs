@@ -59,7 +59,7 @@ fn apply_v1(
             // The kernel keeps memory <= memory+swap at every step: raise memsw first when the
             // new memsw is above the current memory limit (runc's setMemoryAndSwap,
             // libcontainer/cgroups/fs/memory.go).
-            let current = stats::read_u64(&path.join("memory.limit_in_bytes"))?;
+            let current = stats::read_u64_once(&path.join("memory.limit_in_bytes"))?;
             if s == -1 || (current as i128) < i128::from(s) {
                 set_swap(s)?;
                 set_memory(m)?;
@@ -91,7 +91,7 @@ fn apply_v2(
         let memory = match memory {
             Some(m) => Some(m),
             None if s < 0 => None,
-            None => stats::read_max(&path.join("memory.max"))?,
+            None => stats::read_max_once(&path.join("memory.max"))?,
         };
         let v2 = match memory {
             _ if s < 0 => -1,
