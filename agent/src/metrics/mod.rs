@@ -41,7 +41,13 @@ pub fn registry(snapshots: SnapshotRx, syscall_top: usize) -> Registry {
 
 /// Renders the registry as OpenMetrics text.
 pub fn render(registry: &Registry) -> Result<String, std::fmt::Error> {
-    let mut out = String::with_capacity(16 * 1024);
+    render_sized(registry, 16 * 1024)
+}
+
+/// [`render`] into a buffer of `capacity` bytes to start with (the last exposition's size:
+/// no regrowth of a megabyte, copied each time).
+fn render_sized(registry: &Registry, capacity: usize) -> Result<String, std::fmt::Error> {
+    let mut out = String::with_capacity(capacity);
     encode(&mut out, registry)?;
     Ok(out)
 }
@@ -81,7 +87,8 @@ impl Exposition {
         }
         // The collector reads the channel again and may see a newer snapshot than `latest`:
         // then the next request finds the key stale and encodes again (never older values).
-        let bytes: axum::body::Bytes = render(&self.registry)?.into();
+        let size = cached.as_ref().map_or(16 * 1024, |(_, b)| b.len() + b.len() / 8);
+        let bytes: axum::body::Bytes = render_sized(&self.registry, size)?.into();
         *cached = Some((Arc::downgrade(&latest), bytes.clone()));
         Ok(bytes)
     }
@@ -119,6 +126,10 @@ struct Escaped<'a>(&'a str);
 
 impl EncodeLabelValue for Escaped<'_> {
     fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        // Nearly every value needs no escape: one write, not one per character.
+        if !self.0.contains(['\\', '"', '\n']) {
+            return encoder.write_str(self.0);
+        }
         for c in self.0.chars() {
             match c {
                 '\\' => encoder.write_str("\\\\")?,
