@@ -97,6 +97,11 @@ impl Files {
         self.text(path).map(Some)
     }
 
+    /// Keeps the files whose paths `keep` accepts; the others are closed.
+    pub fn retain(&mut self, mut keep: impl FnMut(&Path) -> bool) {
+        self.open.retain(|p, _| keep(p));
+    }
+
     fn text(&self, path: &Path) -> Result<&str, CgroupError> {
         std::str::from_utf8(&self.buf).map_err(|_| CgroupError::Parse {
             path: path.to_path_buf(),
@@ -277,7 +282,10 @@ mod tests {
         let err = cache.read("/a", Some(1)).unwrap_err().to_string();
         assert!(err.contains("a/memory.current"), "{err}");
         assert_eq!(cache.open_count(), 0);
-        assert!(cache.read("../x", None).is_err(), "an unusable path reads nothing");
+        assert!(
+            cache.read("../x", None).is_err(),
+            "an unusable path reads nothing"
+        );
     }
 
     #[test]

@@ -38,7 +38,9 @@ pub use crate::model::stats::ContainerStats;
 pub fn read(placement: &Placement, f: &mut Files) -> Result<ContainerStats, CgroupError> {
     let mut s = ContainerStats::default();
     match &placement.cpuacct {
-        Some(ControllerDir::V1(dir)) => read_v1_cpuacct(dir, f, procfs::ticks_per_second(), &mut s)?,
+        Some(ControllerDir::V1(dir)) => {
+            read_v1_cpuacct(dir, f, procfs::ticks_per_second(), &mut s)?
+        }
         Some(ControllerDir::V2(dir)) => read_v2_cpu_stat(dir, f, &mut s)?,
         None => {}
     }
@@ -87,7 +89,11 @@ pub fn read_v1_cpuacct(
 
 /// v2 cpu.stat (a core file of every v2 cgroup): usage, user, system; throttling when the cpu
 /// controller is enabled.
-pub fn read_v2_cpu_stat(dir: &Path, f: &mut Files, s: &mut ContainerStats) -> Result<(), CgroupError> {
+pub fn read_v2_cpu_stat(
+    dir: &Path,
+    f: &mut Files,
+    s: &mut ContainerStats,
+) -> Result<(), CgroupError> {
     let stat = read_keyed(f, &dir.join("cpu.stat"))?;
     let secs = |k: &str| stat.get(k).copied().unwrap_or(0) as f64 / 1e6;
     s.cpu_usage_seconds = secs("usage_usec");
@@ -119,7 +125,11 @@ pub fn read_v1_cpu(dir: &Path, f: &mut Files, s: &mut ContainerStats) -> Result<
 
 /// v2 cpu.max: "max 100000" (no quota) or "50000 100000". Absent when the cpu controller is not
 /// enabled for the cgroup.
-pub fn read_v2_cpu_max(dir: &Path, f: &mut Files, s: &mut ContainerStats) -> Result<(), CgroupError> {
+pub fn read_v2_cpu_max(
+    dir: &Path,
+    f: &mut Files,
+    s: &mut ContainerStats,
+) -> Result<(), CgroupError> {
     let path = dir.join("cpu.max");
     let Some(content) = read_opt(f, &path)? else {
         return Ok(());
@@ -146,7 +156,11 @@ pub fn read_v2_cpu_max(dir: &Path, f: &mut Files, s: &mut ContainerStats) -> Res
 }
 
 /// v1 memory controller.
-pub fn read_v1_memory(dir: &Path, f: &mut Files, s: &mut ContainerStats) -> Result<(), CgroupError> {
+pub fn read_v1_memory(
+    dir: &Path,
+    f: &mut Files,
+    s: &mut ContainerStats,
+) -> Result<(), CgroupError> {
     s.memory_usage_bytes = read_u64(f, &dir.join("memory.usage_in_bytes"))?;
     // "Unlimited" is PAGE_COUNTER_MAX pages: 0x7FFFFFFFFFFFF000 with 4 KiB pages, other values
     // with other page sizes; nothing real is above 2^62 bytes.
@@ -166,7 +180,11 @@ pub fn read_v1_memory(dir: &Path, f: &mut Files, s: &mut ContainerStats) -> Resu
 }
 
 /// v2 memory controller.
-pub fn read_v2_memory(dir: &Path, f: &mut Files, s: &mut ContainerStats) -> Result<(), CgroupError> {
+pub fn read_v2_memory(
+    dir: &Path,
+    f: &mut Files,
+    s: &mut ContainerStats,
+) -> Result<(), CgroupError> {
     s.memory_usage_bytes = read_u64(f, &dir.join("memory.current"))?;
     s.memory_limit_bytes = read_max(f, &dir.join("memory.max"))?;
     s.memory_max_usage_bytes = read_opt_u64(f, &dir.join("memory.peak"))?;
@@ -322,10 +340,7 @@ fn read_keyed(f: &mut Files, path: &Path) -> Result<HashMap<String, u64>, Cgroup
     parse_keyed(path, read_trimmed(f, path)?)
 }
 
-fn read_opt_keyed(
-    f: &mut Files,
-    path: &Path,
-) -> Result<Option<HashMap<String, u64>>, CgroupError> {
+fn read_opt_keyed(f: &mut Files, path: &Path) -> Result<Option<HashMap<String, u64>>, CgroupError> {
     read_opt(f, path)?.map(|c| parse_keyed(path, c)).transpose()
 }
 
@@ -564,7 +579,12 @@ mod tests {
     #[test]
     fn garbage_in_a_file_is_a_parse_error_naming_it() {
         let dir = fixture(&[("pids.current", "lots\n"), ("pids.max", "max\n")]);
-        let err = read_pids(dir.path(), &mut Files::once(), &mut ContainerStats::default()).unwrap_err();
+        let err = read_pids(
+            dir.path(),
+            &mut Files::once(),
+            &mut ContainerStats::default(),
+        )
+        .unwrap_err();
         assert!(matches!(err, CgroupError::Parse { .. }), "{err}");
         assert!(err.to_string().contains("pids.current"), "{err}");
         let dir = fixture(&[
@@ -572,7 +592,12 @@ mod tests {
             ("memory.max", "max\n"),
             ("memory.events", "oom_kill one\n"),
         ]);
-        let err = read_v2_memory(dir.path(), &mut Files::once(), &mut ContainerStats::default()).unwrap_err();
+        let err = read_v2_memory(
+            dir.path(),
+            &mut Files::once(),
+            &mut ContainerStats::default(),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("memory.events"), "{err}");
     }
 }

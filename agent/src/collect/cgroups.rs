@@ -3,15 +3,23 @@
 //! counters of these live cgroups.
 
 use super::{CollectError, Collected, Collector, Tick};
-use crate::{cgroup::TrackedRoot, model::CgroupSample};
+use crate::{
+    cgroup::{TrackedRoot, reader::Files},
+    model::CgroupSample,
+};
 
 pub struct Cgroups {
     root: TrackedRoot,
+    /// Each cgroup's `cgroup.stat`, kept open between walks.
+    files: Files,
 }
 
 impl Cgroups {
     pub fn new(root: TrackedRoot) -> Self {
-        Self { root }
+        Self {
+            root,
+            files: Files::kept(),
+        }
     }
 }
 
@@ -21,7 +29,7 @@ impl Collector for Cgroups {
     }
 
     fn collect(&mut self, tick: &mut Tick<'_>) -> Result<Collected, CollectError> {
-        for (id, path) in self.root.walk() {
+        for (id, path) in self.root.walk(&mut self.files) {
             tick.builder.cgroups.insert(
                 id,
                 CgroupSample {

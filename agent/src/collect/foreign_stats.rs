@@ -85,7 +85,8 @@ impl Collector for ForeignStats {
         }
         // What is left belongs to containers that are gone.
         self.last = live;
-        self.files.retain(|id, _| id.is_some_and(|id| self.last.contains_key(&id)));
+        self.files
+            .retain(|id, _| id.is_some_and(|id| self.last.contains_key(&id)));
         Ok(Collected::Done)
     }
 }

@@ -87,7 +87,9 @@ impl Exposition {
         }
         // The collector reads the channel again and may see a newer snapshot than `latest`:
         // then the next request finds the key stale and encodes again (never older values).
-        let size = cached.as_ref().map_or(16 * 1024, |(_, b)| b.len() + b.len() / 8);
+        let size = cached
+            .as_ref()
+            .map_or(16 * 1024, |(_, b)| b.len() + b.len() / 8);
         let bytes: axum::body::Bytes = render_sized(&self.registry, size)?.into();
         *cached = Some((Arc::downgrade(&latest), bytes.clone()));
         Ok(bytes)

@@ -154,10 +154,7 @@ impl Manager {
 
     /// Every container with, while it runs, its cgroup usage read through `stats` (kept-open
     /// files): what the `containers` collector reads (shim state files, procfs, cgroupfs).
-    pub fn observe(
-        &self,
-        stats: &mut StatsCache,
-    ) -> Vec<(ContainerView, Option<ContainerStats>)> {
+    pub fn observe(&self, stats: &mut StatsCache) -> Vec<(ContainerView, Option<ContainerStats>)> {
         let out: Vec<_> = self
             .list(true)
             .into_iter()

@@ -13,8 +13,8 @@ use std::{
 use super::{MIB, read};
 use crate::cgroup::{
     CgroupError, ControllerDir, Hierarchy,
-    reader::StatsCache,
     limits::{ContainerCgroup, HostCapacity, Limits, cpu_shares_to_weight, memory_swap_to_v2},
+    reader::StatsCache,
 };
 
 /// Removes the cgroup on drop; declared before [`Inside`] so the process is gone first.
@@ -199,7 +199,11 @@ fn a_real_cgroup_takes_limits_and_updates_shows_usage_and_is_removed_everywhere(
     cg.remove().unwrap();
     let err = kept.read(cg.path(), None).unwrap_err();
     assert!(matches!(err, CgroupError::Read { .. }), "{err}");
-    assert_eq!(kept.open_count(), 0, "a failed read closes the cgroup's files");
+    assert_eq!(
+        kept.open_count(),
+        0,
+        "a failed read closes the cgroup's files"
+    );
     for d in &dirs {
         assert!(!d.exists(), "{} is still there", d.display());
     }
