@@ -169,6 +169,9 @@ pub mod portmap;
 pub mod maps {
     /// Per-CPU hash, [`crate::SyscallKey`] -> u64 calls.
     pub const SYSCALLS: &str = "SYSCALLS";
+    /// Per-CPU array, one u64: syscalls counted and latency samples taken, bumped after
+    /// `SYSCALLS` / `SYSCALL_LATENCY_HIST`; unchanged, they need no new read.
+    pub const SYSCALLS_SEEN: &str = "SYSCALLS_SEEN";
     /// Per-CPU hash, [`crate::SyscallKey`] -> [`crate::LatencyHist`].
     pub const SYSCALL_LATENCY_HIST: &str = "SYSCALL_LATENCY_HIST";
     /// LRU hash, thread id -> [`crate::SyscallEnter`] (sys_enter to sys_exit).

@@ -3,7 +3,8 @@
 //! Hooks: raw tracepoint `sys_enter` (`berth_sys_enter`), and with latency on, `sys_exit`
 //! (`berth_sys_exit`). (The empty baseline program of `cargo xtask bench syscalls` is not
 //! here: the bench loads it itself.)
-//! Maps: `SYSCALLS` (per-CPU hash, [`SyscallKey`] -> u64 calls), `SYSCALL_ENTER` (LRU hash,
+//! Maps: `SYSCALLS` (per-CPU hash, [`SyscallKey`] -> u64 calls), `SYSCALLS_SEEN` (per-CPU
+//! array, one slot: how much the others changed), `SYSCALL_ENTER` (LRU hash,
 //! pid_tgid -> [`SyscallEnter`]), `SYSCALL_LATENCY` (per-CPU hash, [`SyscallKey`] ->
 //! [`LatencyHist`]), `PROBE_ERRORS` (per-CPU array,
 //! shared with the other probes, in `main.rs`).
@@ -13,7 +14,7 @@ use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST},
     helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::{map, raw_tracepoint},
-    maps::{LruHashMap, PerCpuHashMap},
+    maps::{LruHashMap, PerCpuArray, PerCpuHashMap},
     programs::RawTracePointContext,
 };
 use berth_common::{
@@ -38,6 +39,19 @@ static SYSCALL_LATENCY_HIST: PerCpuHashMap<SyscallKey, LatencyHist> =
 #[map]
 static SYSCALLS: PerCpuHashMap<SyscallKey, u64> =
     PerCpuHashMap::with_max_entries(SYSCALLS_MAX_ENTRIES, 0);
+
+/// Counted syscalls and latency samples, per CPU, bumped after the maps above: while its sum
+/// stands still the agent does not read them again (`SyscallsProbe::collect`).
+#[map]
+static SYSCALLS_SEEN: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+#[inline(always)]
+fn seen() {
+    if let Some(v) = SYSCALLS_SEEN.get_ptr_mut(0) {
+        // SAFETY: this CPU's value; nothing else writes it while we run.
+        unsafe { *v += 1 };
+    }
+}
 
 #[raw_tracepoint(tracepoint = "sys_enter")]
 pub fn berth_sys_enter(ctx: RawTracePointContext) -> i32 {
@@ -66,6 +80,7 @@ fn try_sys_enter(ctx: &RawTracePointContext) {
         _pad: 0,
     };
     count(&key);
+    seen();
     // SAFETY: a plain integer global.
     if unsafe { core::ptr::read_volatile(&SYSCALL_LATENCY) } != 0 {
         let enter = SyscallEnter {
@@ -121,6 +136,7 @@ fn try_sys_exit() {
             (*h).sum_ns += delta;
         }
     }
+    seen();
 }
 
 /// floor(log2(ns)) clamped to the histogram; branch-only, no loop.

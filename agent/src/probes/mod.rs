@@ -548,6 +548,7 @@ mod tests {
         let obj = aya_obj::Object::parse(EBPF_OBJECT).expect("berth's object parses");
         for name in [
             maps::SYSCALLS,
+            maps::SYSCALLS_SEEN,
             maps::SYSCALL_LATENCY_HIST,
             maps::SYSCALL_ENTER,
             maps::NET,

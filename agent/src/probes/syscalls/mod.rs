@@ -12,11 +12,11 @@
 
 mod names;
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Mutex};
 
 use aya::{
     Ebpf,
-    maps::{MapData, PerCpuHashMap},
+    maps::{MapData, PerCpuArray, PerCpuHashMap},
     programs::RawTracePoint,
 };
 use berth_common::{LATENCY_BUCKETS, LatencyHist, SYSCALL_NR_OTHER, SyscallKey};
@@ -53,6 +53,20 @@ pub fn number(name: &str) -> Option<u32> {
 pub struct SyscallsProbe {
     pub status: ProbeStatus,
     latency: bool,
+    steady: Mutex<Steady>,
+}
+
+/// What the last reads saw, so maps that did not change are not read again: every key of a
+/// cgroup that ever made a syscall stays in `SYSCALLS` (the counts are cumulative and pinned),
+/// and reading them all costs ~0.3 µs each, most of an idle agent's probe time.
+#[derive(Default)]
+struct Steady {
+    /// `SYSCALLS_SEEN`'s sum at the last read of the maps.
+    seen: Option<u64>,
+    /// The maps were read again after `seen` had stopped moving for a tick: what they hold
+    /// is final (a program run that bumped `SYSCALLS_SEEN` has long written its counts).
+    confirmed: bool,
+    last: HashMap<u64, Vec<SyscallCount>>,
 }
 
 impl SyscallsProbe {
@@ -89,13 +103,43 @@ impl SyscallsProbe {
                 }
             }
         }
-        Self { status, latency }
+        Self {
+            status,
+            latency,
+            steady: Mutex::default(),
+        }
     }
 
     /// Reads `SYSCALLS` and sums the per-CPU values by cgroup; keys of cgroups for which
     /// `alive` is false are deleted after this last read, so the map does not fill with the
-    /// dead.
+    /// dead. While `SYSCALLS_SEEN` stands still (and the maps were read once more after it
+    /// stopped), the maps are not read: the last counts are returned.
     pub fn collect(
+        &self,
+        ebpf: &mut Ebpf,
+        alive: &dyn Fn(u64) -> bool,
+    ) -> Result<HashMap<u64, Vec<SyscallCount>>, ProbeLoadError> {
+        let seen = seen(ebpf);
+        let mut steady = self.steady.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.is_some() && steady.seen == seen && steady.confirmed {
+            // Nothing counted since the last read: the same counts (of live cgroups; the
+            // keys of the dead go at the next read).
+            return Ok(steady
+                .last
+                .iter()
+                .filter(|(id, _)| alive(**id))
+                .map(|(id, calls)| (*id, calls.clone()))
+                .collect());
+        }
+        let by_cgroup = self.read(ebpf, alive)?;
+        steady.confirmed = seen.is_some() && steady.seen == seen;
+        steady.seen = seen;
+        steady.last = by_cgroup.clone();
+        Ok(by_cgroup)
+    }
+
+    /// Every count of the maps, by cgroup; deletes the keys of dead cgroups.
+    fn read(
         &self,
         ebpf: &mut Ebpf,
         alive: &dyn Fn(u64) -> bool,
@@ -166,6 +210,13 @@ impl SyscallsProbe {
         }
         remove::<LatencyHist>(ebpf, LATENCY_MAP, &dead)
     }
+}
+
+/// The sum of `SYSCALLS_SEEN` (`None` when the object lacks it: then every tick reads).
+fn seen(ebpf: &Ebpf) -> Option<u64> {
+    let map = ebpf.map(berth_common::maps::SYSCALLS_SEEN)?;
+    let seen = PerCpuArray::<&MapData, u64>::try_from(map).ok()?;
+    Some(seen.get(&0, 0).ok()?.iter().sum())
 }
 
 /// Every (key, per-CPU values) of the per-CPU hash `map`: in batches when the kernel can
