@@ -124,7 +124,10 @@ pub struct ScanPeriods {
     /// ...at most this many per scan, the stalest first.
     pub stats_budget: usize,
     /// A process that is not a proxy has its name read again after at least this long (up to
-    /// twice, spread by pid): an `exec` into docker-proxy keeps the pid.
+    /// twice, spread by pid): an `exec` into docker-proxy keeps the pid. Engines fork and
+    /// exec their proxies at once (caught by the second look at a new pid), so this only
+    /// catches the rare late exec; with hundreds of processes on a host each recheck is a
+    /// procfs read, so a minute keeps them at a few per second.
     pub recheck: Duration,
 }
 
@@ -133,7 +136,7 @@ impl Default for ScanPeriods {
         Self {
             stats: Duration::from_secs(5),
             stats_budget: 100,
-            recheck: Duration::from_secs(10),
+            recheck: Duration::from_secs(60),
         }
     }
 }
