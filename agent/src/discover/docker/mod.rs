@@ -62,6 +62,8 @@ pub const RETRY_PENDING: Duration = Duration::from_secs(1);
 /// containers asked about are checked for changes.
 const RECONNECT: Duration = Duration::from_secs(5);
 const DISK_RECHECK: Duration = Duration::from_secs(2);
+/// A container no lookup asked about for this long is forgotten (its cgroup is gone).
+const FORGET: Duration = Duration::from_secs(30);
 /// The events that change what berth shows of a container.
 const EVENTS: [&str; 8] = [
     "create",
@@ -103,8 +105,10 @@ struct DiskEntry {
     meta: Option<Meta>,
     /// mtimes of config.v2.json and hostconfig.json when read.
     stamp: Stamp,
-    /// Asked about since the last recheck; entries no tick asks about are dropped.
-    asked: bool,
+    /// Last asked about; entries no tick asked about for [`FORGET`] are dropped (a pass can
+    /// come twice within a tick: dropping what the last pass saw unasked re-read the files of
+    /// every container that often).
+    asked: Instant,
 }
 
 type Stamp = (Option<SystemTime>, Option<SystemTime>);
@@ -176,7 +180,7 @@ impl MetaSource for DockerSource {
                 return cache.api.get(id).cloned();
             }
             if let Some(e) = cache.disk.get_mut(id) {
-                e.asked = true;
+                e.asked = Instant::now();
                 return e.meta.clone();
             }
         }
@@ -208,7 +212,7 @@ fn read_entry(dir: &Path) -> DiskEntry {
     DiskEntry {
         meta,
         stamp,
-        asked: true,
+        asked: Instant::now(),
     }
 }
 
@@ -221,12 +225,12 @@ fn stamp(dir: &Path) -> Stamp {
     (mtime("config.v2.json"), mtime("hostconfig.json"))
 }
 
-/// Re-reads the files whose mtime changed and drops the entries no lookup asked about since the
-/// last pass (their containers are gone).
+/// Re-reads the files whose mtime changed and drops the entries no lookup asked about for
+/// [`FORGET`] (their containers are gone).
 fn recheck_disk(cache: &Mutex<Cache>, containers: &Path) {
     let ids: Vec<(String, Stamp)> = {
         let mut c = lock(cache);
-        c.disk.retain(|_, e| std::mem::replace(&mut e.asked, false));
+        c.disk.retain(|_, e| e.asked.elapsed() < FORGET);
         c.disk.iter().map(|(id, e)| (id.clone(), e.stamp)).collect()
     };
     for (id, old) in ids {

@@ -61,7 +61,9 @@ fn a_recheck_rereads_changed_files_and_forgets_ids_no_longer_asked_about() {
         Some("media2".into())
     );
 
-    // `other` was not asked about since the last recheck: dropped at the next one.
+    // `other` was not asked about for longer than FORGET: dropped at the next recheck; ID,
+    // asked just now, stays.
+    lock(&s.cache).disk.get_mut(&other).unwrap().asked -= FORGET;
     recheck_disk(&s.cache, &containers);
     let c = lock(&s.cache);
     assert!(c.disk.contains_key(ID) && !c.disk.contains_key(&other));
