@@ -427,3 +427,183 @@ impl Worker {
         if rc == 0 { Woke::Timeout } else { Woke::Nudged }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{net::UdpSocket, process::Command};
+
+    use berth_testkit::{Netns, unique};
+
+    use super::*;
+
+    fn flow(id: u32, ips: &[&str]) -> Flow {
+        Flow {
+            id,
+            addrs: ips.iter().map(|s| s.parse::<Ipv4Addr>().unwrap()).collect(),
+        }
+    }
+
+    fn ip(s: &str) -> Ipv4Addr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn an_id_counts_once_and_unknown_destroys_are_ignored() {
+        let mut t = Tally::default();
+        t.add(flow(1, &["10.0.0.1", "10.0.0.2", "10.0.0.1"]), true);
+        t.add(flow(1, &["10.0.0.1", "10.0.0.2"]), false);
+        t.add(flow(2, &["10.0.0.2", "10.0.0.3"]), false);
+        assert_eq!((t.get(ip("10.0.0.1")), t.get(ip("10.0.0.2"))), (1, 2));
+        assert_eq!(
+            t.seeded(),
+            0,
+            "a NEW event for a dumped id marks it as evented"
+        );
+        t.apply(&Event::Destroy(99));
+        t.apply(&Event::Destroy(2));
+        assert_eq!((t.get(ip("10.0.0.2")), t.get(ip("10.0.0.3"))), (1, 0));
+        assert_eq!(t.by_ip.len(), 2, "addresses at zero are dropped");
+    }
+
+    #[test]
+    fn a_check_drops_only_seeded_entries_that_are_gone() {
+        let mut t = Tally::default();
+        t.add(flow(1, &["10.0.0.1"]), true);
+        t.add(flow(2, &["10.0.0.1"]), true);
+        t.add(flow(3, &["10.0.0.1"]), false);
+        t.retain_seeded(&HashSet::from([2]));
+        assert_eq!((t.len(), t.seeded(), t.get(ip("10.0.0.1"))), (2, 1, 2));
+    }
+
+    /// A named namespace of the test's own with conntrack active (an nft `ct state new` rule)
+    /// and four addresses on `lo`; gone with the guard.
+    fn tracked_netns() -> Netns {
+        let ns = Netns::named(&unique("bct"));
+        for i in 1..=4 {
+            ns.sh(&format!("ip addr add 10.213.0.{i}/32 dev lo"));
+        }
+        ns.sh_in(
+            "nft -f -",
+            "table ip berth_ct_test {\n chain out {\n  type filter hook output priority 0;\n  ct state new counter\n }\n}\n",
+        )
+        .expect("nft (Debian's nftables package)");
+        ns
+    }
+
+    /// `n` UDP flows from `src` to `dst` inside `ns` (a fresh source port each).
+    fn flows(ns: &Netns, src: &str, dst: &str, n: usize) {
+        ns.run(|| {
+            for _ in 0..n {
+                let s = UdpSocket::bind((ip(src), 0)).unwrap();
+                s.send_to(b"x", (ip(dst), 9)).unwrap();
+            }
+        });
+    }
+
+    /// Entries naming `ip` as `conntrack -L` (run with `ip netns exec`) lists them.
+    fn tool_count(ns: &Netns, ip: &str) -> u64 {
+        let out = Command::new("ip")
+            .args(["netns", "exec", ns.name().unwrap(), "conntrack", "-L"])
+            .output()
+            .expect("conntrack (Debian's conntrack package)");
+        assert!(out.status.success(), "{out:?}");
+        let (s, d) = (format!("src={ip} "), format!("dst={ip} "));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains(&s) || l.contains(&d))
+            .count() as u64
+    }
+
+    fn conntrack_d(ns: &Netns, src: &str) {
+        let _ = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                ns.name().unwrap(),
+                "conntrack",
+                "-D",
+                "-s",
+                src,
+            ])
+            .output()
+            .expect("conntrack (Debian's conntrack package)");
+    }
+
+    /// Waits (10 s at most) until the counter's counts of the four addresses equal the tool's,
+    /// and returns them.
+    fn agree(ns: &Netns, c: &Counter, want: [u64; 4]) -> [u64; 4] {
+        let ips = ["10.213.0.1", "10.213.0.2", "10.213.0.3", "10.213.0.4"];
+        let tool = ips.map(|i| tool_count(ns, i));
+        assert_eq!(tool, want, "conntrack -L itself");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let ours = c.with(|t| ips.map(|i| t.get(ip(i))));
+            if ours == Some(tool) {
+                return tool;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "counter {ours:?} vs conntrack -L {tool:?}"
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn quick() -> Tuning {
+        Tuning {
+            verify_every: Duration::from_secs(1),
+            poll_every: Duration::from_secs(1),
+            ..Tuning::default()
+        }
+    }
+
+    /// Root: a namespace of the test's own, real conntrack, the real tool.
+    #[test]
+    fn counts_follow_new_and_deleted_flows_as_conntrack_lists_them() {
+        let ns = tracked_netns();
+        // Older than the counter: with nf_conntrack_events = 2 these never send an event.
+        flows(&ns, "10.213.0.4", "10.213.0.2", 5);
+        let c = ns
+            .run(|| Counter::start(Path::new("/proc"), quick()))
+            .unwrap();
+        agree(&ns, &c, [0, 5, 0, 5]);
+        flows(&ns, "10.213.0.1", "10.213.0.2", 40);
+        flows(&ns, "10.213.0.3", "10.213.0.2", 10);
+        agree(&ns, &c, [40, 55, 10, 5]);
+        assert_eq!(c.with(|t| t.seeded()), Some(5), "only the older entries");
+        conntrack_d(&ns, "10.213.0.3");
+        agree(&ns, &c, [40, 45, 0, 5]);
+        // No DESTROY event for these: the periodic check finds them gone.
+        conntrack_d(&ns, "10.213.0.4");
+        agree(&ns, &c, [40, 40, 0, 0]);
+        assert_eq!(c.with(|t| t.seeded()), Some(0));
+        // Not wanted: closed, counts unknown; wanted again: a fresh dump.
+        c.set_wanted(false);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while c.with(|_| ()).is_some() {
+            assert!(
+                Instant::now() < deadline,
+                "counts still known while not wanted"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+        flows(&ns, "10.213.0.3", "10.213.0.1", 3);
+        c.set_wanted(true);
+        agree(&ns, &c, [43, 40, 3, 0]);
+    }
+
+    /// Root: events turned off in the namespace; the counts come from periodic dumps.
+    #[test]
+    fn with_events_off_the_counts_come_from_periodic_dumps() {
+        let ns = tracked_netns();
+        ns.sh("sysctl -w net.netfilter.nf_conntrack_events=0");
+        let c = ns
+            .run(|| Counter::start(Path::new("/proc"), quick()))
+            .unwrap();
+        agree(&ns, &c, [0, 0, 0, 0]);
+        flows(&ns, "10.213.0.1", "10.213.0.2", 20);
+        agree(&ns, &c, [20, 20, 0, 0]);
+        conntrack_d(&ns, "10.213.0.1");
+        agree(&ns, &c, [0, 0, 0, 0]);
+    }
+}
