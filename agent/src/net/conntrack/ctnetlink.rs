@@ -18,8 +18,8 @@ use std::{
 };
 
 use netlink_packet_core::{
-    NLA_TYPE_MASK, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage,
-    NetlinkPayload, Nla as _,
+    Emitable as _, NLA_TYPE_MASK, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST, NetlinkHeader,
+    NetlinkMessage, NetlinkPayload, Nla as _,
 };
 use netlink_packet_netfilter::{
     NetfilterHeader, NetfilterMessage, NetfilterMessageInner, NetfilterProtoFamily,
@@ -27,8 +27,12 @@ use netlink_packet_netfilter::{
 };
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
 
-/// `CTA_ID` (linux/netfilter/nfnetlink_conntrack.h), not among the crate's named attributes.
+/// `CTA_ID` and `CTA_ZONE` (linux/netfilter/nfnetlink_conntrack.h), not among the crate's
+/// named attributes.
 const CTA_ID: u16 = 12;
+const CTA_ZONE: u16 = 18;
+/// `IPCTNL_MSG_CT_GET` in the ctnetlink subsystem.
+const CT_GET: u16 = ((libc::NFNL_SUBSYS_CTNETLINK as u16) << 8) | 1;
 /// Multicast groups (linux/netfilter/nfnetlink.h, `enum nfnetlink_groups`).
 const NFNLGRP_CONNTRACK_NEW: u32 = 1;
 const NFNLGRP_CONNTRACK_DESTROY: u32 = 3;
@@ -78,10 +82,21 @@ impl FromIterator<Ipv4Addr> for Addrs {
 }
 
 /// One IPv4 entry: its id and addresses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Flow {
     pub id: u32,
     pub addrs: Addrs,
+    /// What finds it again ([`Lookup`]): its `CTA_TUPLE_ORIG` and `CTA_ZONE` attributes as
+    /// the kernel sent them; read for dumps only.
+    pub key: Option<Box<[u8]>>,
+}
+
+/// One message of a datagram.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Msg {
+    pub event: Event,
+    pub flags: u16,
+    pub seq: u32,
 }
 
 /// What one message said.
@@ -99,9 +114,9 @@ pub enum Event {
     Other,
 }
 
-/// The messages of one datagram, in order, with their netlink flags. A message that does not
-/// parse ends the datagram: what follows it cannot be found.
-pub fn parse(datagram: &[u8]) -> Vec<(Event, u16)> {
+/// The messages of one datagram, in order; `keys` reads each entry's [`Flow::key`]. A message
+/// that does not parse ends the datagram: what follows it cannot be found.
+pub fn parse(datagram: &[u8], keys: bool) -> Vec<Msg> {
     let mut out = Vec::new();
     let mut at = 0;
     while at < datagram.len() {
@@ -109,7 +124,11 @@ pub fn parse(datagram: &[u8]) -> Vec<(Event, u16)> {
             break;
         };
         let len = msg.header.length as usize;
-        out.push((event(&msg), msg.header.flags));
+        out.push(Msg {
+            event: event(&msg, keys),
+            flags: msg.header.flags,
+            seq: msg.header.sequence_number,
+        });
         if len == 0 {
             break;
         }
@@ -118,7 +137,7 @@ pub fn parse(datagram: &[u8]) -> Vec<(Event, u16)> {
     out
 }
 
-fn event(msg: &NetlinkMessage<NetfilterMessage>) -> Event {
+fn event(msg: &NetlinkMessage<NetfilterMessage>, keys: bool) -> Event {
     let nf = match &msg.payload {
         NetlinkPayload::Done(_) => return Event::Done,
         NetlinkPayload::Error(e) => {
@@ -132,7 +151,7 @@ fn event(msg: &NetlinkMessage<NetfilterMessage>) -> Event {
     }
     match &nf.inner {
         NetfilterMessageInner::Conntrack(ConntrackMessage::New(attrs)) => {
-            flow(attrs).map_or(Event::Other, Event::New)
+            flow(attrs, keys).map_or(Event::Other, Event::New)
         }
         NetfilterMessageInner::Conntrack(ConntrackMessage::Delete(attrs)) => {
             id(attrs).map_or(Event::Other, Event::Destroy)
@@ -154,7 +173,7 @@ fn id(attrs: &[ConntrackAttribute]) -> Option<u32> {
     })
 }
 
-fn flow(attrs: &[ConntrackAttribute]) -> Option<Flow> {
+fn flow(attrs: &[ConntrackAttribute], keys: bool) -> Option<Flow> {
     let mut addrs = Addrs::default();
     for a in attrs {
         let (ConntrackAttribute::CtaTupleOrig(tuples) | ConntrackAttribute::CtaTupleReply(tuples)) =
@@ -176,7 +195,26 @@ fn flow(attrs: &[ConntrackAttribute]) -> Option<Flow> {
     Some(Flow {
         id: id(attrs)?,
         addrs,
+        key: keys.then(|| key(attrs)),
     })
+}
+
+fn key(attrs: &[ConntrackAttribute]) -> Box<[u8]> {
+    let parts: Vec<&ConntrackAttribute> = attrs
+        .iter()
+        .filter(|a| match a {
+            ConntrackAttribute::CtaTupleOrig(_) => true,
+            ConntrackAttribute::Other(nla) => nla.kind() & NLA_TYPE_MASK == CTA_ZONE,
+            _ => false,
+        })
+        .collect();
+    let mut out = vec![0; parts.iter().map(|a| a.buffer_len()).sum()];
+    let mut at = 0;
+    for a in parts {
+        a.emit(&mut out[at..]);
+        at += a.buffer_len();
+    }
+    out.into_boxed_slice()
 }
 
 /// Reads every IPv4 entry of the calling thread's namespace, calling `each` once per reply
@@ -204,17 +242,72 @@ pub fn dump(mut each: impl FnMut(Flow)) -> io::Result<()> {
     let mut buf = vec![0u8; RECV_BUF];
     loop {
         let n = recv(&socket, &mut buf, 0)?;
-        for (ev, flags) in parse(&buf[..n]) {
+        for Msg { event, flags, .. } in parse(&buf[..n], true) {
             if flags & NLM_F_DUMP_INTR != 0 {
                 return Err(io::Error::other(
                     "the conntrack dump was interrupted (NLM_F_DUMP_INTR)",
                 ));
             }
-            match ev {
+            match event {
                 Event::New(f) => each(f),
                 Event::Done => return Ok(()),
                 Event::Error(code) => return Err(io::Error::from_raw_os_error(-code)),
                 Event::Destroy(_) | Event::Other => {}
+            }
+        }
+    }
+}
+
+/// Finds single entries again by their [`Flow::key`] (`IPCTNL_MSG_CT_GET` without
+/// `NLM_F_DUMP`: one hash lookup in the kernel, not a walk of the table).
+pub struct Lookup {
+    socket: Socket,
+    seq: u32,
+    buf: Vec<u8>,
+}
+
+impl Lookup {
+    pub fn new() -> io::Result<Self> {
+        let mut socket = Socket::new(NETLINK_NETFILTER)?;
+        socket.bind_auto()?;
+        socket.connect(&SocketAddr::new(0, 0))?;
+        set_timeout(socket.as_raw_fd(), DUMP_TIMEOUT)?;
+        Ok(Self {
+            socket,
+            seq: 0,
+            buf: vec![0; RECV_BUF],
+        })
+    }
+
+    /// The id of the entry `key` names now; `None` when there is none.
+    pub fn id_of(&mut self, key: &[u8]) -> io::Result<Option<u32>> {
+        self.seq = self.seq.wrapping_add(1);
+        let len = 20 + key.len();
+        let mut req = Vec::with_capacity(len);
+        req.extend_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_ne_bytes());
+        req.extend_from_slice(&CT_GET.to_ne_bytes());
+        req.extend_from_slice(&NLM_F_REQUEST.to_ne_bytes());
+        req.extend_from_slice(&self.seq.to_ne_bytes());
+        req.extend_from_slice(&0u32.to_ne_bytes());
+        // nfgenmsg: AF_INET, NFNETLINK_V0, res_id 0.
+        req.extend_from_slice(&[libc::AF_INET as u8, 0, 0, 0]);
+        req.extend_from_slice(key);
+        self.socket.send(&req, 0)?;
+        loop {
+            let n = recv(&self.socket, &mut self.buf, 0)?;
+            // A late answer to an earlier request is skipped.
+            for m in parse(&self.buf[..n], false) {
+                if m.seq != self.seq {
+                    continue;
+                }
+                return match m.event {
+                    Event::New(f) => Ok(Some(f.id)),
+                    Event::Error(code) if code == -libc::ENOENT => Ok(None),
+                    Event::Error(code) => Err(io::Error::from_raw_os_error(-code)),
+                    _ => Err(io::Error::other(
+                        "an unexpected answer to a conntrack lookup",
+                    )),
+                };
             }
         }
     }
@@ -253,10 +346,13 @@ impl Events {
 
     /// The events of one queued datagram; `Ok(None)` when none is queued. `ENOBUFS` means
     /// events were lost.
-    pub fn next(&mut self) -> io::Result<Option<Vec<Event>>> {
+    pub fn queued(&mut self) -> io::Result<Option<Vec<Event>>> {
         match recv(&self.socket, &mut self.buf, libc::MSG_DONTWAIT) {
             Ok(n) => Ok(Some(
-                parse(&self.buf[..n]).into_iter().map(|(e, _)| e).collect(),
+                parse(&self.buf[..n], false)
+                    .into_iter()
+                    .map(|m| m.event)
+                    .collect(),
             )),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
             Err(e) => Err(e),
@@ -348,9 +444,9 @@ mod tests {
 
     #[test]
     fn a_captured_new_event_gives_its_id_and_both_addresses_once() {
-        let evs = parse(NEW);
+        let evs: Vec<Event> = parse(NEW, false).into_iter().map(|m| m.event).collect();
         assert_eq!(evs.len(), 1);
-        let Event::New(f) = &evs[0].0 else {
+        let Event::New(f) = &evs[0] else {
             panic!("{evs:?}")
         };
         assert_eq!(f.id, 0x43d7_d70a);
@@ -362,7 +458,10 @@ mod tests {
 
     #[test]
     fn a_destroy_event_gives_its_id() {
-        assert_eq!(parse(&destroy())[0].0, Event::Destroy(0x43d7_d70a));
+        assert_eq!(
+            parse(&destroy(), false)[0].event,
+            Event::Destroy(0x43d7_d70a)
+        );
     }
 
     #[test]
@@ -371,7 +470,7 @@ mod tests {
         // The reply tuple from 172.30.1.2 to 10.200.1.2, as after DNAT and SNAT.
         m[84..88].copy_from_slice(&[172, 30, 1, 2]);
         m[92..96].copy_from_slice(&[10, 200, 1, 2]);
-        let Event::New(f) = &parse(&m)[0].0 else {
+        let Event::New(f) = &parse(&m, false)[0].event else {
             panic!()
         };
         assert_eq!(f.addrs.iter().count(), 4, "{f:?}");
@@ -381,7 +480,7 @@ mod tests {
     fn datagrams_of_several_messages_are_read_in_order() {
         let mut d = NEW.to_vec();
         d.extend_from_slice(&destroy());
-        let evs: Vec<Event> = parse(&d).into_iter().map(|(e, _)| e).collect();
+        let evs: Vec<Event> = parse(&d, false).into_iter().map(|m| m.event).collect();
         assert!(matches!(evs[0], Event::New(_)), "{evs:?}");
         assert_eq!(evs[1], Event::Destroy(0x43d7_d70a));
     }
@@ -390,12 +489,20 @@ mod tests {
     fn other_families_truncated_and_idless_messages_count_nothing() {
         let mut v6 = NEW.to_vec();
         v6[16] = libc::AF_INET6 as u8;
-        assert_eq!(parse(&v6)[0].0, Event::Other);
-        assert!(parse(&NEW[..100]).is_empty(), "truncated");
-        assert!(parse(&[]).is_empty());
+        assert_eq!(parse(&v6, false)[0].event, Event::Other);
+        assert!(parse(&NEW[..100], false).is_empty(), "truncated");
+        assert!(parse(&[], false).is_empty());
         // CTA_ID renamed to an attribute nobody reads: no id, no flow.
         let mut idless = NEW.to_vec();
         idless[126] = 0x3f;
-        assert_eq!(parse(&idless)[0].0, Event::Other);
+        assert_eq!(parse(&idless, false)[0].event, Event::Other);
+    }
+
+    #[test]
+    fn a_dumped_entrys_key_is_its_original_tuple_as_the_kernel_sent_it() {
+        let Event::New(f) = &parse(NEW, true)[0].event else {
+            panic!()
+        };
+        assert_eq!(f.key.as_deref(), Some(&NEW[20..72]));
     }
 }
