@@ -8,8 +8,10 @@
 //!    (`CTA_ID`) with its addresses (~50 bytes an entry). Events queued meanwhile are applied
 //!    after the dump: a NEW for an id already counted is not counted again, a DESTROY for an
 //!    unknown id is ignored. UPDATE events are not subscribed to.
-//! 2. Then +1 per address on NEW, -1 on DESTROY. The thread sleeps in `poll` between events:
-//!    no timer runs at rest beyond one sysctl read every [`Tuning::verify_every`].
+//! 2. Then +1 per address on NEW, -1 on DESTROY. The thread sleeps in `poll` between events
+//!    and lets them gather for [`Tuning::coalesce`] after each wake (a busy table costs a few
+//!    wakes a second, not one per event); at rest nothing runs beyond one sysctl read every
+//!    [`Tuning::verify_max`].
 //! 3. Lost events (`ENOBUFS`: the socket buffer, 8 MiB forced as root, overflowed) or a dump
 //!    that failed: the queued events are thrown away and the table dumped again.
 //!
@@ -20,12 +22,14 @@
 //! - With the default `2` ("only while someone listens") an entry created while nobody listened
 //!   never sends any event, DESTROY included (`nf_ct_ecache_ext_add`,
 //!   net/netfilter/nf_conntrack_ecache.c; the tests show it). So entries known only from a dump
-//!   stay "seeded", with their original tuple, until an event names them, and every
-//!   [`Tuning::verify_every`] while some remain they are looked up one by one by that tuple
+//!   stay "seeded", with their original tuple, until an event names them. While some remain
+//!   they are checked [`Tuning::verify_every`] after the dump, again as soon while checks find
+//!   some gone, and with a gap doubling up to [`Tuning::verify_max`] while they find none (a
+//!   table whose old entries live on costs one check a minute): looked up one by one by tuple
 //!   (`IPCTNL_MSG_CT_GET`: one hash probe each) and dropped when gone; above
 //!   [`Tuning::lookup_max`] of them a dump checks them all at once. A dump is not cheap here:
-//!   it walks and locks every hash bucket (~28 ms of CPU at 262,144 buckets and 5,700 entries,
-//!   2.4x the text table's read), which is why nothing dumps periodically while events flow.
+//!   it walks and locks every hash bucket (~26 ms of CPU at 262,144 buckets and 5,700 entries,
+//!   twice the text table's read), which is why nothing dumps periodically while events flow.
 //!   The checks end once the entries older than the subscription have all ended.
 //!
 //! `poll` also watches a socket pair whose other end the [`Counter`] holds: dropping the
@@ -58,9 +62,14 @@ use super::ctnetlink::{self, Addrs, Event, Events, Flow, Lookup};
 /// Timing of the counter thread.
 #[derive(Debug, Clone, Copy)]
 pub struct Tuning {
-    /// How often the sysctl is read again and, while entries known only from a dump remain,
-    /// they are checked against a fresh dump.
+    /// How soon the entries known only from a dump are checked, at first and again while
+    /// checks find some gone; the gap doubles while they find none.
     pub verify_every: Duration,
+    /// The longest gap between checks, and the period of the sysctl's re-read once no such
+    /// entry is left.
+    pub verify_max: Duration,
+    /// How long events gather after a wake before the next.
+    pub coalesce: Duration,
     /// How often the table is dumped when events are off.
     pub poll_every: Duration,
     /// The event socket's receive buffer.
@@ -72,14 +81,18 @@ pub struct Tuning {
 impl Default for Tuning {
     fn default() -> Self {
         Self {
-            // Entries older than the agent are checked twice a minute until they are gone.
-            verify_every: Duration::from_secs(30),
+            // As fresh as the text reader this replaced while old entries end, down to a check
+            // a minute on a table whose old entries live on.
+            verify_every: Duration::from_secs(5),
+            verify_max: Duration::from_secs(60),
+            // Five wakes a second at most under churn, well within a tick.
+            coalesce: Duration::from_millis(200),
             // The interval of the text-table reader this replaced.
             poll_every: Duration::from_secs(5),
             // ~25,000 events of a burst at ~330 bytes of socket memory each.
             rcvbuf: 8 << 20,
-            // A dump walks every hash bucket (~28 ms at 262,144 buckets here, however few the
-            // entries); a lookup is one hash probe and a round trip of a few µs.
+            // A dump walks every hash bucket (~26 ms at 262,144 buckets here, however few the
+            // entries); a lookup is one hash probe and a round trip of ~6 µs.
             lookup_max: 2_000,
         }
     }
@@ -225,6 +238,7 @@ impl Counter {
             sysctl: proc.join("sys/net/netfilter/nf_conntrack_events"),
             tuning,
             live: None,
+            gap: tuning.verify_every,
         };
         thread::Builder::new()
             .name("berth-conntrack".into())
@@ -263,6 +277,8 @@ struct Worker {
     tuning: Tuning,
     /// `None` while not wanted; the next periodic check.
     live: Option<(Live, Instant)>,
+    /// The current gap between checks.
+    gap: Duration,
 }
 
 enum Woke {
@@ -287,8 +303,8 @@ impl Worker {
             }
             if self.live.is_none() {
                 let live = self.open();
-                let due = Instant::now() + self.period_of(&live);
-                self.live = Some((live, due));
+                self.gap = self.period_of(&live);
+                self.live = Some((live, Instant::now() + self.gap));
             }
             let (fd, due) = match &self.live {
                 Some((Live::Events(e), due)) => (Some(e.fd()), *due),
@@ -298,7 +314,15 @@ impl Worker {
             match self.wait(fd, Some(due)) {
                 Woke::Gone => return,
                 Woke::Nudged => {}
-                Woke::Readable => self.drain(),
+                Woke::Readable => {
+                    self.drain();
+                    // Let events gather, so a busy table costs a few wakes a second rather than
+                    // one per event; a drop still ends the thread at once.
+                    if let Woke::Gone = self.wait(None, Some(Instant::now() + self.tuning.coalesce))
+                    {
+                        return;
+                    }
+                }
                 Woke::Timeout => self.check(),
             }
         }
@@ -390,48 +414,62 @@ impl Worker {
             self.live = None;
             return;
         }
-        if polling || lock(&self.shared).is_none() {
+        let t = self.tuning;
+        self.gap = if polling {
             self.seed();
+            t.poll_every
+        } else if lock(&self.shared).is_none() {
+            self.seed();
+            t.verify_every
         } else {
             let seeded = lock(&self.shared).as_ref().map_or(0, Tally::seeded);
-            if seeded > self.tuning.lookup_max {
-                self.verify_by_dump();
+            let removed = if seeded > t.lookup_max {
+                self.verify_by_dump()
             } else if seeded > 0 {
-                self.verify_by_lookup();
-            }
-        }
-        let tuning = self.tuning;
-        if let Some((live, due)) = &mut self.live {
-            let period = match live {
-                Live::Polling => tuning.poll_every,
-                Live::Events(_) => tuning.verify_every,
+                self.verify_by_lookup()
+            } else {
+                0
             };
-            *due = Instant::now() + period;
+            if seeded == removed {
+                t.verify_max
+            } else if removed > 0 {
+                t.verify_every
+            } else {
+                (self.gap * 2).clamp(t.verify_every, t.verify_max)
+            }
+        };
+        if let Some((_, due)) = &mut self.live {
+            *due = Instant::now() + self.gap;
         }
     }
 
-    /// Drops the seeded entries a fresh dump no longer shows.
-    fn verify_by_dump(&self) {
+    /// Drops the seeded entries a fresh dump no longer shows; returns how many.
+    fn verify_by_dump(&self) -> usize {
         let mut alive = HashSet::new();
         match ctnetlink::dump(|f| {
             alive.insert(f.id);
         }) {
             Ok(()) => {
-                if let Some(t) = lock(&self.shared).as_mut() {
-                    t.retain_seeded(&alive);
-                    debug!(
-                        seeded = t.seeded(),
-                        "entries older than the counter checked by a dump"
-                    );
-                }
+                let mut guard = lock(&self.shared);
+                let Some(t) = guard.as_mut() else { return 0 };
+                let before = t.len();
+                t.retain_seeded(&alive);
+                debug!(
+                    seeded = t.seeded(),
+                    "entries older than the counter checked by a dump"
+                );
+                before - t.len()
             }
-            Err(e) => warn!(error = %e, "conntrack dump failed; trying again at the next check"),
+            Err(e) => {
+                warn!(error = %e, "conntrack dump failed; trying again at the next check");
+                0
+            }
         }
     }
 
     /// Drops the seeded entries the kernel no longer finds by their original tuple (or finds
-    /// under another id: a new entry, which its NEW event counts).
-    fn verify_by_lookup(&self) {
+    /// under another id: a new entry, which its NEW event counts); returns how many.
+    fn verify_by_lookup(&self) -> usize {
         let keys = lock(&self.shared)
             .as_ref()
             .map(Tally::seeded_keys)
@@ -447,15 +485,20 @@ impl Worker {
         });
         match gone {
             Ok(gone) => {
-                if let Some(t) = lock(&self.shared).as_mut() {
-                    t.remove_seeded(&gone);
-                    debug!(
-                        seeded = t.seeded(),
-                        "entries older than the counter looked up"
-                    );
-                }
+                let mut guard = lock(&self.shared);
+                let Some(t) = guard.as_mut() else { return 0 };
+                let before = t.len();
+                t.remove_seeded(&gone);
+                debug!(
+                    seeded = t.seeded(),
+                    "entries older than the counter looked up"
+                );
+                before - t.len()
             }
-            Err(e) => warn!(error = %e, "conntrack lookup failed; trying again at the next check"),
+            Err(e) => {
+                warn!(error = %e, "conntrack lookup failed; trying again at the next check");
+                0
+            }
         }
     }
 
@@ -623,6 +666,7 @@ mod tests {
     fn quick() -> Tuning {
         Tuning {
             verify_every: Duration::from_secs(1),
+            verify_max: Duration::from_secs(2),
             poll_every: Duration::from_secs(1),
             ..Tuning::default()
         }
