@@ -11,6 +11,7 @@
 
 pub mod counter;
 pub mod ctnetlink;
+pub mod tally;
 
 use std::{collections::HashMap, fs, path::Path};
 

@@ -38,10 +38,9 @@
 //! unknown.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashSet,
     fs,
     io::{self, Read as _, Write as _},
-    net::Ipv4Addr,
     os::{
         fd::{AsRawFd as _, RawFd},
         unix::net::UnixStream,
@@ -57,7 +56,10 @@ use std::{
 
 use tracing::{debug, info, warn};
 
-use super::ctnetlink::{self, Addrs, Event, Events, Flow, Lookup};
+use super::{
+    ctnetlink::{self, Events, Lookup},
+    tally::Tally,
+};
 
 /// Timing of the counter thread.
 #[derive(Debug, Clone, Copy)]
@@ -94,118 +96,6 @@ impl Default for Tuning {
             // A dump walks every hash bucket (~26 ms at 262,144 buckets here, however few the
             // entries); a lookup is one hash probe and a round trip of ~6 µs.
             lookup_max: 2_000,
-        }
-    }
-}
-
-/// Entries per address, and the entries by id behind them.
-#[derive(Debug, Default)]
-pub struct Tally {
-    flows: HashMap<u32, Tracked>,
-    by_ip: HashMap<Ipv4Addr, u64>,
-}
-
-#[derive(Debug, Clone)]
-struct Tracked {
-    addrs: Addrs,
-    /// For an entry known only from a dump (it may never send an event): what finds it again.
-    seeded: Option<Box<[u8]>>,
-}
-
-impl Tally {
-    /// Entries naming `ip` in either tuple.
-    pub fn get(&self, ip: Ipv4Addr) -> u64 {
-        self.by_ip.get(&ip).copied().unwrap_or(0)
-    }
-
-    /// Entries counted.
-    pub fn len(&self) -> usize {
-        self.flows.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.flows.is_empty()
-    }
-
-    /// Entries known only from a dump.
-    pub fn seeded(&self) -> usize {
-        self.flows.values().filter(|t| t.seeded.is_some()).count()
-    }
-
-    /// Counts `flow` unless its id is known; a NEW event (`seeded == false`) for a known id
-    /// marks it as one that sends events.
-    fn add(&mut self, flow: Flow, seeded: bool) {
-        if let Some(t) = self.flows.get_mut(&flow.id) {
-            if !seeded {
-                t.seeded = None;
-            }
-            return;
-        }
-        for ip in flow.addrs.iter() {
-            *self.by_ip.entry(ip).or_default() += 1;
-        }
-        self.flows.insert(
-            flow.id,
-            Tracked {
-                addrs: flow.addrs,
-                seeded: if seeded {
-                    Some(flow.key.unwrap_or_default())
-                } else {
-                    None
-                },
-            },
-        );
-    }
-
-    fn remove(&mut self, id: u32) {
-        let Some(t) = self.flows.remove(&id) else {
-            return;
-        };
-        for ip in t.addrs.iter() {
-            if let Some(n) = self.by_ip.get_mut(&ip) {
-                *n -= 1;
-                if *n == 0 {
-                    self.by_ip.remove(&ip);
-                }
-            }
-        }
-    }
-
-    /// Drops the seeded entries whose id is not in `alive`.
-    fn retain_seeded(&mut self, alive: &HashSet<u32>) {
-        let gone: Vec<u32> = self
-            .flows
-            .iter()
-            .filter(|(id, t)| t.seeded.is_some() && !alive.contains(id))
-            .map(|(id, _)| *id)
-            .collect();
-        for id in gone {
-            self.remove(id);
-        }
-    }
-
-    /// The seeded entries' ids and keys.
-    fn seeded_keys(&self) -> Vec<(u32, Box<[u8]>)> {
-        self.flows
-            .iter()
-            .filter_map(|(id, t)| Some((*id, t.seeded.clone()?)))
-            .collect()
-    }
-
-    /// Drops `ids` that are still seeded (an event may have named one meanwhile).
-    fn remove_seeded(&mut self, ids: &[u32]) {
-        for id in ids {
-            if self.flows.get(id).is_some_and(|t| t.seeded.is_some()) {
-                self.remove(*id);
-            }
-        }
-    }
-
-    fn apply(&mut self, ev: &Event) {
-        match ev {
-            Event::New(f) => self.add(f.clone(), false),
-            Event::Destroy(id) => self.remove(*id),
-            Event::Done | Event::Error(_) | Event::Other => {}
         }
     }
 }
@@ -313,17 +203,20 @@ impl Worker {
             };
             match self.wait(fd, Some(due)) {
                 Woke::Gone => return,
-                Woke::Nudged => {}
+                Woke::Nudged | Woke::Timeout => {}
                 Woke::Readable => {
                     self.drain();
                     // Let events gather, so a busy table costs a few wakes a second rather than
                     // one per event; a drop still ends the thread at once.
-                    if let Woke::Gone = self.wait(None, Some(Instant::now() + self.tuning.coalesce))
-                    {
+                    let until = Instant::now() + self.tuning.coalesce;
+                    if let Woke::Gone = self.wait(None, Some(until)) {
                         return;
                     }
                 }
-                Woke::Timeout => self.check(),
+            }
+            // Due whether or not events kept the socket busy meanwhile.
+            if self.wanted.load(Ordering::Relaxed) && Instant::now() >= due {
+                self.check();
             }
         }
     }
@@ -543,57 +436,24 @@ impl Worker {
 
 #[cfg(test)]
 mod tests {
-    use std::{net::UdpSocket, process::Command};
+    use std::{
+        net::{Ipv4Addr, UdpSocket},
+        process::Command,
+    };
 
     use berth_testkit::{Netns, unique};
 
     use super::*;
 
-    fn flow(id: u32, ips: &[&str]) -> Flow {
-        Flow {
-            id,
-            addrs: ips.iter().map(|s| s.parse::<Ipv4Addr>().unwrap()).collect(),
-            key: None,
-        }
-    }
-
     fn ip(s: &str) -> Ipv4Addr {
         s.parse().unwrap()
     }
 
-    #[test]
-    fn an_id_counts_once_and_unknown_destroys_are_ignored() {
-        let mut t = Tally::default();
-        t.add(flow(1, &["10.0.0.1", "10.0.0.2", "10.0.0.1"]), true);
-        t.add(flow(1, &["10.0.0.1", "10.0.0.2"]), false);
-        t.add(flow(2, &["10.0.0.2", "10.0.0.3"]), false);
-        assert_eq!((t.get(ip("10.0.0.1")), t.get(ip("10.0.0.2"))), (1, 2));
-        assert_eq!(
-            t.seeded(),
-            0,
-            "a NEW event for a dumped id marks it as evented"
-        );
-        t.apply(&Event::Destroy(99));
-        t.apply(&Event::Destroy(2));
-        assert_eq!((t.get(ip("10.0.0.2")), t.get(ip("10.0.0.3"))), (1, 0));
-        assert_eq!(t.by_ip.len(), 2, "addresses at zero are dropped");
-    }
-
-    #[test]
-    fn a_check_drops_only_seeded_entries_that_are_gone() {
-        let mut t = Tally::default();
-        t.add(flow(1, &["10.0.0.1"]), true);
-        t.add(flow(2, &["10.0.0.1"]), true);
-        t.add(flow(3, &["10.0.0.1"]), false);
-        t.retain_seeded(&HashSet::from([2]));
-        assert_eq!((t.len(), t.seeded(), t.get(ip("10.0.0.1"))), (2, 1, 2));
-    }
-
     /// A named namespace of the test's own with conntrack active (an nft `ct state new` rule)
-    /// and four addresses on `lo`; gone with the guard.
+    /// and six addresses on `lo`; gone with the guard.
     fn tracked_netns() -> Netns {
         let ns = Netns::named(&unique("bct"));
-        for i in 1..=4 {
+        for i in 1..=6 {
             ns.sh(&format!("ip addr add 10.213.0.{i}/32 dev lo"));
         }
         ns.sh_in(
@@ -612,6 +472,41 @@ mod tests {
                 s.send_to(b"x", (ip(dst), 9)).unwrap();
             }
         });
+    }
+
+    /// New flows from 10.213.0.5 to .6 inside `ns` every 10 ms until dropped: events never
+    /// stop, as on a busy host.
+    struct Churn {
+        stop: Arc<AtomicBool>,
+        thread: Option<thread::JoinHandle<()>>,
+    }
+
+    impl Drop for Churn {
+        fn drop(&mut self) {
+            self.stop.store(true, Ordering::Relaxed);
+            if let Some(t) = self.thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
+
+    fn churn(ns: &Netns) -> Churn {
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = Arc::clone(&stop);
+        // Spawned inside the namespace, the thread stays in it.
+        let thread = ns.run(move || {
+            thread::spawn(move || {
+                while !s.load(Ordering::Relaxed) {
+                    let u = UdpSocket::bind((ip("10.213.0.5"), 0)).unwrap();
+                    u.send_to(b"x", (ip("10.213.0.6"), 9)).unwrap();
+                    thread::sleep(Duration::from_millis(10));
+                }
+            })
+        });
+        Churn {
+            stop,
+            thread: Some(thread),
+        }
     }
 
     /// Entries naming `ip` as `conntrack -L` (run with `ip netns exec`) lists them.
@@ -695,6 +590,8 @@ mod tests {
         let c = ns
             .run(|| Counter::start(Path::new("/proc"), tuning))
             .unwrap();
+        // The periodic checks must run though the event socket is never quiet.
+        let _churn = churn(&ns);
         agree(&ns, &c, [0, 5, 0, 5]);
         flows(&ns, "10.213.0.1", "10.213.0.2", 40);
         flows(&ns, "10.213.0.3", "10.213.0.2", 10);
