@@ -50,7 +50,7 @@ use std::{
     path::{Path, PathBuf},
     sync::{
         Arc, Mutex, MutexGuard,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     thread,
     time::{Duration, Instant},
@@ -111,6 +111,7 @@ fn lock(s: &Shared) -> MutexGuard<'_, Option<Tally>> {
 pub struct Counter {
     shared: Shared,
     wanted: Arc<AtomicBool>,
+    losses: Arc<AtomicU64>,
     wake: UnixStream,
 }
 
@@ -122,9 +123,11 @@ impl Counter {
         theirs.set_nonblocking(true)?;
         let shared: Shared = Arc::default();
         let wanted = Arc::new(AtomicBool::new(true));
+        let losses = Arc::new(AtomicU64::new(0));
         let mut worker = Worker {
             shared: Arc::clone(&shared),
             wanted: Arc::clone(&wanted),
+            losses: Arc::clone(&losses),
             wake: theirs,
             sysctl: proc.join("sys/net/netfilter/nf_conntrack_events"),
             tuning,
@@ -137,6 +140,7 @@ impl Counter {
         Ok(Self {
             shared,
             wanted,
+            losses,
             wake,
         })
     }
@@ -149,6 +153,11 @@ impl Counter {
     }
 
     /// `f` over the current counts; `None` until the first dump has landed.
+    /// How many times events were lost (and the counts rebuilt from a dump).
+    pub fn losses(&self) -> u64 {
+        self.losses.load(Ordering::Relaxed)
+    }
+
     pub fn with<R>(&self, f: impl FnOnce(&Tally) -> R) -> Option<R> {
         lock(&self.shared).as_ref().map(f)
     }
@@ -163,6 +172,7 @@ enum Live {
 struct Worker {
     shared: Shared,
     wanted: Arc<AtomicBool>,
+    losses: Arc<AtomicU64>,
     wake: UnixStream,
     sysctl: PathBuf,
     tuning: Tuning,
@@ -288,6 +298,7 @@ impl Worker {
         if let Some(e) = lost {
             warn!(error = %e, "conntrack events lost: counting again from a dump");
             events.discard_queued();
+            self.losses.fetch_add(1, Ordering::Relaxed);
             self.seed();
             return;
         }
@@ -442,6 +453,8 @@ mod tests {
         process::Command,
     };
 
+    use std::sync::atomic::AtomicU16;
+
     use berth_testkit::{Netns, unique};
 
     use super::*;
@@ -465,11 +478,14 @@ mod tests {
         ns
     }
 
-    /// `n` UDP flows from `src` to `dst` inside `ns` (a fresh source port each).
+    /// `n` UDP flows from `src` to `dst` inside `ns`, each from a source port of its own (a
+    /// random ephemeral port may repeat, and the same tuple is the same entry).
     fn flows(ns: &Netns, src: &str, dst: &str, n: usize) {
+        static PORT: AtomicU16 = AtomicU16::new(20_000);
         ns.run(|| {
             for _ in 0..n {
-                let s = UdpSocket::bind((ip(src), 0)).unwrap();
+                let port = PORT.fetch_add(1, Ordering::Relaxed);
+                let s = UdpSocket::bind((ip(src), port)).unwrap();
                 s.send_to(b"x", (ip(dst), 9)).unwrap();
             }
         });
@@ -591,9 +607,9 @@ mod tests {
         let c = ns
             .run(|| Counter::start(Path::new("/proc"), tuning))
             .unwrap();
-        // The periodic checks must run though the event socket is never quiet.
-        let _churn = churn(&ns);
         agree(&ns, &c, [0, 5, 0, 5]);
+        // Subscribed now. The periodic checks must run though the event socket is never quiet.
+        let _churn = churn(&ns);
         flows(&ns, "10.213.0.1", "10.213.0.2", 40);
         flows(&ns, "10.213.0.3", "10.213.0.2", 10);
         agree(&ns, &c, [40, 55, 10, 5]);
@@ -621,6 +637,24 @@ mod tests {
         flows(&ns, "10.213.0.3", "10.213.0.1", 3);
         c.set_wanted(true);
         agree(&ns, &c, [43, 40, 3, 0]);
+    }
+
+    /// Root: a receive buffer far too small for a burst; the loss is seen and the counts
+    /// rebuilt.
+    #[test]
+    fn lost_events_rebuild_the_counts_from_a_dump() {
+        let ns = tracked_netns();
+        let tuning = Tuning {
+            rcvbuf: 4096,
+            ..quick()
+        };
+        let c = ns
+            .run(|| Counter::start(Path::new("/proc"), tuning))
+            .unwrap();
+        agree(&ns, &c, [0, 0, 0, 0]);
+        flows(&ns, "10.213.0.1", "10.213.0.2", 1000);
+        agree(&ns, &c, [1000, 1000, 0, 0]);
+        assert!(c.losses() > 0, "a 4 KiB buffer held 1,000 events");
     }
 
     /// Root: events turned off in the namespace; the counts come from periodic dumps.
