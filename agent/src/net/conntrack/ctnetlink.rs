@@ -8,7 +8,7 @@
 //! from), which knows the tuples; `CTA_ID` is one of the attributes it leaves raw, read here as
 //! the kernel's big-endian u32. Sockets are `netlink-sys`'s.
 //!
-//! Both sockets act in the namespace of the thread that opens them, for good.
+//! Every socket here acts in the namespace of the thread that opened it, for good.
 
 use std::{
     io,
