@@ -1,7 +1,8 @@
 //! ctnetlink (`NETLINK_NETFILTER`, subsystem `NFNL_SUBSYS_CTNETLINK`) as the conntrack counter
-//! uses it: a dump of the IPv4 table (`IPCTNL_MSG_CT_GET` with `NLM_F_DUMP`) and a socket
-//! subscribed to the `NFNLGRP_CONNTRACK_NEW` and `NFNLGRP_CONNTRACK_DESTROY` groups. Both read
-//! each entry down to its id (`CTA_ID`, stable for the entry's life) and the distinct IPv4
+//! uses it: a dump of the IPv4 table (`IPCTNL_MSG_CT_GET` with `NLM_F_DUMP`), lookups of one
+//! entry by its original tuple (the same request without it), and a socket subscribed to the
+//! `NFNLGRP_CONNTRACK_NEW` and `NFNLGRP_CONNTRACK_DESTROY` groups. All read each entry down to
+//! its id (`CTA_ID`, stable for the entry's life) and the distinct IPv4
 //! addresses of its original and reply tuples.
 //!
 //! Messages are parsed by `netlink-packet-netfilter` (the rust-netlink family rtnetlink comes
