@@ -29,6 +29,45 @@ use crate::model::ContainerStats;
 /// cgroup file, so a short read is the end and not a record that did not fit.
 const SLACK: usize = 4096;
 
+/// Kept files that change rarely (limits, event counts, IO totals) are read once every this
+/// many reads, the content read last standing in between ([`Files::refresh`] makes the next
+/// read a real one): at one tick per second, at most 5 s old. Usage that rates are computed
+/// from (CPU, memory, pids, throttling) is read every time.
+pub const SLOW_EVERY: u32 = 5;
+
+/// File names read every [`SLOW_EVERY`] reads.
+const SLOW: [&str; 14] = [
+    "cpu.cfs_quota_us",
+    "cpu.cfs_period_us",
+    "cpu.max",
+    "memory.limit_in_bytes",
+    "memory.max",
+    "memory.max_usage_in_bytes",
+    "memory.peak",
+    "memory.failcnt",
+    "memory.memsw.failcnt",
+    "memory.oom_control",
+    "memory.events",
+    "pids.max",
+    "io.stat",
+    "blkio.", // every blkio.*_recursive file
+];
+
+fn is_slow(path: &Path) -> bool {
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return false;
+    };
+    SLOW.iter()
+        .any(|s| name == *s || (s.ends_with('.') && name.starts_with(s)))
+}
+
+/// The content of a slow file as last read, and reads left before the next real one.
+#[derive(Debug)]
+struct Slow {
+    left: u32,
+    text: Option<String>,
+}
+
 /// cgroupfs files read by path; kept open after the first read unless made with
 /// [`Files::once`].
 #[derive(Debug)]
@@ -36,6 +75,8 @@ pub struct Files {
     /// Path -> the open file, or `None` when it does not exist (an optional file this kernel
     /// lacks, remembered: its cgroup's files do not come and go).
     open: HashMap<PathBuf, Option<File>>,
+    /// Slow files of kept [`Files`]: what they said.
+    slow: HashMap<PathBuf, Slow>,
     keep: bool,
     buf: Vec<u8>,
 }
@@ -45,6 +86,7 @@ impl Files {
     pub fn kept() -> Self {
         Self {
             open: HashMap::new(),
+            slow: HashMap::new(),
             keep: true,
             buf: Vec::new(),
         }
@@ -63,8 +105,36 @@ impl Files {
         self.open.values().filter(|f| f.is_some()).count()
     }
 
-    /// The file's content, `None` when it does not exist.
+    /// The next read of every slow file reads it.
+    pub fn refresh(&mut self) {
+        for s in self.slow.values_mut() {
+            s.left = 0;
+        }
+    }
+
+    /// The file's content, `None` when it does not exist; for a slow file of kept [`Files`],
+    /// as read at most [`SLOW_EVERY`] reads ago.
     pub fn read(&mut self, path: &Path) -> Result<Option<&str>, CgroupError> {
+        if !self.keep || !is_slow(path) {
+            return self.read_now(path);
+        }
+        match self.slow.get_mut(path) {
+            Some(s) if s.left > 0 => s.left -= 1,
+            _ => {
+                let text = self.read_now(path)?.map(str::to_owned);
+                self.slow.insert(
+                    path.to_owned(),
+                    Slow {
+                        left: SLOW_EVERY - 1,
+                        text,
+                    },
+                );
+            }
+        }
+        Ok(self.slow.get(path).and_then(|s| s.text.as_deref()))
+    }
+
+    fn read_now(&mut self, path: &Path) -> Result<Option<&str>, CgroupError> {
         let err = |source: io::Error| CgroupError::Read {
             path: path.to_path_buf(),
             source,
@@ -100,6 +170,7 @@ impl Files {
     /// Keeps the files whose paths `keep` accepts; the others are closed.
     pub fn retain(&mut self, mut keep: impl FnMut(&Path) -> bool) {
         self.open.retain(|p, _| keep(p));
+        self.slow.retain(|p, _| self.open.contains_key(p));
     }
 
     fn text(&self, path: &Path) -> Result<&str, CgroupError> {
@@ -132,6 +203,8 @@ fn pread_all(f: &File, buf: &mut Vec<u8>) -> io::Result<()> {
 struct Entry {
     placement: Placement,
     files: Files,
+    /// The caller's version of the cgroup's settings at the last read (see [`StatsCache::read`]).
+    version: u64,
 }
 
 /// Usage of many containers' cgroups, tick after tick: per cgroup (by v2 id and path) its
@@ -165,7 +238,14 @@ impl StatsCache {
 
     /// Usage and limits of the cgroup at `relative` (v2 id `id` when known: a new cgroup at
     /// the same path is a new entry). A failed read forgets the entry (its files closed).
-    pub fn read(&mut self, relative: &str, id: Option<u64>) -> Result<ContainerStats, CgroupError> {
+    /// `version` names the caller's view of the cgroup's settings: when it changes (berth
+    /// wrote new limits) the slow files are read now rather than within [`SLOW_EVERY`] reads.
+    pub fn read(
+        &mut self,
+        relative: &str,
+        id: Option<u64>,
+        version: u64,
+    ) -> Result<ContainerStats, CgroupError> {
         let cg = ContainerCgroup::new(&self.hierarchy, relative);
         let key = (id, cg.relative()?.to_owned());
         if !self.entries.contains_key(&key) {
@@ -175,10 +255,15 @@ impl StatsCache {
                 Entry {
                     placement: self.hierarchy.placement(&key.1),
                     files: if keep { Files::kept() } else { Files::once() },
+                    version,
                 },
             );
         }
         let entry = self.entries.get_mut(&key).expect("inserted above");
+        if entry.version != version {
+            entry.version = version;
+            entry.files.refresh();
+        }
         let read = stats::read(&entry.placement, &mut entry.files);
         if read.is_err() {
             self.entries.remove(&key);
@@ -247,6 +332,42 @@ mod tests {
     }
 
     #[test]
+    fn slow_files_are_read_every_fifth_time_or_after_a_refresh() {
+        let d = tempfile::tempdir().unwrap();
+        let (limit, usage) = (d.path().join("memory.max"), d.path().join("memory.current"));
+        fs::write(&limit, "100\n").unwrap();
+        fs::write(&usage, "1\n").unwrap();
+        let mut files = Files::kept();
+        assert_eq!(files.read(&limit).unwrap(), Some("100\n"));
+        assert_eq!(files.read(&usage).unwrap(), Some("1\n"));
+        fs::write(&limit, "200\n").unwrap();
+        fs::write(&usage, "2\n").unwrap();
+        for _ in 1..SLOW_EVERY {
+            assert_eq!(files.read(&limit).unwrap(), Some("100\n"), "as read last");
+            assert_eq!(
+                files.read(&usage).unwrap(),
+                Some("2\n"),
+                "usage: every read"
+            );
+        }
+        assert_eq!(
+            files.read(&limit).unwrap(),
+            Some("200\n"),
+            "the fifth read reads"
+        );
+        fs::write(&limit, "300\n").unwrap();
+        assert_eq!(files.read(&limit).unwrap(), Some("200\n"));
+        files.refresh();
+        assert_eq!(files.read(&limit).unwrap(), Some("300\n"), "refreshed");
+        // One-off reads always read.
+        assert_eq!(Files::once().read(&limit).unwrap(), Some("300\n"));
+        assert!(is_slow(Path::new(
+            "/x/blkio.throttle.io_service_bytes_recursive"
+        )));
+        assert!(!is_slow(Path::new("/x/cpu.stat")) && !is_slow(Path::new("/x/pids.current")));
+    }
+
+    #[test]
     fn content_larger_than_the_buffer_is_read_whole() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("big");
@@ -263,15 +384,15 @@ mod tests {
         write_cgroup(mount.path(), "a", 1_000_000);
         write_cgroup(mount.path(), "b", 3_000_000);
         let mut cache = StatsCache::with_budget(v2_hierarchy(mount.path()), 1000);
-        let a = cache.read("/a", Some(1)).unwrap();
+        let a = cache.read("/a", Some(1), 0).unwrap();
         assert_eq!(a.cpu_usage_seconds, 1.0);
         assert_eq!(a.memory_usage_bytes, 4096);
-        assert_eq!(cache.read("/b", Some(2)).unwrap().cpu_usage_seconds, 3.0);
+        assert_eq!(cache.read("/b", Some(2), 0).unwrap().cpu_usage_seconds, 3.0);
         let kept = cache.open_count();
         assert!(kept >= 6, "cpu.stat, memory and pids files of both: {kept}");
         // New numbers through the same open files.
         fs::write(mount.path().join("a/cpu.stat"), "usage_usec 2000000\n").unwrap();
-        assert_eq!(cache.read("/a", Some(1)).unwrap().cpu_usage_seconds, 2.0);
+        assert_eq!(cache.read("/a", Some(1), 0).unwrap().cpu_usage_seconds, 2.0);
         assert_eq!(cache.open_count(), kept);
         // b is no longer wanted: dropped with its files.
         cache.retain(|id, rel| id == Some(1) && rel == "a");
@@ -279,11 +400,11 @@ mod tests {
         // A failed read (here garbage; on cgroupfs a removed cgroup, see limits' host tests):
         // an error naming the file, and the entry is gone with its files.
         fs::write(mount.path().join("a/memory.current"), "garbage\n").unwrap();
-        let err = cache.read("/a", Some(1)).unwrap_err().to_string();
+        let err = cache.read("/a", Some(1), 0).unwrap_err().to_string();
         assert!(err.contains("a/memory.current"), "{err}");
         assert_eq!(cache.open_count(), 0);
         assert!(
-            cache.read("../x", None).is_err(),
+            cache.read("../x", None, 0).is_err(),
             "an unusable path reads nothing"
         );
     }
@@ -294,10 +415,10 @@ mod tests {
         write_cgroup(mount.path(), "a", 1);
         write_cgroup(mount.path(), "b", 1);
         let mut cache = StatsCache::with_budget(v2_hierarchy(mount.path()), 1);
-        cache.read("a", Some(1)).unwrap();
+        cache.read("a", Some(1), 0).unwrap();
         let kept = cache.open_count();
         assert!(kept > 1);
-        cache.read("b", Some(2)).unwrap();
+        cache.read("b", Some(2), 0).unwrap();
         assert_eq!(cache.open_count(), kept, "b is read without keeping files");
     }
 }

@@ -63,7 +63,7 @@ impl Collector for ForeignStats {
         for &(_, i) in due.iter().take(PER_TICK) {
             let c = &containers[i];
             let Some(id) = c.cgroup_id else { continue };
-            match self.files.read(&c.cgroup, Some(id)) {
+            match self.files.read(&c.cgroup, Some(id), 0) {
                 Ok(s) => {
                     self.last.insert(id, (now, s));
                 }

@@ -64,6 +64,9 @@ pub struct Manager {
     watch: watch::ShimWatch,
     /// Serializes mutations (run, stop, rm, update) so names and ids stay consistent.
     ops: Mutex<()>,
+    /// Bumped by every `update`: the containers collector then reads limit files at once
+    /// (`cgroup::reader::StatsCache` reads them every few ticks otherwise).
+    limits_version: std::sync::atomic::AtomicU64,
 }
 
 impl Manager {
@@ -96,6 +99,7 @@ impl Manager {
             net,
             watch: watch::ShimWatch::default(),
             ops: Mutex::new(()),
+            limits_version: Default::default(),
         };
         m.recover()?;
         Ok(m)

@@ -20,6 +20,8 @@ impl Manager {
         }
         r.limits = merged;
         self.store.save(&r)?;
+        self.limits_version
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.containers
             .write()
             .expect("lock")

@@ -155,12 +155,19 @@ impl Manager {
     /// Every container with, while it runs, its cgroup usage read through `stats` (kept-open
     /// files): what the `containers` collector reads (shim state files, procfs, cgroupfs).
     pub fn observe(&self, stats: &mut StatsCache) -> Vec<(ContainerView, Option<ContainerStats>)> {
+        let version = self
+            .limits_version
+            .load(std::sync::atomic::Ordering::Relaxed);
         let out: Vec<_> = self
             .list(true)
             .into_iter()
             .map(|view| {
                 let usage = (view.status == Status::Running)
-                    .then(|| stats.read(&view.record.cgroup, view.cgroup_id).ok())
+                    .then(|| {
+                        stats
+                            .read(&view.record.cgroup, view.cgroup_id, version)
+                            .ok()
+                    })
                     .flatten();
                 (view, usage)
             })

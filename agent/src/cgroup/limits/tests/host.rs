@@ -158,7 +158,7 @@ fn a_real_cgroup_takes_limits_and_updates_shows_usage_and_is_removed_everywhere(
     // The agent's reader: files kept open across reads, one pread each.
     let mut kept = StatsCache::new(h.clone());
     let idle = cg.stats().unwrap();
-    assert_eq!(kept.read(cg.path(), None).unwrap(), idle);
+    assert_eq!(kept.read(cg.path(), None, 0).unwrap(), idle);
     assert!(kept.open_count() >= 8, "{} files kept", kept.open_count());
     assert_eq!(idle.pids_current, 0, "{idle:?}");
     assert_eq!(idle.memory_limit_bytes, Some(256 * MIB));
@@ -171,7 +171,7 @@ fn a_real_cgroup_takes_limits_and_updates_shows_usage_and_is_removed_everywhere(
     );
     assert_eq!(inside.line(), "ready");
     let busy = cg.stats().unwrap();
-    let busy_kept = kept.read(cg.path(), None).unwrap();
+    let busy_kept = kept.read(cg.path(), None, 0).unwrap();
     assert_eq!(busy_kept.pids_current, busy.pids_current, "{busy_kept:?}");
     assert!(busy_kept.cpu_usage_seconds >= busy.cpu_usage_seconds);
     assert!(busy.pids_current >= 1, "{busy:?}");
@@ -186,18 +186,19 @@ fn a_real_cgroup_takes_limits_and_updates_shows_usage_and_is_removed_everywhere(
     let done = cg.stats().unwrap();
     assert_eq!(done.pids_current, 0, "{done:?}");
     assert!(done.cpu_usage_seconds >= busy.cpu_usage_seconds);
-    assert_eq!(kept.read(cg.path(), None).unwrap().pids_current, 0);
+    assert_eq!(kept.read(cg.path(), None, 0).unwrap().pids_current, 0);
 
     // Removed and made again at the same path (a restarted container): the kept files of
     // the removed cgroup fail, so they are reopened by path and read the new cgroup.
     cg.remove().unwrap();
     cg.create().unwrap();
     cg.apply(&first).unwrap();
-    let again = kept.read(cg.path(), None).unwrap();
+    // New limits written: a new version reads the slow (limit) files at once.
+    let again = kept.read(cg.path(), None, 1).unwrap();
     assert_eq!(again.memory_limit_bytes, Some(64 * MIB), "{again:?}");
     assert_eq!(again.pids_limit, Some(20), "{again:?}");
     cg.remove().unwrap();
-    let err = kept.read(cg.path(), None).unwrap_err();
+    let err = kept.read(cg.path(), None, 1).unwrap_err();
     assert!(matches!(err, CgroupError::Read { .. }), "{err}");
     assert_eq!(
         kept.open_count(),
