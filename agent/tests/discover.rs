@@ -119,6 +119,20 @@ fn docker_cgroups_appear_as_docker_containers_and_are_never_changed() {
         "berth stopped the process"
     );
 
+    // Its process ends: exited at the next walks (the kernel marks cgroup.events changed),
+    // and running again when a process joins.
+    drop(parked);
+    let status = |want: &'static str| {
+        wait_for(
+            Duration::from_secs(5),
+            &format!("the container {want}"),
+            || find(&agent, &running_id).filter(|c| c["status"] == want),
+        )
+    };
+    status("exited");
+    let parked = Parked::start(&running);
+    status("running");
+
     // Gone within a tick or two of rmdir.
     drop(parked);
     drop(running);

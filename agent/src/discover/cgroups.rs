@@ -281,12 +281,71 @@ pub struct Found {
 #[derive(Debug, Default)]
 pub struct Known {
     seen: HashMap<u64, Seen>,
+    /// Every kept `cgroup.events`, registered by cgroup id: the kernel marks one ready when
+    /// its content changed since it was last read, so a walk reads only those (`None` until
+    /// the first walk, or where epoll is refused: then each is read every walk).
+    epoll: Option<Epoll>,
+    /// A file could not be watched (not cgroupfs): no epoll from then on.
+    unwatchable: bool,
 }
 
 #[derive(Debug)]
 struct Seen {
     created_at: f64,
     events: Option<fs::File>,
+    /// What `events` said when last read.
+    populated: bool,
+}
+
+/// An epoll instance over cgroupfs `cgroup.events` files: kernfs wakes pollers of a file
+/// whose value changed (`EPOLLPRI`) until they read it again (cgroup-v2.rst: "a value change
+/// in this file generates a file modified event").
+#[derive(Debug)]
+struct Epoll(std::os::fd::OwnedFd);
+
+impl Epoll {
+    fn new() -> Option<Self> {
+        // SAFETY: epoll_create1 takes flags and returns a new fd or -1.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        // SAFETY: a fresh fd we own.
+        (fd >= 0).then(|| Self(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) }))
+    }
+
+    /// Watches `file` under `id`; a file closed later leaves the set by itself.
+    fn add(&self, file: &fs::File, id: u64) -> bool {
+        use std::os::fd::AsRawFd as _;
+        let mut ev = libc::epoll_event {
+            events: (libc::EPOLLPRI | libc::EPOLLERR) as u32,
+            u64: id,
+        };
+        // SAFETY: valid fds and a pointer to a local event.
+        unsafe {
+            libc::epoll_ctl(
+                self.0.as_raw_fd(),
+                libc::EPOLL_CTL_ADD,
+                file.as_raw_fd(),
+                &mut ev,
+            ) == 0
+        }
+    }
+
+    /// Ids whose file changed since it was last read (none waited for). `None` when the
+    /// kernel refused: then every file must be read.
+    fn ready(&self, max: usize) -> Option<std::collections::HashSet<u64>> {
+        use std::os::fd::AsRawFd as _;
+        let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; max.max(1)];
+        // SAFETY: the buffer holds `len` events and outlives the call.
+        let n = unsafe {
+            libc::epoll_wait(
+                self.0.as_raw_fd(),
+                events.as_mut_ptr(),
+                events.len() as i32,
+                0,
+            )
+        };
+        let n = usize::try_from(n).ok()?;
+        Some(events[..n].iter().map(|e| e.u64).collect())
+    }
 }
 
 impl Known {
@@ -306,10 +365,19 @@ impl Known {
 ///
 /// `known` is the last walk's: a cgroup still there is not stat'ed again (its id is the
 /// `d_ino` of the directory entry, which on cgroupfs is the inode number and is never reused
-/// while the machine runs) and its `cgroup.events` is read through the file kept open. What
-/// remains per container and tick is that one `pread`.
+/// while the machine runs) and its `cgroup.events` is read through the file kept open, and
+/// only when the kernel marked it changed (one `epoll_wait` per walk for all of them; every
+/// file is read each walk where epoll is refused).
 pub fn walk(mount: &Path, skip: &str, known: &mut Known) -> Vec<Found> {
     let skip = skip.trim_end_matches('/');
+    if known.epoll.is_none() && !known.unwatchable && known.seen.is_empty() {
+        known.epoll = Epoll::new();
+    }
+    // Files that changed since their last read (all of them may be ready at once).
+    let ready = known
+        .epoll
+        .as_ref()
+        .and_then(|e| e.ready(known.seen.len() + 1));
     let mut out = Vec::new();
     let mut seen = HashMap::with_capacity(known.seen.len());
     let mut stack: Vec<(PathBuf, String, usize)> = vec![(mount.to_owned(), String::new(), 0)];
@@ -333,20 +401,42 @@ pub fn walk(mount: &Path, skip: &str, known: &mut Known) -> Vec<Found> {
                 }
                 continue;
             };
-            let entry = match known.seen.remove(&e.ino()) {
-                Some(s) => s,
+            let id = e.ino();
+            let entry = match known.seen.remove(&id) {
+                Some(mut s) => {
+                    let changed = ready.as_ref().is_none_or(|r| r.contains(&id));
+                    s.populated = match &s.events {
+                        Some(f) if changed => events_populated(f),
+                        Some(_) => s.populated,
+                        None => procs_populated(&e.path()),
+                    };
+                    s
+                }
                 None => {
                     let Ok(meta) = e.metadata() else { continue };
+                    let events = fs::File::open(e.path().join("cgroup.events")).ok();
+                    // Read after it is watched: a change in between is not lost.
+                    let watched = match (&known.epoll, &events) {
+                        (Some(ep), Some(f)) => ep.add(f, id),
+                        _ => false,
+                    };
+                    let populated = match &events {
+                        Some(f) => events_populated(f),
+                        None => procs_populated(&e.path()),
+                    };
+                    if !watched && events.is_some() {
+                        // This file cannot be watched: every walk reads every file.
+                        known.epoll = None;
+                        known.unwatchable = true;
+                    }
                     Seen {
                         created_at: meta.ctime() as f64 + meta.ctime_nsec() as f64 / 1e9,
-                        events: fs::File::open(e.path().join("cgroup.events")).ok(),
+                        events,
+                        populated,
                     }
                 }
             };
-            let populated = match &entry.events {
-                Some(f) => events_populated(f),
-                None => procs_populated(&e.path()),
-            };
+            let populated = entry.populated;
             out.push(Found {
                 populated,
                 path: child,

@@ -356,3 +356,67 @@ fn a_walk_over_two_hundred_containers_is_cheap() {
     // What a walk costs is `cargo xtask bench agent`'s to measure; this shows the numbers.
     eprintln!("walk of 200 container cgroups (+40 units, tmpfs): {per_walk:?}");
 }
+
+/// Real cgroupfs (root): a Docker-like cgroup of this test's own, removed on drop.
+#[test]
+fn on_cgroupfs_each_cgroup_events_is_watched_and_read_only_when_it_changed() {
+    /// The cgroup (and its parent when this test made it), its process killed first.
+    struct Removed(Vec<PathBuf>, Option<std::process::Child>);
+    impl Drop for Removed {
+        fn drop(&mut self) {
+            if let Some(c) = &mut self.1 {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+            for d in &self.0 {
+                let _ = fs::remove_dir(d);
+            }
+        }
+    }
+    let mount = crate::cgroup::Hierarchy::detect()
+        .expect("a cgroup hierarchy on this host")
+        .unified_mount;
+    let id = format!("{:016x}{:048x}", std::process::id(), 0xe9011u64);
+    let dir = mount.join("docker").join(&id);
+    let mut made = vec![dir.clone()];
+    if !mount.join("docker").exists() {
+        made.push(mount.join("docker"));
+    }
+    fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+    let mut cg = Removed(made, None);
+    let ino = fs::metadata(&dir).unwrap().ino();
+    let mut known = Known::default();
+    let ours = |found: &[Found]| {
+        found
+            .iter()
+            .find(|f| f.cgroup_id == ino)
+            .map(|f| f.populated)
+    };
+    assert_eq!(ours(&walk(&mount, "/berth", &mut known)), Some(false));
+    assert!(
+        known.epoll.is_some() && !known.unwatchable,
+        "cgroup.events should be pollable on cgroupfs"
+    );
+    let ready = |known: &Known| {
+        known
+            .epoll
+            .as_ref()
+            .unwrap()
+            .ready(known.seen.len() + 1)
+            .unwrap()
+    };
+    assert!(!ready(&known).contains(&ino), "unchanged since read");
+    let child = std::process::Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .unwrap();
+    fs::write(dir.join("cgroup.procs"), child.id().to_string()).unwrap();
+    cg.1 = Some(child);
+    assert!(
+        ready(&known).contains(&ino),
+        "a process joined: marked changed"
+    );
+    assert_eq!(ours(&walk(&mount, "/berth", &mut known)), Some(true));
+    assert!(!ready(&known).contains(&ino), "read again by the walk");
+    assert_eq!(ours(&walk(&mount, "/berth", &mut known)), Some(true));
+}
