@@ -190,6 +190,9 @@ pub mod maps {
     /// Per-CPU array, [`crate::netfilter::other_slot`] -> [`crate::netfilter::Cost`]: packets
     /// to ports no container publishes, per (family, hook, conntrack state).
     pub const NF_OTHER: &str = "NF_OTHER";
+    /// Per-CPU array, one u64: writes to `NF_PORTS`, bumped after each; unchanged, `NF_PORTS`
+    /// needs no new read.
+    pub const NF_PORTS_SEEN: &str = "NF_PORTS_SEEN";
     /// Per-CPU array of [`crate::netfilter::Carry`], one per family: a new unpublished
     /// packet's prerouting cost, until `last` sees it at input (local delivery).
     pub const NF_CARRY: &str = "NF_CARRY";

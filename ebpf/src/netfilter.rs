@@ -20,7 +20,7 @@
 //!   when the same packet reaches input (the host's own services' baseline).
 //!
 //! Both programs always return NF_ACCEPT: they never change a verdict.
-//! Maps: `NF_SCRATCH`, `NF_HOOKS`, `NF_PUBLISHED`, `NF_PORTS`, `NF_OTHER`, `NF_CARRY`,
+//! Maps: `NF_SCRATCH`, `NF_HOOKS`, `NF_PUBLISHED`, `NF_PORTS`, `NF_PORTS_SEEN`, `NF_OTHER`, `NF_CARRY`,
 //! `PROBE_ERRORS`. Layouts in
 //! `berth_common::netfilter`; kernel struct offsets are globals set at load time from BTF.
 use core::ffi::c_void;
@@ -77,6 +77,11 @@ static NF_PUBLISHED: HashMap<PublishedKey, u8> =
 
 #[map]
 static NF_OTHER: PerCpuArray<Cost> = PerCpuArray::with_max_entries(OTHER_SLOTS, 0);
+
+/// Writes to `NF_PORTS`, per CPU, bumped after each: while its sum stands still the agent
+/// does not walk `NF_PORTS` again.
+#[map]
+static NF_PORTS_SEEN: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
 static NF_CARRY: PerCpuArray<Carry> = PerCpuArray::with_max_entries(FAMILIES, 0);
@@ -376,6 +381,15 @@ fn carry(family: u8, hook: u8, skb: u64, nanoseconds: u64) {
 
 #[inline(always)]
 fn add_port(key: &PortKey, cost: &Cost) {
+    add_port_cost(key, cost);
+    if let Some(v) = NF_PORTS_SEEN.get_ptr_mut(0) {
+        // SAFETY: this CPU's value; nothing else writes it while we run.
+        unsafe { *v += 1 };
+    }
+}
+
+#[inline(always)]
+fn add_port_cost(key: &PortKey, cost: &Cost) {
     if let Some(v) = NF_PORTS.get_ptr_mut(key) {
         // SAFETY: per-CPU value of this CPU; nothing else writes it while we run.
         unsafe {

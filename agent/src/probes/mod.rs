@@ -557,6 +557,7 @@ mod tests {
             maps::NF_SCRATCH,
             maps::NF_PUBLISHED,
             maps::NF_OTHER,
+            maps::NF_PORTS_SEEN,
             maps::NF_CARRY,
             maps::PROBE_ERRORS,
             maps::TRACKED,

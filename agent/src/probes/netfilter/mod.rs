@@ -219,6 +219,10 @@ struct Steady {
     /// The maps were read again after `NF_HOOKS` had stopped moving for a tick, and no key
     /// was deleted after that read: the sample is final.
     confirmed: bool,
+    /// The same for `NF_PORTS` alone, by `NF_PORTS_SEEN` (hooks move with any packet on the
+    /// host; published ports' keys only with theirs).
+    ports_seen: Option<u64>,
+    ports_confirmed: bool,
     last: NetfilterSample,
 }
 
@@ -330,7 +334,10 @@ impl NetfilterProbe {
         if steady.confirmed && steady.hooks.as_ref() == Some(&hooks) {
             return Ok(steady.last.clone());
         }
-        let sample = self.read(ebpf)?;
+        let ports_seen = ports_seen(ebpf);
+        let same_ports =
+            ports_seen.is_some() && steady.ports_seen == ports_seen && steady.ports_confirmed;
+        let sample = self.read_with(ebpf, same_ports.then(|| steady.last.by_port.clone()))?;
         let gone: Vec<PortKey> = sample
             .by_port
             .iter()
@@ -358,6 +365,9 @@ impl NetfilterProbe {
         }
         steady.confirmed = gone.is_empty() && steady.hooks.as_ref() == Some(&hooks);
         steady.hooks = Some(hooks);
+        steady.ports_confirmed =
+            gone.is_empty() && ports_seen.is_some() && steady.ports_seen == ports_seen;
+        steady.ports_seen = ports_seen;
         steady.last = sample.clone();
         Ok(sample)
     }
@@ -365,41 +375,56 @@ impl NetfilterProbe {
     /// Reads `NF_PORTS`, `NF_OTHER` and `NF_HOOKS`, summing the per-CPU values; deletes
     /// nothing.
     pub fn read(&self, ebpf: &Ebpf) -> Result<NetfilterSample, ProbeLoadError> {
+        self.read_with(ebpf, None)
+    }
+
+    /// [`Self::read`], with `by_port` standing for `NF_PORTS` when given.
+    fn read_with(
+        &self,
+        ebpf: &Ebpf,
+        by_port: Option<Vec<PortCost>>,
+    ) -> Result<NetfilterSample, ProbeLoadError> {
         let err = |map: &'static str| move |source| ProbeLoadError::Map { map, source };
         let map = |name: &'static str| {
             ebpf.map(name)
                 .ok_or(ProbeLoadError::MissingMap { map: name })
         };
-        // In batches when the kernel can (two bpf(2) calls per key otherwise: most of an idle
-        // agent's CPU in the profile of docs/benchmarks.md).
-        let batched = match (map(PORTS)?, aya::util::nr_cpus()) {
-            (aya::maps::Map::PerCpuHashMap(data), Ok(cpus)) => {
-                crate::probes::batch::per_cpu_entries::<PortKey, Cost>(data, cpus).ok()
+        let by_port = match by_port {
+            Some(by_port) => by_port,
+            None => {
+                // In batches when the kernel can (two bpf(2) calls per key otherwise: most of an idle
+                // agent's CPU in the profile of docs/benchmarks.md).
+                let batched = match (map(PORTS)?, aya::util::nr_cpus()) {
+                    (aya::maps::Map::PerCpuHashMap(data), Ok(cpus)) => {
+                        crate::probes::batch::per_cpu_entries::<PortKey, Cost>(data, cpus).ok()
+                    }
+                    _ => None,
+                };
+                let entries: Vec<(PortKey, Vec<Cost>)> = match batched {
+                    Some(all) => all,
+                    None => PerCpuHashMap::<&MapData, PortKey, Cost>::try_from(map(PORTS)?)
+                        .map_err(err(PORTS))?
+                        .iter()
+                        .map(|e| e.map(|(k, v)| (k, v.to_vec())).map_err(err(PORTS)))
+                        .collect::<Result<_, _>>()?,
+                };
+                let mut by_port = Vec::new();
+                for (key, values) in entries {
+                    let (packets, nanoseconds) = sum(&values);
+                    by_port.push(PortCost {
+                        family: Family::from_index(key.family),
+                        proto: key.proto,
+                        port: key.port,
+                        hook: Hook::ALL[(key.hook as usize).min(Hook::ALL.len() - 1)],
+                        ct_state: CtState::from_raw(key.ct_state),
+                        packets,
+                        nanoseconds,
+                    });
+                }
+                by_port.sort_by_key(|p| (p.family, p.hook, p.proto, p.port, p.ct_state));
+                by_port
             }
-            _ => None,
         };
-        let entries: Vec<(PortKey, Vec<Cost>)> = match batched {
-            Some(all) => all,
-            None => PerCpuHashMap::<&MapData, PortKey, Cost>::try_from(map(PORTS)?)
-                .map_err(err(PORTS))?
-                .iter()
-                .map(|e| e.map(|(k, v)| (k, v.to_vec())).map_err(err(PORTS)))
-                .collect::<Result<_, _>>()?,
-        };
-        let mut by_port = Vec::new();
-        for (key, values) in entries {
-            let (packets, nanoseconds) = sum(&values);
-            by_port.push(PortCost {
-                family: Family::from_index(key.family),
-                proto: key.proto,
-                port: key.port,
-                hook: Hook::ALL[(key.hook as usize).min(Hook::ALL.len() - 1)],
-                ct_state: CtState::from_raw(key.ct_state),
-                packets,
-                nanoseconds,
-            });
-        }
-        by_port.sort_by_key(|p| (p.family, p.hook, p.proto, p.port, p.ct_state));
 
         let others = PerCpuArray::<&MapData, Cost>::try_from(map(OTHER)?).map_err(err(OTHER))?;
         let slot = |index: u32| -> Result<(u64, u64), ProbeLoadError> {
@@ -451,10 +476,9 @@ impl NetfilterProbe {
         let out = self.published.sync(ebpf, want)?;
         // Another set of ports: the next collect reads the maps (keys of ports no longer
         // published go after that read).
-        self.steady
-            .get_mut()
-            .unwrap_or_else(|e| e.into_inner())
-            .confirmed = false;
+        let steady = self.steady.get_mut().unwrap_or_else(|e| e.into_inner());
+        steady.confirmed = false;
+        steady.ports_confirmed = false;
         self.status.paths.insert(
             PATH_PUBLISHED,
             format!(
@@ -464,6 +488,13 @@ impl NetfilterProbe {
         );
         Ok(out)
     }
+}
+
+/// The sum of `NF_PORTS_SEEN` (`None` when the object lacks it: then every read walks).
+fn ports_seen(ebpf: &Ebpf) -> Option<u64> {
+    let map = ebpf.map(berth_common::maps::NF_PORTS_SEEN)?;
+    let seen = PerCpuArray::<&MapData, u64>::try_from(map).ok()?;
+    Some(seen.get(&0, 0).ok()?.iter().sum())
 }
 
 /// `NF_HOOKS`: every packet of each (family, hook), summed over CPUs.
