@@ -237,7 +237,7 @@ impl StatsCache {
     }
 
     /// Usage and limits of the cgroup at `relative` (v2 id `id` when known: a new cgroup at
-    /// the same path is a new entry). A failed read forgets the entry (its files closed).
+    /// the same path is a new entry). A failed read closes the entry's files.
     /// `version` names the caller's view of the cgroup's settings: when it changes (berth
     /// wrote new limits) the slow files are read now rather than within [`SLOW_EVERY`] reads.
     pub fn read(
@@ -266,7 +266,13 @@ impl StatsCache {
         }
         let read = stats::read(&entry.placement, &mut entry.files);
         if read.is_err() {
-            self.entries.remove(&key);
+            // Its files are stale or missing; the placement stays (a cgroup missing from a
+            // v1 hierarchy fails every read: no need to look for its controllers each time).
+            entry.files = if entry.files.keep {
+                Files::kept()
+            } else {
+                Files::once()
+            };
         }
         read
     }
@@ -402,7 +408,7 @@ mod tests {
         fs::write(mount.path().join("a/memory.current"), "garbage\n").unwrap();
         let err = cache.read("/a", Some(1), 0).unwrap_err().to_string();
         assert!(err.contains("a/memory.current"), "{err}");
-        assert_eq!(cache.open_count(), 0);
+        assert_eq!(cache.open_count(), 0, "a failed read closes the files");
         assert!(
             cache.read("../x", None, 0).is_err(),
             "an unusable path reads nothing"

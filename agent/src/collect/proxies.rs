@@ -5,11 +5,16 @@
 //! A container whose engine gave no published ports gets them from its proxies' command lines.
 //! Runs after the containers are listed.
 
-use std::{collections::HashMap, net::Ipv4Addr, path::PathBuf};
+use std::{
+    collections::HashMap,
+    net::Ipv4Addr,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
 
 use super::{CollectError, Collected, Collector, Tick};
 use crate::{
-    discover::proxies::ProxyScanner,
+    discover::proxies::{ProxyScan, ProxyScanner},
     model::{Container, NetworkMode},
 };
 
@@ -36,8 +41,14 @@ pub(super) fn address_owners(containers: &[Container]) -> HashMap<Ipv4Addr, usiz
     out
 }
 
+/// How often procfs is scanned: a scan lists every process (a `readdir` of hundreds of pids,
+/// most of this collector's cost), and proxies come and go with containers, whose ports and
+/// addresses other collectors give every tick; in between the last scan stands.
+pub const SCAN_EVERY: Duration = Duration::from_secs(3);
+
 pub struct Proxies {
     scanner: ProxyScanner,
+    last: Option<(Instant, ProxyScan)>,
 }
 
 impl Proxies {
@@ -45,6 +56,7 @@ impl Proxies {
     pub fn new(proc: impl Into<PathBuf>) -> Self {
         Self {
             scanner: ProxyScanner::new(proc),
+            last: None,
         }
     }
 }
@@ -55,7 +67,14 @@ impl Collector for Proxies {
     }
 
     fn collect(&mut self, tick: &mut Tick<'_>) -> Result<Collected, CollectError> {
-        let scan = self.scanner.scan();
+        let due = self
+            .last
+            .as_ref()
+            .is_none_or(|(at, _)| at.elapsed() >= SCAN_EVERY);
+        if due {
+            self.last = Some((Instant::now(), self.scanner.scan()));
+        }
+        let scan = &self.last.as_ref().expect("scanned above").1;
         let snap = &mut tick.builder.snapshot;
         for (ip, i) in address_owners(&snap.containers) {
             let c = &mut snap.containers[i];
@@ -66,7 +85,7 @@ impl Collector for Proxies {
                 }
             }
         }
-        snap.proxies = scan.total;
+        snap.proxies = scan.total.clone();
         Ok(Collected::Done)
     }
 }

@@ -32,7 +32,27 @@ pub(super) fn cgroup2_mount() -> PathBuf {
     }
 }
 
-/// Foreign containers made for the bench; removed on drop (processes, cgroups, files).
+/// The mount points of the cgroup v1 hierarchies with a controller that berth reads stats
+/// from (hybrid hosts; none on pure v2 ones), from /proc/self/mounts.
+fn v1_stat_mounts() -> Vec<PathBuf> {
+    let mounts = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    mounts
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() > 3 && f[2] == "cgroup").then(|| (f[1], f[3]))
+        })
+        .filter(|(_, opts)| {
+            opts.split(',')
+                .any(|o| ["cpu", "cpuacct", "memory", "pids", "blkio"].contains(&o))
+        })
+        .map(|(m, _)| PathBuf::from(m))
+        .collect()
+}
+
+/// Foreign containers made for the bench; removed on drop (processes, cgroups, files). Like
+/// Docker's cgroupfs driver, each has its cgroup in the cgroup2 tree and, on hybrid hosts, in
+/// every v1 hierarchy berth reads stats from, with its process in all of them.
 pub(super) struct Fleet {
     cgroups: Vec<PathBuf>,
     sleepers: Vec<Child>,
@@ -41,8 +61,14 @@ pub(super) struct Fleet {
 impl Fleet {
     pub(super) fn create(n: usize, dir: &Path) -> Result<Self> {
         let docker = cgroup2_mount().join("docker");
-        let created_parent = !docker.exists();
-        fs::create_dir_all(&docker).context("creating the docker cgroup")?;
+        let v1: Vec<PathBuf> = v1_stat_mounts().iter().map(|m| m.join("docker")).collect();
+        let mut made_parents = Vec::new();
+        for parent in std::iter::once(&docker).chain(&v1) {
+            if !parent.exists() {
+                made_parents.push(parent.clone());
+            }
+            fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        }
         let mut fleet = Self {
             cgroups: Vec::new(),
             sleepers: Vec::new(),
@@ -50,17 +76,20 @@ impl Fleet {
         let tag = std::process::id();
         for i in 0..n {
             let id = format!("{tag:08x}{:056x}", 0xbe00_0000_u64 + i as u64);
-            let cg = docker.join(&id);
-            fs::create_dir(&cg).with_context(|| format!("mkdir {}", cg.display()))?;
-            fleet.cgroups.push(cg.clone());
             let child = Command::new("sleep")
                 .arg("1d")
                 .stdin(Stdio::null())
                 .spawn()
                 .context("spawning sleep")?;
-            fs::write(cg.join("cgroup.procs"), child.id().to_string())
-                .context("moving a sleeper into its cgroup")?;
+            let pid = child.id().to_string();
             fleet.sleepers.push(child);
+            for parent in std::iter::once(&docker).chain(&v1) {
+                let cg = parent.join(&id);
+                fs::create_dir(&cg).with_context(|| format!("mkdir {}", cg.display()))?;
+                fleet.cgroups.push(cg.clone());
+                fs::write(cg.join("cgroup.procs"), &pid)
+                    .with_context(|| format!("moving a sleeper into {}", cg.display()))?;
+            }
             let meta = dir.join("docker/containers").join(&id);
             fs::create_dir_all(&meta)?;
             let ip = format!("10.210.{}.{}", i / 250, i % 250 + 2);
@@ -88,9 +117,7 @@ impl Fleet {
                 .to_string(),
             )?;
         }
-        if created_parent {
-            fleet.cgroups.push(docker);
-        }
+        fleet.cgroups.extend(made_parents);
         Ok(fleet)
     }
 }
