@@ -52,11 +52,12 @@ impl Manager {
     /// One pass: records the exit of containers whose shim was lost and which have stopped
     /// since, then removes `--rm` containers that exited at least `grace` ago.
     ///
-    /// It runs four times a second, so a container that needs nothing costs little: no copy
-    /// of its record, its state read once (a `statx` while unchanged, [`super::watch`]), a
-    /// running one's shim checked (a `poll`), and an exited one that is not `--rm` left at
-    /// that.
+    /// It runs four times a second, so a container that needs nothing costs no syscall: the
+    /// watch is refreshed once per pass (one `epoll_wait`, [`super::watch`]), then each
+    /// container's state and shim are lookups in memory while unchanged; no copy of its
+    /// record; an exited one that is not `--rm` is left at that.
     pub fn reap(&self, grace: Duration) {
+        self.watch.refresh();
         let watched: Vec<(String, bool)> = self
             .containers
             .read()
@@ -66,9 +67,10 @@ impl Manager {
             .map(|r| (r.id.clone(), r.spec.auto_remove))
             .collect();
         for (id, auto_remove) in watched {
-            let mut state = self.state_of(&id);
+            let mut state = self.known_state(&id);
             if state.running {
-                if self.shim_alive(&id, state.shim_pid) || self.running_per_runtime(&id).is_some() {
+                if self.known_alive(&id, state.shim_pid) || self.running_per_runtime(&id).is_some()
+                {
                     // Running, with its shim or (lost shim) per the runtime.
                     continue;
                 }
@@ -162,6 +164,7 @@ impl Manager {
             state.shim_pid
         ));
         store::write_json(&d.state(), &state)?;
+        self.watch.invalidate(&record.id);
         info!(container = %record.id, "recorded the exit of a container whose shim was lost");
         Ok(())
     }

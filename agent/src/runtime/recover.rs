@@ -89,6 +89,7 @@ impl Manager {
             info!(container = %r.id, policy = %r.spec.restart, "restarting per policy");
             state.restart_count += 1;
             store::write_json(&d.state(), &state)?;
+            self.watch.invalidate(&r.id);
             if let Err(e) = self.start_shim(r, &d) {
                 warn!(container = %r.id, error = %e, "restart failed");
             }

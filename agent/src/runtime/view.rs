@@ -36,18 +36,38 @@ impl Manager {
     }
 
     /// What the shim last wrote; the default (not running) when there is nothing to read.
-    /// Read again only when the shim has written it since ([`super::watch`]).
+    /// Fresh: the watch takes in what changed first (one `epoll_wait`, [`super::watch`]).
     pub(super) fn state_of(&self, id: &str) -> ShimState {
+        self.watch.refresh();
+        self.known_state(id)
+    }
+
+    /// [`Self::state_of`] as of the last refresh of the watch: a lookup in memory while the
+    /// file has not changed. For passes over every container, which refresh once first.
+    pub(super) fn known_state(&self, id: &str) -> ShimState {
         self.watch.state(id, &self.store.dir(id).state())
     }
 
-    /// Whether `shim_pid` is the live shim of container `id` ([`super::watch`]).
+    /// Whether `shim_pid` is the live shim of container `id`, fresh ([`super::watch`]).
     pub(super) fn shim_alive(&self, id: &str, shim_pid: u32) -> bool {
+        self.watch.refresh();
+        self.known_alive(id, shim_pid)
+    }
+
+    /// [`Self::shim_alive`] as of the last refresh of the watch.
+    pub(super) fn known_alive(&self, id: &str, shim_pid: u32) -> bool {
         self.watch.alive(id, shim_pid, &self.store.dir(id).dir)
     }
 
+    /// The container as it is now (the watch refreshed first).
     pub(super) fn view(&self, record: &ContainerRecord) -> ContainerView {
-        let mut state = self.state_of(&record.id);
+        self.watch.refresh();
+        self.known_view(record)
+    }
+
+    /// The container as of the last refresh of the watch.
+    fn known_view(&self, record: &ContainerRecord) -> ContainerView {
+        let mut state = self.known_state(&record.id);
         let status = self.status(record, &mut state);
         ContainerView {
             cgroup_id: self.cgroup(record).v2_id(),
@@ -59,14 +79,15 @@ impl Manager {
     }
 
     /// The status of a container whose shim last wrote `state`; a lost shim is explained in
-    /// `state.error` (and, when the container has stopped without it, `state` says so).
+    /// `state.error` (and, when the container has stopped without it, `state` says so). The
+    /// shim's liveness is as of the last refresh of the watch (the caller's).
     pub(super) fn status(&self, record: &ContainerRecord, state: &mut ShimState) -> Status {
         match record.spec.phase {
             Phase::Creating => return Status::Creating,
             Phase::Removing => return Status::Removing,
             Phase::Created => {}
         }
-        let alive = self.shim_alive(&record.id, state.shim_pid);
+        let alive = self.known_alive(&record.id, state.shim_pid);
         match (state.running, alive) {
             (true, true) => Status::Running,
             (false, true) => Status::Restarting,
@@ -139,9 +160,11 @@ impl Manager {
         // cached again while it was being removed. (`records` is sorted by id.)
         self.watch
             .retain(|id| records.binary_search_by(|r| r.id.as_str().cmp(id)).is_ok());
+        // One refresh for all: at rest, every view below is a lookup in memory.
+        self.watch.refresh();
         let mut views: Vec<ContainerView> = records
             .iter()
-            .map(|r| self.view(r))
+            .map(|r| self.known_view(r))
             .filter(|v| all || v.status.is_up())
             .collect();
         views.sort_by(|a, b| b.record.created_at.total_cmp(&a.record.created_at));

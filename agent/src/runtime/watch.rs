@@ -1,29 +1,44 @@
-//! What the shims say, cached: every collection tick reads the status of every container, and
-//! the reaper does four times a second, so reading `state.json` and `/proc/<pid>/cmdline` each
-//! time was a third of an idle agent's CPU (issue 14). Here a container's status costs one
-//! `statx` and one `poll` while nothing changes.
+//! What the shims say, cached and told by the kernel when it changes: every collection tick
+//! reads the status of every container, and the reaper does four times a second, so even one
+//! `statx` and one `poll` per container and read was ~500 syscalls a second at 50 containers,
+//! most of an idle agent's budget (issue 14). At rest a pass now costs one `epoll_wait`.
 //!
-//! - State: `state.json` is only ever written with [`crate::fsutil::write_atomic`] (temp file +
-//!   rename, by the shim and by the agent), so each write puts a new file at the path and its
-//!   identity (device, inode, size, mtime and ctime in ns) changes. While the identity is the
-//!   one read last, the parsed state is returned as it was; otherwise the file is read again
-//!   (identity taken from the open file, so it always matches the bytes read). A miss needs
-//!   two writes between two reads that reuse the inode number with the same size within one
-//!   timestamp tick; the next write is then seen again.
-//! - Liveness: once a shim's pid is confirmed by its command line ([`shim::alive`]), a pidfd
-//!   (pidfd_open(2), Linux 5.3) is kept for it; it becomes readable when the process exits
-//!   ([`pidfd_open(2)`](https://man7.org/linux/man-pages/man2/pidfd_open.2.html)), and it
-//!   cannot be fooled by a reused pid. Where pidfd_open fails, each check reads the command
-//!   line as before.
+//! One epoll fd holds an inotify fd and the pidfd of every tracked shim. [`ShimWatch::refresh`]
+//! asks it once (timeout 0; the inotify fd is read only when it is ready); callers do that once
+//! per listing or reaper pass, after which [`ShimWatch::state`] and [`ShimWatch::alive`] are
+//! lookups in memory, as of that refresh.
 //!
-//! Entries of removed containers are dropped ([`ShimWatch::forget`], [`ShimWatch::retain`]).
+//! - State: `state.json` is only ever replaced by rename ([`crate::fsutil::write_atomic`], by
+//!   the shim and by the agent). The first read of a container's state puts an inotify watch on
+//!   its directory, before reading, so no write is missed; an event naming the file
+//!   (`IN_MOVED_TO`, `IN_CLOSE_WRITE`, `IN_CREATE`, `IN_DELETE`, `IN_MOVED_FROM`) marks it
+//!   stale and the next `state` reads it again. The directory going (`IN_DELETE_SELF`,
+//!   `IN_MOVE_SELF`, `IN_IGNORED`) drops the watch; `IN_Q_OVERFLOW` (events lost) marks every
+//!   entry stale. The agent's own writes mark the entry stale at once ([`ShimWatch::invalidate`])
+//!   so a read right after them needs no refresh.
+//! - Liveness: once a shim's pid is confirmed by its command line ([`shim::alive`]), its pidfd
+//!   (pidfd_open(2), Linux 5.3) joins the epoll set; it becomes readable when the process exits
+//!   ([`pidfd_open(2)`](https://man7.org/linux/man-pages/man2/pidfd_open.2.html)) and cannot
+//!   be fooled by a reused pid. A shim seen dead is remembered as dead for that pid (until its
+//!   `state.json` changes), so an exited container costs nothing either.
+//! - Fallbacks, each logged once: where epoll cannot be created, nothing is watched and each
+//!   read costs what it did before this cache was event-driven: one `statx` of `state.json`
+//!   (read again when the file's identity changed: device, inode, size, mtime, ctime) and one
+//!   `poll` of the pidfd. Where inotify cannot be created (or a directory cannot be watched:
+//!   `fs.inotify.max_user_watches` reached), state files are checked with `statx` the same way;
+//!   where a pidfd cannot join the epoll set it is polled; where pidfd_open fails, the command
+//!   line is read each time.
+//!
+//! Entries of removed containers are dropped ([`ShimWatch::forget`], [`ShimWatch::retain`]),
+//! and with them their inotify watch and pidfd.
 
 use std::{
     collections::HashMap,
+    ffi::OsString,
     fs::{self, File},
     io::Read as _,
     os::{
-        fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+        fd::{AsFd as _, AsRawFd as _, FromRawFd as _, OwnedFd},
         unix::fs::MetadataExt as _,
     },
     path::{Path, PathBuf},
@@ -33,9 +48,18 @@ use std::{
     },
 };
 
+use nix::{
+    errno::Errno,
+    sys::{
+        epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout},
+        inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor},
+    },
+};
+use tracing::warn;
+
 use super::{shim, store::ShimState};
 
-/// What tells one file at a path from the next one written there.
+/// What tells one file at a path from the next one written there (the statx fallback).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct FileId {
     dev: u64,
@@ -57,57 +81,254 @@ impl FileId {
     }
 }
 
+/// The epoll data of the inotify fd; pidfds get tokens from 1 up.
+const INOTIFY_TOKEN: u64 = 0;
+
+/// What a watched directory reports: the state file's replacement (rename, or a plain write
+/// closed), creation and removal, and the directory itself going.
+fn watch_mask() -> AddWatchFlags {
+    AddWatchFlags::IN_MOVED_TO
+        | AddWatchFlags::IN_MOVED_FROM
+        | AddWatchFlags::IN_CLOSE_WRITE
+        | AddWatchFlags::IN_CREATE
+        | AddWatchFlags::IN_DELETE
+        | AddWatchFlags::IN_DELETE_SELF
+        | AddWatchFlags::IN_MOVE_SELF
+        | AddWatchFlags::IN_ONLYDIR
+}
+
+/// How an entry's state file is watched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Watch {
+    /// Not yet, or the watch went with its directory: tried again at the next read.
+    Untried,
+    Active(WatchDescriptor),
+    /// inotify is unavailable for it: `statx` on each read.
+    Unavailable,
+}
+
 /// A shim confirmed by its command line, watched through a pidfd.
 struct Tracked {
     pid: u32,
     dir: PathBuf,
     pidfd: OwnedFd,
+    /// Its epoll data while the pidfd is in the epoll set; `None`: polled on each check.
+    token: Option<u64>,
+}
+
+enum Shim {
+    Tracked(Tracked),
+    /// Seen exited (or not a shim of this directory); forgotten when `state.json` changes.
+    Dead {
+        pid: u32,
+        dir: PathBuf,
+    },
+}
+
+struct Entry {
+    /// The parsed state; with the identity of its file in the statx fallback.
+    state: Option<(Option<FileId>, ShimState)>,
+    /// Changed since it was read: read again on the next [`ShimWatch::state`].
+    stale: bool,
+    watch: Watch,
+    /// The watched file's name in its directory (`state.json`).
+    name: OsString,
+    shim: Option<Shim>,
+}
+
+impl Default for Entry {
+    fn default() -> Self {
+        Self {
+            state: None,
+            stale: false,
+            watch: Watch::Untried,
+            name: OsString::new(),
+            shim: None,
+        }
+    }
+}
+
+/// The epoll set with its inotify fd and pidfds.
+struct Notify {
+    epoll: Epoll,
+    /// `None` where inotify is unavailable: state files are checked with `statx`.
+    inotify: Option<Inotify>,
+    /// The entries watching each directory (one per container; tests share one).
+    watches: HashMap<WatchDescriptor, Vec<String>>,
+    /// The entry of each pidfd in the epoll set, by token.
+    pidfds: HashMap<u64, String>,
+    next_token: u64,
+    /// A directory could not be watched (logged once).
+    warned_watch: bool,
 }
 
 #[derive(Default)]
-struct Entry {
-    state: Option<(FileId, ShimState)>,
-    shim: Option<Tracked>,
+struct Inner {
+    entries: HashMap<String, Entry>,
+    /// `None` where epoll is unavailable: every read checks the file and polls the pidfd.
+    notify: Option<Notify>,
 }
 
 /// The cache, one entry per container id; owned by the [`super::Manager`].
-#[derive(Default)]
 pub(super) struct ShimWatch {
-    entries: Mutex<HashMap<String, Entry>>,
+    inner: Mutex<Inner>,
     /// How often a `state.json` was read and parsed (a cache miss).
     reads: AtomicU64,
+    /// How often a `state.json` was checked with `statx` (the fallback).
+    stats: AtomicU64,
+}
+
+impl Default for ShimWatch {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl ShimWatch {
-    /// The state in `path` (container `id`'s `state.json`); the default (not running) when
-    /// there is nothing to read or it does not parse, as before the cache.
+    /// A watch with its epoll set and inotify fd; logs once why not where they are missing.
+    pub(super) fn new() -> Self {
+        let notify = match Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC) {
+            Ok(epoll) => {
+                let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
+                    .and_then(|i| {
+                        epoll.add(
+                            i.as_fd(),
+                            EpollEvent::new(EpollFlags::EPOLLIN, INOTIFY_TOKEN),
+                        )?;
+                        Ok(i)
+                    })
+                    .map_err(|e| {
+                        warn!(error = %e, "no inotify for the shims' state files: each status \
+                              read checks state.json with statx")
+                    })
+                    .ok();
+                Some(Notify {
+                    epoll,
+                    inotify,
+                    watches: HashMap::new(),
+                    pidfds: HashMap::new(),
+                    next_token: INOTIFY_TOKEN + 1,
+                    warned_watch: false,
+                })
+            }
+            Err(e) => {
+                warn!(error = %e, "no epoll for the shim watch: each status read checks \
+                      state.json with statx and polls the shim's pidfd");
+                None
+            }
+        };
+        Self::with(notify)
+    }
+
+    /// Without epoll and inotify: the fallback everywhere.
+    #[cfg(test)]
+    fn unwatched() -> Self {
+        Self::with(None)
+    }
+
+    fn with(notify: Option<Notify>) -> Self {
+        Self {
+            inner: Mutex::new(Inner {
+                entries: HashMap::new(),
+                notify,
+            }),
+            reads: AtomicU64::new(0),
+            stats: AtomicU64::new(0),
+        }
+    }
+
+    /// Takes in what changed since the last call: one `epoll_wait` (timeout 0), and reads of
+    /// the inotify fd only when it is ready. State files named by an event are marked stale,
+    /// shims whose pidfd fired dead.
+    pub(super) fn refresh(&self) {
+        let mut inner = self.inner.lock().expect("lock");
+        let Inner { entries, notify } = &mut *inner;
+        let Some(n) = notify else { return };
+        let mut events = [EpollEvent::empty(); 32];
+        // Bounded: each round takes in what is ready; a full buffer means there may be more.
+        for _ in 0..64 {
+            let ready = match n.epoll.wait(&mut events, EpollTimeout::ZERO) {
+                Ok(k) => k,
+                Err(Errno::EINTR) => continue,
+                Err(e) => {
+                    warn!(error = %e, "epoll_wait failed: every shim state is read again");
+                    mark_all_stale(entries);
+                    return;
+                }
+            };
+            for ev in &events[..ready] {
+                if ev.data() == INOTIFY_TOKEN {
+                    n.take_inotify(entries);
+                } else if let Some(id) = n.pidfds.remove(&ev.data())
+                    && let Some(e) = entries.get_mut(&id)
+                    && let Some(Shim::Tracked(t)) = &e.shim
+                    && t.token == Some(ev.data())
+                {
+                    let _ = n.epoll.delete(t.pidfd.as_fd());
+                    e.shim = Some(Shim::Dead {
+                        pid: t.pid,
+                        dir: t.dir.clone(),
+                    });
+                }
+            }
+            if ready < events.len() {
+                return;
+            }
+        }
+    }
+
+    /// The state in `path` (container `id`'s `state.json`) as of the last [`Self::refresh`];
+    /// the default (not running) when there is nothing to read or it does not parse.
     pub(super) fn state(&self, id: &str, path: &Path) -> ShimState {
+        let mut inner = self.inner.lock().expect("lock");
+        let Inner { entries, notify } = &mut *inner;
+        if let Some(e) = entries.get(id)
+            && matches!(e.watch, Watch::Active(_))
+            && !e.stale
+            && let Some((_, s)) = &e.state
+        {
+            return s.clone();
+        }
+        let e = entries.entry(id.to_owned()).or_default();
+        if e.watch == Watch::Untried {
+            e.watch = match notify {
+                Some(n) => n.watch(id, path),
+                None => Watch::Unavailable,
+            };
+            e.name = path.file_name().unwrap_or_default().to_owned();
+        }
+        if matches!(e.watch, Watch::Active(_)) {
+            // Watched before read: a write after this read is an event for the next refresh.
+            let state = self.read(path).map_or_else(ShimState::default, |(_, s)| s);
+            e.stale = false;
+            return self.keep(e, None, state);
+        }
+        self.stats.fetch_add(1, Ordering::Relaxed);
         let current = match fs::metadata(path) {
             Ok(m) => FileId::of(&m),
             Err(_) => {
-                if let Some(e) = self.entries.lock().expect("lock").get_mut(id) {
-                    e.state = None;
-                }
+                e.state = None;
                 return ShimState::default();
             }
         };
-        if let Some(Entry {
-            state: Some((seen, state)),
-            ..
-        }) = self.entries.lock().expect("lock").get(id)
+        if let Some((Some(seen), state)) = &e.state
             && *seen == current
         {
             return state.clone();
         }
-        let Some((seen, state)) = self.read(path) else {
-            return ShimState::default();
-        };
-        self.entries
-            .lock()
-            .expect("lock")
-            .entry(id.to_owned())
-            .or_default()
-            .state = Some((seen, state.clone()));
+        match self.read(path) {
+            Some((seen, state)) => self.keep(e, Some(seen), state),
+            None => ShimState::default(),
+        }
+    }
+
+    /// Keeps a state just read; a changed one also forgets a shim seen dead (its pid may be
+    /// a new shim's now).
+    fn keep(&self, e: &mut Entry, seen: Option<FileId>, state: ShimState) -> ShimState {
+        if matches!(e.shim, Some(Shim::Dead { .. })) {
+            e.shim = None;
+        }
+        e.state = Some((seen, state.clone()));
         state
     }
 
@@ -122,62 +343,88 @@ impl ShimWatch {
         Some((seen, serde_json::from_slice(&bytes).unwrap_or_default()))
     }
 
-    /// Whether `pid` is a live shim for the container directory `dir`.
+    /// Marks container `id`'s state as changed: the agent has just written it.
+    pub(super) fn invalidate(&self, id: &str) {
+        if let Some(e) = self.inner.lock().expect("lock").entries.get_mut(id) {
+            e.stale = true;
+        }
+    }
+
+    /// Whether `pid` is a live shim for the container directory `dir`, as of the last
+    /// [`Self::refresh`] once its pidfd is in the epoll set.
     pub(super) fn alive(&self, id: &str, pid: u32, dir: &Path) -> bool {
         if pid == 0 {
             return false;
         }
         {
-            let mut entries = self.entries.lock().expect("lock");
-            if let Some(e) = entries.get_mut(id)
-                && let Some(t) = &e.shim
-                && t.pid == pid
-                && t.dir == dir
-            {
-                match exited(&t.pidfd) {
-                    Some(false) => return true,
-                    Some(true) => {
-                        e.shim = None;
-                        return false;
+            let mut inner = self.inner.lock().expect("lock");
+            let Inner { entries, notify } = &mut *inner;
+            if let Some(e) = entries.get_mut(id) {
+                match &e.shim {
+                    Some(Shim::Dead { pid: p, dir: d }) if *p == pid && d == dir => return false,
+                    Some(Shim::Tracked(t)) if t.pid == pid && t.dir == dir => {
+                        if t.token.is_some() {
+                            return true;
+                        }
+                        match exited(&t.pidfd) {
+                            Some(false) => return true,
+                            Some(true) => {
+                                e.shim = Some(Shim::Dead {
+                                    pid,
+                                    dir: dir.to_owned(),
+                                });
+                                return false;
+                            }
+                            // poll failed: ask /proc below, watch afresh.
+                            None => set_shim(notify, e, None),
+                        }
                     }
-                    // poll failed: ask /proc below, watch afresh.
-                    None => e.shim = None,
+                    _ => {}
                 }
             }
         }
-        if !shim::alive(pid, dir) {
-            return false;
-        }
-        let Some(pidfd) = pidfd_open(pid) else {
-            return true;
+        let (alive, shim) = match confirm(pid, dir) {
+            Confirmed::Not => (
+                false,
+                Some(Shim::Dead {
+                    pid,
+                    dir: dir.to_owned(),
+                }),
+            ),
+            // Asked again next time.
+            Confirmed::Untracked => (true, None),
+            Confirmed::Tracked(t) => (true, Some(Shim::Tracked(t))),
         };
-        // The pid may have been reused between the check and the open: confirm that the
-        // process now at `pid` is the shim, and that the pidfd's process has not exited since
-        // (if it had, the pid read after the open could name another process).
-        if !shim::alive(pid, dir) || exited(&pidfd) != Some(false) {
-            return false;
+        let mut inner = self.inner.lock().expect("lock");
+        let Inner { entries, notify } = &mut *inner;
+        let e = entries.entry(id.to_owned()).or_default();
+        set_shim(notify, e, shim);
+        if let (Some(n), Some(Shim::Tracked(t))) = (notify, &mut e.shim) {
+            n.register(id, t);
         }
-        self.entries
-            .lock()
-            .expect("lock")
-            .entry(id.to_owned())
-            .or_default()
-            .shim = Some(Tracked {
-            pid,
-            dir: dir.to_owned(),
-            pidfd,
-        });
-        true
+        alive
     }
 
-    /// Drops what is kept for a removed container (its pidfd is closed).
+    /// Drops what is kept for a removed container: its inotify watch and its pidfd.
     pub(super) fn forget(&self, id: &str) {
-        self.entries.lock().expect("lock").remove(id);
+        let mut inner = self.inner.lock().expect("lock");
+        let Inner { entries, notify } = &mut *inner;
+        if let Some(mut e) = entries.remove(id) {
+            drop_entry(notify, id, &mut e);
+        }
     }
 
     /// Keeps only the entries of containers `keep` names.
     pub(super) fn retain(&self, keep: impl Fn(&str) -> bool) {
-        self.entries.lock().expect("lock").retain(|id, _| keep(id));
+        let mut inner = self.inner.lock().expect("lock");
+        let Inner { entries, notify } = &mut *inner;
+        entries.retain(|id, e| {
+            let kept = keep(id);
+            if !kept {
+                drop_entry(notify, id, e);
+            }
+            kept
+        });
     }
 
     #[cfg(test)]
@@ -186,18 +433,219 @@ impl ShimWatch {
     }
 
     #[cfg(test)]
+    fn stats(&self) -> u64 {
+        self.stats.load(Ordering::Relaxed)
+    }
+
+    #[cfg(test)]
     fn tracked(&self, id: &str) -> bool {
-        self.entries
+        self.inner
             .lock()
             .expect("lock")
+            .entries
             .get(id)
-            .is_some_and(|e| e.shim.is_some())
+            .is_some_and(|e| matches!(e.shim, Some(Shim::Tracked(_))))
     }
 
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.entries.lock().expect("lock").len()
+        self.inner.lock().expect("lock").entries.len()
     }
+
+    /// The raw epoll and inotify fds (for the tests' look at /proc/self/fdinfo).
+    #[cfg(test)]
+    fn fds(&self) -> Option<(i32, i32)> {
+        let inner = self.inner.lock().expect("lock");
+        let n = inner.notify.as_ref()?;
+        Some((
+            n.epoll.0.as_raw_fd(),
+            n.inotify.as_ref()?.as_fd().as_raw_fd(),
+        ))
+    }
+
+    /// Directories watched and pidfds registered, as this side counts them.
+    #[cfg(test)]
+    fn registered(&self) -> (usize, usize) {
+        let inner = self.inner.lock().expect("lock");
+        inner
+            .notify
+            .as_ref()
+            .map_or((0, 0), |n| (n.watches.len(), n.pidfds.len()))
+    }
+}
+
+fn mark_all_stale(entries: &mut HashMap<String, Entry>) {
+    for e in entries.values_mut() {
+        e.stale = true;
+    }
+}
+
+/// Replaces an entry's shim, taking the old one's pidfd out of the epoll set (and closing it).
+fn set_shim(notify: &mut Option<Notify>, e: &mut Entry, shim: Option<Shim>) {
+    if let Some(Shim::Tracked(t)) = std::mem::replace(&mut e.shim, shim)
+        && let (Some(n), Some(token)) = (notify.as_mut(), t.token)
+    {
+        n.pidfds.remove(&token);
+        let _ = n.epoll.delete(t.pidfd.as_fd());
+    }
+}
+
+/// Takes out an entry's watch and pidfd.
+fn drop_entry(notify: &mut Option<Notify>, id: &str, e: &mut Entry) {
+    set_shim(notify, e, None);
+    if let (Some(n), Watch::Active(wd)) = (notify.as_mut(), e.watch) {
+        n.unwatch(id, wd);
+    }
+    e.watch = Watch::Untried;
+}
+
+impl Notify {
+    /// Watches the directory of `path` for entry `id`.
+    fn watch(&mut self, id: &str, path: &Path) -> Watch {
+        let Some(inotify) = &self.inotify else {
+            return Watch::Unavailable;
+        };
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        match inotify.add_watch(dir, watch_mask()) {
+            Ok(wd) => {
+                let ids = self.watches.entry(wd).or_default();
+                if !ids.iter().any(|i| i == id) {
+                    ids.push(id.to_owned());
+                }
+                Watch::Active(wd)
+            }
+            // Not there (yet, or any more): statx says so this time; tried again next time.
+            Err(Errno::ENOENT | Errno::ENOTDIR) => Watch::Untried,
+            Err(e) => {
+                if !self.warned_watch {
+                    self.warned_watch = true;
+                    warn!(error = %e, dir = %dir.display(), "cannot watch a container \
+                          directory (fs.inotify.max_user_watches?): its state.json is checked \
+                          with statx on each read");
+                }
+                Watch::Unavailable
+            }
+        }
+    }
+
+    /// Takes entry `id` off watch `wd`; the watch itself goes with its last entry.
+    fn unwatch(&mut self, id: &str, wd: WatchDescriptor) {
+        let Some(ids) = self.watches.get_mut(&wd) else {
+            return;
+        };
+        ids.retain(|i| i != id);
+        if ids.is_empty() {
+            self.watches.remove(&wd);
+            if let Some(i) = &self.inotify {
+                let _ = i.rm_watch(wd);
+            }
+        }
+    }
+
+    /// Puts a tracked shim's pidfd into the epoll set; it is polled on each check otherwise.
+    fn register(&mut self, id: &str, t: &mut Tracked) {
+        let token = self.next_token;
+        if self
+            .epoll
+            .add(t.pidfd.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, token))
+            .is_ok()
+        {
+            self.next_token += 1;
+            self.pidfds.insert(token, id.to_owned());
+            t.token = Some(token);
+        }
+    }
+
+    /// Reads every queued inotify event and marks what they name stale.
+    fn take_inotify(&mut self, entries: &mut HashMap<String, Entry>) {
+        let Some(inotify) = &self.inotify else { return };
+        loop {
+            let events = match inotify.read_events() {
+                Ok(events) => events,
+                Err(Errno::EAGAIN) => return,
+                Err(Errno::EINTR) => continue,
+                Err(e) => {
+                    warn!(error = %e, "reading inotify failed: the shims' state files are \
+                          checked with statx from now on");
+                    let _ = self.epoll.delete(inotify.as_fd());
+                    self.inotify = None;
+                    self.watches.clear();
+                    for e in entries.values_mut() {
+                        e.watch = Watch::Unavailable;
+                        e.stale = true;
+                    }
+                    return;
+                }
+            };
+            for ev in events {
+                if ev.mask.contains(AddWatchFlags::IN_Q_OVERFLOW) {
+                    mark_all_stale(entries);
+                    continue;
+                }
+                let gone = ev
+                    .mask
+                    .intersects(AddWatchFlags::IN_IGNORED | AddWatchFlags::IN_DELETE_SELF)
+                    || ev.mask.contains(AddWatchFlags::IN_MOVE_SELF);
+                let Some(ids) = (if gone {
+                    self.watches.remove(&ev.wd)
+                } else {
+                    self.watches.get(&ev.wd).cloned()
+                }) else {
+                    continue;
+                };
+                if gone && !ev.mask.contains(AddWatchFlags::IN_IGNORED) {
+                    // Moved or deleted: the kernel drops a deleted dir's watch itself.
+                    if let Some(i) = &self.inotify {
+                        let _ = i.rm_watch(ev.wd);
+                    }
+                }
+                for id in &ids {
+                    if let Some(e) = entries.get_mut(id)
+                        && (gone || ev.name.as_deref() == Some(e.name.as_os_str()))
+                    {
+                        e.stale = true;
+                        if gone {
+                            e.watch = Watch::Untried;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// What /proc says of a pid named as a container's shim.
+enum Confirmed {
+    /// Not a live shim of that directory.
+    Not,
+    /// A live shim, but pidfd_open failed: its command line is read on each check.
+    Untracked,
+    Tracked(Tracked),
+}
+
+/// Asks /proc whether `pid` is the shim of `dir` and opens its pidfd.
+fn confirm(pid: u32, dir: &Path) -> Confirmed {
+    if !shim::alive(pid, dir) {
+        return Confirmed::Not;
+    }
+    let Some(pidfd) = pidfd_open(pid) else {
+        return Confirmed::Untracked;
+    };
+    // The pid may have been reused between the check and the open: confirm that the process
+    // now at `pid` is the shim, and that the pidfd's process has not exited since (if it had,
+    // the pid read after the open could name another process).
+    if !shim::alive(pid, dir) || exited(&pidfd) != Some(false) {
+        return Confirmed::Not;
+    }
+    Confirmed::Tracked(Tracked {
+        pid,
+        dir: dir.to_owned(),
+        pidfd,
+        token: None,
+    })
 }
 
 /// A pidfd for `pid` (close-on-exec, as pidfds always are); `None` where unavailable.

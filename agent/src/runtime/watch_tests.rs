@@ -72,97 +72,275 @@ fn state(shim_pid: u32, running: bool) -> ShimState {
     }
 }
 
-#[test]
-fn a_rewritten_state_file_is_seen_on_the_next_call() {
-    let d = tempfile::tempdir().unwrap();
-    let p = d.path().join("state.json");
-    let w = ShimWatch::default();
-    write_json(&p, &state(10, true)).unwrap();
-    assert_eq!(w.state("c", &p), state(10, true));
-    write_json(&p, &state(10, false)).unwrap();
-    assert_eq!(w.state("c", &p), state(10, false));
-    // Same size, same content shape: still a new file.
-    write_json(&p, &state(11, false)).unwrap();
-    assert_eq!(w.state("c", &p), state(11, false));
-    assert_eq!(w.reads(), 3);
+/// Runs `check` on a watch with epoll and inotify and on one without (the statx fallback).
+fn both(check: impl Fn(ShimWatch, &str)) {
+    let w = ShimWatch::new();
+    assert!(
+        w.fds().is_some(),
+        "epoll or inotify could not be created here: the watch fell back to statx"
+    );
+    check(w, "watched");
+    check(ShimWatch::unwatched(), "statx fallback");
+}
+
+/// Lines of /proc/self/fdinfo/FD that start with `prefix`: the kernel's own list of an
+/// inotify fd's watches (`inotify wd:`) or an epoll fd's registered fds (`tfd:`).
+fn fdinfo_lines(fd: i32, prefix: &str) -> usize {
+    fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))
+        .expect("reading /proc/self/fdinfo")
+        .lines()
+        .filter(|l| l.starts_with(prefix))
+        .count()
 }
 
 #[test]
-fn an_unchanged_state_file_is_not_read_again() {
+fn a_rewritten_state_file_is_seen_after_the_next_refresh() {
+    both(|w, mode| {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("state.json");
+        write_json(&p, &state(10, true)).unwrap();
+        w.refresh();
+        assert_eq!(w.state("c", &p), state(10, true), "{mode}");
+        write_json(&p, &state(10, false)).unwrap();
+        w.refresh();
+        assert_eq!(w.state("c", &p), state(10, false), "{mode}");
+        // Same size, same content shape: still a new file.
+        write_json(&p, &state(11, false)).unwrap();
+        w.refresh();
+        assert_eq!(w.state("c", &p), state(11, false), "{mode}");
+        assert_eq!(w.reads(), 3, "{mode}");
+    });
+}
+
+#[test]
+fn an_unchanged_state_file_is_not_read_again_and_watched_costs_no_statx() {
+    both(|w, mode| {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("state.json");
+        write_json(&p, &state(10, true)).unwrap();
+        for _ in 0..5 {
+            w.refresh();
+            assert_eq!(w.state("c", &p), state(10, true), "{mode}");
+        }
+        assert_eq!(
+            w.reads(),
+            1,
+            "{mode}: read once, then served from the cache"
+        );
+        let stats = if mode == "watched" { 0 } else { 5 };
+        assert_eq!(w.stats(), stats, "{mode}: statx calls");
+    });
+}
+
+#[test]
+fn without_a_refresh_the_watched_state_is_the_last_one_taken_in() {
     let d = tempfile::tempdir().unwrap();
     let p = d.path().join("state.json");
-    let w = ShimWatch::default();
+    let w = ShimWatch::new();
     write_json(&p, &state(10, true)).unwrap();
-    for _ in 0..5 {
-        assert_eq!(w.state("c", &p), state(10, true));
-    }
-    assert_eq!(w.reads(), 1, "read once, then served from the cache");
+    assert_eq!(w.state("c", &p), state(10, true));
+    write_json(&p, &state(10, false)).unwrap();
+    assert_eq!(
+        w.state("c", &p),
+        state(10, true),
+        "a lookup until refreshed"
+    );
+    // Two writes between refreshes: the events wait in the queue, the latest is read.
+    write_json(&p, &state(12, false)).unwrap();
+    w.refresh();
+    assert_eq!(w.state("c", &p), state(12, false));
+    assert_eq!(w.reads(), 2);
+}
+
+#[test]
+fn the_agents_own_write_is_seen_at_once_when_invalidated() {
+    both(|w, mode| {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("state.json");
+        write_json(&p, &state(10, true)).unwrap();
+        assert_eq!(w.state("c", &p), state(10, true), "{mode}");
+        write_json(&p, &state(10, false)).unwrap();
+        w.invalidate("c");
+        assert_eq!(w.state("c", &p), state(10, false), "{mode}");
+    });
+}
+
+#[test]
+fn a_removed_and_recreated_directory_is_watched_again() {
+    both(|w, mode| {
+        let base = tempfile::tempdir().unwrap();
+        let dir = base.path().join("c");
+        let p = dir.join("state.json");
+        fs::create_dir(&dir).unwrap();
+        write_json(&p, &state(10, true)).unwrap();
+        assert_eq!(w.state("c", &p), state(10, true), "{mode}");
+        fs::remove_dir_all(&dir).unwrap();
+        w.refresh();
+        assert_eq!(w.state("c", &p), ShimState::default(), "{mode}: gone");
+        assert_eq!(
+            w.registered().0,
+            0,
+            "{mode}: the deleted dir's watch is dropped"
+        );
+        fs::create_dir(&dir).unwrap();
+        write_json(&p, &state(11, true)).unwrap();
+        w.refresh();
+        assert_eq!(w.state("c", &p), state(11, true), "{mode}: back");
+        write_json(&p, &state(12, false)).unwrap();
+        w.refresh();
+        assert_eq!(w.state("c", &p), state(12, false), "{mode}: watched again");
+    });
 }
 
 #[test]
 fn a_missing_or_corrupt_state_file_reads_as_not_running() {
-    let d = tempfile::tempdir().unwrap();
-    let p = d.path().join("state.json");
-    let w = ShimWatch::default();
-    assert_eq!(w.state("c", &p), ShimState::default());
-    write_json(&p, &state(10, true)).unwrap();
-    assert_eq!(w.state("c", &p), state(10, true));
-    fs::remove_file(&p).unwrap();
-    assert_eq!(w.state("c", &p), ShimState::default());
-    fs::write(&p, "{not json").unwrap();
-    assert_eq!(w.state("c", &p), ShimState::default());
-    write_json(&p, &state(12, true)).unwrap();
-    assert_eq!(w.state("c", &p), state(12, true));
+    both(|w, mode| {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("state.json");
+        assert_eq!(w.state("c", &p), ShimState::default(), "{mode}");
+        write_json(&p, &state(10, true)).unwrap();
+        w.refresh();
+        assert_eq!(w.state("c", &p), state(10, true), "{mode}");
+        fs::remove_file(&p).unwrap();
+        w.refresh();
+        assert_eq!(w.state("c", &p), ShimState::default(), "{mode}");
+        fs::write(&p, "{not json").unwrap();
+        w.refresh();
+        assert_eq!(w.state("c", &p), ShimState::default(), "{mode}");
+        write_json(&p, &state(12, true)).unwrap();
+        w.refresh();
+        assert_eq!(w.state("c", &p), state(12, true), "{mode}");
+    });
 }
 
 #[test]
 fn a_tracked_shim_that_exits_is_reported_dead() {
+    both(|w, mode| {
+        let d = tempfile::tempdir().unwrap();
+        let mut p = Proc::start("shim", d.path());
+        assert!(w.alive("c", p.pid(), d.path()), "{mode}");
+        assert!(
+            w.tracked("c"),
+            "pidfd_open failed on a live process of ours: this kernel lacks pidfds (Linux 5.3)"
+        );
+        w.refresh();
+        assert!(
+            w.alive("c", p.pid(), d.path()),
+            "{mode}: a tracked live shim"
+        );
+        p.exit();
+        w.refresh();
+        assert!(!w.alive("c", p.pid(), d.path()), "{mode}");
+        assert!(
+            !w.tracked("c"),
+            "{mode}: the pidfd of an exited shim is closed"
+        );
+        assert_eq!(w.registered().1, 0, "{mode}: and out of the epoll set");
+        w.refresh();
+        assert!(!w.alive("c", p.pid(), d.path()), "{mode}: still dead");
+    });
+}
+
+#[test]
+fn a_watched_shim_costs_no_poll_until_it_exits() {
     let d = tempfile::tempdir().unwrap();
-    let w = ShimWatch::default();
+    let w = ShimWatch::new();
+    let (epoll, _) = w.fds().expect("epoll and inotify");
     let mut p = Proc::start("shim", d.path());
     assert!(w.alive("c", p.pid(), d.path()));
-    assert!(
-        w.tracked("c"),
-        "pidfd_open failed on a live process of ours: this kernel lacks pidfds (Linux 5.3)"
+    assert_eq!(w.registered().1, 1, "its pidfd is in the epoll set");
+    assert_eq!(
+        fdinfo_lines(epoll, "tfd:"),
+        2,
+        "the inotify fd and the pidfd"
     );
-    assert!(w.alive("c", p.pid(), d.path()), "a tracked live shim");
     p.exit();
+    assert!(
+        w.alive("c", p.pid(), d.path()),
+        "as of the last refresh: no poll of its own"
+    );
+    w.refresh();
     assert!(!w.alive("c", p.pid(), d.path()));
-    assert!(!w.tracked("c"), "the pidfd of an exited shim is closed");
+    assert_eq!(
+        fdinfo_lines(epoll, "tfd:"),
+        1,
+        "the pidfd left the epoll set"
+    );
+}
+
+#[test]
+fn forgetting_an_entry_removes_its_inotify_watch_and_pidfd() {
+    let w = ShimWatch::new();
+    let (epoll, inotify) = w.fds().expect("epoll and inotify");
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let procs: Vec<_> = dirs.iter().map(|d| Proc::start("shim", d.path())).collect();
+    for (i, (d, p)) in dirs.iter().zip(&procs).enumerate() {
+        let id = format!("c{i}");
+        let path = d.path().join("state.json");
+        write_json(&path, &state(p.pid(), true)).unwrap();
+        assert_eq!(w.state(&id, &path), state(p.pid(), true));
+        assert!(w.alive(&id, p.pid(), d.path()));
+    }
+    assert_eq!(w.registered(), (3, 3));
+    assert_eq!(fdinfo_lines(inotify, "inotify wd:"), 3);
+    assert_eq!(fdinfo_lines(epoll, "tfd:"), 4);
+    w.forget("c0");
+    assert_eq!(w.registered(), (2, 2));
+    assert_eq!(fdinfo_lines(inotify, "inotify wd:"), 2);
+    assert_eq!(fdinfo_lines(epoll, "tfd:"), 3);
+    w.retain(|id| id == "c2");
+    assert_eq!(w.registered(), (1, 1));
+    assert_eq!(fdinfo_lines(inotify, "inotify wd:"), 1);
+    assert_eq!(fdinfo_lines(epoll, "tfd:"), 2);
+    w.forget("c2");
+    assert_eq!(w.registered(), (0, 0));
+    assert_eq!(fdinfo_lines(inotify, "inotify wd:"), 0);
+    assert_eq!(fdinfo_lines(epoll, "tfd:"), 1, "the inotify fd alone");
+    w.refresh();
+    assert_eq!(w.len(), 0);
 }
 
 #[test]
 fn a_pid_with_another_command_line_is_not_a_shim() {
-    let d = tempfile::tempdir().unwrap();
-    let other = tempfile::tempdir().unwrap();
-    let w = ShimWatch::default();
-    let p = Proc::start("not-a-shim", d.path());
-    assert!(!w.alive("c", p.pid(), d.path()));
-    assert!(!w.tracked("c"));
-    // A shim of another container (a pid reused by another shim) is not this one's.
-    let q = Proc::start("shim", other.path());
-    assert!(w.alive("o", q.pid(), other.path()));
-    assert!(w.tracked("o"));
-    assert!(!w.alive("c", q.pid(), d.path()));
-    assert!(!w.alive("o", q.pid(), d.path()));
-    assert!(!w.alive("c", 0, d.path()), "pid 0 is never a shim");
+    both(|w, mode| {
+        let d = tempfile::tempdir().unwrap();
+        let other = tempfile::tempdir().unwrap();
+        let p = Proc::start("not-a-shim", d.path());
+        assert!(!w.alive("c", p.pid(), d.path()), "{mode}");
+        assert!(!w.tracked("c"), "{mode}");
+        // A shim of another container (a pid reused by another shim) is not this one's.
+        let q = Proc::start("shim", other.path());
+        assert!(w.alive("o", q.pid(), other.path()), "{mode}");
+        assert!(w.tracked("o"), "{mode}");
+        assert!(!w.alive("c", q.pid(), d.path()), "{mode}");
+        assert!(!w.alive("o", q.pid(), d.path()), "{mode}");
+        assert!(!w.alive("c", 0, d.path()), "{mode}: pid 0 is never a shim");
+    });
 }
 
 #[test]
 fn entries_of_removed_containers_are_dropped() {
-    let d = tempfile::tempdir().unwrap();
-    let w = ShimWatch::default();
-    for id in ["a", "b", "c"] {
-        let p = d.path().join(format!("{id}.json"));
-        write_json(&p, &state(1, false)).unwrap();
-        w.state(id, &p);
-    }
-    assert_eq!(w.len(), 3);
-    w.forget("a");
-    assert_eq!(w.len(), 2);
-    w.retain(|id| id == "b");
-    assert_eq!(w.len(), 1);
-    assert_eq!(w.reads(), 3);
-    w.state("b", &d.path().join("b.json"));
-    assert_eq!(w.reads(), 3, "the kept entry is still cached");
+    both(|w, mode| {
+        let d = tempfile::tempdir().unwrap();
+        for id in ["a", "b", "c"] {
+            write_json(&d.path().join(format!("{id}.json")), &state(1, false)).unwrap();
+        }
+        for id in ["a", "b", "c"] {
+            w.state(id, &d.path().join(format!("{id}.json")));
+        }
+        assert_eq!(w.len(), 3, "{mode}");
+        w.forget("a");
+        assert_eq!(w.len(), 2, "{mode}");
+        w.retain(|id| id == "b");
+        assert_eq!(w.len(), 1, "{mode}");
+        assert_eq!(w.reads(), 3, "{mode}");
+        w.refresh();
+        w.state("b", &d.path().join("b.json"));
+        assert_eq!(w.reads(), 3, "{mode}: the kept entry is still cached");
+        // Three entries shared one directory's watch: it stays while one uses it.
+        let watched = usize::from(mode == "watched");
+        assert_eq!(w.registered().0, watched, "{mode}");
+        w.forget("b");
+        assert_eq!(w.registered().0, 0, "{mode}");
+    });
 }
