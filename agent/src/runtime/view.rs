@@ -70,7 +70,9 @@ impl Manager {
         let mut state = self.known_state(&record.id);
         let status = self.status(record, &mut state);
         ContainerView {
-            cgroup_id: self.cgroup(record).v2_id(),
+            cgroup_id: self
+                .watch
+                .cgroup_id(&record.id, || self.cgroup(record).v2_id()),
             record: record.clone(),
             status,
             state,

@@ -134,6 +134,10 @@ struct Entry {
     /// The watched file's name in its directory (`state.json`).
     name: OsString,
     shim: Option<Shim>,
+    /// The container's cgroup id, found while the state read last says running.
+    cgroup: Option<u64>,
+    /// Bumped at each read of the state: a cgroup id found before it is not kept.
+    generation: u64,
 }
 
 impl Default for Entry {
@@ -144,6 +148,8 @@ impl Default for Entry {
             watch: Watch::Untried,
             name: OsString::new(),
             shim: None,
+            cgroup: None,
+            generation: 0,
         }
     }
 }
@@ -308,6 +314,8 @@ impl ShimWatch {
             Ok(m) => FileId::of(&m),
             Err(_) => {
                 e.state = None;
+                e.cgroup = None;
+                e.generation += 1;
                 return ShimState::default();
             }
         };
@@ -329,6 +337,8 @@ impl ShimWatch {
             e.shim = None;
         }
         e.state = Some((seen, state.clone()));
+        e.cgroup = None;
+        e.generation += 1;
         state
     }
 
@@ -341,6 +351,35 @@ impl ShimWatch {
         f.read_to_end(&mut bytes).ok()?;
         // A corrupt file reads as the default, as it did uncached; it stays so until rewritten.
         Some((seen, serde_json::from_slice(&bytes).unwrap_or_default()))
+    }
+
+    /// Container `id`'s cgroup id: `find` (a `statx` of its cgroup directory) runs once per
+    /// read of its state while that says running, and each time otherwise. A running
+    /// container's cgroup is made before its shim writes "running" and deleted after the
+    /// exit is written (by the shim, or by the agent for a lost shim), so the id stays right
+    /// until the state changes.
+    pub(super) fn cgroup_id(&self, id: &str, find: impl FnOnce() -> Option<u64>) -> Option<u64> {
+        let generation = {
+            let inner = self.inner.lock().expect("lock");
+            let Some(e) = inner.entries.get(id) else {
+                return find();
+            };
+            if let Some(cgroup) = e.cgroup
+                && !e.stale
+            {
+                return Some(cgroup);
+            }
+            e.generation
+        };
+        let found = find();
+        if let Some(e) = self.inner.lock().expect("lock").entries.get_mut(id)
+            && e.generation == generation
+            && !e.stale
+            && matches!(&e.state, Some((_, s)) if s.running)
+        {
+            e.cgroup = found;
+        }
+        found
     }
 
     /// Marks container `id`'s state as changed: the agent has just written it.
@@ -499,124 +538,6 @@ fn drop_entry(notify: &mut Option<Notify>, id: &str, e: &mut Entry) {
     e.watch = Watch::Untried;
 }
 
-impl Notify {
-    /// Watches the directory of `path` for entry `id`.
-    fn watch(&mut self, id: &str, path: &Path) -> Watch {
-        let Some(inotify) = &self.inotify else {
-            return Watch::Unavailable;
-        };
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => Path::new("."),
-        };
-        match inotify.add_watch(dir, watch_mask()) {
-            Ok(wd) => {
-                let ids = self.watches.entry(wd).or_default();
-                if !ids.iter().any(|i| i == id) {
-                    ids.push(id.to_owned());
-                }
-                Watch::Active(wd)
-            }
-            // Not there (yet, or any more): statx says so this time; tried again next time.
-            Err(Errno::ENOENT | Errno::ENOTDIR) => Watch::Untried,
-            Err(e) => {
-                if !self.warned_watch {
-                    self.warned_watch = true;
-                    warn!(error = %e, dir = %dir.display(), "cannot watch a container \
-                          directory (fs.inotify.max_user_watches?): its state.json is checked \
-                          with statx on each read");
-                }
-                Watch::Unavailable
-            }
-        }
-    }
-
-    /// Takes entry `id` off watch `wd`; the watch itself goes with its last entry.
-    fn unwatch(&mut self, id: &str, wd: WatchDescriptor) {
-        let Some(ids) = self.watches.get_mut(&wd) else {
-            return;
-        };
-        ids.retain(|i| i != id);
-        if ids.is_empty() {
-            self.watches.remove(&wd);
-            if let Some(i) = &self.inotify {
-                let _ = i.rm_watch(wd);
-            }
-        }
-    }
-
-    /// Puts a tracked shim's pidfd into the epoll set; it is polled on each check otherwise.
-    fn register(&mut self, id: &str, t: &mut Tracked) {
-        let token = self.next_token;
-        if self
-            .epoll
-            .add(t.pidfd.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, token))
-            .is_ok()
-        {
-            self.next_token += 1;
-            self.pidfds.insert(token, id.to_owned());
-            t.token = Some(token);
-        }
-    }
-
-    /// Reads every queued inotify event and marks what they name stale.
-    fn take_inotify(&mut self, entries: &mut HashMap<String, Entry>) {
-        let Some(inotify) = &self.inotify else { return };
-        loop {
-            let events = match inotify.read_events() {
-                Ok(events) => events,
-                Err(Errno::EAGAIN) => return,
-                Err(Errno::EINTR) => continue,
-                Err(e) => {
-                    warn!(error = %e, "reading inotify failed: the shims' state files are \
-                          checked with statx from now on");
-                    let _ = self.epoll.delete(inotify.as_fd());
-                    self.inotify = None;
-                    self.watches.clear();
-                    for e in entries.values_mut() {
-                        e.watch = Watch::Unavailable;
-                        e.stale = true;
-                    }
-                    return;
-                }
-            };
-            for ev in events {
-                if ev.mask.contains(AddWatchFlags::IN_Q_OVERFLOW) {
-                    mark_all_stale(entries);
-                    continue;
-                }
-                let gone = ev
-                    .mask
-                    .intersects(AddWatchFlags::IN_IGNORED | AddWatchFlags::IN_DELETE_SELF)
-                    || ev.mask.contains(AddWatchFlags::IN_MOVE_SELF);
-                let Some(ids) = (if gone {
-                    self.watches.remove(&ev.wd)
-                } else {
-                    self.watches.get(&ev.wd).cloned()
-                }) else {
-                    continue;
-                };
-                if gone && !ev.mask.contains(AddWatchFlags::IN_IGNORED) {
-                    // Moved or deleted: the kernel drops a deleted dir's watch itself.
-                    if let Some(i) = &self.inotify {
-                        let _ = i.rm_watch(ev.wd);
-                    }
-                }
-                for id in &ids {
-                    if let Some(e) = entries.get_mut(id)
-                        && (gone || ev.name.as_deref() == Some(e.name.as_os_str()))
-                    {
-                        e.stale = true;
-                        if gone {
-                            e.watch = Watch::Untried;
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
 /// What /proc says of a pid named as a container's shim.
 enum Confirmed {
     /// Not a live shim of that directory.
@@ -672,6 +593,9 @@ fn exited(pidfd: &OwnedFd) -> Option<bool> {
         _ => None,
     }
 }
+
+#[path = "watch_notify.rs"]
+mod notify;
 
 #[cfg(test)]
 #[path = "watch_tests.rs"]

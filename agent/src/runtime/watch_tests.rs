@@ -344,3 +344,36 @@ fn entries_of_removed_containers_are_dropped() {
         assert_eq!(w.registered().0, 0, "{mode}");
     });
 }
+
+#[test]
+fn a_running_containers_cgroup_id_is_found_once_per_state_read() {
+    both(|w, mode| {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("state.json");
+        let finds = std::cell::Cell::new(0);
+        let find = |id| {
+            finds.set(finds.get() + 1);
+            Some(id)
+        };
+        write_json(&p, &state(10, true)).unwrap();
+        w.state("c", &p);
+        assert_eq!(w.cgroup_id("c", || find(7)), Some(7), "{mode}");
+        w.refresh();
+        w.state("c", &p);
+        assert_eq!(w.cgroup_id("c", || find(8)), Some(7), "{mode}: kept");
+        assert_eq!(finds.get(), 1, "{mode}");
+        // A new state (a restart): found again.
+        write_json(&p, &state(11, true)).unwrap();
+        w.refresh();
+        w.state("c", &p);
+        assert_eq!(w.cgroup_id("c", || find(9)), Some(9), "{mode}");
+        // Not running: asked each time.
+        write_json(&p, &state(11, false)).unwrap();
+        w.refresh();
+        w.state("c", &p);
+        assert_eq!(w.cgroup_id("c", || None), None, "{mode}");
+        assert_eq!(w.cgroup_id("c", || find(9)), Some(9), "{mode}");
+        assert_eq!(w.cgroup_id("c", || None), None, "{mode}: not kept");
+        assert_eq!(finds.get(), 3, "{mode}");
+    });
+}
