@@ -21,6 +21,8 @@
 //!   ([`pidfd_open(2)`](https://man7.org/linux/man-pages/man2/pidfd_open.2.html)) and cannot
 //!   be fooled by a reused pid. A shim seen dead is remembered as dead for that pid (until its
 //!   `state.json` changes), so an exited container costs nothing either.
+//! - Cgroup id: a running container's is found (a `statx` of its cgroup directory) once per
+//!   read of its state and kept until the state changes ([`ShimWatch::cgroup_id`]).
 //! - Fallbacks, each logged once: where epoll cannot be created, nothing is watched and each
 //!   read costs what it did before this cache was event-driven: one `statx` of `state.json`
 //!   (read again when the file's identity changed: device, inode, size, mtime, ctime) and one
