@@ -9,7 +9,9 @@
 //! timings (`berth_collector_duration_seconds`) give the tick's cost by collector.
 //!
 //! Goals: <= 0.5% of one core and <= 60 MiB RSS at 50 containers; `/metrics` p99 <= 5 ms at
-//! 100 containers. CPU per container is reported as the slope between the two counts.
+//! 100 containers. CPU per container is reported as the slope between the two counts. With
+//! `--baseline OTHER_BINARY` each row runs that binary first, and a before/after table compares
+//! the two within the one run (these machines are noisy: ratios from one run).
 
 use std::{
     collections::BTreeMap,
@@ -304,15 +306,32 @@ fn one_run(
     result.with_context(|| format!("run with {berth} berth containers; see {t}"))
 }
 
-/// Runs every count in `berth`, then appends one section.
+/// What every row shares.
+pub struct Window {
+    /// Foreign containers next to the berth ones.
+    pub foreign: usize,
+    /// UDP ports the first berth container publishes.
+    pub ports: u32,
+    /// Idle window, seconds.
+    pub idle: u64,
+    /// The bench's own `/metrics` requests after the window.
+    pub requests: usize,
+}
+
+/// Runs every count in `berth` (with `baseline`, that binary first, row by row), then
+/// appends one section.
 pub fn bench_idle(
     berth: &[usize],
-    foreign: usize,
-    ports: u32,
-    idle: u64,
-    requests: usize,
+    window: Window,
     binary: Option<PathBuf>,
+    baseline: Option<PathBuf>,
 ) -> Result<()> {
+    let Window {
+        foreign,
+        ports,
+        idle,
+        requests,
+    } = window;
     ensure!(
         !berth.is_empty() && berth.iter().all(|&n| (1..=200).contains(&n)),
         "--berth: counts between 1 and 200"
@@ -329,10 +348,18 @@ pub fn bench_idle(
             workspace_root().join("target/release/berth")
         }
     };
+    if let Some(b) = &baseline {
+        ensure!(b.is_file(), "--baseline {}: no such file", b.display());
+    }
     let mut runs = Vec::new();
+    let mut before = Vec::new();
     for &n in berth {
+        if let Some(b) = &baseline {
+            before.push(one_run(b, n, foreign, ports, idle, requests)?);
+        }
         runs.push(one_run(&bin, n, foreign, ports, idle, requests)?);
     }
+    let compared = compare(&mut before, &mut runs);
     let mut rows = String::new();
     let mut coll_names: Vec<String> = Vec::new();
     for r in &runs {
@@ -417,10 +444,13 @@ pub fn bench_idle(
         .map(|n| n.to_string())
         .collect::<Vec<_>>()
         .join(",");
-    let bin_note = match &binary {
+    let mut bin_note = match &binary {
         Some(b) => format!(" --binary {}", b.display()),
         None => String::new(),
     };
+    if let Some(b) = &baseline {
+        bin_note.push_str(&format!(" --baseline {}", b.display()));
+    }
     let section = format!(
         "\n## Agent at rest (issue 14) ({now})\n\n\
          Command: `cargo xtask bench agent --berth {counts} --containers {foreign} --ports {ports} \
@@ -435,10 +465,61 @@ pub fn bench_idle(
          scrapes | idle |\n|---|---|---|---|---|---|---|\n{rows}\n\
          Tick cost by collector (`berth_collector_duration_seconds`, up to 20 ticks after the window):\n\n\
          {coll}\n\
-         Goals:\n\n{goals}",
+         Goals:\n\n{goals}{compared}",
         now = utc_now()?,
         m = machine(),
     );
     print!("{section}");
     append_benchmark(&section)
+}
+
+/// The before/after table of a run with `--baseline` (rows pairwise: the same counts); empty
+/// without one.
+fn compare(before: &mut [Run], after: &mut [Run]) -> String {
+    if before.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from(
+        "\nBefore / after, measured in this run (before = `--baseline`, each row run just \
+         before the measured one):\n\n\
+         | containers | CPU before | CPU after | after / before | RSS MiB before / after | \
+         `/metrics` p99 ms before / after |\n|---|---|---|---|---|---|\n",
+    );
+    for (b, a) in before.iter_mut().zip(after.iter_mut()) {
+        let (bp, ap) = (pct(&mut b.lat_ms, 99), pct(&mut a.lat_ms, 99));
+        out.push_str(&format!(
+            "| {} + {} foreign | {:.2}% | {:.2}% | {:.2}x | {:.1} / {:.1} | {bp:.2} / {ap:.2} |\n",
+            a.berth,
+            a.foreign,
+            b.cpu_share * 100.0,
+            a.cpu_share * 100.0,
+            a.cpu_share / b.cpu_share.max(f64::MIN_POSITIVE),
+            b.rss_max_mib,
+            a.rss_max_mib,
+        ));
+    }
+    let per_container = |runs: &[Run]| {
+        let r = &runs[runs.len() - 1];
+        r.cpu_share * 100.0 / (r.berth + r.foreign) as f64
+    };
+    out.push_str(&format!(
+        "\nCPU per watched container (all of them, at the last row): before {:.4}%, after \
+         {:.4}% of one core ({:.1}x less).\n",
+        per_container(before),
+        per_container(after),
+        per_container(before) / per_container(after).max(f64::MIN_POSITIVE),
+    ));
+    if before.len() >= 2 {
+        let slope = |runs: &[Run]| {
+            let (x, y) = (&runs[0], &runs[runs.len() - 1]);
+            (y.cpu_share - x.cpu_share) / (y.berth as f64 - x.berth as f64) * 100.0
+        };
+        out.push_str(&format!(
+            "CPU per added berth container (slope between the rows): before {:.4}%, after \
+             {:.4}% of one core.\n",
+            slope(before),
+            slope(after),
+        ));
+    }
+    out
 }

@@ -88,6 +88,10 @@ pub enum Bench {
         /// The agent binary to measure (at-rest bench); default: this tree's release build.
         #[arg(long)]
         binary: Option<PathBuf>,
+        /// Another agent binary measured in the same run, row by row before the measured one
+        /// (at-rest bench): the before/after table.
+        #[arg(long)]
+        baseline: Option<PathBuf>,
     },
     /// Create-to-running latency: `berth run -d` against the bare runtime (create + start)
     /// on the same bundle, interleaved, median of each.
@@ -111,11 +115,18 @@ pub fn execute(bench: Bench) -> Result<()> {
             idle,
             requests,
             binary,
+            baseline,
         } => {
             if berth.is_empty() {
                 agent::bench_agent(containers, ticks)
             } else {
-                idle::bench_idle(&berth, containers, ports, idle, requests, binary)
+                let window = idle::Window {
+                    foreign: containers,
+                    ports,
+                    idle,
+                    requests,
+                };
+                idle::bench_idle(&berth, window, binary, baseline)
             }
         }
         Bench::Probes { calls, rounds } => probes::bench_probes(calls, rounds),
