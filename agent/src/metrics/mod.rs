@@ -630,6 +630,8 @@ fn encode_conntrack(
     Ok(())
 }
 
+#[cfg(test)]
+mod bench;
 mod containers;
 
 #[cfg(test)]
