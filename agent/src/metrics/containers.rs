@@ -7,7 +7,10 @@ use prometheus_client::{
     metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
 };
 
-use super::{Escaped, family};
+use super::{
+    family,
+    labels::{Escaped, Rendered},
+};
 use crate::model::{Container, Snapshot, Status};
 
 /// The labels of every per-container series: `container` (the id), `name`, `engine`,
@@ -15,25 +18,24 @@ use crate::model::{Container, Snapshot, Status};
 /// (`{k8s_namespace="shop",k8s_pod="web-0"}`, `{engine="docker",name="media"}`). The same set
 /// in every series of a family: values are empty where they do not apply (outside Kubernetes;
 /// a cgroup of no container), which Prometheus treats as the label being absent.
-pub(super) fn ids(c: Option<&Container>) -> [(&'static str, Escaped<'_>); 5] {
+pub(super) fn ids(c: Option<&Container>) -> [(&'static str, &str); 5] {
     [
-        ("container", Escaped(c.map_or("", |c| &c.id))),
-        ("name", Escaped(c.map_or("", |c| &c.name))),
-        ("engine", Escaped(c.map_or("", |c| c.engine.name()))),
+        ("container", c.map_or("", |c| &c.id)),
+        ("name", c.map_or("", |c| &c.name)),
+        ("engine", c.map_or("", |c| c.engine.name())),
         (
             "k8s_namespace",
-            Escaped(c.and_then(Container::k8s_namespace).unwrap_or("")),
+            c.and_then(Container::k8s_namespace).unwrap_or(""),
         ),
-        (
-            "k8s_pod",
-            Escaped(c.and_then(Container::k8s_pod).unwrap_or("")),
-        ),
+        ("k8s_pod", c.and_then(Container::k8s_pod).unwrap_or("")),
     ]
 }
 
-/// `berth_container_*`: one series per container, labelled by [`ids`].
-pub(super) fn encode<'a>(
-    snap: &'a Snapshot,
+/// `berth_container_*`: one series per container, labelled by [`ids`] (`ids[i]` rendered for
+/// `snap.containers[i]`).
+pub(super) fn encode(
+    snap: &Snapshot,
+    ids: &[Rendered],
     encoder: &mut DescriptorEncoder,
 ) -> Result<(), std::fmt::Error> {
     use crate::model::ContainerStats;
@@ -44,11 +46,11 @@ pub(super) fn encode<'a>(
         None,
         prometheus_client::metrics::MetricType::Info,
     )?;
-    for c in &snap.containers {
+    for (c, ids) in snap.containers.iter().zip(ids) {
         // encode_family + encode_info would emit `{,` (prometheus-client 0.24): give the
         // labels to encode_info directly.
         fam.encode_info(&(
-            ids(Some(c)),
+            ids,
             [
                 ("image", Escaped(&c.image)),
                 // The OCI runtime (runc, crun) of berth's own containers; the engine is `engine`.
@@ -58,15 +60,16 @@ pub(super) fn encode<'a>(
         ))?;
     }
 
-    let labels = |c: &'a Container| ids(Some(c));
+    // Each container with its rendered labels.
+    let containers = || snap.containers.iter().zip(ids);
     family(
         encoder,
         "berth_container_running",
         "Whether the container's process is running (1) or not (0)",
         MetricType::Gauge,
-        snap.containers.iter().map(|c| {
+        containers().map(|(c, labels)| {
             (
-                labels(c),
+                labels,
                 ConstGauge::new(i64::from(c.status == Status::Running)),
             )
         }),
@@ -76,21 +79,17 @@ pub(super) fn encode<'a>(
         "berth_container_restarts",
         "Times the restart policy restarted the container",
         MetricType::Counter,
-        snap.containers.iter().map(|c| {
-            (
-                labels(c),
-                ConstCounter::new(u64::from(c.state.restart_count)),
-            )
-        }),
+        containers()
+            .map(|(c, labels)| (labels, ConstCounter::new(u64::from(c.state.restart_count)))),
     )?;
     family(
         encoder,
         "berth_container_oom_kills",
         "Processes of the container killed by the kernel's OOM killer",
         MetricType::Counter,
-        snap.containers.iter().map(|c| {
+        containers().map(|(c, labels)| {
             // Past runs (recorded by the shim) plus the running one's cgroup.
-            (labels(c), ConstCounter::new(c.oom_kills()))
+            (labels, ConstCounter::new(c.oom_kills()))
         }),
     )?;
 
@@ -128,9 +127,9 @@ pub(super) fn encode<'a>(
             name,
             help,
             MetricType::Counter,
-            snap.containers.iter().filter_map(|c| {
+            containers().filter_map(|(c, labels)| {
                 let v = c.stats.as_ref().and_then(get)?;
-                Some((labels(c), ConstCounter::new(v)))
+                Some((labels, ConstCounter::new(v)))
             }),
         )?;
     }
@@ -167,9 +166,9 @@ pub(super) fn encode<'a>(
             name,
             help,
             MetricType::Gauge,
-            snap.containers.iter().filter_map(|c| {
+            containers().filter_map(|(c, labels)| {
                 let v = c.stats.as_ref().and_then(get)?;
-                Some((labels(c), ConstGauge::new(v)))
+                Some((labels, ConstGauge::new(v)))
             }),
         )?;
     }
@@ -181,24 +180,20 @@ pub(super) fn encode<'a>(
         "berth_container_port_mapping_rules",
         "iptables rules (iptables-nft and iptables-legacy, every table) that point at the container's address; other engines' containers",
         MetricType::Gauge,
-        snap.containers.iter().filter_map(|c| {
+        containers().filter_map(|(c, labels)| {
             let rules = c.port_mapping.rules?;
-            Some((labels(c), ConstGauge::new(rules as i64)))
+            Some((labels, ConstGauge::new(rules as i64)))
         }),
     )?;
-    let proxied = || {
-        snap.containers
-            .iter()
-            .filter(|c| c.port_mapping.proxies.processes > 0)
-    };
+    let proxied = || containers().filter(|(c, _)| c.port_mapping.proxies.processes > 0);
     family(
         encoder,
         "berth_container_userland_proxy_processes",
         "Userland proxy processes (docker-proxy) forwarding to the container's address",
         MetricType::Gauge,
-        proxied().map(|c| {
+        proxied().map(|(c, labels)| {
             let n = c.port_mapping.proxies.processes as i64;
-            (labels(c), ConstGauge::new(n))
+            (labels, ConstGauge::new(n))
         }),
     )?;
     family(
@@ -206,9 +201,9 @@ pub(super) fn encode<'a>(
         "berth_container_userland_proxy_memory_bytes",
         "Resident memory of the userland proxies forwarding to the container's address",
         MetricType::Gauge,
-        proxied().map(|c| {
+        proxied().map(|(c, labels)| {
             let n = c.port_mapping.proxies.rss_bytes as i64;
-            (labels(c), ConstGauge::new(n))
+            (labels, ConstGauge::new(n))
         }),
     )?;
     family(
@@ -216,9 +211,9 @@ pub(super) fn encode<'a>(
         "berth_container_userland_proxy_cpu_seconds",
         "CPU time the running userland proxies forwarding to the container's address used since they started",
         MetricType::Counter,
-        proxied().map(|c| {
+        proxied().map(|(c, labels)| {
             let s = c.port_mapping.proxies.cpu_seconds;
-            (labels(c), ConstCounter::new(s))
+            (labels, ConstCounter::new(s))
         }),
     )?;
     Ok(())

@@ -4,19 +4,18 @@
 //! each scrape, so /metrics, the JSON API and the UI always agree. Names follow
 //! `berth_<subsystem>_<quantity>_<unit>`; counters get `_total` from the encoder.
 
-use std::{collections::HashMap, fmt::Write as _, sync::Arc};
+use std::{collections::HashMap, sync::Arc};
 
 use prometheus_client::{
     collector::Collector,
-    encoding::{
-        DescriptorEncoder, EncodeLabelValue, EncodeMetric, LabelValueEncoder, text::encode,
-    },
+    encoding::{DescriptorEncoder, EncodeMetric, text::encode},
     metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge, info::Info},
     registry::Registry,
 };
 use tokio::sync::watch;
 
-use crate::model::{CgroupView, Container, ContainerHookKey, Snapshot};
+use self::labels::{Escaped, Rendered};
+use crate::model::{CgroupView, ContainerHookKey, Snapshot};
 
 /// Content type of the exposition, as Prometheus negotiates it.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -120,32 +119,6 @@ fn top_syscalls(calls: &[crate::model::SyscallCount], top: usize) -> Vec<(&str, 
         }
     }
     out
-}
-
-/// A label value escaped as the exposition format requires (`\\`, `\"`, `\n`): cgroup names
-/// are chosen by whoever created them, and prometheus-client writes values verbatim.
-struct Escaped<'a>(&'a str);
-
-impl EncodeLabelValue for Escaped<'_> {
-    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
-        escape(self.0, encoder)
-    }
-}
-
-/// Writes `value` escaped, in runs: nearly every value needs no escape and is one write (not
-/// one per character, which was most of an encode at hundreds of containers).
-fn escape(value: &str, out: &mut impl std::fmt::Write) -> std::fmt::Result {
-    let mut rest = value;
-    while let Some(i) = rest.find(['\\', '"', '\n']) {
-        out.write_str(&rest[..i])?;
-        out.write_str(match rest.as_bytes()[i] {
-            b'\\' => "\\\\",
-            b'"' => "\\\"",
-            _ => "\\n",
-        })?;
-        rest = &rest[i + 1..];
-    }
-    out.write_str(rest)
 }
 
 /// Encodes one metric family: its descriptor, then one sample per (labels, value).
@@ -256,9 +229,15 @@ impl Collector for SnapshotCollector {
             MetricType::Counter,
         )?)?;
 
-        containers::encode(&snap, &mut encoder)?;
-        encode_conntrack(&snap, &mut encoder)?;
-        encode_netfilter(&snap, &mut encoder)?;
+        // Each container's labels, rendered once for its dozen families and its cgroup's.
+        let ids: Vec<Rendered> = snap
+            .containers
+            .iter()
+            .map(|c| Rendered::ids(Some(c)))
+            .collect();
+        containers::encode(&snap, &ids, &mut encoder)?;
+        encode_conntrack(&snap, &ids, &mut encoder)?;
+        encode_netfilter(&snap, &ids, &mut encoder)?;
         encode_portmap_ebpf(&snap, &mut encoder)?;
         let p = &snap.proxies;
         for (name, help, v) in [
@@ -295,18 +274,26 @@ impl Collector for SnapshotCollector {
         )?;
         let cgroups = snap.cgroups();
         // A container's cgroup carries its labels too, so no join is needed to select it.
-        let owners: HashMap<&str, &Container> = snap
+        let owners: HashMap<&str, &Rendered> = snap
             .containers
             .iter()
-            .filter(|c| c.cgroup_id.is_some())
-            .map(|c| (c.cgroup.as_str(), c))
+            .zip(&ids)
+            .filter(|(c, _)| c.cgroup_id.is_some())
+            .map(|(c, ids)| (c.cgroup.as_str(), ids))
             .collect();
-        for cg in &cgroups {
+        let no_container = Rendered::ids(None);
+        // Each cgroup's labels, rendered once for its syscall, latency and network series.
+        let cgroups: Vec<(&CgroupView, Rendered)> = cgroups
+            .iter()
+            .map(|cg| {
+                let ids = owners.get(cg.path).copied().unwrap_or(&no_container);
+                (cg, Rendered::cgroup(cg.path, ids))
+            })
+            .collect();
+        for (cg, labels) in &cgroups {
             for (name, count) in top_syscalls(cg.syscalls, self.syscall_top) {
-                ConstCounter::new(count).encode(fam.encode_family(&(
-                    cgroup_labels(cg, &owners),
-                    [("syscall", Escaped(name))],
-                ))?)?;
+                ConstCounter::new(count)
+                    .encode(fam.encode_family(&(labels, [("syscall", Escaped(name))]))?)?;
             }
         }
 
@@ -316,7 +303,7 @@ impl Collector for SnapshotCollector {
             None,
             prometheus_client::metrics::MetricType::Histogram,
         )?;
-        for cg in &cgroups {
+        for (cg, labels) in &cgroups {
             let with: Vec<_> = cg
                 .syscalls
                 .iter()
@@ -342,13 +329,13 @@ impl Collector for SnapshotCollector {
                 .enumerate()
                 .map(|(i, n)| (2f64.powi(i as i32 + 1) / 1e9, *n))
                 .collect();
-            fam.encode_family(&cgroup_labels(cg, &owners))?
+            fam.encode_family(&labels)?
                 .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
-                sum_ns as f64 / 1e9,
-                count,
-                &bounds,
-                None,
-            )?;
+                    sum_ns as f64 / 1e9,
+                    count,
+                    &bounds,
+                    None,
+                )?;
         }
 
         for (name, help, get) in [
@@ -369,10 +356,10 @@ impl Collector for SnapshotCollector {
                 None,
                 ConstCounter::new(0u64).metric_type(),
             )?;
-            for cg in &cgroups {
+            for (cg, labels) in &cgroups {
                 for n in cg.net {
                     ConstCounter::new(get(n)).encode(fam.encode_family(&(
-                        cgroup_labels(cg, &owners),
+                        labels,
                         [
                             ("direction", Escaped(n.direction)),
                             ("protocol", Escaped(n.protocol)),
@@ -385,28 +372,12 @@ impl Collector for SnapshotCollector {
     }
 }
 
-/// A cgroup's labels: its path, and its container's [`containers::ids`] (empty for a cgroup of
-/// no container).
-type CgroupLabels<'a> = (
-    [(&'static str, Escaped<'a>); 1],
-    [(&'static str, Escaped<'a>); 5],
-);
-
-fn cgroup_labels<'a>(
-    cg: &CgroupView<'a>,
-    owners: &HashMap<&str, &'a Container>,
-) -> CgroupLabels<'a> {
-    (
-        [("cgroup", Escaped(cg.path))],
-        containers::ids(owners.get(cg.path).copied()),
-    )
-}
-
 /// `berth_netfilter_*`: what rules, conntrack and NAT cost per hook (host-wide, every packet)
 /// and per conntrack state; `berth_container_netfilter_*`: the part attributed to each
 /// container through its published ports. Per-port detail is in /api/v1/ports.
 fn encode_netfilter(
     snap: &Snapshot,
+    ids: &[Rendered],
     encoder: &mut DescriptorEncoder,
 ) -> Result<(), std::fmt::Error> {
     use std::collections::BTreeMap;
@@ -482,9 +453,10 @@ fn encode_netfilter(
             .iter()
             .map(|(k, (packets, _))| (state_labels(k), ConstCounter::new(*packets))),
     )?;
+    let no_container = Rendered::ids(None);
     let container_labels = |(i, hook, state): &ContainerHookKey| {
         (
-            containers::ids(snap.containers.get(*i)),
+            ids.get(*i).unwrap_or(&no_container),
             [
                 ("hook", Escaped(hook.name())),
                 ("ct_state", Escaped(state.name())),
@@ -563,6 +535,7 @@ fn encode_portmap_ebpf(
 /// `berth_conntrack_*`: host-wide connection tracking (the agent's network namespace).
 fn encode_conntrack(
     snap: &Snapshot,
+    ids: &[Rendered],
     encoder: &mut DescriptorEncoder,
 ) -> Result<(), std::fmt::Error> {
     if let Some(ct) = &snap.conntrack {
@@ -626,9 +599,9 @@ fn encode_conntrack(
         None,
         ConstGauge::new(0i64).metric_type(),
     )?;
-    for c in &snap.containers {
+    for (c, ids) in snap.containers.iter().zip(ids) {
         if let Some(n) = c.conntrack_entries {
-            ConstGauge::new(n as i64).encode(fam.encode_family(&containers::ids(Some(c)))?)?;
+            ConstGauge::new(n as i64).encode(fam.encode_family(&ids)?)?;
         }
     }
     Ok(())
@@ -637,6 +610,7 @@ fn encode_conntrack(
 #[cfg(test)]
 mod bench;
 mod containers;
+mod labels;
 
 #[cfg(test)]
 mod tests;
