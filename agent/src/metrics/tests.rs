@@ -309,3 +309,57 @@ fn docs_metrics_md_is_what_the_registry_renders() {
          BERTH_GOLDEN=update cargo test -p berth --lib docs_metrics_md\n{md}"
     );
 }
+
+/// A label set rendered once is written exactly as prometheus-client writes the same labels
+/// one by one: escapes, empty values, alone, behind a cgroup path and followed by more labels.
+#[test]
+fn rendered_labels_are_the_bytes_the_encoder_writes_label_by_label() {
+    #[derive(Debug)]
+    struct Both {
+        rendered: bool,
+    }
+    impl Collector for Both {
+        fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+            let pairs = [
+                ("container", "a\"b\\c\nd\"\""),
+                ("name", ""),
+                ("k8s_pod", "web-0"),
+            ];
+            let path = "/berth/we\"ird\\name\n";
+            let mut fam = encoder.encode_descriptor("t", "Help", None, MetricType::Gauge)?;
+            let syscall = || [("syscall", Escaped("read"))];
+            if self.rendered {
+                let ids = Rendered::of(pairs);
+                let cgroup = Rendered::cgroup(path, &ids);
+                ConstGauge::new(1i64).encode(fam.encode_family(&&ids)?)?;
+                ConstGauge::new(2i64).encode(fam.encode_family(&(&ids, syscall()))?)?;
+                ConstGauge::new(3i64).encode(fam.encode_family(&(&cgroup, syscall()))?)?;
+            } else {
+                let ids = pairs.map(|(k, v)| (k, Escaped(v)));
+                let cgroup = (
+                    [("cgroup", Escaped(path))],
+                    pairs.map(|(k, v)| (k, Escaped(v))),
+                );
+                ConstGauge::new(1i64).encode(fam.encode_family(&ids)?)?;
+                ConstGauge::new(2i64).encode(fam.encode_family(&(ids, syscall()))?)?;
+                ConstGauge::new(3i64).encode(fam.encode_family(&(cgroup, syscall()))?)?;
+            }
+            Ok(())
+        }
+    }
+    let render_with = |rendered| {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(Both { rendered }));
+        render(&registry).unwrap()
+    };
+    let (rendered, by_label) = (render_with(true), render_with(false));
+    assert!(
+        by_label.contains(r#"t{container="a\"b\\c\nd\"\"",name="",k8s_pod="web-0"} 1"#),
+        "{by_label}"
+    );
+    assert!(
+        by_label.contains(r#"t{cgroup="/berth/we\"ird\\name\n",container="#),
+        "{by_label}"
+    );
+    assert_eq!(rendered, by_label);
+}
