@@ -51,7 +51,7 @@ pub(super) struct Rendered {
 }
 
 impl Rendered {
-    /// `labels`, in order (at least one).
+    /// `labels`, in order.
     pub(super) fn of<'v>(labels: impl IntoIterator<Item = (&'static str, &'v str)>) -> Self {
         let mut r = Rendered::default();
         for (key, value) in labels {
@@ -87,6 +87,9 @@ impl EncodeLabelSet for &Rendered {
         // prometheus-client writes label text only through one label's key and value writers:
         // everything before the last value goes out as the key (less the `="` the encoder
         // adds), the last value through the value writer, which closes its quote.
+        if self.text.is_empty() {
+            return Ok(());
+        }
         let mut label = encoder.encode_label();
         let mut key = label.encode_label_key()?;
         key.write_str(&self.text[..self.last_value - 2])?;

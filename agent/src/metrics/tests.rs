@@ -311,13 +311,15 @@ fn docs_metrics_md_is_what_the_registry_renders() {
 }
 
 /// A label set rendered once is written exactly as prometheus-client writes the same labels
-/// one by one: escapes, empty values, alone, behind a cgroup path and followed by more labels.
+/// one by one: escapes, empty values, alone, behind a cgroup path, followed by more labels and
+/// after a histogram's `le`.
 #[test]
 fn rendered_labels_are_the_bytes_the_encoder_writes_label_by_label() {
     #[derive(Debug)]
     struct Both {
         rendered: bool,
     }
+    use prometheus_client::encoding::NoLabelSet;
     impl Collector for Both {
         fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
             let pairs = [
@@ -334,15 +336,25 @@ fn rendered_labels_are_the_bytes_the_encoder_writes_label_by_label() {
                 ConstGauge::new(1i64).encode(fam.encode_family(&&ids)?)?;
                 ConstGauge::new(2i64).encode(fam.encode_family(&(&ids, syscall()))?)?;
                 ConstGauge::new(3i64).encode(fam.encode_family(&(&cgroup, syscall()))?)?;
+                let mut fam =
+                    encoder.encode_descriptor("h", "Help", None, MetricType::Histogram)?;
+                fam.encode_family(&&cgroup)?
+                    .encode_histogram::<NoLabelSet>(0.5, 2, &[(1e-9, 1), (2e-9, 1)], None)?;
             } else {
                 let ids = pairs.map(|(k, v)| (k, Escaped(v)));
-                let cgroup = (
-                    [("cgroup", Escaped(path))],
-                    pairs.map(|(k, v)| (k, Escaped(v))),
-                );
+                let cgroup = || {
+                    (
+                        [("cgroup", Escaped(path))],
+                        pairs.map(|(k, v)| (k, Escaped(v))),
+                    )
+                };
                 ConstGauge::new(1i64).encode(fam.encode_family(&ids)?)?;
                 ConstGauge::new(2i64).encode(fam.encode_family(&(ids, syscall()))?)?;
-                ConstGauge::new(3i64).encode(fam.encode_family(&(cgroup, syscall()))?)?;
+                ConstGauge::new(3i64).encode(fam.encode_family(&(cgroup(), syscall()))?)?;
+                let mut fam =
+                    encoder.encode_descriptor("h", "Help", None, MetricType::Histogram)?;
+                fam.encode_family(&cgroup())?
+                    .encode_histogram::<NoLabelSet>(0.5, 2, &[(1e-9, 1), (2e-9, 1)], None)?;
             }
             Ok(())
         }
@@ -359,6 +371,10 @@ fn rendered_labels_are_the_bytes_the_encoder_writes_label_by_label() {
     );
     assert!(
         by_label.contains(r#"t{cgroup="/berth/we\"ird\\name\n",container="#),
+        "{by_label}"
+    );
+    assert!(
+        by_label.contains(r#"h_bucket{le="#) && by_label.contains(r#"",cgroup="/berth/we\"ird"#),
         "{by_label}"
     );
     assert_eq!(rendered, by_label);
