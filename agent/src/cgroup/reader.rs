@@ -31,8 +31,8 @@ const SLACK: usize = 4096;
 
 /// Kept files that change rarely (limits, event counts, IO totals) are read once every this
 /// many reads, the content read last standing in between ([`Files::refresh`] makes the next
-/// read a real one): at one tick per second, at most 5 s old. Usage that rates are computed
-/// from (CPU, memory, pids, throttling) is read every time.
+/// read a real one): at one tick per second, at most 5 s old. Usage (CPU, memory, pids) is
+/// read every time; v1 throttling counts go slow through [`Files::read_slow`].
 pub const SLOW_EVERY: u32 = 5;
 
 /// File names read every [`SLOW_EVERY`] reads.
@@ -115,7 +115,17 @@ impl Files {
     /// The file's content, `None` when it does not exist; for a slow file of kept [`Files`],
     /// as read at most [`SLOW_EVERY`] reads ago.
     pub fn read(&mut self, path: &Path) -> Result<Option<&str>, CgroupError> {
-        if !self.keep || !is_slow(path) {
+        if is_slow(path) {
+            self.read_slow(path)
+        } else {
+            self.read_now(path)
+        }
+    }
+
+    /// [`Files::read`] on the slow cadence whatever the file's name (a v1 `cpu.stat` holds
+    /// only throttling counts, a v2 one the CPU usage).
+    pub fn read_slow(&mut self, path: &Path) -> Result<Option<&str>, CgroupError> {
+        if !self.keep {
             return self.read_now(path);
         }
         match self.slow.get_mut(path) {
@@ -367,6 +377,13 @@ mod tests {
         assert_eq!(files.read(&limit).unwrap(), Some("300\n"), "refreshed");
         // One-off reads always read.
         assert_eq!(Files::once().read(&limit).unwrap(), Some("300\n"));
+        // A file of any name can be read on the cadence (v1 cpu.stat), or every time.
+        let stat = d.path().join("cpu.stat");
+        fs::write(&stat, "nr_throttled 1\n").unwrap();
+        assert_eq!(files.read_slow(&stat).unwrap(), Some("nr_throttled 1\n"));
+        fs::write(&stat, "nr_throttled 2\n").unwrap();
+        assert_eq!(files.read_slow(&stat).unwrap(), Some("nr_throttled 1\n"));
+        assert_eq!(files.read(&stat).unwrap(), Some("nr_throttled 2\n"));
         assert!(is_slow(Path::new(
             "/x/blkio.throttle.io_service_bytes_recursive"
         )));

@@ -116,7 +116,13 @@ pub fn read_v1_cpu(dir: &Path, f: &mut Files, s: &mut ContainerStats) -> Result<
     let period = read_u64(f, &dir.join("cpu.cfs_period_us"))?;
     s.cpu_quota_seconds_per_second =
         (quota > 0 && period > 0).then(|| quota as f64 / period as f64);
-    if let Some(stat) = read_opt_keyed(f, &dir.join("cpu.stat"))? {
+    // Throttling counts only (v1): on the slow cadence, as the limits above.
+    let path = dir.join("cpu.stat");
+    if let Some(stat) = f
+        .read_slow(&path)?
+        .map(|c| parse_keyed(&path, c))
+        .transpose()?
+    {
         s.cpu_throttled_periods = stat.get("nr_throttled").copied().unwrap_or(0);
         s.cpu_throttled_seconds = stat.get("throttled_time").copied().unwrap_or(0) as f64 / 1e9;
     }

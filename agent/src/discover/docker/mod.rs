@@ -258,6 +258,7 @@ struct Task {
 impl Task {
     async fn run(self) {
         let mut said_down = false;
+        let mut rechecked: Option<Instant> = None;
         let (socket, data_root) = (self.socket.display(), self.containers.display());
         loop {
             match self.connect().await {
@@ -280,13 +281,19 @@ impl Task {
                 }
                 Err(e) => debug!(error = %e, "docker API still not answering"),
             }
+            // Files every DISK_RECHECK, the API every RECONNECT: a reconnect attempt does not
+            // bring the files' check forward.
             let retry = Instant::now() + RECONNECT;
             loop {
-                self.recheck_disk().await;
+                if rechecked.is_none_or(|t: Instant| t.elapsed() >= DISK_RECHECK) {
+                    self.recheck_disk().await;
+                    rechecked = Some(Instant::now());
+                }
                 if Instant::now() >= retry {
                     break;
                 }
-                tokio::time::sleep(DISK_RECHECK.min(retry - Instant::now())).await;
+                let next = rechecked.map_or(retry, |t| t + DISK_RECHECK).min(retry);
+                tokio::time::sleep_until(next).await;
             }
         }
     }
