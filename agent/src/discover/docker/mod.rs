@@ -61,7 +61,7 @@ pub const RETRY_PENDING: Duration = Duration::from_secs(1);
 /// While the API does not answer: how often to try it again, and how often the files of the
 /// containers asked about are checked for changes.
 const RECONNECT: Duration = Duration::from_secs(5);
-const DISK_RECHECK: Duration = Duration::from_secs(10);
+const DISK_RECHECK: Duration = Duration::from_secs(3);
 /// A container no lookup asked about for this long is forgotten (its cgroup is gone).
 const FORGET: Duration = Duration::from_secs(30);
 /// The events that change what berth shows of a container.
