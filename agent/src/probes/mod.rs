@@ -73,6 +73,13 @@ where
         .map_err(program_err(name))
 }
 
+/// The sum over CPUs of a one-slot per-CPU "seen" counter (`SYSCALLS_SEEN`, `NF_PORTS_SEEN`):
+/// how much its maps moved. `None` when the object lacks the map: then every tick reads them.
+pub(crate) fn seen_count(ebpf: &Ebpf, map: &str) -> Option<u64> {
+    let seen = PerCpuArray::<&aya::maps::MapData, u64>::try_from(ebpf.map(map)?).ok()?;
+    Some(seen.get(&0, 0).ok()?.iter().sum())
+}
+
 /// Wraps an aya program error with the program's name.
 pub fn program_err(
     name: &'static str,

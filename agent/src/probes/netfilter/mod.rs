@@ -334,7 +334,7 @@ impl NetfilterProbe {
         if steady.confirmed && steady.hooks.as_ref() == Some(&hooks) {
             return Ok(steady.last.clone());
         }
-        let ports_seen = ports_seen(ebpf);
+        let ports_seen = crate::probes::seen_count(ebpf, berth_common::maps::NF_PORTS_SEEN);
         let same_ports =
             ports_seen.is_some() && steady.ports_seen == ports_seen && steady.ports_confirmed;
         let sample = self.read_with(ebpf, same_ports.then(|| steady.last.by_port.clone()))?;
@@ -488,13 +488,6 @@ impl NetfilterProbe {
         );
         Ok(out)
     }
-}
-
-/// The sum of `NF_PORTS_SEEN` (`None` when the object lacks it: then every read walks).
-fn ports_seen(ebpf: &Ebpf) -> Option<u64> {
-    let map = ebpf.map(berth_common::maps::NF_PORTS_SEEN)?;
-    let seen = PerCpuArray::<&MapData, u64>::try_from(map).ok()?;
-    Some(seen.get(&0, 0).ok()?.iter().sum())
 }
 
 /// `NF_HOOKS`: every packet of each (family, hook), summed over CPUs.

@@ -16,7 +16,7 @@ use std::{collections::HashMap, sync::Mutex};
 
 use aya::{
     Ebpf,
-    maps::{MapData, PerCpuArray, PerCpuHashMap},
+    maps::{MapData, PerCpuHashMap},
     programs::RawTracePoint,
 };
 use berth_common::{LATENCY_BUCKETS, LatencyHist, SYSCALL_NR_OTHER, SyscallKey};
@@ -119,7 +119,7 @@ impl SyscallsProbe {
         ebpf: &mut Ebpf,
         alive: &dyn Fn(u64) -> bool,
     ) -> Result<HashMap<u64, Vec<SyscallCount>>, ProbeLoadError> {
-        let seen = seen(ebpf);
+        let seen = super::seen_count(ebpf, berth_common::maps::SYSCALLS_SEEN);
         let mut steady = self.steady.lock().unwrap_or_else(|e| e.into_inner());
         if seen.is_some() && steady.seen == seen && steady.confirmed {
             // Nothing counted since the last read: the same counts (of live cgroups; the
@@ -210,13 +210,6 @@ impl SyscallsProbe {
         }
         remove::<LatencyHist>(ebpf, LATENCY_MAP, &dead)
     }
-}
-
-/// The sum of `SYSCALLS_SEEN` (`None` when the object lacks it: then every tick reads).
-fn seen(ebpf: &Ebpf) -> Option<u64> {
-    let map = ebpf.map(berth_common::maps::SYSCALLS_SEEN)?;
-    let seen = PerCpuArray::<&MapData, u64>::try_from(map).ok()?;
-    Some(seen.get(&0, 0).ok()?.iter().sum())
 }
 
 /// Every (key, per-CPU values) of the per-CPU hash `map`: in batches when the kernel can
