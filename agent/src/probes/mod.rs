@@ -450,16 +450,23 @@ impl Probes {
         Ok(true)
     }
 
-    /// Run time and runs of each probe's programs (kernel BPF statistics; zero when off).
+    /// Run time and runs of each probe's programs (kernel BPF statistics; zero when off): one
+    /// `BPF_OBJ_GET_INFO_BY_FD` per program of berth's, by the fds it holds (not a walk of
+    /// every program on the host, three syscalls each).
     pub fn runs(&self) -> Vec<crate::model::ProbeRun> {
         if self.run_stats.is_none() {
             return Vec::new();
         }
-        let stats: std::collections::HashMap<u32, (std::time::Duration, u64)> =
-            aya::programs::loaded_programs()
-                .filter_map(Result::ok)
-                .map(|p| (p.id(), (p.run_time(), p.run_count())))
-                .collect();
+        let mut stats: std::collections::HashMap<u32, (std::time::Duration, u64)> = self
+            .ebpf
+            .iter()
+            .flat_map(|e| e.programs())
+            // Programs this object did not load here (the netfilter pair) have no fd: no
+            // syscall, an error skipped.
+            .filter_map(|(_, p)| p.info().ok())
+            .map(|p| (p.id(), (p.run_time(), p.run_count())))
+            .collect();
+        stats.extend(self.netfilter.program_runs());
         self.status()
             .into_iter()
             .filter(|s| s.attached)

@@ -28,6 +28,17 @@ use crate::model::Status;
 /// it itself (and read the exit code in that call).
 pub const AUTO_REMOVE_GRACE: Duration = Duration::from_secs(2);
 
+/// What a reaper pass started from and left behind.
+#[derive(Debug, Default)]
+struct Pass {
+    /// The shim watch's epoch (`None`: it cannot tell; the next pass looks at everything).
+    epoch: Option<u64>,
+    /// Containers known.
+    count: usize,
+    /// Some container needs another look whatever happens.
+    waiting: bool,
+}
+
 /// How often the reaper looks.
 const REAP_INTERVAL: Duration = Duration::from_millis(250);
 
@@ -38,10 +49,11 @@ impl Manager {
         let spawned = std::thread::Builder::new()
             .name("berth-reaper".into())
             .spawn(move || {
+                let mut last = Pass::default();
                 loop {
                     std::thread::sleep(REAP_INTERVAL);
                     let Some(m) = weak.upgrade() else { return };
-                    m.reap(AUTO_REMOVE_GRACE);
+                    m.reap(AUTO_REMOVE_GRACE, &mut last);
                 }
             });
         if let Err(e) = spawned {
@@ -52,12 +64,25 @@ impl Manager {
     /// One pass: records the exit of containers whose shim was lost and which have stopped
     /// since, then removes `--rm` containers that exited at least `grace` ago.
     ///
-    /// It runs four times a second, so a container that needs nothing costs no syscall: the
-    /// watch is refreshed once per pass (one `epoll_wait`, [`super::watch`]), then each
-    /// container's state and shim are lookups in memory while unchanged; no copy of its
-    /// record; an exited one that is not `--rm` is left at that.
-    pub fn reap(&self, grace: Duration) {
+    /// It runs four times a second, so at rest it costs one `epoll_wait` (the watch's
+    /// refresh, [`super::watch`]) and nothing else: when the watch has taken in nothing since
+    /// the `last` pass, the container count is the same and that pass left nothing waiting
+    /// (an exited `--rm` container within its grace, a lost shim whose container runs), no
+    /// container can need anything. Otherwise each container's state and shim are lookups in
+    /// memory while unchanged; no copy of its record; an exited one that is not `--rm` is left
+    /// at that.
+    fn reap(&self, grace: Duration, last: &mut Pass) {
         self.watch.refresh();
+        let epoch = self.watch.epoch();
+        let count = self.containers.read().expect("lock").len();
+        if epoch.is_some() && epoch == last.epoch && count == last.count && !last.waiting {
+            return;
+        }
+        *last = Pass {
+            epoch,
+            count,
+            waiting: false,
+        };
         let watched: Vec<(String, bool)> = self
             .containers
             .read()
@@ -69,15 +94,19 @@ impl Manager {
         for (id, auto_remove) in watched {
             let mut state = self.known_state(&id);
             if state.running {
-                if self.known_alive(&id, state.shim_pid) || self.running_per_runtime(&id).is_some()
-                {
-                    // Running, with its shim or (lost shim) per the runtime.
+                if self.known_alive(&id, state.shim_pid) {
+                    continue;
+                }
+                if self.running_per_runtime(&id).is_some() {
+                    // A lost shim: no event tells when the container stops.
+                    last.waiting = true;
                     continue;
                 }
                 let Some(r) = self.record(&id) else { continue };
                 {
                     let _ops = self.ops.lock().expect("lock");
                     if let Err(e) = self.settle_lost_shim(&r) {
+                        last.waiting = true;
                         warn!(container = %id, error = %e, "recording the exit failed");
                     }
                 }
@@ -94,6 +123,7 @@ impl Manager {
                 .finished_at
                 .map_or(f64::INFINITY, |t| store::now_secs() - t);
             if since_exit < grace.as_secs_f64() {
+                last.waiting = true;
                 continue;
             }
             let Some(r) = self.record(&id) else { continue };
@@ -102,7 +132,10 @@ impl Manager {
                     Ok(_) => info!(container = %id, name = %r.name, "removed (--rm)"),
                     // Gone meanwhile (`rm`, or the client of `run --rm` was first).
                     Err(RuntimeError::NotFound { .. }) => {}
-                    Err(e) => warn!(container = %id, error = %e, "--rm removal failed"),
+                    Err(e) => {
+                        last.waiting = true;
+                        warn!(container = %id, error = %e, "--rm removal failed")
+                    }
                 }
             }
         }

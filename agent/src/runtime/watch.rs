@@ -182,6 +182,9 @@ pub(super) struct ShimWatch {
     inner: Mutex<Inner>,
     /// How often a `state.json` was read and parsed (a cache miss).
     reads: AtomicU64,
+    /// Bumped whenever the cache takes in something new: an event, a read that missed, an
+    /// entry invalidated or dropped, a shim confirmed or found dead ([`Self::epoch`]).
+    epoch: AtomicU64,
     /// How often a `state.json` was checked with `statx` (the fallback).
     stats: AtomicU64,
 }
@@ -241,6 +244,7 @@ impl ShimWatch {
                 notify,
             }),
             reads: AtomicU64::new(0),
+            epoch: AtomicU64::new(0),
             stats: AtomicU64::new(0),
         }
     }
@@ -264,6 +268,9 @@ impl ShimWatch {
                     return;
                 }
             };
+            if ready > 0 {
+                self.bump();
+            }
             for ev in &events[..ready] {
                 if ev.data() == INOTIFY_TOKEN {
                     n.take_inotify(entries);
@@ -297,6 +304,7 @@ impl ShimWatch {
         {
             return s.clone();
         }
+        self.bump();
         let e = entries.entry(id.to_owned()).or_default();
         if e.watch == Watch::Untried {
             e.watch = match notify {
@@ -386,6 +394,7 @@ impl ShimWatch {
 
     /// Marks container `id`'s state as changed: the agent has just written it.
     pub(super) fn invalidate(&self, id: &str) {
+        self.bump();
         if let Some(e) = self.inner.lock().expect("lock").entries.get_mut(id) {
             e.stale = true;
         }
@@ -424,6 +433,7 @@ impl ShimWatch {
                 }
             }
         }
+        self.bump();
         let (alive, shim) = match confirm(pid, dir) {
             Confirmed::Not => (
                 false,
@@ -452,6 +462,7 @@ impl ShimWatch {
         let Inner { entries, notify } = &mut *inner;
         if let Some(mut e) = entries.remove(id) {
             drop_entry(notify, id, &mut e);
+            self.bump();
         }
     }
 
@@ -462,10 +473,33 @@ impl ShimWatch {
         entries.retain(|id, e| {
             let kept = keep(id);
             if !kept {
+                self.bump();
                 drop_entry(notify, id, e);
             }
             kept
         });
+    }
+
+    fn bump(&self) {
+        self.epoch.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A number that stays the same while nothing the cache holds can have changed: no event
+    /// taken in, no read, no shim confirmed or lost since. `None` while that cannot be told
+    /// from the events alone: no epoll or inotify here, an entry without its inotify watch or
+    /// stale, a shim polled rather than in the epoll set. Take it after a [`Self::refresh`].
+    pub(super) fn epoch(&self) -> Option<u64> {
+        let inner = self.inner.lock().expect("lock");
+        inner.notify.as_ref()?.inotify.as_ref()?;
+        let settled = inner.entries.values().all(|e| {
+            matches!(e.watch, Watch::Active(_))
+                && !e.stale
+                && match &e.shim {
+                    Some(Shim::Tracked(t)) => t.token.is_some(),
+                    _ => true,
+                }
+        });
+        settled.then(|| self.epoch.load(Ordering::Relaxed))
     }
 
     #[cfg(test)]

@@ -377,3 +377,50 @@ fn a_running_containers_cgroup_id_is_found_once_per_state_read() {
         assert_eq!(finds.get(), 3, "{mode}");
     });
 }
+
+/// The reaper skips a pass while the epoch stands still: it must move with every change a
+/// pass could act on, stand still at rest, and be unknown where events cannot tell.
+#[test]
+fn the_epoch_stands_still_at_rest_and_moves_with_each_change() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("state.json");
+    let w = ShimWatch::new();
+    let mut shim = Proc::start("shim", d.path());
+    write_json(&p, &state(shim.pid(), true)).unwrap();
+    w.refresh();
+    assert_eq!(w.state("c", &p), state(shim.pid(), true));
+    assert!(w.alive("c", shim.pid(), d.path()));
+    w.refresh();
+    let rest = w.epoch().expect("a watched entry with its shim in the epoll set");
+    for _ in 0..3 {
+        w.refresh();
+        assert_eq!(w.state("c", &p), state(shim.pid(), true));
+        assert!(w.alive("c", shim.pid(), d.path()));
+        assert_eq!(w.epoch(), Some(rest), "nothing changed");
+    }
+    // The shim writes its state.
+    write_json(&p, &state(shim.pid(), false)).unwrap();
+    w.refresh();
+    let after_write = w.epoch();
+    assert_ne!(after_write, Some(rest), "a state write moves it (or makes it unknown)");
+    assert_eq!(w.state("c", &p), state(shim.pid(), false));
+    let settled = w.epoch().expect("read again: settled");
+    // The shim exits: its pidfd fires.
+    shim.exit();
+    w.refresh();
+    assert_ne!(w.epoch(), Some(settled), "a shim's exit moves it");
+    assert!(!w.alive("c", shim.pid(), d.path()));
+    let settled = w.epoch();
+    // The agent's own write, and a dropped entry.
+    w.invalidate("c");
+    assert_eq!(w.epoch(), None, "stale until read again");
+    assert_eq!(w.state("c", &p), state(shim.pid(), false));
+    assert!(w.epoch().is_some() && w.epoch() != settled);
+    let before = w.epoch();
+    w.forget("c");
+    assert_ne!(w.epoch(), before, "forgetting moves it");
+    // Without epoll and inotify nothing can be told from events.
+    let unwatched = ShimWatch::unwatched();
+    assert_eq!(unwatched.state("c", &p), state(shim.pid(), false));
+    assert_eq!(unwatched.epoch(), None);
+}

@@ -28,7 +28,8 @@ use std::{
     collections::{HashMap, HashSet},
     ffi::CStr,
     io,
-    os::fd::{AsFd as _, AsRawFd as _, FromRawFd as _, OwnedFd, RawFd},
+    os::fd::{AsFd as _, AsRawFd, FromRawFd as _, OwnedFd, RawFd},
+    time::Duration,
 };
 
 use aya::{
@@ -482,7 +483,7 @@ fn link_create(mut attr: LinkCreate) -> io::Result<OwnedFd> {
 }
 
 /// First `N` bytes of `struct bpf_prog_info` / `struct bpf_link_info` for `fd`.
-fn obj_info<const N: usize>(fd: &OwnedFd) -> io::Result<[u8; N]> {
+fn obj_info<const N: usize>(fd: &impl AsRawFd) -> io::Result<[u8; N]> {
     let mut buf = [0u8; N];
     let mut attr = InfoAttr {
         bpf_fd: fd.as_raw_fd() as u32,
@@ -500,6 +501,28 @@ fn prog_id(fd: &OwnedFd) -> Result<u32, LoaderError> {
         source,
     })?;
     Ok(u32::from_ne_bytes([b[4], b[5], b[6], b[7]]))
+}
+
+/// The kernel's BPF statistics of a loaded program: `bpf_prog_info.run_time_ns` and `run_cnt`
+/// (zero while `kernel.bpf_stats_enabled` is off). One `BPF_OBJ_GET_INFO_BY_FD`.
+pub fn prog_runs(fd: &impl AsRawFd) -> io::Result<(Duration, u64)> {
+    use aya_obj::generated::bpf_prog_info;
+    const TIME: usize = std::mem::offset_of!(bpf_prog_info, run_time_ns);
+    const COUNT: usize = std::mem::offset_of!(bpf_prog_info, run_cnt);
+    let b = obj_info::<{ COUNT + 8 }>(fd)?;
+    let u64_at = |at: usize| {
+        let mut v = [0u8; 8];
+        v.copy_from_slice(&b[at..at + 8]);
+        u64::from_ne_bytes(v)
+    };
+    Ok((Duration::from_nanos(u64_at(TIME)), u64_at(COUNT)))
+}
+
+impl Program {
+    /// [`prog_runs`] of this program.
+    pub fn runs(&self) -> io::Result<(Duration, u64)> {
+        prog_runs(&self.fd)
+    }
 }
 
 /// `bpf_link_info.id` (offset 4, after `type`).

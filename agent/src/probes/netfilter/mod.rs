@@ -227,6 +227,13 @@ struct Steady {
 }
 
 impl NetfilterProbe {
+    /// Run time and runs of each of its loaded programs, by program id (one syscall each).
+    pub fn program_runs(&self) -> impl Iterator<Item = (u32, (std::time::Duration, u64))> + '_ {
+        self.programs
+            .iter()
+            .filter_map(|p| p.runs().ok().map(|r| (p.id, r)))
+    }
+
     /// Loads and attaches the pair on every hook of the calling thread's network namespace,
     /// and detects whether fentry would work. Never fails: a probe that cannot attach reports
     /// why in `status.error`.
