@@ -391,7 +391,9 @@ fn the_epoch_stands_still_at_rest_and_moves_with_each_change() {
     assert_eq!(w.state("c", &p), state(shim.pid(), true));
     assert!(w.alive("c", shim.pid(), d.path()));
     w.refresh();
-    let rest = w.epoch().expect("a watched entry with its shim in the epoll set");
+    let rest = w
+        .epoch()
+        .expect("a watched entry with its shim in the epoll set");
     for _ in 0..3 {
         w.refresh();
         assert_eq!(w.state("c", &p), state(shim.pid(), true));
@@ -402,7 +404,11 @@ fn the_epoch_stands_still_at_rest_and_moves_with_each_change() {
     write_json(&p, &state(shim.pid(), false)).unwrap();
     w.refresh();
     let after_write = w.epoch();
-    assert_ne!(after_write, Some(rest), "a state write moves it (or makes it unknown)");
+    assert_ne!(
+        after_write,
+        Some(rest),
+        "a state write moves it (or makes it unknown)"
+    );
     assert_eq!(w.state("c", &p), state(shim.pid(), false));
     let settled = w.epoch().expect("read again: settled");
     // The shim exits: its pidfd fires.

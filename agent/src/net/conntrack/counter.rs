@@ -26,8 +26,9 @@
 //!   net/netfilter/nf_conntrack_ecache.c; the tests show it). So entries known only from a dump
 //!   stay "seeded", with their original tuple, until an event names them. While some remain
 //!   they are checked [`Tuning::verify_every`] after the dump, then with a gap doubling up to
-//!   [`Tuning::verify_max`] (so such an entry may be counted for up to a minute after it
-//!   ended; every entry younger than the subscription is exact): looked up one by one by tuple
+//!   [`Tuning::verify_max`], and never more than [`Tuning::check_share`] of a core (so such an
+//!   entry may be counted for up to a minute after it ended, longer on a table whose dump is
+//!   costly; every entry younger than the subscription is exact): looked up one by one by tuple
 //!   (`IPCTNL_MSG_CT_GET`: one hash probe each) and dropped when gone; above
 //!   [`Tuning::lookup_max`] of them a dump checks them all at once. A dump is not cheap here:
 //!   it walks and locks every hash bucket (~26 ms of CPU at 262,144 buckets and 5,700 entries,
@@ -63,6 +64,26 @@ use super::{
     tally::Tally,
 };
 
+/// CPU time of the calling thread.
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec it is given; the clock always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// The shortest gap after a check that took `spent` of CPU for the checks to stay within
+/// `share` of a core.
+fn cost_floor(spent: Duration, share: f64) -> Duration {
+    if share <= 0.0 || !share.is_finite() {
+        return Duration::ZERO;
+    }
+    Duration::try_from_secs_f64(spent.as_secs_f64() / share).unwrap_or(Duration::MAX)
+}
+
 /// Timing of the counter thread.
 #[derive(Debug, Clone, Copy)]
 pub struct Tuning {
@@ -79,13 +100,17 @@ pub struct Tuning {
     pub rcvbuf: usize,
     /// Above this many seeded entries a check dumps the table rather than looking each up.
     pub lookup_max: usize,
+    /// The share of one core the checks of seeded entries may take: the gap after a check
+    /// is at least its CPU time over this share (a big table's dump spaces the checks out).
+    pub check_share: f64,
 }
 
 impl Default for Tuning {
     fn default() -> Self {
         Self {
-            // Checks at 5, 15, 35 and 75 s, then once a minute: a dead entry older than the
-            // counter counts for a minute at most, and the checks cost ~26 ms a minute at most.
+            // Checks at 5, 15, 35 and 75 s, then once a minute, spaced further when a check is
+            // costly (`check_share`): a dead entry older than the counter counts for a minute
+            // or, after a dump of a big table, a few minutes.
             verify_every: Duration::from_secs(5),
             verify_max: Duration::from_secs(60),
             // Five wakes a second at most under churn, well within a tick.
@@ -97,6 +122,9 @@ impl Default for Tuning {
             // A dump walks every hash bucket (~26 ms at 262,144 buckets here, however few the
             // entries); a lookup is one hash probe and a round trip of ~6 µs.
             lookup_max: 2_000,
+            // 0.02% of a core: a 26 ms dump is followed by 130 s without one; a few hundred
+            // lookups (~2 ms) stay on the schedule above.
+            check_share: 0.0002,
         }
     }
 }
@@ -328,6 +356,7 @@ impl Worker {
             t.verify_every
         } else {
             let seeded = lock(&self.shared).as_ref().map_or(0, Tally::seeded);
+            let started = thread_cpu();
             let removed = if seeded > t.lookup_max {
                 self.verify_by_dump()
             } else if seeded > 0 {
@@ -335,13 +364,17 @@ impl Worker {
             } else {
                 0
             };
-            if seeded == removed {
+            let next = if seeded == removed {
                 t.verify_max
             } else {
                 // Doubling whether or not some ended: on a host where old entries keep ending
                 // one by one, checking again at once meant a dump every few seconds.
                 (self.gap * 2).clamp(t.verify_every, t.verify_max)
-            }
+            };
+            next.max(cost_floor(
+                thread_cpu().saturating_sub(started),
+                t.check_share,
+            ))
         };
         if let Some((_, due)) = &mut self.live {
             *due = Instant::now() + self.gap;
@@ -575,11 +608,30 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_costly_check_spaces_the_next_one_out() {
+        let share = Tuning::default().check_share;
+        assert_eq!(
+            cost_floor(Duration::from_millis(26), share),
+            Duration::from_secs(130)
+        );
+        assert!(cost_floor(Duration::from_micros(500), share) < Duration::from_secs(5));
+        assert_eq!(cost_floor(Duration::from_secs(1), 0.0), Duration::ZERO);
+        assert_eq!(cost_floor(Duration::from_secs(1), f64::NAN), Duration::ZERO);
+        assert!(
+            thread_cpu() > Duration::ZERO,
+            "the thread's CPU clock reads"
+        );
+    }
+
     fn quick() -> Tuning {
         Tuning {
             verify_every: Duration::from_secs(1),
             verify_max: Duration::from_secs(2),
             poll_every: Duration::from_secs(1),
+            // The tests' namespaces share the host's hash table: a dump's cost must not
+            // space their checks out.
+            check_share: 1.0,
             ..Tuning::default()
         }
     }
