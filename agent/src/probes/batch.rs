@@ -1,4 +1,4 @@
-//! Reading a whole per-CPU hash map in a few `BPF_MAP_LOOKUP_BATCH` calls (Linux 5.6+).
+//! Reading a whole per-CPU hash map or array in a few `BPF_MAP_LOOKUP_BATCH` calls (Linux 5.6+).
 //!
 //! aya's map iterator costs two `bpf(2)` calls per key (`GET_NEXT_KEY`, then the lookup), and
 //! each of those also runs berth's own `sys_enter` probe: the profile of an idle agent with a
@@ -33,8 +33,9 @@ struct BatchAttr {
     flags: u64,
 }
 
-/// Every (key, per-CPU values) of the per-CPU hash map `map`, `cpus` values each (the
-/// possible CPUs, as the kernel lays them out, each rounded up to 8 bytes).
+/// Every (key, per-CPU values) of the per-CPU hash map or array `map` (an array's keys are its
+/// `u32` indexes), `cpus` values each (the possible CPUs, as the kernel lays them out, each
+/// rounded up to 8 bytes).
 pub fn per_cpu_entries<K: Pod, V: Pod>(map: &MapData, cpus: usize) -> io::Result<Vec<(K, Vec<V>)>> {
     let stride = size_of::<V>().next_multiple_of(8);
     let mut chunk = CHUNK as usize;
@@ -105,7 +106,7 @@ pub fn per_cpu_entries<K: Pod, V: Pod>(map: &MapData, cpus: usize) -> io::Result
 
 #[cfg(test)]
 mod tests {
-    use aya::maps::{IterableMap as _, PerCpuHashMap, PerCpuValues};
+    use aya::maps::{IterableMap as _, PerCpuArray, PerCpuHashMap, PerCpuValues};
     use berth_common::SyscallKey;
 
     use super::*;
@@ -145,5 +146,28 @@ mod tests {
         assert_eq!(batched.len(), 3000);
         assert_eq!(batched, iterated);
         assert_eq!(batched[0].2, (0..cpus as u64).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn an_arrays_batch_returns_every_index_with_its_cpu_values() {
+        let cpus = aya::util::nr_cpus().expect("possible CPUs");
+        let mut map = PerCpuArray::<MapData, [u64; 2]>::create(42, 0)
+            .expect("creating a per-CPU array (root and bpf(2) needed)");
+        for i in 0..42u32 {
+            let values: Vec<[u64; 2]> = (0..cpus)
+                .map(|c| [u64::from(i), u64::from(i) * 10 + c as u64])
+                .collect();
+            map.set(i, PerCpuValues::try_from(values).unwrap(), 0)
+                .unwrap();
+        }
+        let all = per_cpu_entries::<u32, [u64; 2]>(map.map(), cpus).expect("BPF_MAP_LOOKUP_BATCH");
+        assert_eq!(all.len(), 42);
+        for (i, values) in &all {
+            assert_eq!(values, &map.get(i, 0).unwrap().to_vec(), "index {i}");
+        }
+        assert_eq!(
+            all.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
+            (0..42).collect::<Vec<_>>()
+        );
     }
 }

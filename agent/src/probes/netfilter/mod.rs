@@ -433,9 +433,9 @@ impl NetfilterProbe {
             }
         };
 
-        let others = PerCpuArray::<&MapData, Cost>::try_from(map(OTHER)?).map_err(err(OTHER))?;
+        let others = array_sums(ebpf, OTHER)?;
         let slot = |index: u32| -> Result<(u64, u64), ProbeLoadError> {
-            Ok(sum(&others.get(&index, 0).map_err(err(OTHER))?))
+            Ok(others.get(index as usize).copied().unwrap_or_default())
         };
         let mut other = Vec::new();
         let mut local_prerouting = Vec::new();
@@ -497,21 +497,39 @@ impl NetfilterProbe {
     }
 }
 
+/// Every slot of the per-CPU array of [`Cost`]s `name`, summed over CPUs, by index: one
+/// `BPF_MAP_LOOKUP_BATCH` where the kernel has it (one lookup per slot otherwise, each also a
+/// run of berth's own `sys_enter` probe: 52 a tick for `NF_OTHER` and `NF_HOOKS`).
+fn array_sums(ebpf: &Ebpf, name: &'static str) -> Result<Vec<(u64, u64)>, ProbeLoadError> {
+    let err = |source| ProbeLoadError::Map { map: name, source };
+    let map = ebpf
+        .map(name)
+        .ok_or(ProbeLoadError::MissingMap { map: name })?;
+    if let (aya::maps::Map::PerCpuArray(data), Ok(cpus)) = (map, aya::util::nr_cpus())
+        && let Ok(all) = crate::probes::batch::per_cpu_entries::<u32, Cost>(data, cpus)
+    {
+        let mut out = vec![(0, 0); all.len()];
+        for (index, values) in all {
+            if let Some(slot) = out.get_mut(index as usize) {
+                *slot = sum(&values);
+            }
+        }
+        return Ok(out);
+    }
+    let array = PerCpuArray::<&MapData, Cost>::try_from(map).map_err(err)?;
+    (0..array.len())
+        .map(|i| Ok(sum(&array.get(&i, 0).map_err(err)?)))
+        .collect()
+}
+
 /// `NF_HOOKS`: every packet of each (family, hook), summed over CPUs.
 fn hook_totals(ebpf: &Ebpf) -> Result<Vec<HookTotal>, ProbeLoadError> {
-    let err = |source| ProbeLoadError::Map {
-        map: HOOK_TOTALS,
-        source,
-    };
-    let map = ebpf
-        .map(HOOK_TOTALS)
-        .ok_or(ProbeLoadError::MissingMap { map: HOOK_TOTALS })?;
-    let totals = PerCpuArray::<&MapData, Cost>::try_from(map).map_err(err)?;
+    let totals = array_sums(ebpf, HOOK_TOTALS)?;
     let mut hooks = Vec::new();
     for (f, family) in Family::ALL.into_iter().enumerate() {
         for hook in Hook::ALL {
             let index = f as u32 * HOOKS + hook as u32;
-            let (packets, nanoseconds) = sum(&totals.get(&index, 0).map_err(err)?);
+            let (packets, nanoseconds) = totals.get(index as usize).copied().unwrap_or_default();
             hooks.push(HookTotal {
                 family,
                 hook,
