@@ -1,9 +1,10 @@
 //! `foreign`: containers berth did not start (Docker, containerd, Kubernetes, podman, LXC),
-//! found each tick by a rescan of the cgroup2 tree (`discover::cgroups`; berth's tracked root
+//! found each tick by a walk of the cgroup2 tree (`discover::cgroups`; berth's tracked root
 //! is skipped). Each becomes one [`Container`] of its engine, observed, never managed
 //! (`berth: None`): named by its short id until metadata lands, running while its cgroup holds
-//! a process. Cost: one `readdir` per non-container cgroup down to the walk's depth bound, one
-//! small read (`cgroup.events`) per container, and one `stat` per new container.
+//! a process. Cost at rest: one `read` of an inotify fd and one `epoll_wait`; a `readdir` of
+//! each directory whose children changed, a small read (`cgroup.events`) of each container
+//! whose state changed, and one `stat` per new container.
 //!
 //! A container is its (id, cgroup id): a reused id in a new cgroup is a new container with
 //! fresh counters, and a removed cgroup is gone from the next snapshot. Monitors (conmon) are
