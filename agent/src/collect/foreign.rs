@@ -197,16 +197,18 @@ mod tests {
         );
 
         // Removed: gone the next tick. Same id in a new cgroup: a new container (new cgroup id).
+        // The old directory is moved where the walk does not look (berth's root) rather than
+        // removed: its inode stays taken, so the filesystem (ext4, tmpfs) cannot hand its
+        // number to the next one, as a test running alongside could make it do after a
+        // rmdir (cgroupfs never reuses one; its rmdir is tested in discover::cgroups).
         let old = snap.find(&a).unwrap().cgroup_id;
-        fs::remove_file(mount.path().join(format!("docker/{a}/cgroup.events"))).unwrap();
-        fs::remove_dir(mount.path().join(format!("docker/{a}"))).unwrap();
-        // Hold the old inode number so the filesystem cannot hand it straight back.
-        mkcg(mount.path(), "docker/placeholder", false);
+        fs::rename(
+            mount.path().join(format!("docker/{a}")),
+            mount.path().join("berth/gone"),
+        )
+        .unwrap();
         let snap = r.collect();
         assert!(snap.find(&a).is_err(), "removed cgroup still listed");
-        // tmpfs hands freed inode numbers back (cgroupfs never does): the walk has just
-        // closed the old cgroup.events, so take that number too.
-        mkcg(mount.path(), "docker/placeholder2", false);
         mkcg(mount.path(), &format!("docker/{a}"), true);
         let snap = r.collect();
         let again = snap.find(&a).unwrap();
