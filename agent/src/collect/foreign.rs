@@ -61,6 +61,9 @@ impl Collector for Foreign {
             return Ok(Collected::NotPresent);
         }
         let found = cgroups::walk(&self.mount, &self.skip, &mut self.known);
+        for s in &mut self.sources {
+            s.refresh();
+        }
         for f in found {
             if f.discovered.kind == Kind::Conmon {
                 continue;
@@ -271,6 +274,31 @@ mod tests {
         let c = &snap.containers[0];
         assert_eq!((c.name.as_str(), c.image.as_str()), ("media", "bb:1"));
         assert_eq!(c.labels.get("k").map(String::as_str), Some("v"));
+    }
+
+    #[test]
+    fn a_rename_in_dockerds_files_shows_at_the_next_tick() {
+        use crate::discover::docker::DockerSource;
+        let mount = tempfile::tempdir().unwrap();
+        let data = tempfile::tempdir().unwrap();
+        let id = hex(0xd0c);
+        mkcg(mount.path(), &format!("docker/{id}"), true);
+        let dir = data.path().join("containers").join(&id);
+        fs::create_dir_all(&dir).unwrap();
+        let config = |name: &str| format!("{{\"ID\":\"{id}\",\"Name\":\"/{name}\"}}");
+        fs::write(dir.join("config.v2.json"), config("web")).unwrap();
+        let source = DockerSource::files_only(data.path());
+        let mut r = Registry::with(
+            Probes::disabled(&root()),
+            vec![Box::new(
+                Foreign::new(mount.path(), "/berth").with_sources(vec![Box::new(source)]),
+            )],
+        );
+        assert_eq!(r.collect().find(&id).unwrap().name, "web");
+        // As dockerd writes it: a temporary file renamed over it.
+        fs::write(dir.join(".tmp-config.v2.json1"), config("web2")).unwrap();
+        fs::rename(dir.join(".tmp-config.v2.json1"), dir.join("config.v2.json")).unwrap();
+        assert_eq!(r.collect().find(&id).unwrap().name, "web2");
     }
 
     #[test]
