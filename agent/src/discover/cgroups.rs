@@ -29,8 +29,8 @@
 //! containers, other agents' and tests' roots: only known layouts count). The walk does not
 //! descend into a container's cgroup (what runs inside it, nested containers included, is its
 //! own). Each tick walks the tree, but lists again only the directories an inotify watch says
-//! changed ([`tree`]): what appeared or went away since the last walk is in the next snapshot,
-//! and a tick at rest lists nothing.
+//! changed (`cgroups_tree.rs`): what appeared or went away since the last walk is in the next
+//! snapshot, and a tick at rest lists nothing.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -378,13 +378,14 @@ impl Known {
 /// skipping `skip` (berth's tracked root, relative like `/berth`). Directories that vanish
 /// during the walk are skipped: cgroups come and go all the time.
 ///
-/// `known` is the last walk's. A directory is listed again only when an inotify event said a
-/// child came or went (or it has no watch: see [`tree`](self::tree)); the others' children
-/// come from their last listing, so at rest a walk lists nothing. A cgroup still there is not
-/// stat'ed again (its id is the `d_ino` of the directory entry, which on cgroupfs is the inode
-/// number and is never reused while the machine runs) and its `cgroup.events` is read through
-/// the file kept open, and only when the kernel marked it changed (one `epoll_wait` per walk
-/// for all of them; every file is read each walk where epoll is refused).
+/// `known` is the last walk's (of the same `mount` and `skip`). A directory is listed again
+/// only when an inotify event said a child came or went (or it has no watch: see
+/// `cgroups_tree.rs`); the others' children come from their last listing, so at rest a walk
+/// lists nothing. A cgroup still there is not stat'ed again (its id is the `d_ino` of the
+/// directory entry, which on cgroupfs is the inode number and is never reused while the
+/// machine runs) and its `cgroup.events` is read through the file kept open, and only when the
+/// kernel marked it changed (one `epoll_wait` per walk for all of them; every file is read
+/// each walk where epoll is refused).
 pub fn walk(mount: &Path, skip: &str, known: &mut Known) -> Vec<Found> {
     let skip = skip.trim_end_matches('/');
     if known.epoll.is_none() && !known.unwatchable && known.seen.is_empty() {
