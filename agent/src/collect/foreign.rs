@@ -1,9 +1,10 @@
 //! `foreign`: containers berth did not start (Docker, containerd, Kubernetes, podman, LXC),
-//! found each tick by a rescan of the cgroup2 tree (`discover::cgroups`; berth's tracked root
+//! found each tick by a walk of the cgroup2 tree (`discover::cgroups`; berth's tracked root
 //! is skipped). Each becomes one [`Container`] of its engine, observed, never managed
 //! (`berth: None`): named by its short id until metadata lands, running while its cgroup holds
-//! a process. Cost: one `readdir` per non-container cgroup down to the walk's depth bound, one
-//! small read (`cgroup.events`) per container, and one `stat` per new container.
+//! a process. Cost at rest: one `read` of an inotify fd and one `epoll_wait`; a `readdir` of
+//! each directory whose children changed, a small read (`cgroup.events`) of each container
+//! whose state changed, and one `stat` per new container.
 //!
 //! A container is its (id, cgroup id): a reused id in a new cgroup is a new container with
 //! fresh counters, and a removed cgroup is gone from the next snapshot. Monitors (conmon) are
@@ -60,6 +61,9 @@ impl Collector for Foreign {
             return Ok(Collected::NotPresent);
         }
         let found = cgroups::walk(&self.mount, &self.skip, &mut self.known);
+        for s in &mut self.sources {
+            s.refresh();
+        }
         for f in found {
             if f.discovered.kind == Kind::Conmon {
                 continue;
@@ -196,16 +200,18 @@ mod tests {
         );
 
         // Removed: gone the next tick. Same id in a new cgroup: a new container (new cgroup id).
+        // The old directory is moved where the walk does not look (berth's root) rather than
+        // removed: its inode stays taken, so the filesystem (ext4, tmpfs) cannot hand its
+        // number to the next one, as a test running alongside could make it do after a
+        // rmdir (cgroupfs never reuses one; its rmdir is tested in discover::cgroups).
         let old = snap.find(&a).unwrap().cgroup_id;
-        fs::remove_file(mount.path().join(format!("docker/{a}/cgroup.events"))).unwrap();
-        fs::remove_dir(mount.path().join(format!("docker/{a}"))).unwrap();
-        // Hold the old inode number so the filesystem cannot hand it straight back.
-        mkcg(mount.path(), "docker/placeholder", false);
+        fs::rename(
+            mount.path().join(format!("docker/{a}")),
+            mount.path().join("berth/gone"),
+        )
+        .unwrap();
         let snap = r.collect();
         assert!(snap.find(&a).is_err(), "removed cgroup still listed");
-        // tmpfs hands freed inode numbers back (cgroupfs never does): the walk has just
-        // closed the old cgroup.events, so take that number too.
-        mkcg(mount.path(), "docker/placeholder2", false);
         mkcg(mount.path(), &format!("docker/{a}"), true);
         let snap = r.collect();
         let again = snap.find(&a).unwrap();
@@ -268,6 +274,31 @@ mod tests {
         let c = &snap.containers[0];
         assert_eq!((c.name.as_str(), c.image.as_str()), ("media", "bb:1"));
         assert_eq!(c.labels.get("k").map(String::as_str), Some("v"));
+    }
+
+    #[test]
+    fn a_rename_in_dockerds_files_shows_at_the_next_tick() {
+        use crate::discover::docker::DockerSource;
+        let mount = tempfile::tempdir().unwrap();
+        let data = tempfile::tempdir().unwrap();
+        let id = hex(0xd0c);
+        mkcg(mount.path(), &format!("docker/{id}"), true);
+        let dir = data.path().join("containers").join(&id);
+        fs::create_dir_all(&dir).unwrap();
+        let config = |name: &str| format!("{{\"ID\":\"{id}\",\"Name\":\"/{name}\"}}");
+        fs::write(dir.join("config.v2.json"), config("web")).unwrap();
+        let source = DockerSource::files_only(data.path());
+        let mut r = Registry::with(
+            Probes::disabled(&root()),
+            vec![Box::new(
+                Foreign::new(mount.path(), "/berth").with_sources(vec![Box::new(source)]),
+            )],
+        );
+        assert_eq!(r.collect().find(&id).unwrap().name, "web");
+        // As dockerd writes it: a temporary file renamed over it.
+        fs::write(dir.join(".tmp-config.v2.json1"), config("web2")).unwrap();
+        fs::rename(dir.join(".tmp-config.v2.json1"), dir.join("config.v2.json")).unwrap();
+        assert_eq!(r.collect().find(&id).unwrap().name, "web2");
     }
 
     #[test]

@@ -28,17 +28,19 @@
 //! cgroups themselves, and any tree whose top directory starts with `berth` (berth's own
 //! containers, other agents' and tests' roots: only known layouts count). The walk does not
 //! descend into a container's cgroup (what runs inside it, nested containers included, is its
-//! own), and never reads inotify: a rescan each tick is a few hundred `readdir`s, and what
-//! appeared or went away since the last one is in the next snapshot.
+//! own). Each tick walks the tree, but lists again only the directories an inotify watch says
+//! changed (`cgroups_tree.rs`): what appeared or went away since the last walk is in the next
+//! snapshot, and a tick at rest lists nothing.
 
 use std::{
     collections::{BTreeMap, HashMap},
     fs,
     io::Read,
-    os::unix::fs::{DirEntryExt, FileExt, MetadataExt},
-    path::{Path, PathBuf},
+    os::unix::fs::{FileExt, MetadataExt},
+    path::Path,
 };
 
+use self::tree::What;
 use crate::model::Engine;
 
 /// Pod uid, from the pod's cgroup (the CRI label of the same name carries the same value).
@@ -287,6 +289,8 @@ pub struct Known {
     epoll: Option<Epoll>,
     /// A file could not be watched (not cgroupfs): no epoll from then on.
     unwatchable: bool,
+    /// The directories walked, their last listings and their inotify watches.
+    tree: tree::Tree,
 }
 
 #[derive(Debug)]
@@ -357,17 +361,31 @@ impl Known {
     pub fn is_empty(&self) -> bool {
         self.seen.is_empty()
     }
+
+    /// Directories the last walk listed; the others' children came from their last listing
+    /// (no inotify event named them).
+    pub fn listed(&self) -> usize {
+        self.tree.listed
+    }
+
+    /// Whether the walk watches the directories it lists (inotify).
+    pub fn watching(&self) -> bool {
+        self.tree.watching()
+    }
 }
 
 /// Every container cgroup below `mount` (the cgroup2 mount point), at most [`MAX_DEPTH`] deep,
 /// skipping `skip` (berth's tracked root, relative like `/berth`). Directories that vanish
 /// during the walk are skipped: cgroups come and go all the time.
 ///
-/// `known` is the last walk's: a cgroup still there is not stat'ed again (its id is the
-/// `d_ino` of the directory entry, which on cgroupfs is the inode number and is never reused
-/// while the machine runs) and its `cgroup.events` is read through the file kept open, and
-/// only when the kernel marked it changed (one `epoll_wait` per walk for all of them; every
-/// file is read each walk where epoll is refused).
+/// `known` is the last walk's (of the same `mount` and `skip`). A directory is listed again
+/// only when an inotify event said a child came or went (or it has no watch: see
+/// `cgroups_tree.rs`); the others' children come from their last listing, so at rest a walk
+/// lists nothing. A cgroup still there is not stat'ed again (its id is the `d_ino` of the
+/// directory entry, which on cgroupfs is the inode number and is never reused while the
+/// machine runs) and its `cgroup.events` is read through the file kept open, and only when the
+/// kernel marked it changed (one `epoll_wait` per walk for all of them; every file is read
+/// each walk where epoll is refused).
 pub fn walk(mount: &Path, skip: &str, known: &mut Known) -> Vec<Found> {
     let skip = skip.trim_end_matches('/');
     if known.epoll.is_none() && !known.unwatchable && known.seen.is_empty() {
@@ -378,43 +396,41 @@ pub fn walk(mount: &Path, skip: &str, known: &mut Known) -> Vec<Found> {
         .epoll
         .as_ref()
         .and_then(|e| e.ready(known.seen.len() + 1));
+    known.tree.begin();
     let mut out = Vec::new();
     let mut seen = HashMap::with_capacity(known.seen.len());
-    let mut stack: Vec<(PathBuf, String, usize)> = vec![(mount.to_owned(), String::new(), 0)];
-    while let Some((dir, path, depth)) = stack.pop() {
-        let Ok(entries) = fs::read_dir(&dir) else {
+    // (path below the mount, inode as its parent listed it, depth)
+    let mut stack: Vec<(String, u64, usize)> = vec![(String::new(), 0, 0)];
+    while let Some((path, ino, depth)) = stack.pop() {
+        let Some(children) = known.tree.children(mount, path, ino, depth, skip) else {
             continue;
         };
-        for e in entries.flatten() {
-            if !e.file_type().is_ok_and(|t| t.is_dir()) {
-                continue;
-            }
-            let name = e.file_name();
-            let Some(name) = name.to_str() else { continue };
-            let child = format!("{path}/{name}");
-            if child == skip {
-                continue;
-            }
-            let Some(discovered) = classify(&child) else {
-                if depth + 1 < MAX_DEPTH && !(depth == 0 && name.starts_with("berth")) {
-                    stack.push((e.path(), child, depth + 1));
+        for c in children {
+            let discovered = match &c.what {
+                What::Walk => {
+                    stack.push((c.path.clone(), c.ino, depth + 1));
+                    continue;
                 }
-                continue;
+                What::Container(d) => d,
             };
-            let id = e.ino();
+            let id = c.ino;
+            let dir = || mount.join(c.path.trim_start_matches('/'));
             let entry = match known.seen.remove(&id) {
                 Some(mut s) => {
                     let changed = ready.as_ref().is_none_or(|r| r.contains(&id));
                     s.populated = match &s.events {
                         Some(f) if changed => events_populated(f),
                         Some(_) => s.populated,
-                        None => procs_populated(&e.path()),
+                        None => procs_populated(&dir()),
                     };
                     s
                 }
                 None => {
-                    let Ok(meta) = e.metadata() else { continue };
-                    let events = fs::File::open(e.path().join("cgroup.events")).ok();
+                    let dir = dir();
+                    let Ok(meta) = fs::symlink_metadata(&dir) else {
+                        continue;
+                    };
+                    let events = fs::File::open(dir.join("cgroup.events")).ok();
                     // Read after it is watched: a change in between is not lost.
                     let watched = match (&known.epoll, &events) {
                         (Some(ep), Some(f)) => ep.add(f, id),
@@ -422,7 +438,7 @@ pub fn walk(mount: &Path, skip: &str, known: &mut Known) -> Vec<Found> {
                     };
                     let populated = match &events {
                         Some(f) => events_populated(f),
-                        None => procs_populated(&e.path()),
+                        None => procs_populated(&dir),
                     };
                     if !watched && events.is_some() {
                         // This file cannot be watched: every walk reads every file.
@@ -436,17 +452,17 @@ pub fn walk(mount: &Path, skip: &str, known: &mut Known) -> Vec<Found> {
                     }
                 }
             };
-            let populated = entry.populated;
             out.push(Found {
-                populated,
-                path: child,
-                cgroup_id: e.ino(),
+                populated: entry.populated,
+                path: c.path.clone(),
+                cgroup_id: id,
                 created_at: entry.created_at,
-                discovered,
+                discovered: discovered.clone(),
             });
-            seen.insert(e.ino(), entry);
+            seen.insert(id, entry);
         }
     }
+    known.tree.end();
     // What is left in the old map was not found again: dropping it closes its files.
     known.seen = seen;
     out.sort_by(|a, b| a.path.cmp(&b.path));
@@ -473,6 +489,9 @@ fn procs_populated(dir: &Path) -> bool {
         .and_then(|mut f| f.read(&mut buf))
         .is_ok_and(|n| !buf[..n].trim_ascii().is_empty())
 }
+
+#[path = "cgroups_tree.rs"]
+mod tree;
 
 #[cfg(test)]
 #[path = "cgroups_tests.rs"]

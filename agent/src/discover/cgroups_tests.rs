@@ -1,7 +1,7 @@
 //! Fixture tests: every layout of [`super::classify`], cgroupfs and systemd driver names, and
 //! the walk over a plain directory tree.
 
-use std::{fs, os::unix::fs::MetadataExt, time::Instant};
+use std::{fs, os::unix::fs::MetadataExt, path::PathBuf, time::Instant};
 
 use super::*;
 
@@ -419,4 +419,207 @@ fn on_cgroupfs_each_cgroup_events_is_watched_and_read_only_when_it_changed() {
     assert_eq!(ours(&walk(&mount, "/berth", &mut known)), Some(true));
     assert!(!ready(&known).contains(&ino), "read again by the walk");
     assert_eq!(ours(&walk(&mount, "/berth", &mut known)), Some(true));
+}
+
+/// A tree of this test's own on real cgroupfs (root): `<cgroup2>/berth-inotify-test-<pid>-<tag>`
+/// walked as if it were the mount (the real mount's walk skips `berth*` trees), removed on drop,
+/// deepest first.
+struct CgTree {
+    root: PathBuf,
+    made: Vec<PathBuf>,
+}
+
+impl CgTree {
+    fn new(tag: &str) -> Self {
+        let mount = crate::cgroup::Hierarchy::detect()
+            .expect("a cgroup hierarchy on this host")
+            .unified_mount;
+        let root = mount.join(format!("berth-inotify-test-{}-{tag}", std::process::id()));
+        fs::create_dir(&root).unwrap_or_else(|e| panic!("mkdir {}: {e}", root.display()));
+        Self {
+            made: vec![root.clone()],
+            root,
+        }
+    }
+
+    /// Makes `rel` and its missing parents.
+    fn mkdir(&mut self, rel: &str) {
+        let mut dir = self.root.clone();
+        for c in rel.split('/').filter(|c| !c.is_empty()) {
+            dir.push(c);
+            if !dir.exists() {
+                fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+                self.made.push(dir.clone());
+            }
+        }
+    }
+
+    fn rmdir(&mut self, rel: &str) {
+        let dir = self.root.join(rel.trim_start_matches('/'));
+        fs::remove_dir(&dir).unwrap_or_else(|e| panic!("rmdir {}: {e}", dir.display()));
+        self.made.retain(|d| *d != dir);
+    }
+
+    /// The walk with inotify off (every directory listed): what any walk must return.
+    fn full_walk(&self, skip: &str) -> Vec<Found> {
+        let mut known = Known {
+            tree: tree::Tree::without_inotify(),
+            ..Known::default()
+        };
+        let found = walk(&self.root, skip, &mut known);
+        assert!(!known.watching());
+        found
+    }
+}
+
+impl Drop for CgTree {
+    fn drop(&mut self) {
+        for d in self.made.iter().rev() {
+            let _ = fs::remove_dir(d);
+        }
+    }
+}
+
+fn paths(found: &[Found]) -> Vec<&str> {
+    found.iter().map(|f| f.path.as_str()).collect()
+}
+
+#[test]
+fn on_cgroupfs_a_walk_lists_again_only_the_directories_whose_children_changed() {
+    let (a, b) = (id(0xa1), id(0xb2));
+    let mut cg = CgTree::new("changed");
+    cg.mkdir(&format!("docker/{a}"));
+    cg.mkdir("system.slice/x.slice/y.slice");
+    cg.mkdir("system.slice/ssh.service");
+    let mut known = Known::default();
+    let skip = "/berth";
+
+    // First walk: every directory listed and watched (the root, docker, system.slice, x.slice,
+    // y.slice, ssh.service), the container found.
+    let found = walk(&cg.root, skip, &mut known);
+    assert!(known.watching(), "inotify should work on cgroupfs");
+    assert_eq!(paths(&found), [format!("/docker/{a}")]);
+    assert_eq!(known.listed(), 6);
+    assert_eq!(known.tree.watches.len(), 6);
+    assert_eq!(found, cg.full_walk(skip));
+
+    // Nothing changed: nothing listed, same answer.
+    assert_eq!(walk(&cg.root, skip, &mut known), found);
+    assert_eq!(known.listed(), 0, "nothing changed, nothing listed");
+
+    // A container made deep below an already walked directory: found by the next walk, which
+    // lists only its parent.
+    cg.mkdir(&format!("system.slice/x.slice/y.slice/docker-{b}.scope"));
+    let found = walk(&cg.root, skip, &mut known);
+    assert_eq!(
+        paths(&found),
+        [
+            format!("/docker/{a}"),
+            format!("/system.slice/x.slice/y.slice/docker-{b}.scope")
+        ]
+    );
+    assert_eq!(known.listed(), 1, "only y.slice is listed again");
+    assert_eq!(found, cg.full_walk(skip));
+    assert_eq!(walk(&cg.root, skip, &mut known), found);
+    assert_eq!(known.listed(), 0);
+
+    // A removed container: gone at the next walk.
+    cg.rmdir(&format!("docker/{a}"));
+    let found = walk(&cg.root, skip, &mut known);
+    assert_eq!(
+        paths(&found),
+        [format!("/system.slice/x.slice/y.slice/docker-{b}.scope")]
+    );
+    assert_eq!(known.listed(), 1, "only docker is listed again");
+    assert_eq!(found, cg.full_walk(skip));
+    assert_eq!(known.len(), 1, "the removed container's entry is dropped");
+
+    // A removed directory that was walked: its watch goes (cgroupfs sends no IN_IGNORED: the
+    // walk removes it) and its subtree with it.
+    cg.rmdir(&format!("system.slice/x.slice/y.slice/docker-{b}.scope"));
+    cg.rmdir("system.slice/x.slice/y.slice");
+    let found = walk(&cg.root, skip, &mut known);
+    assert!(found.is_empty(), "{found:?}");
+    assert_eq!(known.tree.watches.len(), 5);
+    assert_eq!(found, cg.full_walk(skip));
+    // Made again under the same name: a new directory, watched again.
+    cg.mkdir(&format!("system.slice/x.slice/y.slice/docker-{b}.scope"));
+    let found = walk(&cg.root, skip, &mut known);
+    assert_eq!(
+        paths(&found),
+        [format!("/system.slice/x.slice/y.slice/docker-{b}.scope")]
+    );
+    assert_eq!(known.tree.watches.len(), 6);
+    assert_eq!(found, cg.full_walk(skip));
+    assert_eq!(walk(&cg.root, skip, &mut known), found);
+    assert_eq!(known.listed(), 0);
+}
+
+#[test]
+fn on_cgroupfs_the_skipped_root_berth_trees_and_what_lies_past_the_depth_bound_are_not_watched() {
+    let mut cg = CgTree::new("bounds");
+    cg.mkdir("tracked");
+    cg.mkdir("berth-other");
+    // Depths 1 to 7: a..f are walked (the root is depth 0), g is past the bound.
+    cg.mkdir("a/b/c/d/e/f/g");
+    let mut known = Known::default();
+    let skip = "/tracked";
+    assert!(walk(&cg.root, skip, &mut known).is_empty());
+    assert_eq!(
+        known.tree.watches.len(),
+        7,
+        "the root and a..f: {:?}",
+        known.tree.watches.values().collect::<Vec<_>>()
+    );
+
+    // Containers where the walk does not look: no event, nothing listed, nothing found.
+    cg.mkdir(&format!("tracked/docker/{}", id(1)));
+    cg.mkdir(&format!("berth-other/docker/{}", id(2)));
+    cg.mkdir(&format!("a/b/c/d/e/f/g/docker-{}.scope", id(3)));
+    let found = walk(&cg.root, skip, &mut known);
+    assert!(found.is_empty(), "{found:?}");
+    assert_eq!(known.listed(), 0);
+    assert_eq!(found, cg.full_walk(skip));
+    // Within the bound: found.
+    cg.mkdir(&format!("a/b/c/d/e/f/docker-{}.scope", id(4)));
+    let found = walk(&cg.root, skip, &mut known);
+    assert_eq!(
+        paths(&found),
+        [format!("/a/b/c/d/e/f/docker-{}.scope", id(4))]
+    );
+    assert_eq!(known.listed(), 1);
+    assert_eq!(found, cg.full_walk(skip));
+}
+
+#[test]
+fn on_cgroupfs_without_inotify_every_walk_lists_every_directory_and_finds_the_same() {
+    let (a, b) = (id(0xc1), id(0xd2));
+    let mut cg = CgTree::new("fallback");
+    cg.mkdir(&format!("docker/{a}"));
+    cg.mkdir("kubepods/burstable");
+    let skip = "/berth";
+    let mut watched = Known::default();
+    let mut fallback = Known {
+        tree: tree::Tree::without_inotify(),
+        ..Known::default()
+    };
+    for step in 0..4 {
+        match step {
+            1 => cg.mkdir(&format!("kubepods/burstable/pod{UID}/{b}")),
+            2 => cg.rmdir(&format!("docker/{a}")),
+            _ => {}
+        }
+        let want = walk(&cg.root, skip, &mut fallback);
+        assert!(!fallback.watching());
+        // root, docker, kubepods, burstable (+ the pod from step 1 on).
+        assert_eq!(
+            fallback.listed(),
+            if step == 0 { 4 } else { 5 },
+            "step {step}"
+        );
+        assert_eq!(walk(&cg.root, skip, &mut watched), want, "step {step}");
+    }
+    let found = walk(&cg.root, skip, &mut fallback);
+    assert_eq!(paths(&found), [format!("/kubepods/burstable/pod{UID}/{b}")]);
+    assert_eq!(fallback.tree.watches.len(), 0);
 }

@@ -6,7 +6,8 @@
 //!
 //! The `foreign` collector asks every source about every container it found, each tick, so a
 //! lookup must be a cache hit in the steady state (a map lookup and a clone); sources refresh
-//! their caches on their own schedule (an event stream, a new container id, a changed file).
+//! their caches on their own schedule (an event stream, a new container id, a changed file),
+//! or at [`MetaSource::refresh`], called once per tick before the lookups.
 
 use std::{collections::BTreeMap, net::Ipv4Addr, path::PathBuf};
 
@@ -42,6 +43,9 @@ pub struct Meta {
 pub trait MetaSource: Send {
     /// Its name in logs and in `/api/v1/system`.
     fn name(&self) -> &'static str;
+    /// Takes in what changed since the last call (e.g. queued inotify events), once per
+    /// collection tick before its lookups, which then answer as of it. Nothing by default.
+    fn refresh(&mut self) {}
     /// What it knows about the container `id` of `engine` (the cgroup path's labels in
     /// `labels`, e.g. the containerd namespace); `None` when it knows nothing. Must not block
     /// longer than the metadata timeout, and should answer from a cache.

@@ -13,16 +13,20 @@
 //!   the listing, so no event falls between the two.
 //! - **dockerd's files** when the socket is absent or does not answer:
 //!   `<docker_data_root>/containers/<id>/config.v2.json` and `hostconfig.json`, read when an id is
-//!   first asked about and re-read by the task when a file's mtime changes. While the API
-//!   answers they are not read: dockerd rewrites them while it starts a container, and a read
-//!   then gives half of it (a name without its log file); a container the API has not described
-//!   yet is shown by its short id for the tick or two until the start event lands.
+//!   first asked about and read again at the first lookup after an inotify event named them
+//!   ([`disk`]; where a directory cannot be watched, the task compares the files' mtimes every
+//!   [`DISK_RECHECK`] instead). While the API answers they are not read: dockerd rewrites them
+//!   while it starts a container, and a read then gives half of it (a name without its log
+//!   file); a container the API has not described yet is shown by its short id for the tick or
+//!   two until the start event lands.
 //!
-//! The collector's tick asks [`MetaSource::lookup`], which takes a mutex only the task also
-//! takes (briefly, never across an await) and clones a cached [`Meta`]: in the steady state it
-//! makes no syscall. Only an id seen for the first time while the API does not answer costs a
-//! read of its two files, once.
+//! The collector's tick calls [`MetaSource::refresh`] (one `read` of the inotify fd while files
+//! are followed) and then asks [`MetaSource::lookup`] about each container, which takes a mutex
+//! only the task also takes (briefly, never across an await) and clones a cached [`Meta`]: in
+//! the steady state it makes no syscall. Only an id seen for the first time while the API does
+//! not answer, or whose files changed, costs a read of its two files.
 
+mod disk;
 mod fields;
 
 use std::{
@@ -48,6 +52,8 @@ use tracing::{debug, info, warn};
 
 pub use fields::{DiskError, read_disk};
 
+use self::disk::Disk;
+
 use super::{
     cgroups::is_id,
     meta::{Meta, MetaSource},
@@ -58,8 +64,9 @@ use crate::{config::DiscoveryConfig, model::Engine};
 pub const RESYNC: Duration = Duration::from_secs(60);
 /// A container whose inspect failed is asked again this often.
 pub const RETRY_PENDING: Duration = Duration::from_secs(1);
-/// While the API does not answer: how often to try it again, and how often the files of the
-/// containers asked about are checked for changes.
+/// While the API does not answer: how often to try it again, and how often entries no lookup
+/// asks about are forgotten and the files inotify cannot watch are checked for changes (their
+/// mtimes; tests/docker.rs wants a rename seen within 5 s).
 const RECONNECT: Duration = Duration::from_secs(5);
 const DISK_RECHECK: Duration = Duration::from_secs(3);
 /// A container no lookup asked about for this long is forgotten (its cgroup is gone).
@@ -97,21 +104,8 @@ struct Cache {
     /// id -> metadata, from the API.
     api: HashMap<String, Meta>,
     /// id -> what the files said, for every id asked about while the API did not answer.
-    disk: HashMap<String, DiskEntry>,
+    disk: Disk,
 }
-
-struct DiskEntry {
-    /// `None`: no files, or unreadable ones (logged once).
-    meta: Option<Meta>,
-    /// mtimes of config.v2.json and hostconfig.json when read.
-    stamp: Stamp,
-    /// Last asked about; entries no tick asked about for [`FORGET`] are dropped (a pass can
-    /// come twice within a tick: dropping what the last pass saw unasked re-read the files of
-    /// every container that often).
-    asked: Instant,
-}
-
-type Stamp = (Option<SystemTime>, Option<SystemTime>);
 
 fn lock(cache: &Mutex<Cache>) -> MutexGuard<'_, Cache> {
     // A panic elsewhere while holding it leaves plain maps: still usable.
@@ -141,8 +135,9 @@ impl DockerSource {
         source
     }
 
-    /// A source that reads only dockerd's files under `data_root` and never rechecks them
-    /// (tests, and the first moments before the task runs).
+    /// A source that reads only dockerd's files under `data_root`, follows them through inotify
+    /// ([`MetaSource::refresh`]), and neither checks the unwatched ones nor forgets any (that
+    /// is the task's; tests).
     pub fn files_only(data_root: &Path) -> Self {
         Self {
             cache: Arc::default(),
@@ -165,6 +160,10 @@ impl MetaSource for DockerSource {
         "docker"
     }
 
+    fn refresh(&mut self) {
+        lock(&self.cache).disk.take_events();
+    }
+
     fn lookup(
         &mut self,
         engine: Engine,
@@ -174,77 +173,36 @@ impl MetaSource for DockerSource {
         if engine != Engine::Docker {
             return None;
         }
-        {
+        let watch = {
             let mut cache = lock(&self.cache);
             if cache.api_up {
                 return cache.api.get(id).cloned();
             }
-            if let Some(e) = cache.disk.get_mut(id) {
-                e.asked = Instant::now();
-                return e.meta.clone();
+            if let Some(meta) = cache.disk.fresh(id) {
+                return meta;
             }
-        }
-        // First sight of this id while the API does not answer: its files, once (outside the
-        // lock).
-        if !is_id(id) {
-            return None;
-        }
-        let entry = read_entry(&self.containers.join(id));
-        let meta = entry.meta.clone();
-        lock(&self.cache).disk.insert(id.to_owned(), entry);
-        meta
+            // First sight of this id while the API does not answer, or its files changed.
+            if !is_id(id) {
+                return None;
+            }
+            // Watched before read: a write after the read is an event for the next refresh.
+            cache.disk.watch(&self.containers, id)
+        };
+        // Its files, outside the lock.
+        let read = disk::read(&self.containers.join(id), watch);
+        lock(&self.cache).disk.store(id, read, watch)
     }
 }
 
-/// The files of one container directory, with their mtimes.
-fn read_entry(dir: &Path) -> DiskEntry {
-    let stamp = stamp(dir);
-    let meta = match read_disk(dir) {
-        Ok(m) => Some(m),
-        Err(DiskError::Read { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-            None
-        }
-        Err(e) => {
-            warn!(error = %e, "docker container files unreadable");
-            None
-        }
-    };
-    DiskEntry {
-        meta,
-        stamp,
-        asked: Instant::now(),
-    }
-}
-
-fn stamp(dir: &Path) -> Stamp {
-    let mtime = |f: &str| {
-        std::fs::metadata(dir.join(f))
-            .and_then(|m| m.modified())
-            .ok()
-    };
-    (mtime("config.v2.json"), mtime("hostconfig.json"))
-}
-
-/// Re-reads the files whose mtime changed and drops the entries no lookup asked about for
-/// [`FORGET`] (their containers are gone).
-fn recheck_disk(cache: &Mutex<Cache>, containers: &Path) {
-    let ids: Vec<(String, Stamp)> = {
-        let mut c = lock(cache);
-        c.disk.retain(|_, e| e.asked.elapsed() < FORGET);
-        c.disk.iter().map(|(id, e)| (id.clone(), e.stamp)).collect()
-    };
-    for (id, old) in ids {
-        let dir = containers.join(&id);
-        if stamp(&dir) == old {
-            continue;
-        }
-        let mut entry = read_entry(&dir);
-        let mut c = lock(cache);
-        if let Some(e) = c.disk.get_mut(&id) {
-            entry.asked = e.asked;
-            *e = entry;
-        }
-    }
+/// The fallback: a `statx` of both files of each entry inotify does not watch; the next
+/// lookup reads those whose mtimes changed.
+fn recheck_stamps(cache: &Mutex<Cache>, containers: &Path, unwatched: &[(String, disk::Stamp)]) {
+    let changed: Vec<String> = unwatched
+        .iter()
+        .filter(|(id, old)| disk::stamp(&containers.join(id)) != *old)
+        .map(|(id, _)| id.clone())
+        .collect();
+    lock(cache).disk.checked(unwatched.len(), &changed);
 }
 
 /// The API task: connect, follow, fall back to the files while the API is away.
@@ -298,12 +256,18 @@ impl Task {
         }
     }
 
+    /// Forgets what no lookup asks about; checks the unwatched files off the runtime's threads
+    /// (nothing to check while inotify watches them all).
     async fn recheck_disk(&self) {
-        if lock(&self.cache).disk.is_empty() {
+        let unwatched = lock(&self.cache).disk.prune(FORGET);
+        if unwatched.is_empty() {
             return;
         }
         let (cache, containers) = (self.cache.clone(), self.containers.clone());
-        let _ = tokio::task::spawn_blocking(move || recheck_disk(&cache, &containers)).await;
+        let _ = tokio::task::spawn_blocking(move || {
+            recheck_stamps(&cache, &containers, &unwatched);
+        })
+        .await;
     }
 
     fn api_error(&self, source: ApiError) -> DockerError {

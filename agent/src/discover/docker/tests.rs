@@ -17,6 +17,13 @@ fn data_root() -> tempfile::TempDir {
     root
 }
 
+/// What the task does every `DISK_RECHECK`: forgets the entries no lookup asked about for
+/// `FORGET`, and marks stale those inotify does not watch whose files' mtimes changed.
+fn recheck_disk(cache: &Mutex<Cache>, containers: &Path) {
+    let unwatched = lock(cache).disk.prune(FORGET);
+    recheck_stamps(cache, containers, &unwatched);
+}
+
 fn ask(s: &mut DockerSource, engine: Engine, id: &str) -> Option<Meta> {
     s.lookup(engine, id, &BTreeMap::new())
 }
@@ -36,13 +43,14 @@ fn files_are_read_once_per_new_id_and_only_for_docker_ids() {
     // An id without files is remembered as unknown.
     let other = "a".repeat(64);
     assert_eq!(ask(&mut s, Engine::Docker, &other), None);
-    assert!(lock(&s.cache).disk.contains_key(&other));
+    assert!(lock(&s.cache).disk.entries.contains_key(&other));
 }
 
 #[test]
-fn a_recheck_rereads_changed_files_and_forgets_ids_no_longer_asked_about() {
+fn without_inotify_a_recheck_rereads_changed_files_and_forgets_ids_no_longer_asked_about() {
     let root = data_root();
     let mut s = DockerSource::files_only(root.path());
+    lock(&s.cache).disk = Disk::without_inotify();
     let containers = root.path().join("containers");
     assert!(ask(&mut s, Engine::Docker, ID).is_some());
     let other = "b".repeat(64);
@@ -55,6 +63,12 @@ fn a_recheck_rereads_changed_files_and_forgets_ids_no_longer_asked_about() {
         .replace("\"/media\"", "\"/media2\"");
     std::thread::sleep(Duration::from_millis(20));
     fs::write(&config, text).unwrap();
+    s.refresh();
+    assert_eq!(
+        ask(&mut s, Engine::Docker, ID).and_then(|m| m.name),
+        Some("media".into()),
+        "nothing watched: seen at the recheck"
+    );
     recheck_disk(&s.cache, &containers);
     assert_eq!(
         ask(&mut s, Engine::Docker, ID).and_then(|m| m.name),
@@ -63,10 +77,10 @@ fn a_recheck_rereads_changed_files_and_forgets_ids_no_longer_asked_about() {
 
     // `other` was not asked about for longer than FORGET: dropped at the next recheck; ID,
     // asked just now, stays.
-    lock(&s.cache).disk.get_mut(&other).unwrap().asked -= FORGET;
+    lock(&s.cache).disk.entries.get_mut(&other).unwrap().asked -= FORGET;
     recheck_disk(&s.cache, &containers);
     let c = lock(&s.cache);
-    assert!(c.disk.contains_key(ID) && !c.disk.contains_key(&other));
+    assert!(c.disk.entries.contains_key(ID) && !c.disk.entries.contains_key(&other));
 }
 
 #[test]
@@ -88,7 +102,173 @@ fn only_the_api_answers_while_it_is_up() {
     // An id the API has not described yet: nothing (its files may be half-written), and no read.
     let other = "c".repeat(64);
     assert_eq!(ask(&mut s, Engine::Docker, &other), None);
-    assert!(!lock(&s.cache).disk.contains_key(&other));
+    assert!(!lock(&s.cache).disk.entries.contains_key(&other));
+}
+
+/// Replaces `file` in container `ID`'s directory as dockerd does (ioutils.AtomicWriteFile):
+/// a temporary file in the same directory, renamed over it.
+fn replace(root: &Path, file: &str, from: &str, to: &str) {
+    let dir = root.join("containers").join(ID);
+    let text = fs::read_to_string(dir.join(file))
+        .unwrap()
+        .replace(from, to);
+    let tmp = dir.join(format!(".tmp-{file}{}", std::process::id()));
+    fs::write(&tmp, text).unwrap();
+    fs::rename(&tmp, dir.join(file)).unwrap();
+}
+
+fn counts(s: &DockerSource) -> (u64, u64) {
+    let c = lock(&s.cache);
+    (c.disk.reads, c.disk.stats)
+}
+
+#[test]
+fn a_config_renamed_in_is_seen_at_the_next_lookup_and_unchanged_files_are_not_read_again() {
+    let root = data_root();
+    let containers = root.path().join("containers");
+    let mut s = DockerSource::files_only(root.path());
+    let name = |s: &mut DockerSource| ask(s, Engine::Docker, ID).and_then(|m| m.name);
+    assert_eq!(name(&mut s), Some("media".into()));
+    assert_eq!(counts(&s), (1, 0), "one read, no stat");
+    // The container's directory and `containers` are watched.
+    assert_eq!(lock(&s.cache).disk.watches(), 2);
+
+    // Nothing changed, or only files berth does not read (the log, dockerd's temporary files):
+    // nothing read again.
+    for _ in 0..3 {
+        s.refresh();
+        assert_eq!(name(&mut s), Some("media".into()));
+    }
+    let dir = containers.join(ID);
+    fs::write(dir.join(format!("{ID}-json.log")), "{\"log\":\"hi\\n\"}\n").unwrap();
+    fs::write(dir.join("hostname"), "media\n").unwrap();
+    s.refresh();
+    assert_eq!(name(&mut s), Some("media".into()));
+    assert_eq!(counts(&s), (1, 0), "unchanged files are not read again");
+
+    // `docker rename`: config.v2.json replaced by rename; seen at the next tick's lookup,
+    // whatever the time since the last.
+    replace(root.path(), "config.v2.json", "\"/media\"", "\"/media2\"");
+    s.refresh();
+    assert_eq!(name(&mut s), Some("media2".into()));
+    assert_eq!(counts(&s), (2, 0));
+    // hostconfig.json too, written in place (IN_CLOSE_WRITE).
+    let host = dir.join("hostconfig.json");
+    let text = fs::read_to_string(&host)
+        .unwrap()
+        .replace("\"NetworkMode\": \"default\"", "\"NetworkMode\": \"host\"");
+    fs::write(&host, text).unwrap();
+    s.refresh();
+    let mode = |s: &mut DockerSource| ask(s, Engine::Docker, ID).and_then(|m| m.network_mode);
+    assert_eq!(mode(&mut s), Some(crate::model::NetworkMode::Host));
+    assert_eq!(counts(&s), (3, 0));
+
+    // The task's recheck finds nothing to stat: every entry is watched.
+    recheck_disk(&s.cache, &containers);
+    assert_eq!(counts(&s), (3, 0));
+    assert_eq!(name(&mut s), Some("media2".into()));
+}
+
+#[test]
+fn a_container_directory_made_after_the_first_lookup_is_read_when_it_appears_and_when_it_goes() {
+    let root = data_root();
+    let containers = root.path().join("containers");
+    let mut s = DockerSource::files_only(root.path());
+    let other = "d".repeat(64);
+    assert_eq!(
+        ask(&mut s, Engine::Docker, &other),
+        None,
+        "no directory yet"
+    );
+    s.refresh();
+    assert_eq!(ask(&mut s, Engine::Docker, &other), None);
+    assert_eq!(counts(&s).0, 1, "not read again: no event");
+
+    // dockerd makes the directory, then writes the files.
+    let dir = containers.join(&other);
+    fs::create_dir(&dir).unwrap();
+    for f in ["config.v2.json", "hostconfig.json"] {
+        fs::copy(containers.join(ID).join(f), dir.join(f)).unwrap();
+    }
+    s.refresh();
+    let m = ask(&mut s, Engine::Docker, &other).expect("read once its directory appeared");
+    assert_eq!(m.name.as_deref(), Some("media"));
+    assert_eq!(counts(&s), (2, 0));
+
+    // Removed: nothing at the next lookup.
+    fs::remove_dir_all(&dir).unwrap();
+    s.refresh();
+    assert_eq!(ask(&mut s, Engine::Docker, &other), None);
+    assert_eq!(counts(&s), (3, 0));
+}
+
+#[test]
+fn an_entry_on_the_fallback_is_watched_once_its_directory_can_be() {
+    // No `containers` yet (dockerd not started): nothing to watch, the mtimes are checked.
+    let root = tempfile::tempdir().unwrap();
+    let containers = root.path().join("containers");
+    let mut s = DockerSource::files_only(root.path());
+    assert_eq!(ask(&mut s, Engine::Docker, ID), None);
+    assert_eq!(lock(&s.cache).disk.watches(), 0);
+    assert_eq!(counts(&s), (1, 1), "read with its mtimes");
+    recheck_disk(&s.cache, &containers);
+    assert_eq!(counts(&s), (1, 2), "checked");
+
+    // Its files appear: the check marks it stale; the lookup reads and watches it.
+    let fixture = data_root();
+    fs::create_dir(&containers).unwrap();
+    fs::create_dir(containers.join(ID)).unwrap();
+    for f in ["config.v2.json", "hostconfig.json"] {
+        let from = fixture.path().join("containers").join(ID).join(f);
+        fs::copy(from, containers.join(ID).join(f)).unwrap();
+    }
+    recheck_disk(&s.cache, &containers);
+    assert_eq!(
+        ask(&mut s, Engine::Docker, ID).and_then(|m| m.name),
+        Some("media".into())
+    );
+    assert_eq!(
+        counts(&s),
+        (2, 3),
+        "checked, then read without mtimes: watched"
+    );
+    assert_eq!(lock(&s.cache).disk.watches(), 2);
+    // From now on an event, not a check, says it changed.
+    replace(root.path(), "config.v2.json", "\"/media\"", "\"/media2\"");
+    s.refresh();
+    assert_eq!(
+        ask(&mut s, Engine::Docker, ID).and_then(|m| m.name),
+        Some("media2".into())
+    );
+    recheck_disk(&s.cache, &containers);
+    assert_eq!(counts(&s), (3, 3), "no check of a watched entry");
+}
+
+#[test]
+fn forgotten_entries_take_their_watches_with_them() {
+    let root = data_root();
+    let containers = root.path().join("containers");
+    let mut s = DockerSource::files_only(root.path());
+    let other = "e".repeat(64);
+    assert!(ask(&mut s, Engine::Docker, ID).is_some());
+    assert_eq!(ask(&mut s, Engine::Docker, &other), None);
+    assert_eq!(
+        lock(&s.cache).disk.watches(),
+        2,
+        "containers and ID's directory"
+    );
+    lock(&s.cache).disk.entries.get_mut(ID).unwrap().asked -= FORGET;
+    recheck_disk(&s.cache, &containers);
+    assert_eq!(
+        lock(&s.cache).disk.watches(),
+        1,
+        "ID's directory is no longer watched"
+    );
+    lock(&s.cache).disk.entries.get_mut(&other).unwrap().asked -= FORGET;
+    recheck_disk(&s.cache, &containers);
+    let c = lock(&s.cache);
+    assert!(c.disk.entries.is_empty());
+    assert_eq!(c.disk.watches(), 0, "inotify closed with the last entry");
 }
 
 fn task(socket: PathBuf, timeout: Duration) -> Task {
