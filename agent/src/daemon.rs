@@ -131,6 +131,10 @@ pub async fn run(config: Config, notifier: Option<Notifier>) -> Result<(), Daemo
     } else {
         Vec::new()
     };
+    // Every connection holds an fd: take what the hard limit allows (before the collectors,
+    // which size their kept cgroup files by it), and keep the TCP cap at half of it below so
+    // a flood never takes the fds the rest of the agent needs.
+    let nofile = api::listen::raise_fd_limit();
     let mut registry = Registry::new(
         probes,
         root,
@@ -138,6 +142,7 @@ pub async fn run(config: Config, notifier: Option<Notifier>) -> Result<(), Daemo
         manager.clone(),
         sources,
         &config.discovery,
+        nofile,
     );
     info!(collectors = ?registry.names(), "collectors");
     let first = Arc::new(tokio::task::block_in_place(|| registry.collect()));
@@ -191,9 +196,6 @@ pub async fn run(config: Config, notifier: Option<Notifier>) -> Result<(), Daemo
         },
     };
 
-    // Every connection holds an fd: take what the hard limit allows, and keep the TCP cap
-    // at half of it so a flood never takes the fds the rest of the agent needs.
-    let nofile = api::listen::raise_fd_limit();
     let mut max_tcp = config.http.max_connections;
     if max_tcp as u64 > nofile / 2 {
         max_tcp = (nofile / 2).max(1) as usize;

@@ -3,16 +3,21 @@
 //! cgroupfs generates a file's content on every read from offset 0, so a file kept open can
 //! be read again with one `pread(2)`; opening it each time costs open, statx, read, read and
 //! close, five syscalls (and five runs of berth's own `sys_enter` probe) for a dozen bytes.
-//! [`Files`] keeps what it read open; [`StatsCache`] keeps one [`Files`] and the controller
-//! placement per container cgroup, so a container's usage costs one `pread` per stat file per
-//! tick and nothing else (cAdvisor and runc reopen every file; the profile of an idle berth
-//! put those opens at a third of its CPU).
+//! [`StatsCache`] keeps, per container cgroup, the controller placement and a [`StatFiles`]:
+//! one slot per stat file ([`Stat`]), so a container's usage costs one `pread` per due stat
+//! file per tick and nothing else (cAdvisor and runc reopen every file; the profile of an idle
+//! berth put those opens at a third of its CPU). The user-space side is kept as small: a
+//! known cgroup is found by its path as a `&str`, a file by its slot index; paths are built
+//! only to open a file or to name it in an error, and nothing is allocated per read (a
+//! profile of the earlier path-keyed maps put hashing `Path`s, joining paths and a clone of
+//! the [`Hierarchy`] per read above the `pread`s themselves). [`Files`] is the same by path,
+//! for the cgroup walk's one file per cgroup.
 //!
 //! A kept file whose cgroup was removed fails to read (`ENODEV`): it is reopened once by
 //! path (a restarted container's new cgroup at the same path), and a cgroup that is gone is
-//! an error naming the file. Kept files count against a budget (a quarter of the soft
-//! `RLIMIT_NOFILE`, which the agent raises at start), past which reads open and close again:
-//! the API's sockets keep their share of descriptors.
+//! an error naming the file. Kept files count against a budget ([`kept_files_budget`]: a
+//! quarter of the soft `RLIMIT_NOFILE` the agent raised at start), past which reads open and
+//! close again: the API's sockets keep their share of descriptors.
 
 use std::{
     collections::HashMap,
@@ -29,54 +34,186 @@ use crate::model::ContainerStats;
 /// cgroup file, so a short read is the end and not a record that did not fit.
 const SLACK: usize = 4096;
 
-/// Kept files that change rarely (limits, event counts, IO totals) are read once every this
-/// many reads, the content read last standing in between ([`Files::refresh`] makes the next
-/// read a real one): at one tick per second, at most 5 s old. Usage (CPU, memory, pids) is
-/// read every time; v1 throttling counts go slow through [`Files::read_slow`].
+/// Kept files that change rarely (limits, event counts, IO totals: [`Stat::slow`]) are read
+/// once every this many reads, the content read last standing in between
+/// ([`StatFiles::refresh`] makes the next read a real one): at one tick per second, at most
+/// 5 s old. Usage (CPU, memory, pids) is read every time.
 pub const SLOW_EVERY: u32 = 5;
 
-/// File names read every [`SLOW_EVERY`] reads.
-const SLOW: [&str; 14] = [
-    "cpu.cfs_quota_us",
-    "cpu.cfs_period_us",
-    "cpu.max",
-    "memory.limit_in_bytes",
-    "memory.max",
-    "memory.max_usage_in_bytes",
-    "memory.peak",
-    "memory.failcnt",
-    "memory.memsw.failcnt",
-    "memory.oom_control",
-    "memory.events",
-    "pids.max",
-    "io.stat",
-    "blkio.", // every blkio.*_recursive file
-];
-
-fn is_slow(path: &Path) -> bool {
-    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
-        return false;
-    };
-    SLOW.iter()
-        .any(|s| name == *s || (s.ends_with('.') && name.starts_with(s)))
+/// Files a [`StatsCache`] may keep open when the soft `RLIMIT_NOFILE` is `nofile` (what the
+/// daemon's `raise_fd_limit` returns): a quarter of it.
+pub fn kept_files_budget(nofile: u64) -> usize {
+    usize::try_from(nofile / 4).unwrap_or(usize::MAX)
 }
 
-/// The content of a slow file as last read, and reads left before the next real one.
-#[derive(Debug)]
-struct Slow {
-    left: u32,
-    text: Option<String>,
+/// A stat file of a container cgroup, named by what it holds: its slot in [`StatFiles`]. A
+/// file of the same name in two controllers' directories is two stats (v1 `cpu.stat` holds
+/// throttling counts in the cpu hierarchy, v2 `cpu.stat` the usage in the unified one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stat {
+    /// v1 cpuacct.usage (ns).
+    CpuacctUsage,
+    /// v1 cpuacct.usage_user (ns, Linux 4.7+).
+    CpuacctUsageUser,
+    /// v1 cpuacct.usage_sys (ns, Linux 4.7+).
+    CpuacctUsageSys,
+    /// v1 cpuacct.stat (USER_HZ).
+    CpuacctStat,
+    /// v2 cpu.stat: usage, and throttling when the cpu controller is enabled.
+    CpuStat,
+    /// v1 cpu.cfs_quota_us.
+    CfsQuota,
+    /// v1 cpu.cfs_period_us.
+    CfsPeriod,
+    /// v1 cpu.stat: throttling counts only.
+    CpuThrottling,
+    /// v2 cpu.max.
+    CpuMax,
+    /// v1 memory.usage_in_bytes.
+    MemoryUsage,
+    /// v1 memory.limit_in_bytes.
+    MemoryLimit,
+    /// v1 memory.max_usage_in_bytes.
+    MemoryMaxUsage,
+    /// v1 memory.failcnt.
+    MemoryFailcnt,
+    /// v1 memory.memsw.failcnt.
+    MemswFailcnt,
+    /// v1 memory.oom_control.
+    OomControl,
+    /// v2 memory.current.
+    MemoryCurrent,
+    /// v2 memory.max.
+    MemoryMax,
+    /// v2 memory.peak (Linux 5.19+).
+    MemoryPeak,
+    /// v2 memory.events.
+    MemoryEvents,
+    /// pids.current (v1 and v2).
+    PidsCurrent,
+    /// pids.max (v1 and v2).
+    PidsMax,
+    /// v1 blkio.throttle.io_service_bytes_recursive.
+    BlkioThrottle,
+    /// v1 blkio.bfq.io_service_bytes_recursive.
+    BlkioBfq,
+    /// v1 blkio.io_service_bytes_recursive (CFQ, before Linux 5.0).
+    BlkioCfq,
+    /// v2 io.stat.
+    IoStat,
+}
+
+/// Slots of a [`StatFiles`]: one per [`Stat`].
+const STATS: usize = Stat::IoStat as usize + 1;
+
+impl Stat {
+    /// The file's name in its controller's directory.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::CpuacctUsage => "cpuacct.usage",
+            Self::CpuacctUsageUser => "cpuacct.usage_user",
+            Self::CpuacctUsageSys => "cpuacct.usage_sys",
+            Self::CpuacctStat => "cpuacct.stat",
+            Self::CpuStat | Self::CpuThrottling => "cpu.stat",
+            Self::CfsQuota => "cpu.cfs_quota_us",
+            Self::CfsPeriod => "cpu.cfs_period_us",
+            Self::CpuMax => "cpu.max",
+            Self::MemoryUsage => "memory.usage_in_bytes",
+            Self::MemoryLimit => "memory.limit_in_bytes",
+            Self::MemoryMaxUsage => "memory.max_usage_in_bytes",
+            Self::MemoryFailcnt => "memory.failcnt",
+            Self::MemswFailcnt => "memory.memsw.failcnt",
+            Self::OomControl => "memory.oom_control",
+            Self::MemoryCurrent => "memory.current",
+            Self::MemoryMax => "memory.max",
+            Self::MemoryPeak => "memory.peak",
+            Self::MemoryEvents => "memory.events",
+            Self::PidsCurrent => "pids.current",
+            Self::PidsMax => "pids.max",
+            Self::BlkioThrottle => "blkio.throttle.io_service_bytes_recursive",
+            Self::BlkioBfq => "blkio.bfq.io_service_bytes_recursive",
+            Self::BlkioCfq => "blkio.io_service_bytes_recursive",
+            Self::IoStat => "io.stat",
+        }
+    }
+
+    /// Read every [`SLOW_EVERY`] reads by kept [`StatFiles`]: limits, event counts, IO totals
+    /// and v1 throttling counts. Usage is read every time.
+    pub const fn slow(self) -> bool {
+        !matches!(
+            self,
+            Self::CpuacctUsage
+                | Self::CpuacctUsageUser
+                | Self::CpuacctUsageSys
+                | Self::CpuacctStat
+                | Self::CpuStat
+                | Self::MemoryUsage
+                | Self::MemoryCurrent
+                | Self::PidsCurrent
+        )
+    }
+}
+
+/// One cgroup file as [`Handle::read`] left it.
+#[derive(Debug, Default)]
+enum Handle {
+    /// Not opened yet, or its cgroup went away.
+    #[default]
+    Untried,
+    /// It does not exist (an optional file this kernel lacks, remembered: a cgroup's files do
+    /// not come and go).
+    Absent,
+    Open(File),
+}
+
+impl Handle {
+    /// Reads the file into `buf` through the open file, else by opening `path()` (kept open,
+    /// or remembered absent, when `keep`); returns the length read, `None` when it does not
+    /// exist. An open file that fails (`ENODEV`: its cgroup was removed, maybe made again at
+    /// the same path) is reopened by path once.
+    fn read(
+        &mut self,
+        keep: bool,
+        buf: &mut Vec<u8>,
+        path: impl FnOnce() -> PathBuf,
+    ) -> Result<Option<usize>, CgroupError> {
+        match self {
+            Self::Absent => return Ok(None),
+            Self::Open(f) => match pread_all(f, buf) {
+                Ok(len) => return Ok(Some(len)),
+                Err(_) => *self = Self::Untried,
+            },
+            Self::Untried => {}
+        }
+        let path = path();
+        let f = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                if keep {
+                    *self = Self::Absent;
+                }
+                return Ok(None);
+            }
+            Err(source) => return Err(CgroupError::Read { path, source }),
+        };
+        let len = pread_all(&f, buf).map_err(|source| CgroupError::Read { path, source })?;
+        if keep {
+            *self = Self::Open(f);
+        }
+        Ok(Some(len))
+    }
+
+    fn is_open(&self) -> bool {
+        matches!(self, Self::Open(_))
+    }
 }
 
 /// cgroupfs files read by path; kept open after the first read unless made with
-/// [`Files::once`].
+/// [`Files::once`]. For reads of a few files of many cgroups (the walk's `cgroup.stat`);
+/// a container's stat files go through [`StatFiles`].
 #[derive(Debug)]
 pub struct Files {
-    /// Path -> the open file, or `None` when it does not exist (an optional file this kernel
-    /// lacks, remembered: its cgroup's files do not come and go).
-    open: HashMap<PathBuf, Option<File>>,
-    /// Slow files of kept [`Files`]: what they said.
-    slow: HashMap<PathBuf, Slow>,
+    open: HashMap<PathBuf, Handle>,
     keep: bool,
     buf: Vec<u8>,
 }
@@ -86,7 +223,6 @@ impl Files {
     pub fn kept() -> Self {
         Self {
             open: HashMap::new(),
-            slow: HashMap::new(),
             keep: true,
             buf: Vec::new(),
         }
@@ -102,143 +238,206 @@ impl Files {
 
     /// Files held open.
     pub fn open_count(&self) -> usize {
-        self.open.values().filter(|f| f.is_some()).count()
+        self.open.values().filter(|h| h.is_open()).count()
     }
 
-    /// The next read of every slow file reads it.
-    pub fn refresh(&mut self) {
-        for s in self.slow.values_mut() {
-            s.left = 0;
-        }
-    }
-
-    /// The file's content, `None` when it does not exist; for a slow file of kept [`Files`],
-    /// as read at most [`SLOW_EVERY`] reads ago.
+    /// The file's content from offset 0, `None` when it does not exist.
     pub fn read(&mut self, path: &Path) -> Result<Option<&str>, CgroupError> {
-        if is_slow(path) {
-            self.read_slow(path)
-        } else {
-            self.read_now(path)
-        }
-    }
-
-    /// [`Files::read`] on the slow cadence whatever the file's name (a v1 `cpu.stat` holds
-    /// only throttling counts, a v2 one the CPU usage).
-    pub fn read_slow(&mut self, path: &Path) -> Result<Option<&str>, CgroupError> {
-        if !self.keep {
-            return self.read_now(path);
-        }
-        match self.slow.get_mut(path) {
-            Some(s) if s.left > 0 => s.left -= 1,
-            _ => {
-                let text = self.read_now(path)?.map(str::to_owned);
-                self.slow.insert(
-                    path.to_owned(),
-                    Slow {
-                        left: SLOW_EVERY - 1,
-                        text,
-                    },
-                );
-            }
-        }
-        Ok(self.slow.get(path).and_then(|s| s.text.as_deref()))
-    }
-
-    fn read_now(&mut self, path: &Path) -> Result<Option<&str>, CgroupError> {
-        let err = |source: io::Error| CgroupError::Read {
-            path: path.to_path_buf(),
-            source,
-        };
-        match self.open.get(path) {
-            Some(None) => return Ok(None),
-            Some(Some(f)) => match pread_all(f, &mut self.buf) {
-                Ok(()) => return self.text(path).map(Some),
-                // Its cgroup was removed (maybe made again at the same path): reopen below.
-                Err(_) => {
-                    self.open.remove(path);
-                }
-            },
-            None => {}
-        }
-        let f = match File::open(path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+        let len = match self.open.get_mut(path) {
+            Some(handle) => handle.read(self.keep, &mut self.buf, || path.to_owned())?,
+            None => {
+                let mut handle = Handle::Untried;
+                let len = handle.read(self.keep, &mut self.buf, || path.to_owned())?;
                 if self.keep {
-                    self.open.insert(path.to_owned(), None);
+                    self.open.insert(path.to_owned(), handle);
                 }
-                return Ok(None);
+                len
             }
-            Err(e) => return Err(err(e)),
         };
-        pread_all(&f, &mut self.buf).map_err(err)?;
-        if self.keep {
-            self.open.insert(path.to_owned(), Some(f));
-        }
-        self.text(path).map(Some)
+        len.map(|len| text(&self.buf[..len], || path.to_owned()))
+            .transpose()
     }
 
     /// Keeps the files whose paths `keep` accepts; the others are closed.
     pub fn retain(&mut self, mut keep: impl FnMut(&Path) -> bool) {
         self.open.retain(|p, _| keep(p));
-        self.slow.retain(|p, _| self.open.contains_key(p));
-    }
-
-    fn text(&self, path: &Path) -> Result<&str, CgroupError> {
-        std::str::from_utf8(&self.buf).map_err(|_| CgroupError::Parse {
-            path: path.to_path_buf(),
-            content: String::from_utf8_lossy(&self.buf).into_owned(),
-        })
     }
 }
 
-/// Reads `f` from offset 0 into `buf` (replacing its content): one `pread` when the content
-/// fits with [`SLACK`] to spare, as every stat file does in the first 16 KiB.
-fn pread_all(f: &File, buf: &mut Vec<u8>) -> io::Result<()> {
+/// The content of a slow file as last read, and reads left before the next real one.
+#[derive(Debug, Default)]
+struct Slow {
+    left: u32,
+    /// Whether the file existed; `text` is its content (its capacity reused from read to
+    /// read).
+    present: bool,
+    text: String,
+}
+
+/// One [`Stat`]'s file and, for a slow one of kept [`StatFiles`], what it said.
+#[derive(Debug, Default)]
+struct Slot {
+    handle: Handle,
+    slow: Option<Slow>,
+}
+
+/// The stat files of one cgroup, one slot per [`Stat`]: kept open after the first read
+/// unless made with [`StatFiles::once`]. Each [`Stat`] is read in one directory (its
+/// controller's, from the cgroup's [`Placement`]), so the slot stands for that file; the path
+/// is built only to open it or to name it in an error.
+#[derive(Debug)]
+pub struct StatFiles {
+    slots: [Slot; STATS],
+    keep: bool,
+    buf: Vec<u8>,
+}
+
+impl StatFiles {
+    /// Keeps every file it reads open.
+    pub fn kept() -> Self {
+        Self {
+            slots: Default::default(),
+            keep: true,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Opens and closes each file per read (one-off reads); slow files are read every time.
+    pub fn once() -> Self {
+        Self {
+            keep: false,
+            ..Self::kept()
+        }
+    }
+
+    /// Files held open.
+    pub fn open_count(&self) -> usize {
+        self.slots.iter().filter(|s| s.handle.is_open()).count()
+    }
+
+    /// The next read of every slow file reads it.
+    pub fn refresh(&mut self) {
+        for slow in self.slots.iter_mut().filter_map(|s| s.slow.as_mut()) {
+            slow.left = 0;
+        }
+    }
+
+    /// Closes every file and forgets what the slow ones said: the next reads open them again.
+    pub fn close(&mut self) {
+        self.slots = Default::default();
+    }
+
+    /// The content of `stat`'s file in `dir`, `None` when it does not exist; for a slow one
+    /// ([`Stat::slow`]) of kept files, as read at most [`SLOW_EVERY`] reads ago.
+    pub fn read(&mut self, dir: &Path, stat: Stat) -> Result<Option<&str>, CgroupError> {
+        let path = || dir.join(stat.name());
+        let slot = &mut self.slots[stat as usize];
+        if !(self.keep && stat.slow()) {
+            let len = slot.handle.read(self.keep, &mut self.buf, path)?;
+            return len.map(|len| text(&self.buf[..len], path)).transpose();
+        }
+        match &mut slot.slow {
+            Some(slow) if slow.left > 0 => slow.left -= 1,
+            slow => {
+                let len = slot.handle.read(true, &mut self.buf, path)?;
+                let content = len.map(|len| text(&self.buf[..len], path)).transpose()?;
+                let slow = slow.get_or_insert_with(Slow::default);
+                slow.left = SLOW_EVERY - 1;
+                slow.present = content.is_some();
+                slow.text.clear();
+                slow.text.push_str(content.unwrap_or_default());
+            }
+        }
+        Ok(slot
+            .slow
+            .as_ref()
+            .filter(|s| s.present)
+            .map(|s| s.text.as_str()))
+    }
+
+    /// Descriptors of the open files, by slot (tests: the same files read again).
+    #[cfg(test)]
+    fn fds(&self) -> Vec<(usize, std::os::fd::RawFd)> {
+        use std::os::fd::AsRawFd as _;
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| match &s.handle {
+                Handle::Open(f) => Some((i, f.as_raw_fd())),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// `bytes` as text; not UTF-8 is a parse error naming `path()`.
+fn text(bytes: &[u8], path: impl FnOnce() -> PathBuf) -> Result<&str, CgroupError> {
+    std::str::from_utf8(bytes).map_err(|_| CgroupError::Parse {
+        path: path(),
+        content: String::from_utf8_lossy(bytes).into_owned(),
+    })
+}
+
+/// Reads `f` from offset 0 into `buf`, returning the length read: one `pread` when the
+/// content fits with [`SLACK`] to spare, as every stat file does in the first 16 KiB. `buf`
+/// only grows (zeroed once, not per read); the content is its first bytes.
+fn pread_all(f: &File, buf: &mut Vec<u8>) -> io::Result<usize> {
+    if buf.len() < 4 * SLACK {
+        buf.resize(4 * SLACK, 0);
+    }
     let mut len = 0;
-    buf.resize(buf.capacity().max(4 * SLACK), 0);
     loop {
         let n = f.read_at(&mut buf[len..], len as u64)?;
         len += n;
         if n == 0 || buf.len() - len >= SLACK {
-            break;
+            return Ok(len);
         }
         buf.resize(buf.len() * 2, 0);
     }
-    buf.truncate(len);
-    Ok(())
 }
 
 /// One cgroup's placement and open files.
 #[derive(Debug)]
 struct Entry {
+    /// Its v2 id when known: another id at the same path is a new cgroup.
+    id: Option<u64>,
     placement: Placement,
-    files: Files,
+    files: StatFiles,
     /// The caller's version of the cgroup's settings at the last read (see [`StatsCache::read`]).
     version: u64,
 }
 
-/// Usage of many containers' cgroups, tick after tick: per cgroup (by v2 id and path) its
+impl Entry {
+    fn read(&mut self, version: u64) -> Result<ContainerStats, CgroupError> {
+        if self.version != version {
+            self.version = version;
+            self.files.refresh();
+        }
+        let read = stats::read(&self.placement, &mut self.files);
+        if read.is_err() {
+            // Its files are stale or missing; the placement stays (a cgroup missing from a
+            // v1 hierarchy fails every read: no need to look for its controllers each time).
+            self.files.close();
+        }
+        read
+    }
+}
+
+/// Usage of many containers' cgroups, tick after tick: per cgroup (by path and v2 id) its
 /// controller placement, found once, and its stat files, kept open within the budget.
 #[derive(Debug)]
 pub struct StatsCache {
     hierarchy: Hierarchy,
-    entries: HashMap<(Option<u64>, String), Entry>,
+    /// By path below the hierarchy roots, without leading or trailing `/` (looked up with the
+    /// caller's `&str`, nothing allocated).
+    entries: HashMap<String, Entry>,
     /// Files that may be kept open across all entries.
     budget: usize,
 }
 
 impl StatsCache {
-    pub fn new(hierarchy: Hierarchy) -> Self {
-        let mut lim = libc::rlimit {
-            rlim_cur: 1024,
-            rlim_max: 1024,
-        };
-        // SAFETY: getrlimit with a valid pointer to a local struct.
-        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
-        Self::with_budget(hierarchy, (lim.rlim_cur / 4) as usize)
-    }
-
-    pub fn with_budget(hierarchy: Hierarchy, budget: usize) -> Self {
+    /// Keeps at most `budget` files open across all cgroups ([`kept_files_budget`]).
+    pub fn new(hierarchy: Hierarchy, budget: usize) -> Self {
         Self {
             hierarchy,
             entries: HashMap::new(),
@@ -247,7 +446,7 @@ impl StatsCache {
     }
 
     /// Usage and limits of the cgroup at `relative` (v2 id `id` when known: a new cgroup at
-    /// the same path is a new entry). A failed read closes the entry's files.
+    /// the same path, another id, replaces the entry). A failed read closes the entry's files.
     /// `version` names the caller's view of the cgroup's settings: when it changes (berth
     /// wrote new limits) the slow files are read now rather than within [`SLOW_EVERY`] reads.
     pub fn read(
@@ -256,41 +455,44 @@ impl StatsCache {
         id: Option<u64>,
         version: u64,
     ) -> Result<ContainerStats, CgroupError> {
-        let cg = ContainerCgroup::new(&self.hierarchy, relative);
-        let key = (id, cg.relative()?.to_owned());
-        if !self.entries.contains_key(&key) {
-            let keep = self.open_count() < self.budget;
-            self.entries.insert(
-                key.clone(),
-                Entry {
-                    placement: self.hierarchy.placement(&key.1),
-                    files: if keep { Files::kept() } else { Files::once() },
-                    version,
-                },
-            );
+        // Every entry's path was checked when it was made: a known one is one lookup.
+        let known = self.entries.get_mut(relative.trim_matches('/'));
+        if let Some(entry) = known.filter(|e| e.id == id) {
+            return entry.read(version);
         }
-        let entry = self.entries.get_mut(&key).expect("inserted above");
-        if entry.version != version {
-            entry.version = version;
-            entry.files.refresh();
-        }
-        let read = stats::read(&entry.placement, &mut entry.files);
-        if read.is_err() {
-            // Its files are stale or missing; the placement stays (a cgroup missing from a
-            // v1 hierarchy fails every read: no need to look for its controllers each time).
-            entry.files = if entry.files.keep {
-                Files::kept()
+        self.insert(relative, id, version)?.read(version)
+    }
+
+    /// A new entry for the cgroup at `relative` (replacing one of another id), its files kept
+    /// open while the budget allows.
+    fn insert(
+        &mut self,
+        relative: &str,
+        id: Option<u64>,
+        version: u64,
+    ) -> Result<&mut Entry, CgroupError> {
+        let rel = ContainerCgroup::usable(relative).ok_or_else(|| CgroupError::InvalidPath {
+            given: relative.to_owned(),
+        })?;
+        self.entries.remove(rel);
+        let keep = self.open_count() < self.budget;
+        let entry = Entry {
+            id,
+            placement: self.hierarchy.placement(rel),
+            files: if keep {
+                StatFiles::kept()
             } else {
-                Files::once()
-            };
-        }
-        read
+                StatFiles::once()
+            },
+            version,
+        };
+        Ok(self.entries.entry(rel.to_owned()).or_insert(entry))
     }
 
     /// Keeps the cgroups `keep(id, relative)` says are still wanted (without leading `/`);
     /// the others' files are closed.
     pub fn retain(&mut self, mut keep: impl FnMut(Option<u64>, &str) -> bool) {
-        self.entries.retain(|(id, rel), _| keep(*id, rel));
+        self.entries.retain(|rel, e| keep(e.id, rel));
     }
 
     /// Files held open across all entries.
@@ -304,7 +506,7 @@ mod tests {
     use std::fs;
 
     use super::*;
-    use crate::cgroup::CgroupMode;
+    use crate::cgroup::{CgroupMode, V1Mount};
 
     fn v2_hierarchy(mount: &Path) -> Hierarchy {
         Hierarchy {
@@ -345,49 +547,94 @@ mod tests {
         fs::write(&absent, "3\n").unwrap();
         assert_eq!(files.read(&absent).unwrap(), None, "absence is remembered");
         assert_eq!(Files::once().read(&absent).unwrap(), Some("3\n"));
+        // The same for stat files, by slot.
+        let mut stats = StatFiles::kept();
+        fs::write(d.path().join("pids.current"), "1\n").unwrap();
+        assert_eq!(
+            stats.read(d.path(), Stat::PidsCurrent).unwrap(),
+            Some("1\n")
+        );
+        fs::write(d.path().join("pids.current"), "22\n").unwrap();
+        assert_eq!(
+            stats.read(d.path(), Stat::PidsCurrent).unwrap(),
+            Some("22\n")
+        );
+        assert_eq!(stats.read(d.path(), Stat::MemoryCurrent).unwrap(), None);
+        fs::write(d.path().join("memory.current"), "3\n").unwrap();
+        assert_eq!(stats.read(d.path(), Stat::MemoryCurrent).unwrap(), None);
+        assert_eq!(stats.open_count(), 1);
+        let mut once = StatFiles::once();
+        assert_eq!(
+            once.read(d.path(), Stat::MemoryCurrent).unwrap(),
+            Some("3\n")
+        );
+        assert_eq!(once.open_count(), 0, "one-off reads keep nothing");
     }
 
     #[test]
     fn slow_files_are_read_every_fifth_time_or_after_a_refresh() {
         let d = tempfile::tempdir().unwrap();
-        let (limit, usage) = (d.path().join("memory.max"), d.path().join("memory.current"));
+        let dir = d.path();
+        let (limit, usage) = (dir.join("memory.max"), dir.join("memory.current"));
         fs::write(&limit, "100\n").unwrap();
         fs::write(&usage, "1\n").unwrap();
-        let mut files = Files::kept();
-        assert_eq!(files.read(&limit).unwrap(), Some("100\n"));
-        assert_eq!(files.read(&usage).unwrap(), Some("1\n"));
+        let mut files = StatFiles::kept();
+        assert_eq!(files.read(dir, Stat::MemoryMax).unwrap(), Some("100\n"));
+        assert_eq!(files.read(dir, Stat::MemoryCurrent).unwrap(), Some("1\n"));
         fs::write(&limit, "200\n").unwrap();
         fs::write(&usage, "2\n").unwrap();
         for _ in 1..SLOW_EVERY {
-            assert_eq!(files.read(&limit).unwrap(), Some("100\n"), "as read last");
             assert_eq!(
-                files.read(&usage).unwrap(),
+                files.read(dir, Stat::MemoryMax).unwrap(),
+                Some("100\n"),
+                "as read last"
+            );
+            assert_eq!(
+                files.read(dir, Stat::MemoryCurrent).unwrap(),
                 Some("2\n"),
                 "usage: every read"
             );
         }
         assert_eq!(
-            files.read(&limit).unwrap(),
+            files.read(dir, Stat::MemoryMax).unwrap(),
             Some("200\n"),
             "the fifth read reads"
         );
         fs::write(&limit, "300\n").unwrap();
-        assert_eq!(files.read(&limit).unwrap(), Some("200\n"));
+        assert_eq!(files.read(dir, Stat::MemoryMax).unwrap(), Some("200\n"));
         files.refresh();
-        assert_eq!(files.read(&limit).unwrap(), Some("300\n"), "refreshed");
+        assert_eq!(
+            files.read(dir, Stat::MemoryMax).unwrap(),
+            Some("300\n"),
+            "refreshed"
+        );
         // One-off reads always read.
-        assert_eq!(Files::once().read(&limit).unwrap(), Some("300\n"));
-        // A file of any name can be read on the cadence (v1 cpu.stat), or every time.
-        let stat = d.path().join("cpu.stat");
+        assert_eq!(
+            StatFiles::once().read(dir, Stat::MemoryMax).unwrap(),
+            Some("300\n")
+        );
+        // An absent slow file is absent on the cadence too.
+        assert_eq!(files.read(dir, Stat::MemoryPeak).unwrap(), None);
+        assert_eq!(files.read(dir, Stat::MemoryPeak).unwrap(), None);
+        // One file, two stats: v1 cpu.stat's throttling counts on the cadence, v2 cpu.stat's
+        // usage every time.
+        let stat = dir.join("cpu.stat");
         fs::write(&stat, "nr_throttled 1\n").unwrap();
-        assert_eq!(files.read_slow(&stat).unwrap(), Some("nr_throttled 1\n"));
+        assert_eq!(
+            files.read(dir, Stat::CpuThrottling).unwrap(),
+            Some("nr_throttled 1\n")
+        );
         fs::write(&stat, "nr_throttled 2\n").unwrap();
-        assert_eq!(files.read_slow(&stat).unwrap(), Some("nr_throttled 1\n"));
-        assert_eq!(files.read(&stat).unwrap(), Some("nr_throttled 2\n"));
-        assert!(is_slow(Path::new(
-            "/x/blkio.throttle.io_service_bytes_recursive"
-        )));
-        assert!(!is_slow(Path::new("/x/cpu.stat")) && !is_slow(Path::new("/x/pids.current")));
+        assert_eq!(
+            files.read(dir, Stat::CpuThrottling).unwrap(),
+            Some("nr_throttled 1\n")
+        );
+        assert_eq!(
+            files.read(dir, Stat::CpuStat).unwrap(),
+            Some("nr_throttled 2\n")
+        );
+        assert!(Stat::BlkioThrottle.slow() && Stat::CpuThrottling.slow() && Stat::PidsMax.slow());
+        assert!(!Stat::CpuStat.slow() && !Stat::PidsCurrent.slow());
     }
 
     #[test]
@@ -399,6 +646,9 @@ mod tests {
         let mut files = Files::kept();
         assert_eq!(files.read(&p).unwrap().map(str::len), Some(text.len()));
         assert_eq!(files.read(&p).unwrap(), Some(text.as_str()));
+        // The buffer stays grown; a shorter content is read as itself.
+        fs::write(&p, "8:0 Read 1\n").unwrap();
+        assert_eq!(files.read(&p).unwrap(), Some("8:0 Read 1\n"));
     }
 
     #[test]
@@ -406,7 +656,7 @@ mod tests {
         let mount = tempfile::tempdir().unwrap();
         write_cgroup(mount.path(), "a", 1_000_000);
         write_cgroup(mount.path(), "b", 3_000_000);
-        let mut cache = StatsCache::with_budget(v2_hierarchy(mount.path()), 1000);
+        let mut cache = StatsCache::new(v2_hierarchy(mount.path()), 1000);
         let a = cache.read("/a", Some(1), 0).unwrap();
         assert_eq!(a.cpu_usage_seconds, 1.0);
         assert_eq!(a.memory_usage_bytes, 4096);
@@ -420,16 +670,23 @@ mod tests {
         // b is no longer wanted: dropped with its files.
         cache.retain(|id, rel| id == Some(1) && rel == "a");
         assert_eq!(cache.open_count(), kept / 2);
+        // A new cgroup at a's path (another id) replaces a's entry.
+        assert_eq!(cache.read("a/", Some(3), 0).unwrap().cpu_usage_seconds, 2.0);
+        assert_eq!(cache.entries.len(), 1);
+        assert_eq!(cache.open_count(), kept / 2);
         // A failed read (here garbage; on cgroupfs a removed cgroup, see limits' host tests):
         // an error naming the file, and the entry is gone with its files.
         fs::write(mount.path().join("a/memory.current"), "garbage\n").unwrap();
-        let err = cache.read("/a", Some(1), 0).unwrap_err().to_string();
+        let err = cache.read("/a", Some(3), 0).unwrap_err().to_string();
         assert!(err.contains("a/memory.current"), "{err}");
         assert_eq!(cache.open_count(), 0, "a failed read closes the files");
-        assert!(
-            cache.read("../x", None, 0).is_err(),
-            "an unusable path reads nothing"
-        );
+        for unusable in ["../x", "a/../b", "a//b", "./a", "/", ""] {
+            let err = cache.read(unusable, None, 0).unwrap_err();
+            assert!(
+                matches!(err, CgroupError::InvalidPath { .. }),
+                "{unusable}: {err}"
+            );
+        }
     }
 
     #[test]
@@ -437,11 +694,150 @@ mod tests {
         let mount = tempfile::tempdir().unwrap();
         write_cgroup(mount.path(), "a", 1);
         write_cgroup(mount.path(), "b", 1);
-        let mut cache = StatsCache::with_budget(v2_hierarchy(mount.path()), 1);
+        let mut cache = StatsCache::new(v2_hierarchy(mount.path()), 1);
         cache.read("a", Some(1), 0).unwrap();
         let kept = cache.open_count();
         assert!(kept > 1);
         cache.read("b", Some(2), 0).unwrap();
         assert_eq!(cache.open_count(), kept, "b is read without keeping files");
+        assert_eq!(kept_files_budget(20_000), 5_000);
+    }
+
+    /// A hybrid host's cgroup: usage from the unified dir's cpu.stat, the quota and the
+    /// throttling counts (v1 cpu.stat) from the v1 cpu hierarchy.
+    #[test]
+    fn a_second_read_goes_through_the_same_files_and_each_dir_and_file_has_its_slot() {
+        let (unified, cpu) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        write_cgroup(unified.path(), "c", 1_000_000);
+        let v1 = cpu.path().join("c");
+        fs::create_dir_all(&v1).unwrap();
+        fs::write(v1.join("cpu.cfs_quota_us"), "50000\n").unwrap();
+        fs::write(v1.join("cpu.cfs_period_us"), "100000\n").unwrap();
+        let throttled = |n: u64| format!("nr_periods 9\nnr_throttled {n}\nthrottled_time 0\n");
+        fs::write(v1.join("cpu.stat"), throttled(1)).unwrap();
+        let mut h = v2_hierarchy(unified.path());
+        h.mode = CgroupMode::Hybrid;
+        h.v1.push(V1Mount {
+            mount_point: cpu.path().to_owned(),
+            controllers: vec!["cpu".into()],
+        });
+        let mut cache = StatsCache::new(h, 1000);
+        let first = cache.read("/c", Some(7), 0).unwrap();
+        assert_eq!(
+            (first.cpu_usage_seconds, first.cpu_throttled_periods),
+            (1.0, 1)
+        );
+        assert_eq!(first.cpu_quota_seconds_per_second, Some(0.5));
+        let fds = cache.entries["c"].files.fds();
+        let slot = |s: Stat| {
+            fds.iter()
+                .find(|(i, _)| *i == s as usize)
+                .map(|(_, fd)| *fd)
+        };
+        let (usage, throttling) = (slot(Stat::CpuStat), slot(Stat::CpuThrottling));
+        assert!(
+            usage.is_some() && throttling.is_some() && usage != throttling,
+            "two cpu.stat files, two slots: {fds:?}"
+        );
+
+        // Both files change in place: usage is read fresh through the same descriptors,
+        // the throttling counts (slow) stand as read.
+        let v2_stat = unified.path().join("c/cpu.stat");
+        fs::write(&v2_stat, "usage_usec 2000000\n").unwrap();
+        fs::write(v1.join("cpu.stat"), throttled(2)).unwrap();
+        let second = cache.read("/c", Some(7), 0).unwrap();
+        assert_eq!(
+            (second.cpu_usage_seconds, second.cpu_throttled_periods),
+            (2.0, 1)
+        );
+        assert_eq!(cache.entries["c"].files.fds(), fds, "the same files");
+        // Through the kept file, not the path: a new file there is not read.
+        fs::remove_file(&v2_stat).unwrap();
+        fs::write(&v2_stat, "usage_usec 9000000\n").unwrap();
+        assert_eq!(cache.read("/c", Some(7), 0).unwrap().cpu_usage_seconds, 2.0);
+        // Reads 2 to SLOW_EVERY stand on the first; the next reads the v1 file again.
+        for _ in 3..SLOW_EVERY {
+            assert_eq!(
+                cache.read("/c", Some(7), 0).unwrap().cpu_throttled_periods,
+                1
+            );
+        }
+        assert_eq!(
+            cache.read("/c", Some(7), 0).unwrap().cpu_throttled_periods,
+            2
+        );
+        assert_eq!(cache.entries["c"].files.fds(), fds);
+    }
+}
+
+/// Timing of [`StatsCache::read`] over real cgroups (not an assertion: run by hand with
+/// `cargo test --release -p berth --lib read_timing -- --ignored --nocapture`, as root).
+#[cfg(test)]
+mod timing {
+    use std::time::Instant;
+
+    use super::*;
+    use crate::cgroup::limits::ContainerCgroup;
+
+    /// Removes the cgroups, then their parent, on drop.
+    struct Made(Vec<ContainerCgroup>, ContainerCgroup);
+
+    impl Drop for Made {
+        fn drop(&mut self) {
+            for cg in self.0.iter().chain(std::iter::once(&self.1)) {
+                if let Err(e) = cg.remove() {
+                    eprintln!("cleanup of {}: {e}", cg.path());
+                }
+            }
+        }
+    }
+
+    /// CPU time of this thread: (user, system), in µs.
+    fn thread_cpu() -> (f64, f64) {
+        // SAFETY: getrusage with a valid pointer to a zeroed local struct.
+        let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+        unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut u) };
+        let us = |t: libc::timeval| t.tv_sec as f64 * 1e6 + t.tv_usec as f64;
+        (us(u.ru_utime), us(u.ru_stime))
+    }
+
+    #[test]
+    #[ignore = "timing by hand, as root on real cgroupfs"]
+    fn read_timing_of_50_real_cgroups() {
+        const CGROUPS: usize = 50;
+        const ROUNDS: usize = 1000;
+        let h = Hierarchy::detect().unwrap();
+        let parent = format!("/berth-readbench-{}", std::process::id());
+        let cgs: Vec<ContainerCgroup> = (0..CGROUPS)
+            .map(|i| ContainerCgroup::new(&h, &format!("{parent}/c{i}")))
+            .collect();
+        let made = Made(cgs, ContainerCgroup::new(&h, &parent));
+        for cg in &made.0 {
+            cg.create().unwrap();
+        }
+        let ids: Vec<Option<u64>> = made.0.iter().map(|cg| cg.v2_id()).collect();
+        let mut cache = StatsCache::new(h.clone(), 10_000);
+        for (cg, id) in made.0.iter().zip(&ids) {
+            cache.read(cg.path(), *id, 0).unwrap();
+        }
+        let (u0, s0) = thread_cpu();
+        let start = Instant::now();
+        for _ in 0..ROUNDS {
+            for (cg, id) in made.0.iter().zip(&ids) {
+                std::hint::black_box(cache.read(cg.path(), *id, 0).unwrap());
+            }
+        }
+        let wall = start.elapsed().as_secs_f64() * 1e6;
+        let (u1, s1) = thread_cpu();
+        let n = (CGROUPS * ROUNDS) as f64;
+        eprintln!(
+            "{:?}: {CGROUPS} cgroups x {ROUNDS} rounds, {} files kept: {:.2} µs wall per \
+             container read ({:.2} µs user, {:.2} µs system)",
+            h.mode,
+            cache.open_count(),
+            wall / n,
+            (u1 - u0) / n,
+            (s1 - s0) / n,
+        );
     }
 }

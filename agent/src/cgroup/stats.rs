@@ -3,7 +3,8 @@
 //! Each reader takes a controller directory, so tests point it at fixture directories. Files a
 //! kernel may lack (memory.peak before 5.19, cpuacct.usage_user before 4.7, oom_kill in
 //! memory.oom_control before 4.13) leave their field unset; a missing core file (the cgroup is
-//! gone) is an error naming it.
+//! gone) is an error naming it. Files are read through [`StatFiles`] by [`Stat`], and parsed
+//! in place: keyed files are scanned for the keys wanted, nothing is allocated per read.
 //!
 //! | field | v1 | v2 |
 //! |---|---|---|
@@ -28,14 +29,17 @@
 //! the device (blk-throttle is enabled per queue lazily), so v1 IO bytes are often 0. The reader
 //! takes, per device and direction, the larger of the files. v2's io.stat always counts.
 
-use std::{collections::HashMap, io, path::Path};
+use std::{io, path::Path};
 
-use super::{CgroupError, ControllerDir, Placement, reader::Files};
+use super::{
+    CgroupError, ControllerDir, Placement,
+    reader::{Files, Stat, StatFiles},
+};
 
 pub use crate::model::stats::ContainerStats;
 
 /// Reads every controller `placement` names; absent controllers leave their fields at default.
-pub fn read(placement: &Placement, f: &mut Files) -> Result<ContainerStats, CgroupError> {
+pub fn read(placement: &Placement, f: &mut StatFiles) -> Result<ContainerStats, CgroupError> {
     let mut s = ContainerStats::default();
     match &placement.cpuacct {
         Some(ControllerDir::V1(dir)) => {
@@ -69,20 +73,22 @@ pub fn read(placement: &Placement, f: &mut Files) -> Result<ContainerStats, Cgro
 /// older kernels, cpuacct.stat (in `ticks_per_second` units, USER_HZ).
 pub fn read_v1_cpuacct(
     dir: &Path,
-    f: &mut Files,
+    f: &mut StatFiles,
     ticks_per_second: u64,
     s: &mut ContainerStats,
 ) -> Result<(), CgroupError> {
-    s.cpu_usage_seconds = read_u64(f, &dir.join("cpuacct.usage"))? as f64 / 1e9;
-    let user = read_opt_u64(f, &dir.join("cpuacct.usage_user"))?;
-    let system = read_opt_u64(f, &dir.join("cpuacct.usage_sys"))?;
+    s.cpu_usage_seconds = read_u64(f, dir, Stat::CpuacctUsage)? as f64 / 1e9;
+    let user = read_opt_u64(f, dir, Stat::CpuacctUsageUser)?;
+    let system = read_opt_u64(f, dir, Stat::CpuacctUsageSys)?;
     if let (Some(user), Some(system)) = (user, system) {
         s.cpu_user_seconds = user as f64 / 1e9;
         s.cpu_system_seconds = system as f64 / 1e9;
-    } else if let Some(stat) = read_opt_keyed(f, &dir.join("cpuacct.stat"))? {
+    } else if let Some([user, system]) =
+        read_opt_keyed(f, dir, Stat::CpuacctStat, ["user", "system"])?
+    {
         let hz = ticks_per_second.max(1) as f64;
-        s.cpu_user_seconds = stat.get("user").copied().unwrap_or(0) as f64 / hz;
-        s.cpu_system_seconds = stat.get("system").copied().unwrap_or(0) as f64 / hz;
+        s.cpu_user_seconds = user.unwrap_or(0) as f64 / hz;
+        s.cpu_system_seconds = system.unwrap_or(0) as f64 / hz;
     }
     Ok(())
 }
@@ -91,40 +97,44 @@ pub fn read_v1_cpuacct(
 /// controller is enabled.
 pub fn read_v2_cpu_stat(
     dir: &Path,
-    f: &mut Files,
+    f: &mut StatFiles,
     s: &mut ContainerStats,
 ) -> Result<(), CgroupError> {
-    let stat = read_keyed(f, &dir.join("cpu.stat"))?;
-    let secs = |k: &str| stat.get(k).copied().unwrap_or(0) as f64 / 1e6;
-    s.cpu_usage_seconds = secs("usage_usec");
-    s.cpu_user_seconds = secs("user_usec");
-    s.cpu_system_seconds = secs("system_usec");
-    s.cpu_throttled_periods = stat.get("nr_throttled").copied().unwrap_or(0);
-    s.cpu_throttled_seconds = secs("throttled_usec");
+    let keys = [
+        "usage_usec",
+        "user_usec",
+        "system_usec",
+        "nr_throttled",
+        "throttled_usec",
+    ];
+    let content = read_trimmed(f, dir, Stat::CpuStat)?;
+    let [usage, user, system, throttled, throttled_usec] =
+        keyed(content, keys).map_err(|line| bad(dir, Stat::CpuStat, line))?;
+    let secs = |v: Option<u64>| v.unwrap_or(0) as f64 / 1e6;
+    s.cpu_usage_seconds = secs(usage);
+    s.cpu_user_seconds = secs(user);
+    s.cpu_system_seconds = secs(system);
+    s.cpu_throttled_periods = throttled.unwrap_or(0);
+    s.cpu_throttled_seconds = secs(throttled_usec);
     Ok(())
 }
 
 /// v1 cpu: the CFS quota (cpu.cfs_quota_us, -1 = none) over cpu.cfs_period_us, and throttling
-/// from cpu.stat.
-pub fn read_v1_cpu(dir: &Path, f: &mut Files, s: &mut ContainerStats) -> Result<(), CgroupError> {
-    let quota_path = dir.join("cpu.cfs_quota_us");
-    let quota = read_trimmed(f, &quota_path)?;
-    let quota: i64 = quota.parse().map_err(|_| CgroupError::Parse {
-        path: quota_path,
-        content: quota.to_owned(),
-    })?;
-    let period = read_u64(f, &dir.join("cpu.cfs_period_us"))?;
+/// from cpu.stat (on the slow cadence, as the limits: [`Stat::CpuThrottling`]).
+pub fn read_v1_cpu(
+    dir: &Path,
+    f: &mut StatFiles,
+    s: &mut ContainerStats,
+) -> Result<(), CgroupError> {
+    let quota = read_trimmed(f, dir, Stat::CfsQuota)?;
+    let quota: i64 = quota.parse().map_err(|_| bad(dir, Stat::CfsQuota, quota))?;
+    let period = read_u64(f, dir, Stat::CfsPeriod)?;
     s.cpu_quota_seconds_per_second =
         (quota > 0 && period > 0).then(|| quota as f64 / period as f64);
-    // Throttling counts only (v1): on the slow cadence, as the limits above.
-    let path = dir.join("cpu.stat");
-    if let Some(stat) = f
-        .read_slow(&path)?
-        .map(|c| parse_keyed(&path, c))
-        .transpose()?
-    {
-        s.cpu_throttled_periods = stat.get("nr_throttled").copied().unwrap_or(0);
-        s.cpu_throttled_seconds = stat.get("throttled_time").copied().unwrap_or(0) as f64 / 1e9;
+    let keys = ["nr_throttled", "throttled_time"];
+    if let Some([periods, time]) = read_opt_keyed(f, dir, Stat::CpuThrottling, keys)? {
+        s.cpu_throttled_periods = periods.unwrap_or(0);
+        s.cpu_throttled_seconds = time.unwrap_or(0) as f64 / 1e9;
     }
     Ok(())
 }
@@ -133,17 +143,13 @@ pub fn read_v1_cpu(dir: &Path, f: &mut Files, s: &mut ContainerStats) -> Result<
 /// enabled for the cgroup.
 pub fn read_v2_cpu_max(
     dir: &Path,
-    f: &mut Files,
+    f: &mut StatFiles,
     s: &mut ContainerStats,
 ) -> Result<(), CgroupError> {
-    let path = dir.join("cpu.max");
-    let Some(content) = read_opt(f, &path)? else {
+    let Some(content) = f.read(dir, Stat::CpuMax)? else {
         return Ok(());
     };
-    let bad = || CgroupError::Parse {
-        path: path.clone(),
-        content: content.to_owned(),
-    };
+    let bad = || bad(dir, Stat::CpuMax, content);
     let mut fields = content.split_whitespace();
     let quota = fields.next().ok_or_else(bad)?;
     let period: u64 = fields
@@ -164,23 +170,23 @@ pub fn read_v2_cpu_max(
 /// v1 memory controller.
 pub fn read_v1_memory(
     dir: &Path,
-    f: &mut Files,
+    f: &mut StatFiles,
     s: &mut ContainerStats,
 ) -> Result<(), CgroupError> {
-    s.memory_usage_bytes = read_u64(f, &dir.join("memory.usage_in_bytes"))?;
+    s.memory_usage_bytes = read_u64(f, dir, Stat::MemoryUsage)?;
     // "Unlimited" is PAGE_COUNTER_MAX pages: 0x7FFFFFFFFFFFF000 with 4 KiB pages, other values
     // with other page sizes; nothing real is above 2^62 bytes.
-    let limit = read_u64(f, &dir.join("memory.limit_in_bytes"))?;
+    let limit = read_u64(f, dir, Stat::MemoryLimit)?;
     s.memory_limit_bytes = (limit < 1 << 62).then_some(limit);
-    s.memory_max_usage_bytes = read_opt_u64(f, &dir.join("memory.max_usage_in_bytes"))?;
+    s.memory_max_usage_bytes = read_opt_u64(f, dir, Stat::MemoryMaxUsage)?;
     // A charge is checked against memory+swap first, then memory, and fails at one of them, so
     // the sum counts each failed charge once. Seen on Linux 6.18: memory.memsw.failcnt stays 0
     // (failures are tracked on the memory counter only), so with --memory-swap equal to
     // --memory a container can be OOM-killed with failcnt 0; oom_kills still counts it.
-    s.memory_failcnt = read_opt_u64(f, &dir.join("memory.failcnt"))?.unwrap_or(0)
-        + read_opt_u64(f, &dir.join("memory.memsw.failcnt"))?.unwrap_or(0);
-    s.oom_kills = read_opt_keyed(f, &dir.join("memory.oom_control"))?
-        .and_then(|m| m.get("oom_kill").copied())
+    s.memory_failcnt = read_opt_u64(f, dir, Stat::MemoryFailcnt)?.unwrap_or(0)
+        + read_opt_u64(f, dir, Stat::MemswFailcnt)?.unwrap_or(0);
+    s.oom_kills = read_opt_keyed(f, dir, Stat::OomControl, ["oom_kill"])?
+        .and_then(|[kills]| kills)
         .unwrap_or(0);
     Ok(())
 }
@@ -188,70 +194,121 @@ pub fn read_v1_memory(
 /// v2 memory controller.
 pub fn read_v2_memory(
     dir: &Path,
-    f: &mut Files,
+    f: &mut StatFiles,
     s: &mut ContainerStats,
 ) -> Result<(), CgroupError> {
-    s.memory_usage_bytes = read_u64(f, &dir.join("memory.current"))?;
-    s.memory_limit_bytes = read_max(f, &dir.join("memory.max"))?;
-    s.memory_max_usage_bytes = read_opt_u64(f, &dir.join("memory.peak"))?;
-    if let Some(events) = read_opt_keyed(f, &dir.join("memory.events"))? {
-        s.memory_failcnt = events.get("max").copied().unwrap_or(0);
-        s.oom_kills = events.get("oom_kill").copied().unwrap_or(0);
+    s.memory_usage_bytes = read_u64(f, dir, Stat::MemoryCurrent)?;
+    s.memory_limit_bytes = read_max(f, dir, Stat::MemoryMax)?;
+    s.memory_max_usage_bytes = read_opt_u64(f, dir, Stat::MemoryPeak)?;
+    if let Some([max, kills]) = read_opt_keyed(f, dir, Stat::MemoryEvents, ["max", "oom_kill"])? {
+        s.memory_failcnt = max.unwrap_or(0);
+        s.oom_kills = kills.unwrap_or(0);
     }
     Ok(())
 }
 
 /// pids controller, same files in v1 and v2.
-pub fn read_pids(dir: &Path, f: &mut Files, s: &mut ContainerStats) -> Result<(), CgroupError> {
-    s.pids_current = read_u64(f, &dir.join("pids.current"))?;
-    s.pids_limit = read_max(f, &dir.join("pids.max"))?;
+pub fn read_pids(dir: &Path, f: &mut StatFiles, s: &mut ContainerStats) -> Result<(), CgroupError> {
+    s.pids_current = read_u64(f, dir, Stat::PidsCurrent)?;
+    s.pids_limit = read_max(f, dir, Stat::PidsMax)?;
     Ok(())
 }
 
+/// Read and write byte counts per device (`major << 32 | minor`): the first few in place,
+/// the rest (a host with many disks) on the heap.
+#[derive(Default)]
+struct DeviceBytes {
+    first: [(u64, [u64; 2]); 8],
+    len: usize,
+    more: Vec<(u64, [u64; 2])>,
+}
+
+impl DeviceBytes {
+    /// The counts of `device`, zero when new.
+    fn of(&mut self, device: u64) -> &mut [u64; 2] {
+        if let Some(i) = self.first[..self.len]
+            .iter()
+            .position(|(d, _)| *d == device)
+        {
+            return &mut self.first[i].1;
+        }
+        if self.len < self.first.len() {
+            self.first[self.len] = (device, [0; 2]);
+            self.len += 1;
+            return &mut self.first[self.len - 1].1;
+        }
+        let i = match self.more.iter().position(|(d, _)| *d == device) {
+            Some(i) => i,
+            None => {
+                self.more.push((device, [0; 2]));
+                self.more.len() - 1
+            }
+        };
+        &mut self.more[i].1
+    }
+
+    /// Summed over devices: [read, write].
+    fn total(&self) -> [u64; 2] {
+        self.first[..self.len]
+            .iter()
+            .chain(&self.more)
+            .fold([0; 2], |[r, w], (_, [dr, dw])| {
+                [r.saturating_add(*dr), w.saturating_add(*dw)]
+            })
+    }
+}
+
+/// "MAJ:MIN" as `major << 32 | minor`.
+fn device_number(field: &str) -> Option<u64> {
+    let (major, minor) = field.split_once(':')?;
+    Some(u64::from(major.parse::<u32>().ok()?) << 32 | u64::from(minor.parse::<u32>().ok()?))
+}
+
 /// v1 blkio: per device and direction, the larger of the throttle and BFQ counters (see the
-/// module header); "Total" lines are skipped.
-pub fn read_v1_blkio(dir: &Path, f: &mut Files, s: &mut ContainerStats) -> Result<(), CgroupError> {
-    let mut best: HashMap<(String, String), u64> = HashMap::new();
-    for file in [
-        "blkio.throttle.io_service_bytes_recursive",
-        "blkio.bfq.io_service_bytes_recursive",
-        "blkio.io_service_bytes_recursive",
-    ] {
-        let path = dir.join(file);
-        let Some(content) = read_opt(f, &path)? else {
+/// module header); "Total" lines and other operations (Sync, Async, Discard) are skipped.
+pub fn read_v1_blkio(
+    dir: &Path,
+    f: &mut StatFiles,
+    s: &mut ContainerStats,
+) -> Result<(), CgroupError> {
+    let mut best = DeviceBytes::default();
+    for stat in [Stat::BlkioThrottle, Stat::BlkioBfq, Stat::BlkioCfq] {
+        let Some(content) = f.read(dir, stat)? else {
             continue;
         };
         for line in content.lines() {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let [device, op, value] = fields[..] else {
+            let mut fields = line.split_whitespace();
+            let (Some(device), Some(op), Some(value), None) =
+                (fields.next(), fields.next(), fields.next(), fields.next())
+            else {
                 continue; // "Total N"
             };
-            let value: u64 = value.parse().map_err(|_| CgroupError::Parse {
-                path: path.clone(),
-                content: line.to_string(),
-            })?;
-            let slot = best
-                .entry((device.to_string(), op.to_ascii_lowercase()))
-                .or_default();
+            let direction = if op.eq_ignore_ascii_case("read") {
+                0
+            } else if op.eq_ignore_ascii_case("write") {
+                1
+            } else {
+                continue;
+            };
+            let (Some(device), Ok(value)) = (device_number(device), value.parse::<u64>()) else {
+                return Err(bad(dir, stat, line));
+            };
+            let slot = &mut best.of(device)[direction];
             *slot = (*slot).max(value);
         }
     }
-    let sum = |op: &str| {
-        best.iter()
-            .filter(|((_, o), _)| o == op)
-            .map(|(_, v)| *v)
-            .sum()
-    };
-    s.io_read_bytes = sum("read");
-    s.io_write_bytes = sum("write");
+    [s.io_read_bytes, s.io_write_bytes] = best.total();
     Ok(())
 }
 
 /// v2 io.stat: "MAJ:MIN rbytes=.. wbytes=.. rios=.. wios=.. dbytes=.. dios=..", summed over
 /// devices. Absent when the io controller is not enabled.
-pub fn read_v2_io(dir: &Path, f: &mut Files, s: &mut ContainerStats) -> Result<(), CgroupError> {
-    let path = dir.join("io.stat");
-    let Some(content) = read_opt(f, &path)? else {
+pub fn read_v2_io(
+    dir: &Path,
+    f: &mut StatFiles,
+    s: &mut ContainerStats,
+) -> Result<(), CgroupError> {
+    let Some(content) = f.read(dir, Stat::IoStat)? else {
         return Ok(());
     };
     let (mut read, mut write) = (0u64, 0u64);
@@ -265,10 +322,7 @@ pub fn read_v2_io(dir: &Path, f: &mut Files, s: &mut ContainerStats) -> Result<(
                 "wbytes" => &mut write,
                 _ => continue,
             };
-            let value: u64 = value.parse().map_err(|_| CgroupError::Parse {
-                path: path.clone(),
-                content: line.to_string(),
-            })?;
+            let value: u64 = value.parse().map_err(|_| bad(dir, Stat::IoStat, line))?;
             *counter = counter.saturating_add(value);
         }
     }
@@ -277,77 +331,120 @@ pub fn read_v2_io(dir: &Path, f: &mut Files, s: &mut ContainerStats) -> Result<(
     Ok(())
 }
 
-/// The file's content, `None` when it does not exist.
-fn read_opt<'f>(f: &'f mut Files, path: &Path) -> Result<Option<&'f str>, CgroupError> {
-    f.read(path)
+/// A parse error naming `stat`'s file in `dir` (the path is built here, on failure only).
+fn bad(dir: &Path, stat: Stat, content: &str) -> CgroupError {
+    CgroupError::Parse {
+        path: dir.join(stat.name()),
+        content: content.to_owned(),
+    }
 }
 
-fn read_trimmed<'f>(f: &'f mut Files, path: &Path) -> Result<&'f str, CgroupError> {
-    match f.read(path)? {
-        Some(s) => Ok(s.trim()),
+/// The content of a file that must exist, trimmed.
+fn read_trimmed<'f>(f: &'f mut StatFiles, dir: &Path, stat: Stat) -> Result<&'f str, CgroupError> {
+    match f.read(dir, stat)? {
+        Some(content) => Ok(content.trim()),
         None => Err(CgroupError::Read {
-            path: path.to_path_buf(),
+            path: dir.join(stat.name()),
             source: io::ErrorKind::NotFound.into(),
         }),
     }
 }
 
-fn parse_u64(path: &Path, content: &str) -> Result<u64, CgroupError> {
-    content.trim().parse().map_err(|_| CgroupError::Parse {
-        path: path.to_path_buf(),
-        content: content.to_string(),
-    })
+fn read_u64(f: &mut StatFiles, dir: &Path, stat: Stat) -> Result<u64, CgroupError> {
+    let content = read_trimmed(f, dir, stat)?;
+    content.parse().map_err(|_| bad(dir, stat, content))
+}
+
+fn read_opt_u64(f: &mut StatFiles, dir: &Path, stat: Stat) -> Result<Option<u64>, CgroupError> {
+    let Some(content) = f.read(dir, stat)? else {
+        return Ok(None);
+    };
+    let trimmed = content.trim();
+    trimmed
+        .parse()
+        .map(Some)
+        .map_err(|_| bad(dir, stat, content))
+}
+
+/// A number-or-"max" file (memory.max, pids.max): `None` for "max".
+fn read_max(f: &mut StatFiles, dir: &Path, stat: Stat) -> Result<Option<u64>, CgroupError> {
+    let content = read_trimmed(f, dir, stat)?;
+    parse_max(content).ok_or_else(|| bad(dir, stat, content))
+}
+
+/// "max" as `Some(None)`, a number as `Some(Some(n))`, anything else `None`.
+fn parse_max(content: &str) -> Option<Option<u64>> {
+    match content {
+        "max" => Some(None),
+        n => n.parse().ok().map(Some),
+    }
+}
+
+/// The values of `keys` in "key value" lines (cpu.stat, memory.events, memory.oom_control,
+/// cpuacct.stat), `None` for a key the file lacks; a line that is not a key and a number is
+/// returned as the error.
+fn keyed<'c, const N: usize>(
+    content: &'c str,
+    keys: [&str; N],
+) -> Result<[Option<u64>; N], &'c str> {
+    let mut values = [None; N];
+    for line in content.lines() {
+        let mut fields = line.split_whitespace();
+        let (key, value) = match (fields.next(), fields.next(), fields.next()) {
+            (None, _, _) => continue,
+            (Some(key), Some(value), None) => (key, value),
+            _ => return Err(line),
+        };
+        let value: u64 = value.parse().map_err(|_| line)?;
+        if let Some(i) = keys.iter().position(|k| *k == key) {
+            values[i] = Some(value);
+        }
+    }
+    Ok(values)
+}
+
+/// [`keyed`] of an optional file: `None` when it does not exist.
+fn read_opt_keyed<const N: usize>(
+    f: &mut StatFiles,
+    dir: &Path,
+    stat: Stat,
+    keys: [&str; N],
+) -> Result<Option<[Option<u64>; N]>, CgroupError> {
+    let Some(content) = f.read(dir, stat)? else {
+        return Ok(None);
+    };
+    keyed(content, keys)
+        .map(Some)
+        .map_err(|line| bad(dir, stat, line))
+}
+
+/// The content of a one-off read of `path`, which must exist, trimmed.
+fn read_once(path: &Path) -> Result<String, CgroupError> {
+    match Files::once().read(path)? {
+        Some(content) => Ok(content.trim().to_owned()),
+        None => Err(CgroupError::Read {
+            path: path.to_owned(),
+            source: io::ErrorKind::NotFound.into(),
+        }),
+    }
 }
 
 /// A single-number file, read once.
 pub(crate) fn read_u64_once(path: &Path) -> Result<u64, CgroupError> {
-    read_u64(&mut Files::once(), path)
+    let content = read_once(path)?;
+    content.parse().map_err(|_| CgroupError::Parse {
+        path: path.to_owned(),
+        content,
+    })
 }
 
-/// A number-or-"max" file, read once.
+/// A number-or-"max" file, read once: `None` for "max".
 pub(crate) fn read_max_once(path: &Path) -> Result<Option<u64>, CgroupError> {
-    read_max(&mut Files::once(), path)
-}
-
-fn read_u64(f: &mut Files, path: &Path) -> Result<u64, CgroupError> {
-    parse_u64(path, read_trimmed(f, path)?)
-}
-
-fn read_opt_u64(f: &mut Files, path: &Path) -> Result<Option<u64>, CgroupError> {
-    read_opt(f, path)?.map(|c| parse_u64(path, c)).transpose()
-}
-
-/// A number-or-"max" file (memory.max, pids.max): `None` for "max".
-fn read_max(f: &mut Files, path: &Path) -> Result<Option<u64>, CgroupError> {
-    let content = read_trimmed(f, path)?;
-    if content == "max" {
-        return Ok(None);
-    }
-    parse_u64(path, content).map(Some)
-}
-
-/// "key value" lines (cpu.stat, memory.events, memory.oom_control, cpuacct.stat).
-fn parse_keyed(path: &Path, content: &str) -> Result<HashMap<String, u64>, CgroupError> {
-    let mut out = HashMap::new();
-    for line in content.lines().filter(|l| !l.trim().is_empty()) {
-        let mut fields = line.split_whitespace();
-        let (Some(key), Some(value), None) = (fields.next(), fields.next(), fields.next()) else {
-            return Err(CgroupError::Parse {
-                path: path.to_path_buf(),
-                content: line.to_string(),
-            });
-        };
-        out.insert(key.to_string(), parse_u64(path, value)?);
-    }
-    Ok(out)
-}
-
-fn read_keyed(f: &mut Files, path: &Path) -> Result<HashMap<String, u64>, CgroupError> {
-    parse_keyed(path, read_trimmed(f, path)?)
-}
-
-fn read_opt_keyed(f: &mut Files, path: &Path) -> Result<Option<HashMap<String, u64>>, CgroupError> {
-    read_opt(f, path)?.map(|c| parse_keyed(path, c)).transpose()
+    let content = read_once(path)?;
+    parse_max(&content).ok_or_else(|| CgroupError::Parse {
+        path: path.to_owned(),
+        content,
+    })
 }
 
 #[cfg(test)]
@@ -422,7 +519,7 @@ mod tests {
     #[test]
     fn v1_files_give_every_field() {
         let dirs = v1_dirs();
-        let s = read(&v1_placement(&dirs), &mut Files::once()).unwrap();
+        let s = read(&v1_placement(&dirs), &mut StatFiles::once()).unwrap();
         assert_eq!(
             s,
             ContainerStats {
@@ -461,9 +558,9 @@ mod tests {
             ("cpu.cfs_period_us", "100000\n"),
         ]);
         let mut s = ContainerStats::default();
-        read_v1_cpuacct(cpuacct.path(), &mut Files::once(), 100, &mut s).unwrap();
-        read_v1_memory(memory.path(), &mut Files::once(), &mut s).unwrap();
-        read_v1_cpu(cpu.path(), &mut Files::once(), &mut s).unwrap();
+        read_v1_cpuacct(cpuacct.path(), &mut StatFiles::once(), 100, &mut s).unwrap();
+        read_v1_memory(memory.path(), &mut StatFiles::once(), &mut s).unwrap();
+        read_v1_cpu(cpu.path(), &mut StatFiles::once(), &mut s).unwrap();
         assert_eq!(s.cpu_user_seconds, 1.9);
         assert_eq!(s.cpu_system_seconds, 0.4);
         assert_eq!(s.memory_limit_bytes, None, "the unlimited value");
@@ -506,7 +603,7 @@ mod tests {
             blkio: v2,
         };
         assert_eq!(
-            read(&placement, &mut Files::once()).unwrap(),
+            read(&placement, &mut StatFiles::once()).unwrap(),
             ContainerStats {
                 cpu_user_seconds: 2.0,
                 cpu_system_seconds: 0.5,
@@ -538,13 +635,13 @@ mod tests {
             cpuacct: Some(ControllerDir::V2(dir.path().to_path_buf())),
             ..Placement::default()
         };
-        let s = read(&placement, &mut Files::once()).unwrap();
+        let s = read(&placement, &mut StatFiles::once()).unwrap();
         assert_eq!(s.cpu_usage_seconds, 0.001);
         assert_eq!(s.cpu_throttled_periods, 0);
         assert_eq!(s.memory_limit_bytes, None);
         let mut s = ContainerStats::default();
-        read_v2_cpu_max(dir.path(), &mut Files::once(), &mut s).unwrap();
-        read_v2_io(dir.path(), &mut Files::once(), &mut s).unwrap();
+        read_v2_cpu_max(dir.path(), &mut StatFiles::once(), &mut s).unwrap();
+        read_v2_io(dir.path(), &mut StatFiles::once(), &mut s).unwrap();
         assert_eq!(s, ContainerStats::default(), "absent optional files");
     }
 
@@ -558,9 +655,9 @@ mod tests {
             ("pids.max", "max\n"),
         ]);
         let mut s = ContainerStats::default();
-        read_v2_cpu_max(dir.path(), &mut Files::once(), &mut s).unwrap();
-        read_v2_memory(dir.path(), &mut Files::once(), &mut s).unwrap();
-        read_pids(dir.path(), &mut Files::once(), &mut s).unwrap();
+        read_v2_cpu_max(dir.path(), &mut StatFiles::once(), &mut s).unwrap();
+        read_v2_memory(dir.path(), &mut StatFiles::once(), &mut s).unwrap();
+        read_pids(dir.path(), &mut StatFiles::once(), &mut s).unwrap();
         assert_eq!(s.cpu_quota_seconds_per_second, None);
         assert_eq!(s.memory_limit_bytes, None);
         assert_eq!(s.pids_limit, None);
@@ -573,7 +670,7 @@ mod tests {
             memory: Some(ControllerDir::V2(gone.clone())),
             ..Placement::default()
         };
-        let err = read(&placement, &mut Files::once()).unwrap_err();
+        let err = read(&placement, &mut StatFiles::once()).unwrap_err();
         assert!(matches!(err, CgroupError::Read { .. }), "{err}");
         assert!(
             err.to_string()
@@ -587,7 +684,7 @@ mod tests {
         let dir = fixture(&[("pids.current", "lots\n"), ("pids.max", "max\n")]);
         let err = read_pids(
             dir.path(),
-            &mut Files::once(),
+            &mut StatFiles::once(),
             &mut ContainerStats::default(),
         )
         .unwrap_err();
@@ -600,7 +697,7 @@ mod tests {
         ]);
         let err = read_v2_memory(
             dir.path(),
-            &mut Files::once(),
+            &mut StatFiles::once(),
             &mut ContainerStats::default(),
         )
         .unwrap_err();

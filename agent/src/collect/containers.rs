@@ -18,8 +18,9 @@ pub struct Containers {
 }
 
 impl Containers {
-    pub fn new(manager: Option<Arc<Manager>>) -> Self {
-        let stats = manager.as_ref().map(|m| m.stats_cache());
+    /// `kept_files`: how many cgroup stat files may stay open between ticks.
+    pub fn new(manager: Option<Arc<Manager>>, kept_files: usize) -> Self {
+        let stats = manager.as_ref().map(|m| m.stats_cache(kept_files));
         Self { manager, stats }
     }
 }

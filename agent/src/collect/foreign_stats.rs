@@ -32,9 +32,10 @@ pub struct ForeignStats {
 }
 
 impl ForeignStats {
-    pub fn new(hierarchy: Hierarchy) -> Self {
+    /// `kept_files`: how many cgroup stat files may stay open between ticks.
+    pub fn new(hierarchy: Hierarchy, kept_files: usize) -> Self {
         Self {
-            files: StatsCache::new(hierarchy),
+            files: StatsCache::new(hierarchy, kept_files),
             last: HashMap::new(),
         }
     }
@@ -127,7 +128,7 @@ mod tests {
             Probes::disabled(&TrackedRoot::fixture()),
             vec![
                 Box::new(Listed(listed)),
-                Box::new(ForeignStats::new(hierarchy)),
+                Box::new(ForeignStats::new(hierarchy, 1000)),
             ],
         )
     }

@@ -38,7 +38,7 @@ use std::{
 use tracing::{debug, warn};
 
 use crate::{
-    cgroup::{Hierarchy, TrackedRoot},
+    cgroup::{Hierarchy, TrackedRoot, reader::kept_files_budget},
     config::DiscoveryConfig,
     discover::meta::MetaSource,
     model::{CgroupSample, CollectorRun, Snapshot},
@@ -149,7 +149,9 @@ impl Registry {
     /// images (when a container manager runs), the other engines' containers below
     /// `unified_mount` (the cgroup2 mount; unless `discovery.enabled` is false) with their
     /// addresses, the probes' tracking and one collector per probe, conntrack and userland proxies from the host's procfs at
-    /// `discovery.proc`, and the iptables rules of the other engines' containers.
+    /// `discovery.proc`, and the iptables rules of the other engines' containers. `nofile` is
+    /// the soft `RLIMIT_NOFILE` in force: the cgroup stat readers keep files open within a
+    /// share of it ([`kept_files_budget`]).
     pub fn new(
         probes: Probes,
         root: TrackedRoot,
@@ -157,13 +159,15 @@ impl Registry {
         manager: Option<Arc<Manager>>,
         sources: Vec<Box<dyn MetaSource>>,
         discovery: &DiscoveryConfig,
+        nofile: u64,
     ) -> Self {
+        let kept_files = kept_files_budget(nofile);
         let unified_mount = hierarchy.unified_mount.as_path();
         let skip = root.path.clone();
         let manager_for_ebpf = manager.clone();
         let mut collectors: Vec<Box<dyn Collector>> = vec![
             Box::new(cgroups::Cgroups::new(root)),
-            Box::new(containers::Containers::new(manager.clone())),
+            Box::new(containers::Containers::new(manager.clone(), kept_files)),
         ];
         if discovery.enabled {
             collectors.push(Box::new(
@@ -175,6 +179,7 @@ impl Registry {
             )));
             collectors.push(Box::new(foreign_stats::ForeignStats::new(
                 hierarchy.clone(),
+                kept_files,
             )));
         }
         collectors.push(Box::new(probes::ProbeTracking));
@@ -356,6 +361,7 @@ mod tests {
                 None,
                 Vec::new(),
                 d,
+                1024,
             )
         };
         let mut r = registry(&discovery);

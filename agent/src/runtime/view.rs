@@ -206,9 +206,10 @@ impl Manager {
         out
     }
 
-    /// A cache of cgroup stat files for [`Manager::observe`] on this manager's hierarchy.
-    pub fn stats_cache(&self) -> StatsCache {
-        StatsCache::new(self.hierarchy.clone())
+    /// A cache of cgroup stat files for [`Manager::observe`] on this manager's hierarchy,
+    /// keeping at most `kept_files` open.
+    pub fn stats_cache(&self, kept_files: usize) -> StatsCache {
+        StatsCache::new(self.hierarchy.clone(), kept_files)
     }
 
     /// Removes an image from the store, refusing one a container uses.

@@ -30,7 +30,7 @@ use super::{
 };
 use crate::cgroup::{
     CgroupError, Hierarchy, Placement, V2_CONTROLLERS,
-    reader::Files,
+    reader::StatFiles,
     stats::{self, ContainerStats},
 };
 
@@ -53,6 +53,16 @@ impl ContainerCgroup {
     /// `relative` is the cgroup path below every hierarchy root, as in the OCI
     /// `linux.cgroupsPath` (`/berth/<id>`); a leading `/` is optional.
     pub fn new(hierarchy: &Hierarchy, relative: &str) -> Self {
+        Self {
+            hierarchy: hierarchy.clone(),
+            given: relative.to_string(),
+            relative: Self::usable(relative).map(str::to_string),
+        }
+    }
+
+    /// `relative` without leading and trailing `/` when it names a cgroup below the roots
+    /// (no empty, `.` or `..` component, no NUL); `None` when unusable.
+    pub(crate) fn usable(relative: &str) -> Option<&str> {
         let trimmed = relative.trim_matches('/');
         let usable = !trimmed.is_empty()
             && !trimmed.contains('\0')
@@ -60,11 +70,7 @@ impl ContainerCgroup {
                 .components()
                 .all(|c| matches!(c, Component::Normal(_)))
             && !trimmed.split('/').any(|c| c.is_empty() || c == ".");
-        Self {
-            hierarchy: hierarchy.clone(),
-            given: relative.to_string(),
-            relative: usable.then(|| trimmed.to_string()),
-        }
+        usable.then_some(trimmed)
     }
 
     /// The path as given to [`ContainerCgroup::new`].
@@ -173,7 +179,7 @@ impl ContainerCgroup {
     /// Usage and limits now, from the controllers [`Hierarchy::placement`] finds.
     pub fn stats(&self) -> Result<ContainerStats, CgroupError> {
         let rel = self.relative()?;
-        stats::read(&self.hierarchy.placement(rel), &mut Files::once())
+        stats::read(&self.hierarchy.placement(rel), &mut StatFiles::once())
     }
 
     /// Removes the cgroup from every hierarchy (children first, as runc does); an absent

@@ -156,7 +156,7 @@ fn a_real_cgroup_takes_limits_and_updates_shows_usage_and_is_removed_everywhere(
     cg.apply(&merged).unwrap();
 
     // The agent's reader: files kept open across reads, one pread each.
-    let mut kept = StatsCache::new(h.clone());
+    let mut kept = StatsCache::new(h.clone(), 1000);
     let idle = cg.stats().unwrap();
     assert_eq!(kept.read(cg.path(), None, 0).unwrap(), idle);
     assert!(kept.open_count() >= 8, "{} files kept", kept.open_count());
