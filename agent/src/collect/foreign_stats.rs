@@ -7,7 +7,11 @@
 //! would still be most of the agent's work. So each container is read
 //! when it is first seen and then every [`STATS_EVERY`], at most [`PER_TICK`] per tick (the
 //! stalest first), and the snapshot carries the last reading in between, as cAdvisor's
-//! housekeeping interval does. Counters stay monotonic; gauges are at most that old.
+//! housekeeping interval does. Like cAdvisor's dynamic housekeeping, a container whose CPU
+//! time did not move between two reads (it ran no task: its pids cannot have changed, its
+//! memory only by reclaim) is read again after twice the gap, up to [`IDLE_EVERY`]; any
+//! movement brings it back to [`STATS_EVERY`]. Counters stay monotonic; gauges are at most
+//! that old.
 
 use std::{
     collections::HashMap,
@@ -22,13 +26,37 @@ use crate::{
 
 /// How old a foreign container's stats may get.
 pub const STATS_EVERY: Duration = Duration::from_secs(5);
+/// How old an idle foreign container's stats may get (its CPU time did not move).
+pub const IDLE_EVERY: Duration = Duration::from_secs(20);
 /// Containers read at most per tick.
 pub const PER_TICK: usize = 25;
 
 pub struct ForeignStats {
     files: StatsCache,
-    /// cgroup id -> when read, and what.
-    last: HashMap<u64, (Instant, ContainerStats)>,
+    /// cgroup id -> its last reading.
+    last: HashMap<u64, Reading>,
+}
+
+/// A container's last reading: when, what, and the gap before the next one.
+#[derive(Debug, Clone)]
+struct Reading {
+    at: Instant,
+    stats: ContainerStats,
+    every: Duration,
+}
+
+impl Reading {
+    /// The reading after `previous` (none for a container first read): the gap doubles while
+    /// the CPU time stands still, up to [`IDLE_EVERY`].
+    fn next(previous: Option<&Reading>, at: Instant, stats: ContainerStats) -> Self {
+        let every = match previous {
+            Some(p) if p.stats.cpu_usage_seconds == stats.cpu_usage_seconds => {
+                (p.every * 2).min(IDLE_EVERY)
+            }
+            _ => STATS_EVERY,
+        };
+        Self { at, stats, every }
+    }
 }
 
 impl ForeignStats {
@@ -55,9 +83,9 @@ impl Collector for ForeignStats {
             .enumerate()
             .filter(|(_, c)| !c.engine.is_berth() && c.status == Status::Running)
             .filter_map(|(i, c)| {
-                let at = self.last.get(&c.cgroup_id?).map(|(at, _)| *at);
-                at.is_none_or(|at| now.duration_since(at) >= STATS_EVERY)
-                    .then_some((at, i))
+                let last = self.last.get(&c.cgroup_id?);
+                last.is_none_or(|r| now.duration_since(r.at) >= r.every)
+                    .then_some((last.map(|r| r.at), i))
             })
             .collect();
         due.sort_by_key(|(at, _)| *at);
@@ -66,7 +94,8 @@ impl Collector for ForeignStats {
             let Some(id) = c.cgroup_id else { continue };
             match self.files.read(&c.cgroup, Some(id), 0) {
                 Ok(s) => {
-                    self.last.insert(id, (now, s));
+                    let reading = Reading::next(self.last.get(&id), now, s);
+                    self.last.insert(id, reading);
                 }
                 // Gone between the walk and now, or a controller it is not in: no numbers.
                 Err(_) => {
@@ -79,7 +108,7 @@ impl Collector for ForeignStats {
             let Some(id) = c.cgroup_id else { continue };
             if let Some(entry) = self.last.remove(&id) {
                 if c.status == Status::Running {
-                    c.stats = Some(entry.1.clone());
+                    c.stats = Some(entry.stats.clone());
                 }
                 live.insert(id, entry);
             }
@@ -156,6 +185,30 @@ mod tests {
         ] {
             fs::write(dir.join(f), v).unwrap();
         }
+    }
+
+    #[test]
+    fn an_idle_containers_gap_doubles_up_to_the_idle_bound_and_any_cpu_brings_it_back() {
+        let t = Instant::now();
+        let stats = |cpu: f64| ContainerStats {
+            cpu_usage_seconds: cpu,
+            ..Default::default()
+        };
+        let first = Reading::next(None, t, stats(1.0));
+        assert_eq!(first.every, STATS_EVERY);
+        let mut r = first;
+        let mut gaps = Vec::new();
+        for _ in 0..4 {
+            r = Reading::next(Some(&r), t, stats(1.0));
+            gaps.push(r.every.as_secs());
+        }
+        assert_eq!(
+            gaps,
+            [10, 20, 20, 20],
+            "doubling while the CPU time stands still"
+        );
+        let moved = Reading::next(Some(&r), t, stats(1.5));
+        assert_eq!(moved.every, STATS_EVERY, "it ran: back to the base gap");
     }
 
     #[test]
