@@ -152,6 +152,17 @@ impl Stat {
                 | Self::PidsCurrent
         )
     }
+
+    /// Usage that cannot change while the cgroup runs no task, as far as the agent can see:
+    /// its task count, and its memory but for reclaim (and socket buffers charged in softirq
+    /// before the task wakes). Read every time while the CPU time moves, else as a slow file
+    /// ([`StatFiles::following_cpu`]).
+    pub const fn follows_cpu(self) -> bool {
+        matches!(
+            self,
+            Self::MemoryUsage | Self::MemoryCurrent | Self::PidsCurrent
+        )
+    }
 }
 
 /// One cgroup file as [`Handle::read`] left it.
@@ -290,6 +301,11 @@ pub struct StatFiles {
     slots: [Slot; STATS],
     keep: bool,
     buf: Vec<u8>,
+    /// Whether [`Stat::follows_cpu`] files are read only while the CPU time moves.
+    follow_cpu: bool,
+    /// The CPU time of the last read (its bits), and whether it stood still at the last one.
+    last_cpu: Option<u64>,
+    idle: bool,
 }
 
 impl StatFiles {
@@ -299,7 +315,29 @@ impl StatFiles {
             slots: Default::default(),
             keep: true,
             buf: Vec::new(),
+            follow_cpu: false,
+            last_cpu: None,
+            idle: false,
         }
+    }
+
+    /// Kept files whose task count and memory usage ([`Stat::follows_cpu`]) are read every
+    /// time only while the cgroup's CPU time moves ([`Self::cpu_read`]); while it stands still
+    /// they are read as slow files are, at most [`SLOW_EVERY`] reads apart. For readers at
+    /// every tick: an idle container then costs its CPU file and a slow file now and then.
+    pub fn following_cpu() -> Self {
+        Self {
+            follow_cpu: true,
+            ..Self::kept()
+        }
+    }
+
+    /// The cgroup's CPU time as just read (`None`: not read, no cpu accounting here), before
+    /// its [`Stat::follows_cpu`] files are.
+    pub fn cpu_read(&mut self, usage_seconds: Option<f64>) {
+        let bits = usage_seconds.map(f64::to_bits);
+        self.idle = bits.is_some() && bits == self.last_cpu;
+        self.last_cpu = bits;
     }
 
     /// Opens and closes each file per read (one-off reads); slow files are read every time.
@@ -332,12 +370,15 @@ impl StatFiles {
     pub fn read(&mut self, dir: &Path, stat: Stat) -> Result<Option<&str>, CgroupError> {
         let path = || dir.join(stat.name());
         let slot = &mut self.slots[stat as usize];
-        if !(self.keep && stat.slow()) {
+        let follows = self.follow_cpu && stat.follows_cpu();
+        if !(self.keep && (stat.slow() || follows)) {
             let len = slot.handle.read(self.keep, &mut self.buf, path)?;
             return len.map(|len| text(&self.buf[..len], path)).transpose();
         }
+        // A file that follows the CPU time is read now unless the cgroup stood idle.
+        let cached_ok = !follows || self.idle;
         match &mut slot.slow {
-            Some(slow) if slow.left > 0 => slow.left -= 1,
+            Some(slow) if slow.left > 0 && cached_ok => slow.left -= 1,
             slow => {
                 let len = slot.handle.read(true, &mut self.buf, path)?;
                 let content = len.map(|len| text(&self.buf[..len], path)).transpose()?;
@@ -433,6 +474,8 @@ pub struct StatsCache {
     entries: HashMap<String, Entry>,
     /// Files that may be kept open across all entries.
     budget: usize,
+    /// Kept files made with [`StatFiles::following_cpu`].
+    follow_cpu: bool,
 }
 
 impl StatsCache {
@@ -442,7 +485,15 @@ impl StatsCache {
             hierarchy,
             entries: HashMap::new(),
             budget,
+            follow_cpu: false,
         }
+    }
+
+    /// For a reader at every tick: each cgroup's task count and memory usage are read every
+    /// time only while its CPU time moves ([`StatFiles::following_cpu`]).
+    pub fn following_cpu(mut self) -> Self {
+        self.follow_cpu = true;
+        self
     }
 
     /// Usage and limits of the cgroup at `relative` (v2 id `id` when known: a new cgroup at
@@ -479,7 +530,9 @@ impl StatsCache {
         let entry = Entry {
             id,
             placement: self.hierarchy.placement(rel),
-            files: if keep {
+            files: if keep && self.follow_cpu {
+                StatFiles::following_cpu()
+            } else if keep {
                 StatFiles::kept()
             } else {
                 StatFiles::once()
@@ -569,6 +622,49 @@ mod tests {
             Some("3\n")
         );
         assert_eq!(once.open_count(), 0, "one-off reads keep nothing");
+    }
+
+    #[test]
+    fn task_count_and_memory_follow_the_cpu_time_or_the_slow_cadence() {
+        let mount = tempfile::tempdir().unwrap();
+        write_cgroup(mount.path(), "c", 1_000_000);
+        let dir = mount.path().join("c");
+        let set = |file: &str, v: &str| fs::write(dir.join(file), v).unwrap();
+        let mut cache = StatsCache::new(v2_hierarchy(mount.path()), 1000).following_cpu();
+        let read = |cache: &mut StatsCache| {
+            let s = cache.read("c", Some(1), 0).unwrap();
+            (s.memory_usage_bytes, s.pids_current)
+        };
+        assert_eq!(read(&mut cache), (4096, 1));
+        // The CPU time stands still: the last numbers stand for up to SLOW_EVERY reads.
+        set("memory.current", "8192\n");
+        set("pids.current", "2\n");
+        for _ in 1..SLOW_EVERY {
+            assert_eq!(read(&mut cache), (4096, 1), "idle: as read last");
+        }
+        assert_eq!(
+            read(&mut cache),
+            (8192, 2),
+            "read again on the slow cadence"
+        );
+        // It ran: read at once.
+        set("memory.current", "12288\n");
+        set("cpu.stat", "usage_usec 1000001\n");
+        assert_eq!(read(&mut cache), (12288, 2), "its CPU time moved");
+        set("memory.current", "16384\n");
+        set("cpu.stat", "usage_usec 1000002\n");
+        assert_eq!(read(&mut cache), (16384, 2), "and moved again");
+        // berth's own change of its settings (a version bump) reads everything.
+        set("memory.current", "20480\n");
+        assert_eq!(
+            cache.read("c", Some(1), 1).unwrap().memory_usage_bytes,
+            20480
+        );
+        // Without following_cpu, every read reads them.
+        let mut plain = StatsCache::new(v2_hierarchy(mount.path()), 1000);
+        assert_eq!(read(&mut plain), (20480, 2));
+        set("memory.current", "4096\n");
+        assert_eq!(read(&mut plain), (4096, 2));
     }
 
     #[test]

@@ -41,13 +41,18 @@ pub use crate::model::stats::ContainerStats;
 /// Reads every controller `placement` names; absent controllers leave their fields at default.
 pub fn read(placement: &Placement, f: &mut StatFiles) -> Result<ContainerStats, CgroupError> {
     let mut s = ContainerStats::default();
-    match &placement.cpuacct {
+    let cpu = match &placement.cpuacct {
         Some(ControllerDir::V1(dir)) => {
-            read_v1_cpuacct(dir, f, procfs::ticks_per_second(), &mut s)?
+            read_v1_cpuacct(dir, f, procfs::ticks_per_second(), &mut s)?;
+            Some(s.cpu_usage_seconds)
         }
-        Some(ControllerDir::V2(dir)) => read_v2_cpu_stat(dir, f, &mut s)?,
-        None => {}
-    }
+        Some(ControllerDir::V2(dir)) => {
+            read_v2_cpu_stat(dir, f, &mut s)?;
+            Some(s.cpu_usage_seconds)
+        }
+        None => None,
+    };
+    f.cpu_read(cpu);
     match &placement.cpu {
         Some(ControllerDir::V1(dir)) => read_v1_cpu(dir, f, &mut s)?,
         Some(ControllerDir::V2(dir)) => read_v2_cpu_max(dir, f, &mut s)?,

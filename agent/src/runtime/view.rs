@@ -207,9 +207,10 @@ impl Manager {
     }
 
     /// A cache of cgroup stat files for [`Manager::observe`] on this manager's hierarchy,
-    /// keeping at most `kept_files` open.
+    /// keeping at most `kept_files` open; an idle container's task count and memory are read
+    /// every few ticks ([`StatsCache::following_cpu`]).
     pub fn stats_cache(&self, kept_files: usize) -> StatsCache {
-        StatsCache::new(self.hierarchy.clone(), kept_files)
+        StatsCache::new(self.hierarchy.clone(), kept_files).following_cpu()
     }
 
     /// Removes an image from the store, refusing one a container uses.
