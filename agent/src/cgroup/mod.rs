@@ -2,7 +2,8 @@
 //! legacy), which v1 hierarchies are mounted (hybrid), where each controller of a given cgroup
 //! lives ([`Placement`]), and the tracked v2 subtree: its root (created when absent) and a walk
 //! that maps each cgroup id (the directory's inode, what `bpf_get_current_cgroup_id()` returns) to
-//! its path.
+//! its path, listing only the directories an inotify watch says changed (`tree`, shared with
+//! the walk of other engines' containers).
 //!
 //! Container limits and stats live in [`limits`] and [`stats`].
 //!
@@ -11,17 +12,16 @@
 pub mod limits;
 pub mod reader;
 pub mod stats;
+pub(crate) mod tree;
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     fs,
-    os::unix::fs::{DirEntryExt as _, MetadataExt},
+    os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
 };
 
 use serde::Serialize;
-
-use reader::Files;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
@@ -464,50 +464,64 @@ impl TrackedRoot {
     }
 
     /// Every cgroup in the subtree, root included: id -> path (`/berth/...`). Directories that
-    /// vanish during the walk are skipped: cgroups come and go all the time. A cgroup is
-    /// listed only while its `cgroup.stat` (read through `files`, kept open between walks)
-    /// counts descendants, so leaf containers cost one `pread` each; `files` keeps only what
-    /// this walk read.
-    pub fn walk(&self, files: &mut Files) -> HashMap<u64, String> {
-        let mut out = HashMap::new();
+    /// vanish during the walk are skipped: cgroups come and go all the time.
+    ///
+    /// `walked` is the last walk's (of this root). Every directory of the subtree is watched
+    /// (containers may make cgroups of their own, e.g. systemd inside one), and one is listed
+    /// again only when an inotify event said a child came or went (or it has no watch: see
+    /// `tree`); the others' children come from their last listing, so at rest a walk lists
+    /// nothing. The id of each cgroup is its directory entry's `d_ino` (on cgroupfs the inode
+    /// number, never reused while the machine runs).
+    pub fn walk(&self, walked: &mut TrackedWalk) -> HashMap<u64, String> {
+        let tree = &mut walked.tree;
+        let mut out = HashMap::with_capacity(walked.found + 1);
         out.insert(self.id, self.path.clone());
-        let mut read = HashSet::new();
-        let mut stack = vec![(self.dir.clone(), self.path.clone())];
-        while let Some((dir, path)) = stack.pop() {
-            let Ok(entries) = fs::read_dir(&dir) else {
+        tree.begin();
+        // (path below the root, inode as its parent listed it)
+        let mut stack = vec![(String::new(), self.id)];
+        while let Some((path, ino)) = stack.pop() {
+            let Some(children) = tree.children(&self.dir, path, ino, |_, _| Some(())) else {
                 continue;
             };
-            for e in entries.flatten() {
-                // The directory entry's type and inode (`d_type`, `d_ino`: on cgroupfs the
-                // inode number is the cgroup id): no statx per file of every cgroup.
-                if !e.file_type().is_ok_and(|t| t.is_dir()) {
-                    continue;
-                }
-                let name = e.file_name().to_string_lossy().into_owned();
-                let child = format!("{path}/{name}");
-                out.insert(e.ino(), child.clone());
-                let stat = e.path().join("cgroup.stat");
-                let parent = match files.read(&stat) {
-                    Ok(Some(text)) => descendants(text) != Some(0),
-                    // Not cgroupfs (tests) or gone: list it to find out.
-                    _ => true,
-                };
-                read.insert(stat);
-                if parent {
-                    stack.push((e.path(), child));
-                }
+            for c in children {
+                out.insert(c.ino, format!("{}{}", self.path, c.path));
+                stack.push((c.path.clone(), c.ino));
             }
         }
-        files.retain(|p| read.contains(p));
+        tree.end();
+        walked.found = out.len();
         out
     }
 }
 
-/// `nr_descendants` of a v2 `cgroup.stat`.
-fn descendants(stat: &str) -> Option<u64> {
-    stat.lines()
-        .find_map(|l| l.strip_prefix("nr_descendants "))
-        .and_then(|v| v.trim().parse().ok())
+/// What [`TrackedRoot::walk`] keeps from one walk to the next: the subtree's directories, their
+/// last listings and their inotify watches.
+#[derive(Debug, Default)]
+pub struct TrackedWalk {
+    tree: tree::Tree<()>,
+    /// Cgroups the last walk found (the next one's map is made this big).
+    found: usize,
+}
+
+impl TrackedWalk {
+    /// A walk that never watches: every directory listed every walk (the fallback, for tests).
+    #[cfg(test)]
+    pub(crate) fn without_inotify() -> Self {
+        Self {
+            tree: tree::Tree::without_inotify(),
+            found: 0,
+        }
+    }
+
+    /// Directories the last walk listed; the others' children came from their last listing.
+    pub fn listed(&self) -> usize {
+        self.tree.listed()
+    }
+
+    /// Whether the walk watches the directories it lists (inotify).
+    pub fn watching(&self) -> bool {
+        self.tree.watching()
+    }
 }
 
 #[cfg(test)]

@@ -11,24 +11,230 @@ fn the_walk_maps_every_directory_inode_to_its_path() {
     fs::create_dir_all(root.dir.join("a/b")).unwrap();
     fs::write(root.dir.join("a/cgroup.procs"), "").unwrap();
     let ino = |p: &str| fs::metadata(root.dir.join(p)).unwrap().ino();
-    let stat = |n: u32| format!("nr_descendants {n}\nnr_dying_descendants 0\n");
-    fs::write(root.dir.join("a/cgroup.stat"), stat(1)).unwrap();
-    let mut files = Files::kept();
-    let walk = root.walk(&mut files);
+    let mut walked = TrackedWalk::default();
+    let walk = root.walk(&mut walked);
     assert_eq!(walk.len(), 3, "{walk:?}");
     assert_eq!(walk[&root.id], "/berth/nested");
     assert_eq!(walk[&ino("a")], "/berth/nested/a");
     assert_eq!(walk[&ino("a/b")], "/berth/nested/a/b");
-    // A cgroup whose cgroup.stat counts no descendants is not listed (a leaf container:
-    // one pread, no readdir); one that counts some is.
-    fs::write(root.dir.join("a/cgroup.stat"), stat(0)).unwrap();
-    let leaf = root.walk(&mut files);
-    assert_eq!(leaf.len(), 2, "a/b is behind a leaf: {leaf:?}");
-    fs::write(root.dir.join("a/cgroup.stat"), stat(1)).unwrap();
-    assert_eq!(root.walk(&mut files), walk);
+    assert_eq!(walked.listed(), 3);
+    // tmpfs notifies as cgroupfs does: nothing changed, nothing listed.
+    assert_eq!(root.walk(&mut walked), walk);
+    assert_eq!(walked.listed(), 0);
+    assert_eq!(root.walk(&mut TrackedWalk::without_inotify()), walk);
     fs::remove_dir_all(root.dir.join("a")).unwrap();
-    assert_eq!(root.walk(&mut files).len(), 1);
-    assert_eq!(files.open_count(), 0, "files of gone cgroups are closed");
+    assert_eq!(root.walk(&mut walked).len(), 1);
+    assert_eq!(
+        walked.tree.watched(),
+        [""],
+        "the removed directories' watches went"
+    );
+}
+
+/// A tracked root of this test's own on real cgroupfs (root):
+/// `<cgroup2>/berth-tracked-test-<pid>-<tag>` (the foreign walk skips `berth*` trees), removed
+/// on drop with what the test made below it, deepest first.
+struct CgRoot {
+    root: TrackedRoot,
+    made: Vec<PathBuf>,
+}
+
+impl CgRoot {
+    fn new(tag: &str) -> Self {
+        let mount = Hierarchy::detect()
+            .expect("a cgroup hierarchy on this host")
+            .unified_mount;
+        let rel = format!("berth-tracked-test-{}-{tag}", std::process::id());
+        assert!(!mount.join(&rel).exists(), "{rel} left by another run");
+        let root = TrackedRoot::open(&mount, &rel).unwrap();
+        Self {
+            made: vec![root.dir.clone()],
+            root,
+        }
+    }
+
+    /// Makes `rel` (below the root) and its missing parents.
+    fn mkdir(&mut self, rel: &str) {
+        let mut dir = self.root.dir.clone();
+        for c in rel.split('/').filter(|c| !c.is_empty()) {
+            dir.push(c);
+            if !dir.exists() {
+                fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+                self.made.push(dir.clone());
+            }
+        }
+    }
+
+    fn rmdir(&mut self, rel: &str) {
+        let dir = self.root.dir.join(rel);
+        fs::remove_dir(&dir).unwrap_or_else(|e| panic!("rmdir {}: {e}", dir.display()));
+        self.made.retain(|d| *d != dir);
+    }
+
+    /// The cgroup id of `rel` below the root.
+    fn id(&self, rel: &str) -> u64 {
+        fs::metadata(self.root.dir.join(rel)).unwrap().ino()
+    }
+
+    /// The walk with inotify off (every directory listed): what any walk must return.
+    fn full_walk(&self) -> HashMap<u64, String> {
+        let mut walked = TrackedWalk::without_inotify();
+        let found = self.root.walk(&mut walked);
+        assert!(!walked.watching());
+        found
+    }
+
+    /// The paths of a walk's cgroups below the root (`""` for the root), sorted.
+    fn paths(&self, found: &HashMap<u64, String>) -> Vec<String> {
+        let mut v: Vec<String> = found
+            .values()
+            .map(|p| p.strip_prefix(&self.root.path).unwrap().to_owned())
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+impl Drop for CgRoot {
+    fn drop(&mut self) {
+        for d in self.made.iter().rev() {
+            let _ = fs::remove_dir(d);
+        }
+    }
+}
+
+#[test]
+fn on_cgroupfs_new_and_nested_cgroups_are_in_the_next_walk_and_a_walk_at_rest_lists_nothing() {
+    let mut cg = CgRoot::new("changes");
+    cg.mkdir("a");
+    let mut walked = TrackedWalk::default();
+
+    // First walk: the root and a, both listed and watched.
+    let found = cg.root.walk(&mut walked);
+    assert!(walked.watching(), "inotify should work on cgroupfs");
+    assert_eq!(cg.paths(&found), ["", "/a"]);
+    assert_eq!(found[&cg.root.id], cg.root.path);
+    assert_eq!(found[&cg.id("a")], format!("{}/a", cg.root.path));
+    assert_eq!(walked.listed(), 2);
+    assert_eq!(walked.tree.watched(), ["", "/a"]);
+    assert_eq!(found, cg.full_walk());
+
+    // At rest: nothing listed, the same map, walk after walk.
+    for _ in 0..3 {
+        assert_eq!(cg.root.walk(&mut walked), found);
+        assert_eq!(walked.listed(), 0, "nothing changed, nothing listed");
+    }
+
+    // A new container, and cgroups a container made inside itself (as systemd in a container
+    // does), nested below a cgroup already walked: all in the next walk.
+    cg.mkdir("b");
+    cg.mkdir("a/init.scope");
+    cg.mkdir("a/system.slice/x.service");
+    let found = cg.root.walk(&mut walked);
+    assert_eq!(
+        cg.paths(&found),
+        [
+            "",
+            "/a",
+            "/a/init.scope",
+            "/a/system.slice",
+            "/a/system.slice/x.service",
+            "/b"
+        ]
+    );
+    assert_eq!(
+        found[&cg.id("a/system.slice/x.service")],
+        format!("{}/a/system.slice/x.service", cg.root.path)
+    );
+    // The root and a (events), the four new ones (never listed yet).
+    assert_eq!(walked.listed(), 6);
+    assert_eq!(walked.tree.watched().len(), 6);
+    assert_eq!(found, cg.full_walk());
+    assert_eq!(cg.root.walk(&mut walked), found);
+    assert_eq!(walked.listed(), 0);
+
+    // A grandchild deep below a leaf: only its parent is listed again (and the new one).
+    cg.mkdir("a/system.slice/x.service/y/z");
+    let found = cg.root.walk(&mut walked);
+    assert!(
+        cg.paths(&found)
+            .contains(&"/a/system.slice/x.service/y/z".to_owned())
+    );
+    assert_eq!(walked.listed(), 3, "x.service, y and z");
+    assert_eq!(found, cg.full_walk());
+
+    // Removed: gone from the next walk, with their watches (cgroupfs sends no IN_IGNORED: the
+    // walk removes them).
+    cg.rmdir("a/system.slice/x.service/y/z");
+    cg.rmdir("a/system.slice/x.service/y");
+    cg.rmdir("b");
+    let found = cg.root.walk(&mut walked);
+    assert_eq!(
+        cg.paths(&found),
+        [
+            "",
+            "/a",
+            "/a/init.scope",
+            "/a/system.slice",
+            "/a/system.slice/x.service"
+        ]
+    );
+    assert_eq!(walked.listed(), 2, "the root and x.service");
+    assert_eq!(
+        walked.tree.watched(),
+        [
+            "",
+            "/a",
+            "/a/init.scope",
+            "/a/system.slice",
+            "/a/system.slice/x.service"
+        ]
+    );
+    assert_eq!(found, cg.full_walk());
+
+    // Made again under its name: another cgroup (another id), watched again.
+    let old = cg.id("a/init.scope");
+    cg.rmdir("a/init.scope");
+    cg.mkdir("a/init.scope");
+    let new = cg.id("a/init.scope");
+    assert_ne!(old, new);
+    let found = cg.root.walk(&mut walked);
+    assert!(!found.contains_key(&old));
+    assert_eq!(found[&new], format!("{}/a/init.scope", cg.root.path));
+    assert_eq!(found, cg.full_walk());
+    cg.mkdir("a/init.scope/again");
+    let found = cg.root.walk(&mut walked);
+    assert!(
+        cg.paths(&found).contains(&"/a/init.scope/again".to_owned()),
+        "the new a/init.scope is watched"
+    );
+    assert_eq!(found, cg.full_walk());
+    assert_eq!(cg.root.walk(&mut walked), found);
+    assert_eq!(walked.listed(), 0);
+}
+
+#[test]
+fn on_cgroupfs_without_inotify_every_walk_lists_every_directory_and_finds_the_same() {
+    let mut cg = CgRoot::new("fallback");
+    cg.mkdir("a/b");
+    let mut watched = TrackedWalk::default();
+    let mut fallback = TrackedWalk::without_inotify();
+    for step in 0..4 {
+        match step {
+            1 => cg.mkdir("c/d/e"),
+            2 => cg.rmdir("a/b"),
+            _ => {}
+        }
+        let want = cg.root.walk(&mut fallback);
+        assert!(!fallback.watching());
+        // Every directory: the root, a, b (step 0, 1), c, d, e (from step 1).
+        let dirs = [3, 6, 5, 5][step];
+        assert_eq!(want.len(), dirs, "step {step}");
+        assert_eq!(fallback.listed(), dirs, "step {step}");
+        assert_eq!(cg.root.walk(&mut watched), want, "step {step}");
+    }
+    assert!(watched.watching());
+    assert!(fallback.tree.watched().is_empty());
 }
 
 /// This project's hybrid machines, plus a bind mount of the memory hierarchy.

@@ -1,24 +1,25 @@
 //! `cgroups`: walks berth's tracked cgroup subtree (cgroup v2, or the unified hierarchy in
 //! hybrid mode) and records every cgroup's v2 id and path; the probes then keep only the
-//! counters of these live cgroups.
+//! counters of these live cgroups. The subtree's directories are watched through inotify, so
+//! a tick at rest lists none of them.
 
 use super::{CollectError, Collected, Collector, Tick};
 use crate::{
-    cgroup::{TrackedRoot, reader::Files},
+    cgroup::{TrackedRoot, TrackedWalk},
     model::CgroupSample,
 };
 
 pub struct Cgroups {
     root: TrackedRoot,
-    /// Each cgroup's `cgroup.stat`, kept open between walks.
-    files: Files,
+    /// The subtree's directories as the last walk found them, with their watches.
+    walked: TrackedWalk,
 }
 
 impl Cgroups {
     pub fn new(root: TrackedRoot) -> Self {
         Self {
             root,
-            files: Files::kept(),
+            walked: TrackedWalk::default(),
         }
     }
 }
@@ -29,7 +30,7 @@ impl Collector for Cgroups {
     }
 
     fn collect(&mut self, tick: &mut Tick<'_>) -> Result<Collected, CollectError> {
-        for (id, path) in self.root.walk(&mut self.files) {
+        for (id, path) in self.root.walk(&mut self.walked) {
             tick.builder.cgroups.insert(
                 id,
                 CgroupSample {

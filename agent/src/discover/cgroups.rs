@@ -29,8 +29,8 @@
 //! containers, other agents' and tests' roots: only known layouts count). The walk does not
 //! descend into a container's cgroup (what runs inside it, nested containers included, is its
 //! own). Each tick walks the tree, but lists again only the directories an inotify watch says
-//! changed (`cgroups_tree.rs`): what appeared or went away since the last walk is in the next
-//! snapshot, and a tick at rest lists nothing.
+//! changed (`cgroup::tree`, shared with the walk of berth's tracked subtree): what appeared or
+//! went away since the last walk is in the next snapshot, and a tick at rest lists nothing.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -40,8 +40,7 @@ use std::{
     path::Path,
 };
 
-use self::tree::What;
-use crate::model::Engine;
+use crate::{cgroup::tree::Tree, model::Engine};
 
 /// Pod uid, from the pod's cgroup (the CRI label of the same name carries the same value).
 pub const LABEL_POD_UID: &str = "io.kubernetes.pod.uid";
@@ -290,7 +289,34 @@ pub struct Known {
     /// A file could not be watched (not cgroupfs): no epoll from then on.
     unwatchable: bool,
     /// The directories walked, their last listings and their inotify watches.
-    tree: tree::Tree,
+    tree: Tree<What>,
+}
+
+/// What the walk does with a child directory (the others are not kept).
+#[derive(Debug)]
+enum What {
+    /// Not a container, within the depth bound: walked into.
+    Walk,
+    /// A container's cgroup (never walked into).
+    Container(Discovered),
+}
+
+impl What {
+    /// What the walk does with the child directory at `path` (`name` in a directory `depth`
+    /// below the mount): containers are kept, and what it walks into (not `skip`, not a
+    /// top-level `berth*` tree, within [`MAX_DEPTH`]).
+    fn of(path: &str, name: &str, depth: usize, skip: &str) -> Option<Self> {
+        if path == skip {
+            return None;
+        }
+        match classify(path) {
+            Some(d) => Some(Self::Container(d)),
+            None if depth + 1 < MAX_DEPTH && !(depth == 0 && name.starts_with("berth")) => {
+                Some(Self::Walk)
+            }
+            None => None,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -365,7 +391,7 @@ impl Known {
     /// Directories the last walk listed; the others' children came from their last listing
     /// (no inotify event named them).
     pub fn listed(&self) -> usize {
-        self.tree.listed
+        self.tree.listed()
     }
 
     /// Whether the walk watches the directories it lists (inotify).
@@ -380,7 +406,7 @@ impl Known {
 ///
 /// `known` is the last walk's (of the same `mount` and `skip`). A directory is listed again
 /// only when an inotify event said a child came or went (or it has no watch: see
-/// `cgroups_tree.rs`); the others' children come from their last listing, so at rest a walk
+/// `cgroup::tree`); the others' children come from their last listing, so at rest a walk
 /// lists nothing. A cgroup still there is not stat'ed again (its id is the `d_ino` of the
 /// directory entry, which on cgroupfs is the inode number and is never reused while the
 /// machine runs) and its `cgroup.events` is read through the file kept open, and only when the
@@ -402,7 +428,8 @@ pub fn walk(mount: &Path, skip: &str, known: &mut Known) -> Vec<Found> {
     // (path below the mount, inode as its parent listed it, depth)
     let mut stack: Vec<(String, u64, usize)> = vec![(String::new(), 0, 0)];
     while let Some((path, ino, depth)) = stack.pop() {
-        let Some(children) = known.tree.children(mount, path, ino, depth, skip) else {
+        let keep = |child: &str, name: &str| What::of(child, name, depth, skip);
+        let Some(children) = known.tree.children(mount, path, ino, keep) else {
             continue;
         };
         for c in children {
@@ -489,9 +516,6 @@ fn procs_populated(dir: &Path) -> bool {
         .and_then(|mut f| f.read(&mut buf))
         .is_ok_and(|n| !buf[..n].trim_ascii().is_empty())
 }
-
-#[path = "cgroups_tree.rs"]
-mod tree;
 
 #[cfg(test)]
 #[path = "cgroups_tests.rs"]

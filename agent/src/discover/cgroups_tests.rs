@@ -463,7 +463,7 @@ impl CgTree {
     /// The walk with inotify off (every directory listed): what any walk must return.
     fn full_walk(&self, skip: &str) -> Vec<Found> {
         let mut known = Known {
-            tree: tree::Tree::without_inotify(),
+            tree: Tree::without_inotify(),
             ..Known::default()
         };
         let found = walk(&self.root, skip, &mut known);
@@ -500,7 +500,7 @@ fn on_cgroupfs_a_walk_lists_again_only_the_directories_whose_children_changed() 
     assert!(known.watching(), "inotify should work on cgroupfs");
     assert_eq!(paths(&found), [format!("/docker/{a}")]);
     assert_eq!(known.listed(), 6);
-    assert_eq!(known.tree.watches.len(), 6);
+    assert_eq!(known.tree.watched().len(), 6);
     assert_eq!(found, cg.full_walk(skip));
 
     // Nothing changed: nothing listed, same answer.
@@ -540,7 +540,7 @@ fn on_cgroupfs_a_walk_lists_again_only_the_directories_whose_children_changed() 
     cg.rmdir("system.slice/x.slice/y.slice");
     let found = walk(&cg.root, skip, &mut known);
     assert!(found.is_empty(), "{found:?}");
-    assert_eq!(known.tree.watches.len(), 5);
+    assert_eq!(known.tree.watched().len(), 5);
     assert_eq!(found, cg.full_walk(skip));
     // Made again under the same name: a new directory, watched again.
     cg.mkdir(&format!("system.slice/x.slice/y.slice/docker-{b}.scope"));
@@ -549,7 +549,7 @@ fn on_cgroupfs_a_walk_lists_again_only_the_directories_whose_children_changed() 
         paths(&found),
         [format!("/system.slice/x.slice/y.slice/docker-{b}.scope")]
     );
-    assert_eq!(known.tree.watches.len(), 6);
+    assert_eq!(known.tree.watched().len(), 6);
     assert_eq!(found, cg.full_walk(skip));
     assert_eq!(walk(&cg.root, skip, &mut known), found);
     assert_eq!(known.listed(), 0);
@@ -566,10 +566,10 @@ fn on_cgroupfs_the_skipped_root_berth_trees_and_what_lies_past_the_depth_bound_a
     let skip = "/tracked";
     assert!(walk(&cg.root, skip, &mut known).is_empty());
     assert_eq!(
-        known.tree.watches.len(),
+        known.tree.watched().len(),
         7,
         "the root and a..f: {:?}",
-        known.tree.watches.values().collect::<Vec<_>>()
+        known.tree.watched()
     );
 
     // Containers where the walk does not look: no event, nothing listed, nothing found.
@@ -600,7 +600,7 @@ fn on_cgroupfs_without_inotify_every_walk_lists_every_directory_and_finds_the_sa
     let skip = "/berth";
     let mut watched = Known::default();
     let mut fallback = Known {
-        tree: tree::Tree::without_inotify(),
+        tree: Tree::without_inotify(),
         ..Known::default()
     };
     for step in 0..4 {
@@ -621,5 +621,5 @@ fn on_cgroupfs_without_inotify_every_walk_lists_every_directory_and_finds_the_sa
     }
     let found = walk(&cg.root, skip, &mut fallback);
     assert_eq!(paths(&found), [format!("/kubepods/burstable/pod{UID}/{b}")]);
-    assert_eq!(fallback.tree.watches.len(), 0);
+    assert_eq!(fallback.tree.watched().len(), 0);
 }

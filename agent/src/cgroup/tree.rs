@@ -1,14 +1,19 @@
-//! The directories [`super::walk`] lists, kept from one walk to the next and listed again only
-//! when the kernel says a child came or went. At rest with a few hundred foreign containers a
-//! `getdents64` of every non-container directory each tick was ~8% of the agent's CPU; now a
-//! walk at rest costs one `read` of an inotify fd (`EAGAIN`).
+//! A cgroup subtree's directories, kept from one walk to the next and listed again only when
+//! the kernel says a child came or went: one mechanism for both walks of the tree, other
+//! engines' containers (`discover::cgroups::walk`, from the cgroup2 mount down to a depth
+//! bound) and berth's own tracked subtree ([`super::TrackedRoot::walk`], every directory).
+//! At rest with a few hundred foreign containers a `getdents64` of every non-container
+//! directory each tick was ~8% of the agent's CPU; now a walk at rest costs one `read` of an
+//! inotify fd (`EAGAIN`).
 //!
-//! One inotify fd holds a watch on each directory the walk descends into: the mount and every
-//! non-container directory down to the depth bound (never a container's cgroup, berth's
-//! tracked root or a `berth*` tree). `mkdir` and `rmdir` of a child cgroup queue `IN_CREATE` /
-//! `IN_DELETE` with `IN_ISDIR` on the parent's watch (cgroupfs is kernfs behind the VFS:
-//! `vfs_mkdir` and `vfs_rmdir` notify), so a walk lists those parents again and takes every
-//! other listing from memory. cAdvisor's raw container watcher does the same.
+//! The tree does not decide where a walk goes: the walk asks for the children of each
+//! directory it descends into ([`Tree::children`]), and a listing keeps the children the
+//! walk's classifier returns something for (the foreign walk: containers and directories to
+//! walk into; the tracked walk: every child). One inotify fd holds a watch on each directory
+//! the walk asked for. `mkdir` and `rmdir` of a child cgroup queue `IN_CREATE` / `IN_DELETE`
+//! with `IN_ISDIR` on the parent's watch (cgroupfs is kernfs behind the VFS: `vfs_mkdir` and
+//! `vfs_rmdir` notify), so a walk lists those parents again and takes every other listing
+//! from memory. cAdvisor's raw container watcher does the same.
 //!
 //! - A watch is added before its directory is listed: a change in between is an event for the
 //!   next walk (a second listing, never a miss).
@@ -17,11 +22,13 @@
 //!   walk removes the watch of every directory it no longer reaches (its parent's `IN_DELETE`
 //!   had it listed again), or whose inode changed (removed and made again under its name). An
 //!   `IN_IGNORED` that does come (other filesystems: the tests' tmpfs) has it listed again.
+//!   The walk's own top directory (the mount, or berth's tracked root) is taken as there for
+//!   good: removed and made again, its new inode would go unwatched.
 //! - `IN_Q_OVERFLOW` (events lost): every directory is listed at the next walk.
-//! - Fallbacks, each logged once: where inotify cannot be created or read, or a directory
-//!   cannot be watched (`fs.inotify.max_user_watches`), the directories without a watch are
-//!   listed every walk; with none watched that is the full walk this replaced. A watch is
-//!   tried again at each listing.
+//! - Fallbacks, each logged once per tree: where inotify cannot be created or read, or a
+//!   directory cannot be watched (`fs.inotify.max_user_watches`), the directories without a
+//!   watch are listed every walk; with none watched that is a full walk. A watch is tried
+//!   again at each listing.
 
 use std::{
     collections::HashMap,
@@ -36,9 +43,7 @@ use nix::{
 };
 use tracing::{debug, warn};
 
-use super::{Discovered, MAX_DEPTH, classify};
-
-/// What a watched directory reports: a child made, removed or moved (the walk looks only at
+/// What a watched directory reports: a child made, removed or moved (a walk looks only at
 /// directories; file events are skipped when read).
 fn mask() -> AddWatchFlags {
     AddWatchFlags::IN_CREATE
@@ -48,35 +53,26 @@ fn mask() -> AddWatchFlags {
         | AddWatchFlags::IN_ONLYDIR
 }
 
-/// A child directory as a listing found it.
+/// A child directory as a listing found it, with what the walk's classifier made of it.
 #[derive(Debug)]
-pub(super) struct Child {
-    /// Path below the mount, e.g. `/docker/<id>`.
-    pub(super) path: String,
+pub(crate) struct Child<T> {
+    /// Path below the walk's top directory, e.g. `/docker/<id>` (the top is `""`).
+    pub(crate) path: String,
     /// Its inode (`d_ino`): on cgroupfs the v2 cgroup id.
-    pub(super) ino: u64,
-    pub(super) what: What,
-}
-
-/// What the walk does with a child (others are not kept).
-#[derive(Debug)]
-pub(super) enum What {
-    /// Not a container, within the depth bound: walked into.
-    Walk,
-    /// A container's cgroup (never walked into).
-    Container(Discovered),
+    pub(crate) ino: u64,
+    pub(crate) what: T,
 }
 
 /// A directory the walk reached, with its last listing.
 #[derive(Debug)]
-struct Dir {
-    /// Its inode as its parent's listing gave it (0 for the mount): a directory removed and
-    /// made again under its name is another one.
+struct Dir<T> {
+    /// Its inode as its parent's listing gave it (the caller's for the top directory): a
+    /// directory removed and made again under its name is another one.
     ino: u64,
     watch: Option<WatchDescriptor>,
     /// Listed at the next walk: an event named a child, or its watch went.
     dirty: bool,
-    children: Vec<Child>,
+    children: Vec<Child<T>>,
 }
 
 #[derive(Debug, Default)]
@@ -89,28 +85,41 @@ enum State {
     Off,
 }
 
-/// The listings of the directories the last walk reached, and their watches.
-#[derive(Debug, Default)]
-pub(super) struct Tree {
+/// The listings of the directories the last walk reached, and their watches; `T` is what the
+/// walk's classifier keeps of a child. One tree serves one walk (one top directory, one
+/// classifier): listings from memory are what that classifier made of them.
+#[derive(Debug)]
+pub(crate) struct Tree<T> {
     inotify: State,
-    /// Path below the mount (`""` for the mount) -> directory.
-    dirs: HashMap<String, Dir>,
+    /// Path below the top directory (`""` for the top) -> directory.
+    dirs: HashMap<String, Dir<T>>,
     /// Directories of the walk in progress not reached yet; what is left at its end went.
-    left: HashMap<String, Dir>,
+    left: HashMap<String, Dir<T>>,
     /// Which directory each watch is on.
-    pub(super) watches: HashMap<WatchDescriptor, String>,
+    watches: HashMap<WatchDescriptor, String>,
     /// Directories the last walk listed (the others came from memory).
-    pub(super) listed: usize,
-    /// Listings since this tree was made.
-    pub(super) listed_total: u64,
+    listed: usize,
     /// Inotify was refused, or a directory could not be watched (logged once).
     warned: bool,
 }
 
-impl Tree {
+impl<T> Default for Tree<T> {
+    fn default() -> Self {
+        Self {
+            inotify: State::default(),
+            dirs: HashMap::new(),
+            left: HashMap::new(),
+            watches: HashMap::new(),
+            listed: 0,
+            warned: false,
+        }
+    }
+}
+
+impl<T> Tree<T> {
     /// A tree that never watches: every walk lists every directory (the fallback, for tests).
     #[cfg(test)]
-    pub(super) fn without_inotify() -> Self {
+    pub(crate) fn without_inotify() -> Self {
         Self {
             inotify: State::Off,
             ..Self::default()
@@ -118,12 +127,26 @@ impl Tree {
     }
 
     /// Whether directories are watched.
-    pub(super) fn watching(&self) -> bool {
+    pub(crate) fn watching(&self) -> bool {
         matches!(self.inotify, State::On(_))
     }
 
+    /// Directories the last walk listed; the others' children came from their last listing
+    /// (no inotify event named them).
+    pub(crate) fn listed(&self) -> usize {
+        self.listed
+    }
+
+    /// The paths of the watched directories (below the top), sorted.
+    #[cfg(test)]
+    pub(crate) fn watched(&self) -> Vec<&str> {
+        let mut v: Vec<&str> = self.watches.values().map(String::as_str).collect();
+        v.sort_unstable();
+        v
+    }
+
     /// Starts a walk: takes in the queued events (one `read` at rest).
-    pub(super) fn begin(&mut self) {
+    pub(crate) fn begin(&mut self) {
         if matches!(self.inotify, State::Untried) {
             self.inotify = match Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC) {
                 Ok(i) => State::On(i),
@@ -138,17 +161,17 @@ impl Tree {
         self.left = std::mem::take(&mut self.dirs);
     }
 
-    /// The children of the directory at `path` (below `mount`; `ino` as its parent listed it,
-    /// `depth` below the mount), listed again when it is new, an event named it, or it has no
-    /// watch; `None` when it cannot be listed (gone).
-    pub(super) fn children(
+    /// The children of the directory at `path` (below `top`, the walk's top directory; `ino` as
+    /// its parent listed it), listed again when it is new, an event named it, or it has no
+    /// watch: a listing keeps each child directory `classify` (given its path below `top` and
+    /// its name) returns something for. `None` when it cannot be listed (gone).
+    pub(crate) fn children(
         &mut self,
-        mount: &Path,
+        top: &Path,
         path: String,
         ino: u64,
-        depth: usize,
-        skip: &str,
-    ) -> Option<&[Child]> {
+        classify: impl FnMut(&str, &str) -> Option<T>,
+    ) -> Option<&[Child<T>]> {
         let dir = match self.left.remove(&path) {
             Some(d) if d.ino == ino => d,
             old => {
@@ -166,16 +189,15 @@ impl Tree {
         };
         let mut dir = dir;
         if dir.dirty || dir.watch.is_none() {
-            let full = full_path(mount, &path);
+            let full = full_path(top, &path);
             if dir.watch.is_none() {
                 dir.watch = self.watch(&full, &path);
             }
-            let Some(children) = list(&full, &path, depth, skip) else {
+            let Some(children) = list(&full, &path, classify) else {
                 self.unwatch(&path, &dir);
                 return None;
             };
             self.listed += 1;
-            self.listed_total += 1;
             dir.children = children;
             dir.dirty = false;
         }
@@ -188,7 +210,7 @@ impl Tree {
     }
 
     /// Ends a walk: the directories it did not reach went; their watches go with them.
-    pub(super) fn end(&mut self) {
+    pub(crate) fn end(&mut self) {
         for (path, dir) in std::mem::take(&mut self.left) {
             self.unwatch(&path, &dir);
         }
@@ -217,7 +239,7 @@ impl Tree {
     }
 
     /// Removes the watch of `dir` (at `path`) unless another path took it over.
-    fn unwatch(&mut self, path: &str, dir: &Dir) {
+    fn unwatch(&mut self, path: &str, dir: &Dir<T>) {
         let Some(wd) = dir.watch else { return };
         if self.watches.get(&wd).is_none_or(|p| p != path) {
             return;
@@ -285,35 +307,34 @@ impl Tree {
     }
 }
 
-fn full_path(mount: &Path, path: &str) -> PathBuf {
+fn full_path(top: &Path, path: &str) -> PathBuf {
     match path.strip_prefix('/') {
-        Some(rel) => mount.join(rel),
-        None => mount.to_owned(),
+        Some(rel) => top.join(rel),
+        None => top.to_owned(),
     }
 }
 
-/// The child directories of `dir` (at `path` below the mount, `depth` deep) the walk keeps:
-/// containers, and what it walks into (not `skip`, not a top-level `berth*` tree, within
-/// [`MAX_DEPTH`]). `None` when it cannot be read.
-fn list(dir: &Path, path: &str, depth: usize, skip: &str) -> Option<Vec<Child>> {
+/// The child directories of `dir` (at `path` below the top) `classify` keeps; names that are
+/// not UTF-8 are skipped (no runtime makes them, and a path string could not name them).
+/// `None` when it cannot be read.
+fn list<T>(
+    dir: &Path,
+    path: &str,
+    mut classify: impl FnMut(&str, &str) -> Option<T>,
+) -> Option<Vec<Child<T>>> {
     let entries = fs::read_dir(dir).ok()?;
     let mut out = Vec::new();
     for e in entries.flatten() {
+        // The entry's type and inode (`d_type`, `d_ino`: on cgroupfs the inode number is the
+        // cgroup id): no statx per child.
         if !e.file_type().is_ok_and(|t| t.is_dir()) {
             continue;
         }
         let name = e.file_name();
         let Some(name) = name.to_str() else { continue };
         let child = format!("{path}/{name}");
-        if child == skip {
+        let Some(what) = classify(&child, name) else {
             continue;
-        }
-        let what = match classify(&child) {
-            Some(d) => What::Container(d),
-            None if depth + 1 < MAX_DEPTH && !(depth == 0 && name.starts_with("berth")) => {
-                What::Walk
-            }
-            None => continue,
         };
         out.push(Child {
             path: child,
