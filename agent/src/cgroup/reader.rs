@@ -10,8 +10,7 @@
 //! known cgroup is found by its path as a `&str`, a file by its slot index; paths are built
 //! only to open a file or to name it in an error, and nothing is allocated per read (a
 //! profile of the earlier path-keyed maps put hashing `Path`s, joining paths and a clone of
-//! the [`Hierarchy`] per read above the `pread`s themselves). [`Files`] is the same by path,
-//! for the cgroup walk's one file per cgroup.
+//! the [`Hierarchy`] per read above the `pread`s themselves).
 //!
 //! A kept file whose cgroup was removed fails to read (`ENODEV`): it is reopened once by
 //! path (a restarted container's new cgroup at the same path), and a cgroup that is gone is
@@ -216,62 +215,6 @@ impl Handle {
 
     fn is_open(&self) -> bool {
         matches!(self, Self::Open(_))
-    }
-}
-
-/// cgroupfs files read by path; kept open after the first read unless made with
-/// [`Files::once`]. For reads of a few files of many cgroups (the walk's `cgroup.stat`);
-/// a container's stat files go through [`StatFiles`].
-#[derive(Debug)]
-pub struct Files {
-    open: HashMap<PathBuf, Handle>,
-    keep: bool,
-    buf: Vec<u8>,
-}
-
-impl Files {
-    /// Keeps every file it reads open.
-    pub fn kept() -> Self {
-        Self {
-            open: HashMap::new(),
-            keep: true,
-            buf: Vec::new(),
-        }
-    }
-
-    /// Opens and closes each file per read (one-off reads).
-    pub fn once() -> Self {
-        Self {
-            keep: false,
-            ..Self::kept()
-        }
-    }
-
-    /// Files held open.
-    pub fn open_count(&self) -> usize {
-        self.open.values().filter(|h| h.is_open()).count()
-    }
-
-    /// The file's content from offset 0, `None` when it does not exist.
-    pub fn read(&mut self, path: &Path) -> Result<Option<&str>, CgroupError> {
-        let len = match self.open.get_mut(path) {
-            Some(handle) => handle.read(self.keep, &mut self.buf, || path.to_owned())?,
-            None => {
-                let mut handle = Handle::Untried;
-                let len = handle.read(self.keep, &mut self.buf, || path.to_owned())?;
-                if self.keep {
-                    self.open.insert(path.to_owned(), handle);
-                }
-                len
-            }
-        };
-        len.map(|len| text(&self.buf[..len], || path.to_owned()))
-            .transpose()
-    }
-
-    /// Keeps the files whose paths `keep` accepts; the others are closed.
-    pub fn retain(&mut self, mut keep: impl FnMut(&Path) -> bool) {
-        self.open.retain(|p, _| keep(p));
     }
 }
 
@@ -587,20 +530,7 @@ mod tests {
     #[test]
     fn kept_files_are_read_again_from_the_start_and_absence_is_remembered() {
         let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("f");
-        fs::write(&p, "1\n").unwrap();
-        let mut files = Files::kept();
-        assert_eq!(files.read(&p).unwrap(), Some("1\n"));
         // Same inode, new content: the kept file sees it from offset 0.
-        fs::write(&p, "22\n").unwrap();
-        assert_eq!(files.read(&p).unwrap(), Some("22\n"));
-        assert_eq!(files.open_count(), 1);
-        let absent = d.path().join("absent");
-        assert_eq!(files.read(&absent).unwrap(), None);
-        fs::write(&absent, "3\n").unwrap();
-        assert_eq!(files.read(&absent).unwrap(), None, "absence is remembered");
-        assert_eq!(Files::once().read(&absent).unwrap(), Some("3\n"));
-        // The same for stat files, by slot.
         let mut stats = StatFiles::kept();
         fs::write(d.path().join("pids.current"), "1\n").unwrap();
         assert_eq!(
@@ -736,15 +666,16 @@ mod tests {
     #[test]
     fn content_larger_than_the_buffer_is_read_whole() {
         let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("big");
-        let text: String = (0..20_000).map(|i| format!("8:{i} Read {i}\n")).collect();
+        let p = d.path().join(Stat::CpuStat.name());
+        let text: String = (0..20_000).map(|i| format!("k{i} {i}\n")).collect();
         fs::write(&p, &text).unwrap();
-        let mut files = Files::kept();
-        assert_eq!(files.read(&p).unwrap().map(str::len), Some(text.len()));
-        assert_eq!(files.read(&p).unwrap(), Some(text.as_str()));
+        let mut files = StatFiles::kept();
+        let read = |f: &mut StatFiles| f.read(d.path(), Stat::CpuStat).unwrap().map(str::to_owned);
+        assert_eq!(read(&mut files).map(|t| t.len()), Some(text.len()));
+        assert_eq!(read(&mut files), Some(text.clone()));
         // The buffer stays grown; a shorter content is read as itself.
-        fs::write(&p, "8:0 Read 1\n").unwrap();
-        assert_eq!(files.read(&p).unwrap(), Some("8:0 Read 1\n"));
+        fs::write(&p, "k0 1\n").unwrap();
+        assert_eq!(read(&mut files).as_deref(), Some("k0 1\n"));
     }
 
     #[test]

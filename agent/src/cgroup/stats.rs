@@ -33,7 +33,7 @@ use std::{io, path::Path};
 
 use super::{
     CgroupError, ControllerDir, Placement,
-    reader::{Files, Stat, StatFiles},
+    reader::{Stat, StatFiles},
 };
 
 pub use crate::model::stats::ContainerStats;
@@ -425,13 +425,12 @@ fn read_opt_keyed<const N: usize>(
 
 /// The content of a one-off read of `path`, which must exist, trimmed.
 fn read_once(path: &Path) -> Result<String, CgroupError> {
-    match Files::once().read(path)? {
-        Some(content) => Ok(content.trim().to_owned()),
-        None => Err(CgroupError::Read {
+    std::fs::read_to_string(path)
+        .map(|content| content.trim().to_owned())
+        .map_err(|source| CgroupError::Read {
             path: path.to_owned(),
-            source: io::ErrorKind::NotFound.into(),
-        }),
-    }
+            source,
+        })
 }
 
 /// A single-number file, read once.
