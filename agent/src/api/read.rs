@@ -342,7 +342,7 @@ async fn syscalls(
                 now.latency_sum_ns - b.map_or(0, |b| b.latency_sum_ns.min(now.latency_sum_ns));
             (count > 0).then(|| SyscallRow {
                 nr: now.nr,
-                name: now.name.clone(),
+                name: now.name.to_string(),
                 count,
                 per_second: seconds.filter(|s| *s > 0.0).map(|s| count as f64 / s),
                 latency_mean_ns: (lat_calls > 0).then(|| lat_sum as f64 / lat_calls as f64),

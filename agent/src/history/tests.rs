@@ -324,7 +324,7 @@ fn window_starts_stay_within_their_documented_bound_at_scale_and_answer_right() 
     let calls: Vec<SyscallCount> = (0..300u32)
         .map(|nr| SyscallCount {
             nr,
-            name: format!("sys{nr}"),
+            name: format!("sys{nr}").into(),
             count: 1000 + u64::from(nr),
             latency_buckets: vec![1; 32],
             latency_sum_ns: 32_000,

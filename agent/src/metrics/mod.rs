@@ -109,7 +109,7 @@ fn top_syscalls(calls: &[crate::model::SyscallCount], top: usize) -> Vec<(&str, 
     let mut out: Vec<(&str, u64)> = sorted
         .iter()
         .take(top)
-        .map(|c| (c.name.as_str(), c.count))
+        .map(|c| (&*c.name, c.count))
         .collect();
     let rest: u64 = sorted.iter().skip(top).map(|c| c.count).sum();
     if rest > 0 {

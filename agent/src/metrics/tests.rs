@@ -1,6 +1,6 @@
 #[test]
 fn only_the_busiest_syscalls_get_their_own_series() {
-    let call = |nr: u32, name: &str, count: u64| crate::model::SyscallCount {
+    let call = |nr: u32, name: &'static str, count: u64| crate::model::SyscallCount {
         nr,
         name: name.into(),
         count,

@@ -25,7 +25,7 @@ fn publish(proto: Proto, start: u16, end: u16) -> Publish {
     }
 }
 
-fn syscall(nr: u32, name: &str, count: u64) -> SyscallCount {
+fn syscall(nr: u32, name: &'static str, count: u64) -> SyscallCount {
     SyscallCount {
         nr,
         name: name.into(),

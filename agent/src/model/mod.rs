@@ -400,7 +400,10 @@ pub struct NetCount {
 #[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct SyscallCount {
     pub nr: u32,
-    pub name: String,
+    /// Borrowed from the syscall table (a snapshot holds thousands of these, cloned each
+    /// tick while the counts stand still: no allocation each).
+    #[schema(value_type = String)]
+    pub name: std::borrow::Cow<'static, str>,
     pub count: u64,
     /// Latency histogram (probes.syscalls.latency): calls per log2 bucket, bucket `i` =
     /// `[2^i, 2^(i+1))` ns; empty when latency is off.

@@ -32,13 +32,13 @@ const LATENCY_MAP: &str = berth_common::maps::SYSCALL_LATENCY_HIST;
 
 /// Name of an x86_64 syscall number: `getppid`, or `syscall_<nr>` for numbers this table
 /// does not know (newer kernels), `other` for the out-of-range bucket.
-pub fn name(nr: u32) -> String {
+pub fn name(nr: u32) -> std::borrow::Cow<'static, str> {
     if nr == SYSCALL_NR_OTHER {
-        return "other".to_owned();
+        return "other".into();
     }
     match names::X86_64.get(nr as usize) {
-        Some(n) if !n.is_empty() => (*n).to_owned(),
-        _ => format!("syscall_{nr}"),
+        Some(n) if !n.is_empty() => (*n).into(),
+        _ => format!("syscall_{nr}").into(),
     }
 }
 
