@@ -39,6 +39,11 @@ const SLACK: usize = 4096;
 /// 5 s old. Usage (CPU, memory, pids) is read every time.
 pub const SLOW_EVERY: u32 = 5;
 
+/// With [`StatFiles::following_cpu`], counts of work done ([`Stat::counts_work`]) of a cgroup
+/// whose CPU time stands still are read once every this many reads: nothing ran to change
+/// them (but writeback of its dirty pages, which v2 `io.stat` counts, within this bound).
+pub const IDLE_EVERY: u32 = 30;
+
 /// Files a [`StatsCache`] may keep open when the soft `RLIMIT_NOFILE` is `nofile` (what the
 /// daemon's `raise_fd_limit` returns): a quarter of it.
 pub fn kept_files_budget(nofile: u64) -> usize {
@@ -152,6 +157,27 @@ impl Stat {
         )
     }
 
+    /// A limit (CFS quota and period, memory and pids maximum): read on the slow cadence
+    /// whether the cgroup runs or not (another tool may change it).
+    pub const fn limit(self) -> bool {
+        matches!(
+            self,
+            Self::CfsQuota
+                | Self::CfsPeriod
+                | Self::CpuMax
+                | Self::MemoryLimit
+                | Self::MemoryMax
+                | Self::PidsMax
+        )
+    }
+
+    /// Counts of work done (peak memory, failed charges, OOM kills, throttling, IO bytes):
+    /// the slow files that are not limits. With [`StatFiles::following_cpu`], read every
+    /// [`IDLE_EVERY`] reads while the cgroup's CPU time stands still.
+    pub const fn counts_work(self) -> bool {
+        self.slow() && !self.limit()
+    }
+
     /// Usage that cannot change while the cgroup runs no task, as far as the agent can see:
     /// its task count, and its memory but for reclaim (and socket buffers charged in softirq
     /// before the task wakes). Read every time while the CPU time moves, else as a slow file
@@ -221,7 +247,8 @@ impl Handle {
 /// The content of a slow file as last read, and reads left before the next real one.
 #[derive(Debug, Default)]
 struct Slow {
-    left: u32,
+    /// Reads served from `text` since the file was read (`u32::MAX`: read it next time).
+    age: u32,
     /// Whether the file existed; `text` is its content (its capacity reused from read to
     /// read).
     present: bool,
@@ -299,7 +326,7 @@ impl StatFiles {
     /// The next read of every slow file reads it.
     pub fn refresh(&mut self) {
         for slow in self.slots.iter_mut().filter_map(|s| s.slow.as_mut()) {
-            slow.left = 0;
+            slow.age = u32::MAX;
         }
     }
 
@@ -318,15 +345,20 @@ impl StatFiles {
             let len = slot.handle.read(self.keep, &mut self.buf, path)?;
             return len.map(|len| text(&self.buf[..len], path)).transpose();
         }
-        // A file that follows the CPU time is read now unless the cgroup stood idle.
-        let cached_ok = !follows || self.idle;
+        // How many reads one real read serves: a file that follows the CPU time is read now
+        // unless the cgroup stood idle; counts of work done wait longer while it stands idle.
+        let serves = match (self.follow_cpu, self.idle) {
+            (true, false) if stat.follows_cpu() => 1,
+            (true, true) if stat.counts_work() => IDLE_EVERY,
+            _ => SLOW_EVERY,
+        };
         match &mut slot.slow {
-            Some(slow) if slow.left > 0 && cached_ok => slow.left -= 1,
+            Some(slow) if slow.age.saturating_add(1) < serves => slow.age += 1,
             slow => {
                 let len = slot.handle.read(true, &mut self.buf, path)?;
                 let content = len.map(|len| text(&self.buf[..len], path)).transpose()?;
                 let slow = slow.get_or_insert_with(Slow::default);
-                slow.left = SLOW_EVERY - 1;
+                slow.age = 0;
                 slow.present = content.is_some();
                 slow.text.clear();
                 slow.text.push_str(content.unwrap_or_default());
@@ -565,6 +597,7 @@ mod tests {
             let s = cache.read("c", Some(1), 0).unwrap();
             (s.memory_usage_bytes, s.pids_current)
         };
+        set("memory.events", "max 0\noom_kill 0\n");
         assert_eq!(read(&mut cache), (4096, 1));
         // The CPU time stands still: the last numbers stand for up to SLOW_EVERY reads.
         set("memory.current", "8192\n");
@@ -589,6 +622,36 @@ mod tests {
         assert_eq!(
             cache.read("c", Some(1), 1).unwrap().memory_usage_bytes,
             20480
+        );
+        // Idle again (the CPU time as read last): a limit keeps the slow cadence, counts of
+        // work done wait for IDLE_EVERY reads.
+        // A version change reads everything now.
+        cache.read("c", Some(1), 2).unwrap();
+        let events = |cache: &mut StatsCache| {
+            let s = cache.read("c", Some(1), 2).unwrap();
+            (s.memory_limit_bytes, s.memory_failcnt)
+        };
+        set("memory.max", "1048576\n");
+        set("memory.events", "max 3\noom_kill 0\n");
+        let mut seen = Vec::new();
+        for _ in 1..IDLE_EVERY {
+            seen.push(events(&mut cache));
+        }
+        assert_eq!(seen[0], (None, 0), "as read last");
+        let limit_at = seen.iter().position(|e| e.0 == Some(1_048_576));
+        assert_eq!(
+            limit_at,
+            Some(SLOW_EVERY as usize - 1),
+            "the limit on the slow cadence"
+        );
+        assert!(
+            seen.iter().all(|e| e.1 == 0),
+            "idle: the count waits: {seen:?}"
+        );
+        assert_eq!(
+            events(&mut cache),
+            (Some(1_048_576), 3),
+            "read at IDLE_EVERY"
         );
         // Without following_cpu, every read reads them.
         let mut plain = StatsCache::new(v2_hierarchy(mount.path()), 1000);
