@@ -159,32 +159,26 @@ fn two_hundred_docker_cgroups_are_listed_and_none_stays_after_removal() {
     let agent = Agent::start();
     let parent = cgroup2_mount().join("docker");
     let made_parent = !parent.exists();
-    let cgroups: Vec<Cgroup> = (0..200)
-        .map(|n| Cgroup::create(&parent, &unique_id(1000 + n)))
-        .collect();
+    let ids: Vec<String> = (0..200).map(|n| unique_id(1000 + n)).collect();
+    let cgroups: Vec<Cgroup> = ids.iter().map(|id| Cgroup::create(&parent, id)).collect();
+    // Only this test's ids: the host may hold other Docker cgroups (a dockerd of another test).
+    let ours = |agent: &Agent| {
+        containers(agent)
+            .iter()
+            .filter(|c| c["engine"] == "docker" && ids.iter().any(|id| c["id"] == id.as_str()))
+            .count()
+    };
     wait_for(
         Duration::from_secs(10),
         "200 docker cgroups to be listed",
-        || {
-            let n = containers(&agent)
-                .iter()
-                .filter(|c| c["engine"] == "docker")
-                .count();
-            (n >= 200).then_some(())
-        },
+        || (ours(&agent) == 200).then_some(()),
     );
     // What a tick costs is measured by `cargo xtask bench agent`, not asserted here.
     drop(cgroups);
     wait_for(
         Duration::from_secs(10),
         "the 200 docker cgroups to be gone",
-        || {
-            let n = containers(&agent)
-                .iter()
-                .filter(|c| c["engine"] == "docker")
-                .count();
-            (n == 0).then_some(())
-        },
+        || (ours(&agent) == 0).then_some(()),
     );
     if made_parent {
         let _ = fs::remove_dir(&parent);
