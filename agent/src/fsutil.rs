@@ -2,14 +2,15 @@
 //! directory, fsync, rename, fsync of the directory), the directory fsync itself (after a
 //! rename), and one mount-table lookup (mountinfo read through `procfs`, with the kernel's
 //! octal escapes undone here: procfs 0.18 leaves them in), so the store, the image store and
-//! the network code cannot drift apart in how they persist state or find mounts.
+//! the network code cannot drift apart in how they persist state or find mounts. And one
+//! read of a kept-open kernel file (cgroupfs, procfs) from its start: [`pread_all`].
 
 use std::{
     fs,
     io::Write as _,
     os::unix::{
         ffi::OsStrExt as _,
-        fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _},
+        fs::{DirBuilderExt as _, FileExt as _, OpenOptionsExt as _, PermissionsExt as _},
     },
     path::{Path, PathBuf},
 };
@@ -123,6 +124,30 @@ fn unescape_mount_path(raw: &[u8]) -> Vec<u8> {
         }
     }
     out
+}
+
+/// Free space left after a read that tells it reached the end: more than any one line of a
+/// kernel stat file, so a short read is the end and not a record that did not fit.
+const SLACK: usize = 4096;
+
+/// Reads `f` from offset 0 into `buf`, returning the length read: one `pread` when the
+/// content fits with [`SLACK`] to spare, as every cgroup or procfs stat file does in the first
+/// 16 KiB. `buf` only grows (zeroed once, not per read); the content is its first bytes. A
+/// kernel file kept open and read this way costs one syscall per read instead of an open, a
+/// read and a close (kernfs and procfs opens are tens of microseconds on a loaded VM).
+pub fn pread_all(f: &fs::File, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+    if buf.len() < 4 * SLACK {
+        buf.resize(4 * SLACK, 0);
+    }
+    let mut len = 0;
+    loop {
+        let n = f.read_at(&mut buf[len..], len as u64)?;
+        len += n;
+        if n == 0 || buf.len() - len >= SLACK {
+            return Ok(len);
+        }
+        buf.resize(buf.len() * 2, 0);
+    }
 }
 
 #[cfg(test)]

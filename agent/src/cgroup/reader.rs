@@ -22,16 +22,11 @@ use std::{
     collections::HashMap,
     fs::File,
     io,
-    os::unix::fs::FileExt as _,
     path::{Path, PathBuf},
 };
 
 use super::{CgroupError, Hierarchy, Placement, limits::ContainerCgroup, stats};
-use crate::model::ContainerStats;
-
-/// Free space left after a read that tells it reached the end: more than any one line of a
-/// cgroup file, so a short read is the end and not a record that did not fit.
-const SLACK: usize = 4096;
+use crate::{fsutil::pread_all, model::ContainerStats};
 
 /// Kept files that change rarely (limits, event counts, IO totals: [`Stat::slow`]) are read
 /// once every this many reads, the content read last standing in between
@@ -392,24 +387,6 @@ fn text(bytes: &[u8], path: impl FnOnce() -> PathBuf) -> Result<&str, CgroupErro
         path: path(),
         content: String::from_utf8_lossy(bytes).into_owned(),
     })
-}
-
-/// Reads `f` from offset 0 into `buf`, returning the length read: one `pread` when the
-/// content fits with [`SLACK`] to spare, as every stat file does in the first 16 KiB. `buf`
-/// only grows (zeroed once, not per read); the content is its first bytes.
-fn pread_all(f: &File, buf: &mut Vec<u8>) -> io::Result<usize> {
-    if buf.len() < 4 * SLACK {
-        buf.resize(4 * SLACK, 0);
-    }
-    let mut len = 0;
-    loop {
-        let n = f.read_at(&mut buf[len..], len as u64)?;
-        len += n;
-        if n == 0 || buf.len() - len >= SLACK {
-            return Ok(len);
-        }
-        buf.resize(buf.len() * 2, 0);
-    }
 }
 
 /// One cgroup's placement and open files.

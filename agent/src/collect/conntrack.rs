@@ -2,7 +2,7 @@
 //! per-CPU statistics) and the current entries per container address (bridge mode), read
 //! after the containers so each gets its count. Not loaded on this host: not present.
 //!
-//! The host-wide numbers are a few small files, read every tick. The entries per address come
+//! The host-wide numbers are a few small files, kept open and read every tick. The entries per address come
 //! from a [`Counter`] thread started when some container first has an address: one ctnetlink
 //! dump, then NEW/DESTROY events, so its cost follows the flow churn, not the table size, and
 //! it sleeps at rest. With `net.netfilter.nf_conntrack_events = 0` (events off) it dumps the
@@ -21,13 +21,16 @@ use crate::net::conntrack::{
 
 pub struct Conntrack {
     proc: PathBuf,
+    host: conntrack::HostStats,
     counter: Option<Counter>,
 }
 
 impl Conntrack {
     pub fn new(proc: impl Into<PathBuf>) -> Self {
+        let proc = proc.into();
         Self {
-            proc: proc.into(),
+            host: conntrack::HostStats::new(&proc),
+            proc,
             counter: None,
         }
     }
@@ -40,7 +43,7 @@ impl Collector for Conntrack {
 
     fn collect(&mut self, tick: &mut Tick<'_>) -> Result<Collected, CollectError> {
         let snap = &mut tick.builder.snapshot;
-        snap.conntrack = conntrack::host_stats(&self.proc);
+        snap.conntrack = self.host.read();
         if snap.conntrack.is_none() {
             return Ok(Collected::NotPresent);
         }

@@ -11,7 +11,9 @@
 //! time did not move between two reads (it ran no task: its pids cannot have changed, its
 //! memory only by reclaim) is read again after twice the gap, up to [`IDLE_EVERY`]; any
 //! movement brings it back to [`STATS_EVERY`]. Counters stay monotonic; gauges are at most
-//! that old.
+//! that old. A read of a container whose CPU time stands still is its CPU file alone, its task
+//! count and memory every few reads, as for berth's own ([`StatsCache::following_cpu`]): it
+//! ran no task, so they could only have shrunk by reclaim.
 
 use std::{
     collections::HashMap,
@@ -63,7 +65,7 @@ impl ForeignStats {
     /// `kept_files`: how many cgroup stat files may stay open between ticks.
     pub fn new(hierarchy: Hierarchy, kept_files: usize) -> Self {
         Self {
-            files: StatsCache::new(hierarchy, kept_files),
+            files: StatsCache::new(hierarchy, kept_files).following_cpu(),
             last: HashMap::new(),
         }
     }
@@ -209,6 +211,53 @@ mod tests {
         );
         let moved = Reading::next(Some(&r), t, stats(1.5));
         assert_eq!(moved.every, STATS_EVERY, "it ran: back to the base gap");
+    }
+
+    #[test]
+    fn an_idle_foreign_containers_memory_is_read_again_once_its_cpu_time_moves() {
+        let mount = tempfile::tempdir().unwrap();
+        let dir = mount.path().join("docker").join("d".repeat(64));
+        v2_files(&dir, 1 << 20);
+        let mut stats = ForeignStats::new(
+            Hierarchy {
+                mode: CgroupMode::Unified,
+                unified_mount: mount.path().to_owned(),
+                v1: Vec::new(),
+            },
+            1000,
+        );
+        let mut probes = Probes::disabled(&TrackedRoot::fixture());
+        // One tick over the listed containers, then every reading made due for the next one;
+        // the docker container's memory as the tick saw it.
+        let mut tick = |stats: &mut ForeignStats| {
+            let mut builder = crate::collect::Builder::new();
+            builder.snapshot.containers = listed();
+            let mut t = crate::collect::Tick {
+                builder: &mut builder,
+                probes: &mut probes,
+            };
+            stats.collect(&mut t).unwrap();
+            for r in stats.last.values_mut() {
+                r.at = Instant::now().checked_sub(IDLE_EVERY).unwrap();
+            }
+            let snap = builder.finish();
+            docker_of(&snap).stats.as_ref().unwrap().memory_usage_bytes
+        };
+        assert_eq!(tick(&mut stats), 1 << 20);
+        // Its CPU time stands still: the due read is its CPU file; memory stands as read.
+        fs::write(dir.join("memory.current"), format!("{}\n", 2 << 20)).unwrap();
+        assert_eq!(tick(&mut stats), 1 << 20, "read while it stood idle");
+        // It ran: the next read takes its memory too.
+        fs::write(
+            dir.join("cpu.stat"),
+            "usage_usec 2500000\nuser_usec 1900000\nsystem_usec 600000\n",
+        )
+        .unwrap();
+        assert_eq!(
+            tick(&mut stats),
+            2 << 20,
+            "not read after its CPU time moved"
+        );
     }
 
     #[test]

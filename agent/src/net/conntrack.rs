@@ -13,53 +13,98 @@ pub mod counter;
 pub mod ctnetlink;
 pub mod tally;
 
-use std::{collections::HashMap, fs, path::Path};
+use std::{fs::File, path::PathBuf};
+
+use crate::fsutil::pread_all;
 
 pub use crate::model::host::ConntrackStats;
 
-/// `None` when conntrack is not loaded (the files do not exist).
-pub fn host_stats(proc: &Path) -> Option<ConntrackStats> {
-    let read_num =
-        |p: &str| -> Option<u64> { fs::read_to_string(proc.join(p)).ok()?.trim().parse().ok() };
-    let mut s = ConntrackStats {
-        entries: read_num("sys/net/netfilter/nf_conntrack_count")?,
-        max: read_num("sys/net/netfilter/nf_conntrack_max").unwrap_or(0),
-        ..Default::default()
-    };
-    if let Ok(text) = fs::read_to_string(proc.join("net/stat/nf_conntrack")) {
-        let sums = sum_stat(&text);
-        let get = |k: &str| sums.get(k).copied().unwrap_or(0);
-        s.found = get("found");
-        s.new = get("new");
-        s.invalid = get("invalid");
-        s.insert = get("insert");
-        s.insert_failed = get("insert_failed");
-        s.drop = get("drop");
-        s.early_drop = get("early_drop");
-        s.search_restart = get("search_restart");
-    }
-    Some(s)
+/// The host-wide numbers, read every tick from three procfs files kept open (one `pread`
+/// each; opening a `/proc/sys` file walks its sysctl table, most of the cost of a read).
+/// A file that fails to read is opened again at the next read: conntrack may be loaded
+/// after the agent starts. The files belong to the network namespace the agent is in when
+/// they are opened (the host's).
+#[derive(Debug)]
+pub struct HostStats {
+    proc: PathBuf,
+    files: [Option<File>; 3],
+    buf: Vec<u8>,
 }
 
-/// Sums the per-CPU rows (hex) of /proc/net/stat/nf_conntrack by column name. The `entries`
-/// column is the same global count on every row and is not summed.
-fn sum_stat(text: &str) -> HashMap<String, u64> {
-    let mut lines = text.lines();
-    let Some(header) = lines.next() else {
-        return HashMap::new();
-    };
-    let names: Vec<&str> = header.split_whitespace().collect();
-    let mut sums: HashMap<String, u64> = HashMap::new();
-    for line in lines {
-        for (name, v) in names.iter().zip(line.split_whitespace()) {
-            if *name == "entries" {
-                continue;
-            }
-            let v = u64::from_str_radix(v, 16).unwrap_or(0);
-            *sums.entry((*name).to_owned()).or_default() += v;
+const COUNT: &str = "sys/net/netfilter/nf_conntrack_count";
+const MAX: &str = "sys/net/netfilter/nf_conntrack_max";
+const STAT: &str = "net/stat/nf_conntrack";
+
+impl HostStats {
+    /// Reads below `proc` (normally `/proc`; tests use fixtures).
+    pub fn new(proc: impl Into<PathBuf>) -> Self {
+        Self {
+            proc: proc.into(),
+            files: [None, None, None],
+            buf: Vec::new(),
         }
     }
-    sums
+
+    /// `None` when conntrack is not loaded (the files do not exist).
+    pub fn read(&mut self) -> Option<ConntrackStats> {
+        let mut s = ConntrackStats {
+            entries: self.read_num(0)?,
+            max: self.read_num(1).unwrap_or(0),
+            ..Default::default()
+        };
+        if let Some(len) = self.read_file(2)
+            && let Ok(text) = std::str::from_utf8(&self.buf[..len])
+        {
+            sum_stat(text, &mut s);
+        }
+        Some(s)
+    }
+
+    fn read_num(&mut self, i: usize) -> Option<u64> {
+        let len = self.read_file(i)?;
+        std::str::from_utf8(&self.buf[..len])
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// File `i`'s content into `buf` (its length), opened first when it is not open.
+    fn read_file(&mut self, i: usize) -> Option<usize> {
+        if self.files[i].is_none() {
+            self.files[i] = File::open(self.proc.join([COUNT, MAX, STAT][i])).ok();
+        }
+        let len = pread_all(self.files[i].as_ref()?, &mut self.buf);
+        if len.is_err() {
+            self.files[i] = None;
+        }
+        len.ok()
+    }
+}
+
+/// Sums the per-CPU rows (hex) of /proc/net/stat/nf_conntrack into `s` by column name. The
+/// `entries` column is the same global count on every row and is not summed.
+fn sum_stat(text: &str, s: &mut ConntrackStats) {
+    let mut lines = text.lines();
+    let Some(header) = lines.next() else {
+        return;
+    };
+    for line in lines {
+        for (name, v) in header.split_whitespace().zip(line.split_whitespace()) {
+            let field = match name {
+                "found" => &mut s.found,
+                "new" => &mut s.new,
+                "invalid" => &mut s.invalid,
+                "insert" => &mut s.insert,
+                "insert_failed" => &mut s.insert_failed,
+                "drop" => &mut s.drop,
+                "early_drop" => &mut s.early_drop,
+                "search_restart" => &mut s.search_restart,
+                _ => continue,
+            };
+            *field += u64::from_str_radix(v, 16).unwrap_or(0);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -71,17 +116,24 @@ mod tests {
         let text = "entries  clashres found new invalid ignore delete chainlength insert insert_failed drop early_drop icmp_error  expect_new expect_create expect_delete search_restart\n\
                     00000005  00000000 00000001 00000002 00000003 00000000 00000000 00000000 00000000 0000000a 00000001 00000002 00000000  00000000 00000000 00000000 00000000\n\
                     00000005  00000000 00000001 00000002 00000000 00000000 00000000 00000000 00000000 00000001 00000000 00000000 00000000  00000000 00000000 00000000 00000001\n";
-        let s = sum_stat(text);
-        assert_eq!(s["new"], 4);
-        assert_eq!(s["insert_failed"], 11);
-        assert_eq!(s["early_drop"], 2);
-        assert!(!s.contains_key("entries"));
+        let mut s = ConntrackStats::default();
+        sum_stat(text, &mut s);
+        assert_eq!(
+            (s.new, s.insert_failed, s.early_drop, s.search_restart),
+            (4, 11, 2, 1)
+        );
+        assert_eq!(
+            s.entries, 0,
+            "entries is the count file's, not a sum of rows"
+        );
     }
 
     #[test]
     fn host_stats_read_a_fixture_procfs_and_absence_means_none() {
+        use std::fs;
         let d = tempfile::tempdir().unwrap();
-        assert_eq!(host_stats(d.path()), None);
+        let mut stats = HostStats::new(d.path());
+        assert_eq!(stats.read(), None);
         fs::create_dir_all(d.path().join("sys/net/netfilter")).unwrap();
         fs::create_dir_all(d.path().join("net/stat")).unwrap();
         fs::write(d.path().join("sys/net/netfilter/nf_conntrack_count"), "7\n").unwrap();
@@ -95,10 +147,14 @@ mod tests {
             "entries new drop early_drop insert_failed\n00000007 00000010 00000001 00000000 00000002\n",
         )
         .unwrap();
-        let s = host_stats(d.path()).unwrap();
+        // Loaded after the first read: found at the next one.
+        let s = stats.read().unwrap();
         assert_eq!(
             (s.entries, s.max, s.new, s.drop, s.insert_failed),
             (7, 262144, 16, 1, 2)
         );
+        // The kept-open files give what they hold now.
+        fs::write(d.path().join("sys/net/netfilter/nf_conntrack_count"), "9\n").unwrap();
+        assert_eq!(stats.read().unwrap().entries, 9);
     }
 }

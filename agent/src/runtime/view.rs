@@ -62,21 +62,21 @@ impl Manager {
     /// The container as it is now (the watch refreshed first).
     pub(super) fn view(&self, record: &ContainerRecord) -> ContainerView {
         self.watch.refresh();
-        self.known_view(record)
+        self.known_view(record.clone())
     }
 
     /// The container as of the last refresh of the watch.
-    fn known_view(&self, record: &ContainerRecord) -> ContainerView {
+    fn known_view(&self, record: ContainerRecord) -> ContainerView {
         let mut state = self.known_state(&record.id);
-        let status = self.status(record, &mut state);
+        let status = self.status(&record, &mut state);
         ContainerView {
             cgroup_id: self
                 .watch
-                .cgroup_id(&record.id, || self.cgroup(record).v2_id()),
-            record: record.clone(),
+                .cgroup_id(&record.id, || self.cgroup(&record).v2_id()),
             status,
             state,
             log_path: self.store.dir(&record.id).log(),
+            record,
         }
     }
 
@@ -165,7 +165,7 @@ impl Manager {
         // One refresh for all: at rest, every view below is a lookup in memory.
         self.watch.refresh();
         let mut views: Vec<ContainerView> = records
-            .iter()
+            .into_iter()
             .map(|r| self.known_view(r))
             .filter(|v| all || v.status.is_up())
             .collect();
