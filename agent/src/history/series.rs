@@ -10,13 +10,17 @@
 //! value at the frame's instant.
 //!
 //! The memory bound: each tier holds at most `span / step + 1` frames, and a frame holds one
-//! [`Point`] per container, so at N containers the store needs at most
-//! `frames * (size_of::<Frame>() + N * size_of::<(u32, Point)>())` bytes plus one [`Slot`]
-//! (id, name) per container seen within the coarse span ([`Series::bound_bytes`]).
+//! shared [`Point`] per container: a container whose point did not change since the frame
+//! before shares that frame's (most containers at rest), so a frame costs a slot number and a
+//! pointer per container plus a point per container that changed. At N containers the store
+//! needs at most `frames * (size_of::<Frame>() + N * (size_of::<(u32, Arc<Point>)>() +` an
+//! allocated point`))` bytes plus one [`Slot`] (id, name) per container seen within the coarse
+//! span ([`Series::bound_bytes`]).
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{HashMap, HashSet, VecDeque},
     mem::size_of,
+    sync::Arc,
     time::{Duration, UNIX_EPOCH},
 };
 
@@ -100,8 +104,8 @@ pub struct Frame {
     /// Unix seconds.
     pub t: f64,
     pub host: HostPoint,
-    /// Sorted by slot.
-    pub points: Vec<(u32, Point)>,
+    /// Sorted by slot; a point equal to the frame before's is that frame's (shared).
+    pub points: Vec<(u32, Arc<Point>)>,
 }
 
 impl Frame {
@@ -109,7 +113,7 @@ impl Frame {
         self.points
             .binary_search_by_key(&slot, |(s, _)| *s)
             .ok()
-            .map(|i| &self.points[i].1)
+            .map(|i| &*self.points[i].1)
     }
 }
 
@@ -124,6 +128,9 @@ pub struct Slot {
     /// slot is freed.
     pub last_seen: f64,
 }
+
+/// An allocated point: the point and the two counts of its `Arc`.
+const POINT_BYTES: usize = size_of::<Point>() + 2 * size_of::<usize>();
 
 pub struct Series {
     config: SeriesConfig,
@@ -164,6 +171,7 @@ impl Series {
             return;
         }
         let frame = self.frame(snap, t);
+        let frame = share(frame, self.fine.back());
         let coarse_due = self
             .coarse
             .back()
@@ -178,7 +186,8 @@ impl Series {
         self.free_unseen();
     }
 
-    fn frame(&mut self, snap: &Snapshot, t: f64) -> Frame {
+    /// The snapshot's frame, every point its own (see [`share`]).
+    fn frame(&mut self, snap: &Snapshot, t: f64) -> (f64, HostPoint, Vec<(u32, Point)>) {
         let probe_up = |name: &str| snap.probes.iter().any(|p| p.name == name && p.attached);
         let (sys_up, net_up) = (probe_up("syscalls"), probe_up("network"));
         let nf_up = snap.netfilter.is_some();
@@ -250,7 +259,7 @@ impl Series {
                 .map(|p| p.packets)
                 .sum();
         }
-        Frame { t, host, points }
+        (t, host, points)
     }
 
     fn slot(&mut self, id: &str, name: &str, engine: Engine, status: Status, t: f64) -> u32 {
@@ -324,10 +333,19 @@ impl Series {
 
     /// Bytes the store holds on the heap now (capacities, not lengths: what is allocated).
     pub fn heap_bytes(&self) -> usize {
-        let frames = |q: &VecDeque<Frame>| {
+        // Each point allocation once, however many frames (of either tier) share it.
+        let mut points = HashSet::new();
+        let mut frames = |q: &VecDeque<Frame>| {
             q.capacity() * size_of::<Frame>()
                 + q.iter()
-                    .map(|f| f.points.capacity() * size_of::<(u32, Point)>())
+                    .map(|f| {
+                        f.points.capacity() * size_of::<(u32, Arc<Point>)>()
+                            + f.points
+                                .iter()
+                                .filter(|(_, p)| points.insert(Arc::as_ptr(p)))
+                                .count()
+                                * POINT_BYTES
+                    })
                     .sum::<usize>()
         };
         let slots = self.slots.capacity() * size_of::<Option<Slot>>()
@@ -354,11 +372,35 @@ impl Series {
     pub fn bound_bytes(config: &SeriesConfig, containers: usize, id_bytes: usize) -> usize {
         let frames = Self::capacity(config.fine_span, config.resolution)
             + Self::capacity(config.coarse_span, config.coarse_step);
-        let per_frame = 2 * size_of::<Frame>() + containers * size_of::<(u32, Point)>();
+        // Every point changed at every tick: none shared. The allocator's header on top.
+        let per_frame = 2 * size_of::<Frame>()
+            + containers * (size_of::<(u32, Arc<Point>)>() + POINT_BYTES + 2 * size_of::<usize>());
         // Slots and index: each container's strings twice (slot and key), at most doubled.
         let per_slot =
             size_of::<Option<Slot>>() + size_of::<(String, u32)>() + 1 + 2 * id_bytes + 4;
         frames * per_frame + 2 * containers * per_slot
+    }
+}
+
+/// The frame of `(t, host, points)`: each point equal to the one `before` holds for its slot is
+/// that one, shared (a container at rest costs a pointer per frame, not a point).
+fn share((t, host, points): (f64, HostPoint, Vec<(u32, Point)>), before: Option<&Frame>) -> Frame {
+    let before = before.map_or(&[][..], |f| &f.points[..]);
+    // Into a buffer of its own: collected in place, the points' buffer (8 times larger) would
+    // be kept.
+    let mut shared = Vec::with_capacity(points.len());
+    shared.extend(points.into_iter().map(|(slot, p)| {
+        let same = before
+            .binary_search_by_key(&slot, |(s, _)| *s)
+            .ok()
+            .map(|i| &before[i].1)
+            .filter(|b| ***b == p);
+        (slot, same.map_or_else(|| Arc::new(p), Arc::clone))
+    }));
+    Frame {
+        t,
+        host,
+        points: shared,
     }
 }
 
