@@ -57,7 +57,8 @@ impl Bases {
                 .is_ok_and(|d| d >= self.spacing)
         });
         if due {
-            ring.push_back(Arc::new(Base::of(snap)));
+            let base = Base::of(snap, ring.back().map(|b| &**b));
+            ring.push_back(Arc::new(base));
         }
         let now = snap.taken_at;
         let age = |b: &Base| now.duration_since(b.taken_at).unwrap_or_default();
@@ -95,10 +96,11 @@ impl Bases {
     /// Starts kept, and the bytes they hold ([`Base::bytes`]).
     pub fn held(&self) -> (usize, usize) {
         let ring = self.ring.lock().expect("lock");
+        let mut counted = std::collections::HashSet::new();
         (
             ring.len(),
             ring.capacity() * std::mem::size_of::<Arc<Base>>()
-                + ring.iter().map(|b| b.bytes()).sum::<usize>(),
+                + ring.iter().map(|b| b.bytes(&mut counted)).sum::<usize>(),
         )
     }
 }

@@ -545,7 +545,7 @@ mod tests {
     fn port_rows_carry_the_engine_and_the_whole_new_flow_path() {
         let base = fixture::docker_host_at(Duration::ZERO, 100);
         let now = fixture::docker_host_at(Duration::from_secs(10), 300);
-        let rows = now.range_costs(Some(&Base::of(&base)));
+        let rows = now.range_costs(Some(&Base::of(&base, None)));
         let sfu = rows.iter().find(|r| r.name == "sfu").unwrap();
         assert_eq!((sfu.engine, sfu.backend), (Engine::Docker, None));
         let nf = sfu.netfilter.as_ref().unwrap();

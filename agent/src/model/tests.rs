@@ -50,7 +50,7 @@ fn new_flow_cost_is_prerouting_new_state_only() {
 fn range_costs_give_per_hook_per_port_and_a_rate_over_the_window() {
     let base = fixture::snapshot_at(Duration::ZERO, 100);
     let now = fixture::snapshot_at(Duration::from_secs(10), 300);
-    let rows = now.range_costs(Some(&ports::Base::of(&base)));
+    let rows = now.range_costs(Some(&ports::Base::of(&base, None)));
     assert_eq!(rows.len(), 2);
     // Costliest over the window first: legacy's 200 new flows at 60 µs, 1.2 ms a second.
     assert_eq!(rows[0].name, "legacy");

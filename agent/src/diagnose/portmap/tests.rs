@@ -21,7 +21,7 @@ fn of<'a>(f: &'a [Finding], name: &str) -> Vec<&'a Finding> {
 #[test]
 fn a_docker_container_with_a_thousand_ports_is_named_with_every_number_and_critical() {
     let (now, base) = window();
-    let f = diagnose(&now, Some(&Base::of(&base)));
+    let f = diagnose(&now, Some(&Base::of(&base, None)));
     let sfu = of(&f, "sfu");
     assert_eq!(sfu.len(), 1, "{f:#?}");
     let sfu = sfu[0];
@@ -103,7 +103,7 @@ fn a_docker_container_with_a_thousand_ports_is_named_with_every_number_and_criti
 #[test]
 fn the_costliest_container_comes_first_and_a_small_one_is_a_warning() {
     let (now, base) = window();
-    let f = findings(&now, Some(&Base::of(&base)));
+    let f = findings(&now, Some(&Base::of(&base, None)));
     let names: Vec<&str> = f.iter().map(|f| f.subject.as_str()).collect();
     assert_eq!(names, ["container sfu", "container web"]);
     let web = &f[1];
@@ -131,7 +131,7 @@ fn the_costliest_container_comes_first_and_a_small_one_is_a_warning() {
 #[test]
 fn host_networking_and_portless_bridge_containers_get_no_port_mapping_finding() {
     let (now, base) = window();
-    let f = diagnose(&now, Some(&Base::of(&base)));
+    let f = diagnose(&now, Some(&Base::of(&base, None)));
     assert!(of(&f, "hostnet").is_empty(), "{f:#?}");
     assert!(
         of(&f, "worker").is_empty(),
@@ -142,7 +142,7 @@ fn host_networking_and_portless_bridge_containers_get_no_port_mapping_finding() 
 #[test]
 fn the_host_wide_proxy_finding_counts_only_proxies_no_container_accounts_for() {
     let (now, base) = window();
-    let f = diagnose(&now, Some(&Base::of(&base)));
+    let f = diagnose(&now, Some(&Base::of(&base, None)));
     let host: Vec<&Finding> = f
         .iter()
         .filter(|f| f.subject == "host" && f.cause.contains("proxies"))

@@ -13,7 +13,12 @@
 //! port does not pass for a busy one. A syscall cut from the start counts from zero over the
 //! window: overstated by at most its count at the start, at most the smallest kept one's.
 
-use std::{collections::BTreeMap, mem::size_of, time::SystemTime};
+use std::{
+    collections::{BTreeMap, HashSet},
+    mem::size_of,
+    sync::Arc,
+    time::SystemTime,
+};
 
 use super::{Hook, PortCounters, Publish, Snapshot};
 use crate::model::{Container, CtState};
@@ -33,7 +38,7 @@ pub struct BaseSyscall {
     pub latency_sum_ns: u64,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 struct BaseContainer {
     id: String,
     cgroup_id: Option<u64>,
@@ -77,7 +82,8 @@ impl BaseRange {
 #[derive(Debug, Clone)]
 pub struct Base {
     pub taken_at: SystemTime,
-    containers: Vec<BaseContainer>,
+    /// A container whose counters did not move since the start before shares its entry.
+    containers: Vec<Arc<BaseContainer>>,
     ranges: Vec<(RangeKey, BaseRange)>,
 }
 
@@ -90,8 +96,10 @@ fn key(p: &Publish) -> RangeKey {
 }
 
 impl Base {
-    /// Cuts `snap` down to what the window readers subtract.
-    pub fn of(snap: &Snapshot) -> Self {
+    /// Cuts `snap` down to what the window readers subtract. A container whose counters are
+    /// those it had in `before` (the start kept before this one) shares that start's entry:
+    /// at rest a start costs a pointer per container.
+    pub fn of(snap: &Snapshot, before: Option<&Base>) -> Self {
         let mut keys: Vec<RangeKey> = snap
             .containers
             .iter()
@@ -182,15 +190,26 @@ impl Base {
                 }
             })
             .collect();
-        let mut base = Base {
-            taken_at: snap.taken_at,
-            containers,
-            ranges,
-        };
-        for (b, c) in base.containers.iter_mut().zip(&snap.containers) {
-            b.new_flows = range_flows(&base.ranges, c);
+        let mut containers: Vec<BaseContainer> = containers;
+        for (b, c) in containers.iter_mut().zip(&snap.containers) {
+            b.new_flows = range_flows(&ranges, c);
         }
-        base
+        let before = before.map_or(&[][..], |b| &b.containers[..]);
+        let mut shared = Vec::with_capacity(containers.len());
+        // Containers keep their order from snapshot to snapshot: the same one is looked for at
+        // the same index first.
+        shared.extend(containers.into_iter().enumerate().map(|(i, b)| {
+            before
+                .get(i)
+                .filter(|p| ***p == b)
+                .or_else(|| before.iter().find(|p| ***p == b))
+                .map_or_else(|| Arc::new(b), Arc::clone)
+        }));
+        Base {
+            taken_at: snap.taken_at,
+            containers: shared,
+            ranges,
+        }
     }
 
     /// The same container at the start (same id in the same cgroup).
@@ -198,6 +217,7 @@ impl Base {
         self.containers
             .iter()
             .find(|b| b.id == c.id && b.cgroup_id == c.cgroup_id)
+            .map(|b| &**b)
     }
 
     /// `c`'s proxies' CPU seconds at the start; `None` when `c` was not there.
@@ -222,14 +242,21 @@ impl Base {
         self.ranges.iter().find(|(r, _)| *r == k).map(|(_, r)| r)
     }
 
-    /// Bytes this start holds (its own size and every allocation's capacity).
-    pub fn bytes(&self) -> usize {
+    /// Bytes this start holds (its own size and every allocation's capacity); a container
+    /// entry already in `counted` (shared with another start) is not counted again.
+    pub fn bytes(&self, counted: &mut HashSet<*const ()>) -> usize {
         size_of::<Self>()
-            + self.containers.capacity() * size_of::<BaseContainer>()
+            + self.containers.capacity() * size_of::<Arc<BaseContainer>>()
             + self
                 .containers
                 .iter()
-                .map(|c| c.id.capacity() + c.syscalls.capacity() * size_of::<BaseSyscall>())
+                .filter(|c| counted.insert(Arc::as_ptr(c).cast()))
+                .map(|c| {
+                    ARC_COUNTS
+                        + size_of::<BaseContainer>()
+                        + c.id.capacity()
+                        + c.syscalls.capacity() * size_of::<BaseSyscall>()
+                })
                 .sum::<usize>()
             + self.ranges.capacity() * size_of::<(RangeKey, BaseRange)>()
             + self
@@ -245,7 +272,11 @@ impl Base {
     pub fn bound_bytes(containers: usize, range_ports: &[usize]) -> usize {
         size_of::<Self>()
             + containers
-                * (size_of::<BaseContainer>() + 64 + SYSCALLS_KEPT * size_of::<BaseSyscall>())
+                * (size_of::<Arc<BaseContainer>>()
+                    + ARC_COUNTS
+                    + size_of::<BaseContainer>()
+                    + 64
+                    + SYSCALLS_KEPT * size_of::<BaseSyscall>())
             + range_ports
                 .iter()
                 .map(|n| {
@@ -255,6 +286,9 @@ impl Base {
                 .sum::<usize>()
     }
 }
+
+/// The two counts an `Arc` allocation holds besides its value.
+const ARC_COUNTS: usize = 2 * size_of::<usize>();
 
 fn range_flows(ranges: &[(RangeKey, BaseRange)], c: &Container) -> u64 {
     let mut keys: Vec<RangeKey> = c.network.publish.iter().map(key).collect();
