@@ -107,16 +107,22 @@ impl Base {
             .collect();
         keys.sort_unstable();
         keys.dedup();
+        let samples = snap
+            .netfilter
+            .as_ref()
+            .map_or(&[][..], |nf| &nf.by_port[..]);
         // (protocol, port, range) for every port of every range, to find a sample's ranges
-        // by binary search.
+        // by binary search; not built while no port has a sample (at rest).
         let mut index: Vec<(u8, u16, u32)> = Vec::new();
-        for (i, (proto, start, end)) in keys.iter().enumerate() {
-            index.extend((*start..=*end).map(|port| (*proto, port, i as u32)));
+        if !samples.is_empty() {
+            for (i, (proto, start, end)) in keys.iter().enumerate() {
+                index.extend((*start..=*end).map(|port| (*proto, port, i as u32)));
+            }
+            index.sort_unstable();
         }
-        index.sort_unstable();
         let mut per_port: Vec<BTreeMap<u16, PortCounters>> = vec![BTreeMap::new(); keys.len()];
         let mut flows = vec![0u64; keys.len()];
-        for p in snap.netfilter.iter().flat_map(|nf| &nf.by_port) {
+        for p in samples {
             let from = index.partition_point(|&(pr, po, _)| (pr, po) < (p.proto, p.port));
             for &(_, _, i) in index[from..]
                 .iter()
