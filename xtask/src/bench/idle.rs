@@ -306,6 +306,10 @@ fn one_run(
     result.with_context(|| format!("run with {berth} berth containers; see {t}"))
 }
 
+/// Seconds after which the agent's history holds all it keeps (window starts: 15 minutes,
+/// the fine series tier 10), so its RSS stops growing at rest.
+const HISTORY_FILLS_S: u64 = 900;
+
 /// What every row shares.
 pub struct Window {
     /// Foreign containers next to the berth ones.
@@ -412,8 +416,18 @@ pub fn bench_idle(
         ));
         let met = |ok: bool| if ok { "met" } else { "NOT met" };
         if r.berth == 50 {
+            // The history (series and window starts) fills for its first 15 minutes: RSS
+            // after a shorter window is not what a long-running agent holds.
+            let settled = if idle >= HISTORY_FILLS_S {
+                String::new()
+            } else {
+                format!(
+                    " after {idle} s idle, before the history filled ({HISTORY_FILLS_S} s): \
+                     not the steady state"
+                )
+            };
             goals.push_str(&format!(
-                "- 50 containers: CPU <= 0.5% of one core: **{}** ({:.2}%); RSS <= 60 MiB: **{}** ({:.1} MiB)\n",
+                "- 50 containers: CPU <= 0.5% of one core: **{}** ({:.2}%); RSS <= 60 MiB: **{}** ({:.1} MiB{settled})\n",
                 met(r.cpu_share <= 0.005),
                 r.cpu_share * 100.0,
                 met(r.rss_max_mib <= 60.0),
