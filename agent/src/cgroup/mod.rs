@@ -525,4 +525,6 @@ impl TrackedWalk {
 }
 
 #[cfg(test)]
+pub(crate) mod test_tree;
+#[cfg(test)]
 mod tests;

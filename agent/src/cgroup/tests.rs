@@ -1,6 +1,6 @@
 //! Tests of the hierarchy detection, placement and the tracked walk.
 
-use super::*;
+use super::{test_tree::CgTree, *};
 
 #[test]
 fn the_walk_maps_every_directory_inode_to_its_path() {
@@ -36,39 +36,32 @@ fn the_walk_maps_every_directory_inode_to_its_path() {
 /// on drop with what the test made below it, deepest first.
 struct CgRoot {
     root: TrackedRoot,
-    made: Vec<PathBuf>,
+    tree: CgTree,
 }
 
 impl CgRoot {
     fn new(tag: &str) -> Self {
-        let mount = Hierarchy::detect()
-            .expect("a cgroup hierarchy on this host")
-            .unified_mount;
         let rel = format!("berth-tracked-test-{}-{tag}", std::process::id());
-        assert!(!mount.join(&rel).exists(), "{rel} left by another run");
-        let root = TrackedRoot::open(&mount, &rel).unwrap();
+        let mut root = None;
+        let tree = CgTree::new(&rel, |mount, _| {
+            let r = TrackedRoot::open(mount, &rel).unwrap();
+            let dir = r.dir.clone();
+            root = Some(r);
+            dir
+        });
         Self {
-            made: vec![root.dir.clone()],
-            root,
+            root: root.expect("opened"),
+            tree,
         }
     }
 
     /// Makes `rel` (below the root) and its missing parents.
     fn mkdir(&mut self, rel: &str) {
-        let mut dir = self.root.dir.clone();
-        for c in rel.split('/').filter(|c| !c.is_empty()) {
-            dir.push(c);
-            if !dir.exists() {
-                fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
-                self.made.push(dir.clone());
-            }
-        }
+        self.tree.mkdir(rel);
     }
 
     fn rmdir(&mut self, rel: &str) {
-        let dir = self.root.dir.join(rel);
-        fs::remove_dir(&dir).unwrap_or_else(|e| panic!("rmdir {}: {e}", dir.display()));
-        self.made.retain(|d| *d != dir);
+        self.tree.rmdir(rel);
     }
 
     /// The cgroup id of `rel` below the root.
@@ -92,14 +85,6 @@ impl CgRoot {
             .collect();
         v.sort();
         v
-    }
-}
-
-impl Drop for CgRoot {
-    fn drop(&mut self) {
-        for d in self.made.iter().rev() {
-            let _ = fs::remove_dir(d);
-        }
     }
 }
 

@@ -424,40 +424,28 @@ fn on_cgroupfs_each_cgroup_events_is_watched_and_read_only_when_it_changed() {
 /// A tree of this test's own on real cgroupfs (root): `<cgroup2>/berth-inotify-test-<pid>-<tag>`
 /// walked as if it were the mount (the real mount's walk skips `berth*` trees), removed on drop,
 /// deepest first.
-struct CgTree {
-    root: PathBuf,
-    made: Vec<PathBuf>,
-}
+struct CgTree(crate::cgroup::test_tree::CgTree);
 
 impl CgTree {
     fn new(tag: &str) -> Self {
-        let mount = crate::cgroup::Hierarchy::detect()
-            .expect("a cgroup hierarchy on this host")
-            .unified_mount;
-        let root = mount.join(format!("berth-inotify-test-{}-{tag}", std::process::id()));
-        fs::create_dir(&root).unwrap_or_else(|e| panic!("mkdir {}: {e}", root.display()));
-        Self {
-            made: vec![root.clone()],
-            root,
-        }
+        let name = format!("berth-inotify-test-{}-{tag}", std::process::id());
+        Self(crate::cgroup::test_tree::CgTree::new(&name, |_, dir| {
+            fs::create_dir(dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+            dir.to_owned()
+        }))
+    }
+
+    fn root(&self) -> &std::path::Path {
+        self.0.root()
     }
 
     /// Makes `rel` and its missing parents.
     fn mkdir(&mut self, rel: &str) {
-        let mut dir = self.root.clone();
-        for c in rel.split('/').filter(|c| !c.is_empty()) {
-            dir.push(c);
-            if !dir.exists() {
-                fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
-                self.made.push(dir.clone());
-            }
-        }
+        self.0.mkdir(rel);
     }
 
     fn rmdir(&mut self, rel: &str) {
-        let dir = self.root.join(rel.trim_start_matches('/'));
-        fs::remove_dir(&dir).unwrap_or_else(|e| panic!("rmdir {}: {e}", dir.display()));
-        self.made.retain(|d| *d != dir);
+        self.0.rmdir(rel);
     }
 
     /// The walk with inotify off (every directory listed): what any walk must return.
@@ -466,17 +454,9 @@ impl CgTree {
             tree: Tree::without_inotify(),
             ..Known::default()
         };
-        let found = walk(&self.root, skip, &mut known);
+        let found = walk(self.root(), skip, &mut known);
         assert!(!known.watching());
         found
-    }
-}
-
-impl Drop for CgTree {
-    fn drop(&mut self) {
-        for d in self.made.iter().rev() {
-            let _ = fs::remove_dir(d);
-        }
     }
 }
 
@@ -496,7 +476,7 @@ fn on_cgroupfs_a_walk_lists_again_only_the_directories_whose_children_changed() 
 
     // First walk: every directory listed and watched (the root, docker, system.slice, x.slice,
     // y.slice, ssh.service), the container found.
-    let found = walk(&cg.root, skip, &mut known);
+    let found = walk(cg.root(), skip, &mut known);
     assert!(known.watching(), "inotify should work on cgroupfs");
     assert_eq!(paths(&found), [format!("/docker/{a}")]);
     assert_eq!(known.listed(), 6);
@@ -504,13 +484,13 @@ fn on_cgroupfs_a_walk_lists_again_only_the_directories_whose_children_changed() 
     assert_eq!(found, cg.full_walk(skip));
 
     // Nothing changed: nothing listed, same answer.
-    assert_eq!(walk(&cg.root, skip, &mut known), found);
+    assert_eq!(walk(cg.root(), skip, &mut known), found);
     assert_eq!(known.listed(), 0, "nothing changed, nothing listed");
 
     // A container made deep below an already walked directory: found by the next walk, which
     // lists only its parent.
     cg.mkdir(&format!("system.slice/x.slice/y.slice/docker-{b}.scope"));
-    let found = walk(&cg.root, skip, &mut known);
+    let found = walk(cg.root(), skip, &mut known);
     assert_eq!(
         paths(&found),
         [
@@ -520,12 +500,12 @@ fn on_cgroupfs_a_walk_lists_again_only_the_directories_whose_children_changed() 
     );
     assert_eq!(known.listed(), 1, "only y.slice is listed again");
     assert_eq!(found, cg.full_walk(skip));
-    assert_eq!(walk(&cg.root, skip, &mut known), found);
+    assert_eq!(walk(cg.root(), skip, &mut known), found);
     assert_eq!(known.listed(), 0);
 
     // A removed container: gone at the next walk.
     cg.rmdir(&format!("docker/{a}"));
-    let found = walk(&cg.root, skip, &mut known);
+    let found = walk(cg.root(), skip, &mut known);
     assert_eq!(
         paths(&found),
         [format!("/system.slice/x.slice/y.slice/docker-{b}.scope")]
@@ -538,20 +518,20 @@ fn on_cgroupfs_a_walk_lists_again_only_the_directories_whose_children_changed() 
     // walk removes it) and its subtree with it.
     cg.rmdir(&format!("system.slice/x.slice/y.slice/docker-{b}.scope"));
     cg.rmdir("system.slice/x.slice/y.slice");
-    let found = walk(&cg.root, skip, &mut known);
+    let found = walk(cg.root(), skip, &mut known);
     assert!(found.is_empty(), "{found:?}");
     assert_eq!(known.tree.watched().len(), 5);
     assert_eq!(found, cg.full_walk(skip));
     // Made again under the same name: a new directory, watched again.
     cg.mkdir(&format!("system.slice/x.slice/y.slice/docker-{b}.scope"));
-    let found = walk(&cg.root, skip, &mut known);
+    let found = walk(cg.root(), skip, &mut known);
     assert_eq!(
         paths(&found),
         [format!("/system.slice/x.slice/y.slice/docker-{b}.scope")]
     );
     assert_eq!(known.tree.watched().len(), 6);
     assert_eq!(found, cg.full_walk(skip));
-    assert_eq!(walk(&cg.root, skip, &mut known), found);
+    assert_eq!(walk(cg.root(), skip, &mut known), found);
     assert_eq!(known.listed(), 0);
 }
 
@@ -564,7 +544,7 @@ fn on_cgroupfs_the_skipped_root_berth_trees_and_what_lies_past_the_depth_bound_a
     cg.mkdir("a/b/c/d/e/f/g");
     let mut known = Known::default();
     let skip = "/tracked";
-    assert!(walk(&cg.root, skip, &mut known).is_empty());
+    assert!(walk(cg.root(), skip, &mut known).is_empty());
     assert_eq!(
         known.tree.watched().len(),
         7,
@@ -576,13 +556,13 @@ fn on_cgroupfs_the_skipped_root_berth_trees_and_what_lies_past_the_depth_bound_a
     cg.mkdir(&format!("tracked/docker/{}", id(1)));
     cg.mkdir(&format!("berth-other/docker/{}", id(2)));
     cg.mkdir(&format!("a/b/c/d/e/f/g/docker-{}.scope", id(3)));
-    let found = walk(&cg.root, skip, &mut known);
+    let found = walk(cg.root(), skip, &mut known);
     assert!(found.is_empty(), "{found:?}");
     assert_eq!(known.listed(), 0);
     assert_eq!(found, cg.full_walk(skip));
     // Within the bound: found.
     cg.mkdir(&format!("a/b/c/d/e/f/docker-{}.scope", id(4)));
-    let found = walk(&cg.root, skip, &mut known);
+    let found = walk(cg.root(), skip, &mut known);
     assert_eq!(
         paths(&found),
         [format!("/a/b/c/d/e/f/docker-{}.scope", id(4))]
@@ -609,7 +589,7 @@ fn on_cgroupfs_without_inotify_every_walk_lists_every_directory_and_finds_the_sa
             2 => cg.rmdir(&format!("docker/{a}")),
             _ => {}
         }
-        let want = walk(&cg.root, skip, &mut fallback);
+        let want = walk(cg.root(), skip, &mut fallback);
         assert!(!fallback.watching());
         // root, docker, kubepods, burstable (+ the pod from step 1 on).
         assert_eq!(
@@ -617,9 +597,9 @@ fn on_cgroupfs_without_inotify_every_walk_lists_every_directory_and_finds_the_sa
             if step == 0 { 4 } else { 5 },
             "step {step}"
         );
-        assert_eq!(walk(&cg.root, skip, &mut watched), want, "step {step}");
+        assert_eq!(walk(cg.root(), skip, &mut watched), want, "step {step}");
     }
-    let found = walk(&cg.root, skip, &mut fallback);
+    let found = walk(cg.root(), skip, &mut fallback);
     assert_eq!(paths(&found), [format!("/kubepods/burstable/pod{UID}/{b}")]);
     assert_eq!(fallback.tree.watched().len(), 0);
 }
