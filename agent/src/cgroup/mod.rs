@@ -476,7 +476,7 @@ impl TrackedRoot {
         let tree = &mut walked.tree;
         let mut out = HashMap::with_capacity(walked.found + 1);
         out.insert(self.id, self.path.clone());
-        tree.begin();
+        tree.begin(&self.dir);
         // (path below the root, inode as its parent listed it)
         let mut stack = vec![(String::new(), self.id)];
         while let Some((path, ino)) = stack.pop() {

@@ -101,6 +101,9 @@ pub(crate) struct Tree<T> {
     listed: usize,
     /// Inotify was refused, or a directory could not be watched (logged once).
     warned: bool,
+    /// The top directory of the walk (named in the log: the tracked and the foreign walk each
+    /// have a tree).
+    top: PathBuf,
 }
 
 impl<T> Default for Tree<T> {
@@ -112,6 +115,7 @@ impl<T> Default for Tree<T> {
             watches: HashMap::new(),
             listed: 0,
             warned: false,
+            top: PathBuf::new(),
         }
     }
 }
@@ -146,7 +150,10 @@ impl<T> Tree<T> {
     }
 
     /// Starts a walk: takes in the queued events (one `read` at rest).
-    pub(crate) fn begin(&mut self) {
+    pub(crate) fn begin(&mut self, top: &Path) {
+        if self.top != top {
+            self.top = top.to_owned();
+        }
         if matches!(self.inotify, State::Untried) {
             self.inotify = match Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC) {
                 Ok(i) => State::On(i),
@@ -302,7 +309,11 @@ impl<T> Tree<T> {
     fn warn(&mut self, e: &Errno, what: &str) {
         if !self.warned {
             self.warned = true;
-            warn!(error = %e, "{what}: cgroup directories without a watch are listed every tick");
+            warn!(
+                error = %e,
+                tree = %self.top.display(),
+                "{what}: cgroup directories without a watch are listed every tick"
+            );
         }
     }
 }

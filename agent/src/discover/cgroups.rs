@@ -422,7 +422,7 @@ pub fn walk(mount: &Path, skip: &str, known: &mut Known) -> Vec<Found> {
         .epoll
         .as_ref()
         .and_then(|e| e.ready(known.seen.len() + 1));
-    known.tree.begin();
+    known.tree.begin(mount);
     let mut out = Vec::new();
     let mut seen = HashMap::with_capacity(known.seen.len());
     // (path below the mount, inode as its parent listed it, depth)
