@@ -44,8 +44,8 @@ fn udp(direction: &'static str, packets: u64) -> NetCount {
     }
 }
 
-fn berth_spec(restart: RestartPolicy) -> Option<BerthSpec> {
-    Some(BerthSpec {
+fn berth_spec(restart: RestartPolicy) -> Option<std::sync::Arc<BerthSpec>> {
+    Some(std::sync::Arc::new(BerthSpec {
         image_id: None,
         lower: PathBuf::from("/srv/rootfs"),
         args: vec!["media-server".into()],
@@ -58,7 +58,7 @@ fn berth_spec(restart: RestartPolicy) -> Option<BerthSpec> {
         stop_requested: false,
         auto_remove: false,
         seccomp: SeccompChoice::Default,
-    })
+    }))
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -266,7 +266,7 @@ pub struct Container {
     /// What berth recorded when it created the container (berth's own containers only).
     #[serde(flatten)]
     #[schema(schema_with = berth_spec_fields)]
-    pub berth: Option<BerthSpec>,
+    pub berth: Option<std::sync::Arc<BerthSpec>>,
 }
 
 /// The schema of [`Container::berth`]: flattened, its fields are all there for berth's own

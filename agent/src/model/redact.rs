@@ -22,7 +22,8 @@ impl Container {
     pub fn redacted(&self) -> Container {
         let mut c = self.clone();
         if let Some(b) = &mut c.berth {
-            b.env = redact_env(&b.env);
+            let env = redact_env(&b.env);
+            std::sync::Arc::make_mut(b).env = env;
         }
         c
     }

@@ -25,8 +25,9 @@ impl Manager {
             });
         }
         let mut r = r;
-        r.spec.phase = Phase::Removing;
-        r.spec.stop_requested = true;
+        let spec = std::sync::Arc::make_mut(&mut r.spec);
+        spec.phase = Phase::Removing;
+        spec.stop_requested = true;
         self.store.save(&r)?;
         if view.status == Status::Running {
             let _ = self.runtime.kill(&r.id, "KILL");
@@ -42,7 +43,7 @@ impl Manager {
     /// cgroups in every hierarchy, its store directory. Idempotent; logs what it cannot undo.
     pub(super) fn teardown(&self, record: &ContainerRecord) {
         let mut r = record.clone();
-        r.spec.stop_requested = true;
+        std::sync::Arc::make_mut(&mut r.spec).stop_requested = true;
         let _ = self.store.save(&r);
         if let Err(e) = self.runtime.delete(&record.id) {
             warn!(container = %record.id, error = %e, "runtime delete failed");

@@ -197,8 +197,8 @@ impl Manager {
             limits: req.limits,
             created_at: store::now_secs(),
             network,
-            seccomp_profile,
-            spec: BerthSpec {
+            seccomp_profile: seccomp_profile.map(Into::into),
+            spec: std::sync::Arc::new(BerthSpec {
                 image_id,
                 lower,
                 args,
@@ -211,7 +211,7 @@ impl Manager {
                 stop_requested: false,
                 auto_remove: req.auto_remove,
                 seccomp,
-            },
+            }),
         })
     }
 

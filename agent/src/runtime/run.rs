@@ -36,7 +36,7 @@ impl Manager {
         match self.start_shim(&record, &d) {
             Ok(()) => {
                 let mut record = record;
-                record.spec.phase = Phase::Created;
+                std::sync::Arc::make_mut(&mut record.spec).phase = Phase::Created;
                 self.store.save(&record)?;
                 self.containers
                     .write()

@@ -74,7 +74,7 @@ impl Manager {
         record: &ContainerRecord,
     ) -> Result<ContainerRecord, RuntimeError> {
         let mut r = record.clone();
-        r.spec.stop_requested = true;
+        std::sync::Arc::make_mut(&mut r.spec).stop_requested = true;
         self.store.save(&r)?;
         self.containers
             .write()

@@ -99,11 +99,14 @@ pub struct ContainerRecord {
     /// The profile's JSON when `seccomp` is `custom`, as the client sent it (Docker keeps it
     /// in the container's HostConfig the same way); resolved again at each start.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub seccomp_profile: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub seccomp_profile: Option<std::sync::Arc<str>>,
     /// The rest of what berth records (the same fields the snapshot shows), flattened so the
-    /// file keeps one level.
+    /// file keeps one level. Shared with the snapshot's record of the container
+    /// ([`crate::model::Container::berth`]): a tick does not copy its command and environment.
     #[serde(flatten)]
-    pub spec: BerthSpec,
+    #[schema(value_type = BerthSpec)]
+    pub spec: std::sync::Arc<BerthSpec>,
 }
 
 /// Paths of one container's directory.
@@ -314,7 +317,7 @@ mod tests {
         assert!(!r.spec.auto_remove, "an old record is not --rm");
 
         let mut rm = r.clone();
-        rm.spec.auto_remove = true;
+        std::sync::Arc::make_mut(&mut rm.spec).auto_remove = true;
         let v = serde_json::to_value(&rm).unwrap();
         assert_eq!(v["auto_remove"], true);
         assert_eq!(serde_json::from_value::<ContainerRecord>(v).unwrap(), rm);
