@@ -245,13 +245,12 @@ fn sort_and_top_order_containers_by_their_mean() {
     assert_eq!(v.containers.len(), 1);
 }
 
-#[test]
-fn the_store_stays_within_its_documented_bound_when_full() {
-    let cfg = SeriesConfig::default();
-    let n = 100;
+/// The fixture's first container a hundred times over, each with an id, a name and a cgroup of
+/// its own.
+fn hundred_containers() -> Snapshot {
     let mut snap = fixture::snapshot_at(Duration::ZERO, 100);
     let proto = snap.containers[0].clone();
-    snap.containers = (0..n)
+    snap.containers = (0..100)
         .map(|i| {
             let mut c = proto.clone();
             c.id = format!("{i:064x}");
@@ -260,6 +259,14 @@ fn the_store_stays_within_its_documented_bound_when_full() {
             c
         })
         .collect();
+    snap
+}
+
+#[test]
+fn the_store_stays_within_its_documented_bound_when_full() {
+    let cfg = SeriesConfig::default();
+    let n = 100;
+    let mut snap = hundred_containers();
     let mut s = Series::new(cfg);
     // An hour and a bit at one tick a second fills both tiers; every container ran at every
     // tick, so no frame shares a point with the one before (the worst case).
@@ -289,17 +296,7 @@ fn the_store_stays_within_its_documented_bound_when_full() {
 fn containers_at_rest_share_their_points_across_frames() {
     let cfg = SeriesConfig::default();
     let n = 100;
-    let mut snap = fixture::snapshot_at(Duration::ZERO, 100);
-    let proto = snap.containers[0].clone();
-    snap.containers = (0..n)
-        .map(|i| {
-            let mut c = proto.clone();
-            c.id = format!("{i:064x}");
-            c.name = format!("container-{i}");
-            c.cgroup_id = Some(1000 + i as u64);
-            c
-        })
-        .collect();
+    let mut snap = hundred_containers();
     let mut s = Series::new(cfg);
     // Ten minutes at rest but for one container, whose CPU time moves at every tick.
     for t in 0..600u64 {
