@@ -14,7 +14,7 @@
 //! window: overstated by at most its count at the start, at most the smallest kept one's.
 
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     mem::size_of,
     sync::Arc,
     time::SystemTime,
@@ -170,7 +170,13 @@ impl Base {
                 )
             })
             .collect();
-        let containers = snap
+        // The start before's entries by container (same id in the same cgroup), to share.
+        let before: HashMap<(&str, Option<u64>), &Arc<BaseContainer>> = before
+            .iter()
+            .flat_map(|b| &b.containers)
+            .map(|b| ((b.id.as_str(), b.cgroup_id), b))
+            .collect();
+        let shared = snap
             .containers
             .iter()
             .map(|c| {
@@ -187,30 +193,19 @@ impl Base {
                 syscalls.sort_by(|a, b| b.count.cmp(&a.count).then(a.nr.cmp(&b.nr)));
                 syscalls.truncate(SYSCALLS_KEPT);
                 syscalls.shrink_to_fit();
-                BaseContainer {
+                let b = BaseContainer {
                     id: c.id.clone(),
                     cgroup_id: c.cgroup_id,
                     proxy_cpu_seconds: c.port_mapping.proxies.cpu_seconds,
-                    new_flows: 0,
+                    new_flows: range_flows(&ranges, c),
                     syscalls,
+                };
+                match before.get(&(c.id.as_str(), c.cgroup_id)) {
+                    Some(&same) if **same == b => Arc::clone(same),
+                    _ => Arc::new(b),
                 }
             })
             .collect();
-        let mut containers: Vec<BaseContainer> = containers;
-        for (b, c) in containers.iter_mut().zip(&snap.containers) {
-            b.new_flows = range_flows(&ranges, c);
-        }
-        let before = before.map_or(&[][..], |b| &b.containers[..]);
-        let mut shared = Vec::with_capacity(containers.len());
-        // Containers keep their order from snapshot to snapshot: the same one is looked for at
-        // the same index first.
-        shared.extend(containers.into_iter().enumerate().map(|(i, b)| {
-            before
-                .get(i)
-                .filter(|p| ***p == b)
-                .or_else(|| before.iter().find(|p| ***p == b))
-                .map_or_else(|| Arc::new(b), Arc::clone)
-        }));
         Base {
             taken_at: snap.taken_at,
             containers: shared,
