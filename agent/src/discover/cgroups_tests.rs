@@ -4,6 +4,7 @@
 use std::{fs, os::unix::fs::MetadataExt, path::PathBuf, time::Instant};
 
 use super::*;
+use crate::cgroup::test_tree::CgTree;
 
 const ID: &str = "3f4e8a1b2c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f7";
 const UID: &str = "1c0de6a2-7b9f-4e11-9c3d-5a6b7c8d9e0f";
@@ -424,40 +425,23 @@ fn on_cgroupfs_each_cgroup_events_is_watched_and_read_only_when_it_changed() {
 /// A tree of this test's own on real cgroupfs (root): `<cgroup2>/berth-inotify-test-<pid>-<tag>`
 /// walked as if it were the mount (the real mount's walk skips `berth*` trees), removed on drop,
 /// deepest first.
-struct CgTree(crate::cgroup::test_tree::CgTree);
+fn cg_tree(tag: &str) -> CgTree {
+    let name = format!("berth-inotify-test-{}-{tag}", std::process::id());
+    CgTree::new(&name, |_, dir| {
+        fs::create_dir(dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+        dir.to_owned()
+    })
+}
 
-impl CgTree {
-    fn new(tag: &str) -> Self {
-        let name = format!("berth-inotify-test-{}-{tag}", std::process::id());
-        Self(crate::cgroup::test_tree::CgTree::new(&name, |_, dir| {
-            fs::create_dir(dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
-            dir.to_owned()
-        }))
-    }
-
-    fn root(&self) -> &std::path::Path {
-        self.0.root()
-    }
-
-    /// Makes `rel` and its missing parents.
-    fn mkdir(&mut self, rel: &str) {
-        self.0.mkdir(rel);
-    }
-
-    fn rmdir(&mut self, rel: &str) {
-        self.0.rmdir(rel);
-    }
-
-    /// The walk with inotify off (every directory listed): what any walk must return.
-    fn full_walk(&self, skip: &str) -> Vec<Found> {
-        let mut known = Known {
-            tree: Tree::without_inotify(),
-            ..Known::default()
-        };
-        let found = walk(self.root(), skip, &mut known);
-        assert!(!known.watching());
-        found
-    }
+/// The walk of `cg` with inotify off (every directory listed): what any walk must return.
+fn full_walk(cg: &CgTree, skip: &str) -> Vec<Found> {
+    let mut known = Known {
+        tree: Tree::without_inotify(),
+        ..Known::default()
+    };
+    let found = walk(cg.root(), skip, &mut known);
+    assert!(!known.watching());
+    found
 }
 
 fn paths(found: &[Found]) -> Vec<&str> {
@@ -467,7 +451,7 @@ fn paths(found: &[Found]) -> Vec<&str> {
 #[test]
 fn on_cgroupfs_a_walk_lists_again_only_the_directories_whose_children_changed() {
     let (a, b) = (id(0xa1), id(0xb2));
-    let mut cg = CgTree::new("changed");
+    let mut cg = cg_tree("changed");
     cg.mkdir(&format!("docker/{a}"));
     cg.mkdir("system.slice/x.slice/y.slice");
     cg.mkdir("system.slice/ssh.service");
@@ -481,7 +465,7 @@ fn on_cgroupfs_a_walk_lists_again_only_the_directories_whose_children_changed() 
     assert_eq!(paths(&found), [format!("/docker/{a}")]);
     assert_eq!(known.listed(), 6);
     assert_eq!(known.tree.watched().len(), 6);
-    assert_eq!(found, cg.full_walk(skip));
+    assert_eq!(found, full_walk(&cg, skip));
 
     // Nothing changed: nothing listed, same answer.
     assert_eq!(walk(cg.root(), skip, &mut known), found);
@@ -499,7 +483,7 @@ fn on_cgroupfs_a_walk_lists_again_only_the_directories_whose_children_changed() 
         ]
     );
     assert_eq!(known.listed(), 1, "only y.slice is listed again");
-    assert_eq!(found, cg.full_walk(skip));
+    assert_eq!(found, full_walk(&cg, skip));
     assert_eq!(walk(cg.root(), skip, &mut known), found);
     assert_eq!(known.listed(), 0);
 
@@ -511,7 +495,7 @@ fn on_cgroupfs_a_walk_lists_again_only_the_directories_whose_children_changed() 
         [format!("/system.slice/x.slice/y.slice/docker-{b}.scope")]
     );
     assert_eq!(known.listed(), 1, "only docker is listed again");
-    assert_eq!(found, cg.full_walk(skip));
+    assert_eq!(found, full_walk(&cg, skip));
     assert_eq!(known.len(), 1, "the removed container's entry is dropped");
 
     // A removed directory that was walked: its watch goes (cgroupfs sends no IN_IGNORED: the
@@ -521,7 +505,7 @@ fn on_cgroupfs_a_walk_lists_again_only_the_directories_whose_children_changed() 
     let found = walk(cg.root(), skip, &mut known);
     assert!(found.is_empty(), "{found:?}");
     assert_eq!(known.tree.watched().len(), 5);
-    assert_eq!(found, cg.full_walk(skip));
+    assert_eq!(found, full_walk(&cg, skip));
     // Made again under the same name: a new directory, watched again.
     cg.mkdir(&format!("system.slice/x.slice/y.slice/docker-{b}.scope"));
     let found = walk(cg.root(), skip, &mut known);
@@ -530,14 +514,14 @@ fn on_cgroupfs_a_walk_lists_again_only_the_directories_whose_children_changed() 
         [format!("/system.slice/x.slice/y.slice/docker-{b}.scope")]
     );
     assert_eq!(known.tree.watched().len(), 6);
-    assert_eq!(found, cg.full_walk(skip));
+    assert_eq!(found, full_walk(&cg, skip));
     assert_eq!(walk(cg.root(), skip, &mut known), found);
     assert_eq!(known.listed(), 0);
 }
 
 #[test]
 fn on_cgroupfs_the_skipped_root_berth_trees_and_what_lies_past_the_depth_bound_are_not_watched() {
-    let mut cg = CgTree::new("bounds");
+    let mut cg = cg_tree("bounds");
     cg.mkdir("tracked");
     cg.mkdir("berth-other");
     // Depths 1 to 7: a..f are walked (the root is depth 0), g is past the bound.
@@ -559,7 +543,7 @@ fn on_cgroupfs_the_skipped_root_berth_trees_and_what_lies_past_the_depth_bound_a
     let found = walk(cg.root(), skip, &mut known);
     assert!(found.is_empty(), "{found:?}");
     assert_eq!(known.listed(), 0);
-    assert_eq!(found, cg.full_walk(skip));
+    assert_eq!(found, full_walk(&cg, skip));
     // Within the bound: found.
     cg.mkdir(&format!("a/b/c/d/e/f/docker-{}.scope", id(4)));
     let found = walk(cg.root(), skip, &mut known);
@@ -568,13 +552,13 @@ fn on_cgroupfs_the_skipped_root_berth_trees_and_what_lies_past_the_depth_bound_a
         [format!("/a/b/c/d/e/f/docker-{}.scope", id(4))]
     );
     assert_eq!(known.listed(), 1);
-    assert_eq!(found, cg.full_walk(skip));
+    assert_eq!(found, full_walk(&cg, skip));
 }
 
 #[test]
 fn on_cgroupfs_without_inotify_every_walk_lists_every_directory_and_finds_the_same() {
     let (a, b) = (id(0xc1), id(0xd2));
-    let mut cg = CgTree::new("fallback");
+    let mut cg = cg_tree("fallback");
     cg.mkdir(&format!("docker/{a}"));
     cg.mkdir("kubepods/burstable");
     let skip = "/berth";
