@@ -162,16 +162,22 @@ fn get_json(agent: &Agent, path: &str) -> serde_json::Value {
 }
 
 /// Another engine's container as berth finds it: a process in `<cgroup2>/docker/<64 hex>` (no
-/// Docker running: named by its short id). Killed and removed on drop.
+/// Docker running: named by its short id). Killed and removed on drop, with the `docker`
+/// parent when this test made it.
 struct ForeignContainer {
     child: std::process::Child,
     _cgroup: common::Cgroup,
+    /// Dropped after `_cgroup` (fields drop in order).
+    _made_parent: Option<common::Cgroup>,
 }
 
 impl ForeignContainer {
     fn start() -> Self {
         let id = format!("{:0>64}", format!("{:x}ee", std::process::id()));
-        let cgroup = common::Cgroup::create(&common::cgroup2_mount().join("docker"), &id);
+        let mount = common::cgroup2_mount();
+        let parent = mount.join("docker");
+        let made_parent = (!parent.exists()).then(|| common::Cgroup::create(&mount, "docker"));
+        let cgroup = common::Cgroup::create(&parent, &id);
         let child = std::process::Command::new("sleep")
             .arg("600")
             .spawn()
@@ -180,6 +186,7 @@ impl ForeignContainer {
         ForeignContainer {
             child,
             _cgroup: cgroup,
+            _made_parent: made_parent,
         }
     }
 }
